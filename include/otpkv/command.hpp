@@ -1,0 +1,544 @@
+// SPDX-License-Identifier: MIT
+/// @file
+/// The guide's line protocol (shared/protocol.md): framing bytes into lines, parsing a line
+/// into a command, and formatting every reply byte for byte.
+///
+/// Nothing here allocates per command: `parse` returns views into the line, the framer
+/// hands out views into its own buffer, and replies are appended to any byte sink (a
+/// `std::string`, or a server's output buffer). No sockets and no threads are involved.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace otpkv {
+inline namespace v0 {
+
+// ---------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------
+
+/// Default longest accepted line, in bytes, terminator not counted (protocol.md, Limits).
+inline constexpr std::size_t default_max_line = 65536;
+
+/// What a request line asks for. `del` is the guide's DELETE (`delete` is a C++ keyword).
+enum class command_kind : std::uint8_t {
+    unknown,  ///< unknown verb, wrong number of tokens, empty or blank line
+    create,   ///< `CREATE bucket`
+    put,      ///< `PUT bucket key value`
+    get,      ///< `GET bucket key`
+    del,      ///< `DELETE bucket key`
+    subscribe ///< `SUBSCRIBE bucket`
+};
+
+/// One parsed request. The views point into the line that was parsed, so a command is
+/// valid only as long as that line's bytes are. Fields a kind does not use are empty; the
+/// tokens a kind uses are never empty.
+struct command {
+    command_kind kind = command_kind::unknown; ///< what is asked
+    std::string_view bucket{};                 ///< every kind but `unknown`
+    std::string_view key{};                    ///< `put`, `get`, `del`
+    std::string_view value{};                  ///< `put`
+
+    /// Equal when the kinds and all three fields hold the same bytes.
+    friend constexpr bool operator==(const command&, const command&) = default;
+};
+
+/// True for the bytes that separate tokens: space, tab, CR, VT, FF, and LF (which a framed
+/// line never holds, but which lets `parse` take a line with its terminator, as the guide's
+/// `parse` does).
+constexpr bool is_token_separator(char c) noexcept {
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
+}
+
+/// Parses one request line, with or without its terminator, by protocol.md's rules:
+/// tokens are runs of bytes other than `is_token_separator`; verbs are case-sensitive;
+/// each verb takes an exact number of tokens; anything else is `command_kind::unknown`.
+/// Tokens may hold any other byte (NUL, non-UTF-8) and come back unchanged.
+///
+/// The guide's doctests for `KVServer.Command.parse`, in C++ (tests/test_command.cpp reads
+/// the lines below from this header and checks each one, so they cannot go stale):
+///
+///     parse("CREATE shopping\r\n")          => create shopping
+///     parse("CREATE  shopping  \r\n")       => create shopping
+///     parse("PUT shopping milk 1\r\n")      => put shopping milk 1
+///     parse("GET shopping milk\r\n")        => get shopping milk
+///     parse("DELETE shopping eggs\r\n")     => delete shopping eggs
+///     parse("UNKNOWN shopping eggs\r\n")    => unknown
+///     parse("GET shopping\r\n")             => unknown
+///
+/// Complexity: one pass over the line. Thread safety: a pure function.
+constexpr command parse(std::string_view line) noexcept;
+
+/// The protocol verb of a kind (`"CREATE"`, ..., `""` for unknown).
+constexpr std::string_view verb_name(command_kind kind) noexcept;
+
+/// A readable form of a command, as in the examples above: the lower-case kind followed by
+/// its tokens, each passed through `escaped` (so a token with NUL reads `a\x00b`).
+std::string to_string(const command& cmd);
+
+/// Bytes made printable for logs and examples: printable ASCII stays, except `\` and `"`
+/// which get a backslash; CR, LF and tab become `\r`, `\n`, `\t`; any other byte `\xHH`.
+std::string escaped(std::string_view bytes);
+
+// ---------------------------------------------------------------------------------------
+// Framing
+// ---------------------------------------------------------------------------------------
+
+/// What `line_framer::next` found.
+enum class frame_status : std::uint8_t {
+    line,       ///< a complete line, terminator removed
+    incomplete, ///< no complete line is buffered; feed more bytes
+    too_long    ///< a line exceeded max_line; sticky: the framer yields nothing else
+};
+
+/// One result of `line_framer::next`.
+struct frame {
+    frame_status status = frame_status::incomplete; ///< what was found
+    std::string_view line{}; ///< the line when `status == line`, else empty
+};
+
+/// Turns a byte stream, arriving in chunks of any size, into request lines.
+///
+/// Rules (protocol.md, Framing): a line ends at LF; a CR right before the LF belongs to the
+/// terminator; a bare LF is accepted. A line whose content is longer than `max_line` bytes
+/// is reported as `too_long` as soon as that is certain (before its LF arrives, so memory
+/// stays bounded), none of it is ever returned as a line, and the framer stays in that
+/// state. Bytes after the last LF are a partial line and are never returned: when input
+/// ends there, the partial line is simply dropped with the framer. Lines before an
+/// over-long line in the same input are returned first. How the input is chunked never
+/// changes the lines returned.
+///
+/// Two ways to put bytes in: `feed(bytes)` copies; `prepare(n)` + `commit(k)` let a reader
+/// write straight into the framer's buffer (one `read(2)` per call, no copy). Lines are
+/// pulled with `next()`, one at a time, so a server may stop pulling (backpressure) and go
+/// on later. A line's view stays valid until the next `feed`, `prepare` or `reset`; views
+/// from several `next()` calls in between are all valid together.
+///
+/// Memory: the buffer holds what was put in and not yet pulled; when a caller pulls after
+/// each chunk it stays below `max_line + 1` plus one chunk.
+///
+/// Thread safety: none; one framer belongs to one connection.
+class line_framer {
+  public:
+    /// A framer that accepts lines of up to `max_line` bytes, terminator not counted.
+    explicit line_framer(std::size_t max_line = default_max_line) noexcept
+        : max_line_(max_line) {}
+
+    /// Appends a copy of `bytes`. Ignored once `overflowed()`.
+    void feed(std::string_view bytes);
+
+    /// Returns the free space at the end of the buffer, at least `n` bytes, for a reader to
+    /// fill; then `commit` how many it wrote. Invalidates the views of earlier lines.
+    std::span<char> prepare(std::size_t n);
+
+    /// Adds `n` bytes written into the last `prepare` area (`n` at most its size).
+    void commit(std::size_t n) noexcept;
+
+    /// The next complete line, `incomplete`, or (from then on) `too_long`.
+    /// Complexity: amortised linear in the bytes put in; no byte is scanned twice.
+    frame next() noexcept;
+
+    /// Bytes buffered and not yet returned as lines (after `next()` gave `incomplete`, the
+    /// length of the partial line).
+    std::size_t pending() const noexcept { return end_ - begin_; }
+
+    /// True once a line was too long; the buffer has been released.
+    bool overflowed() const noexcept { return overflowed_; }
+
+    /// The limit given at construction.
+    std::size_t max_line() const noexcept { return max_line_; }
+
+    /// Forgets every buffered byte and the overflow; keeps the limit and the memory.
+    void reset() noexcept;
+
+  private:
+    void overflow() noexcept;
+
+    std::unique_ptr<char[]> buf_;
+    std::size_t cap_ = 0;
+    std::size_t begin_ = 0;   // first byte not yet returned
+    std::size_t end_ = 0;     // one past the last byte put in
+    std::size_t scanned_ = 0; // [begin_, scanned_) is known to hold no LF
+    std::size_t max_line_;
+    bool overflowed_ = false;
+};
+
+// ---------------------------------------------------------------------------------------
+// Replies
+// ---------------------------------------------------------------------------------------
+
+/// The `ERROR <reason>` extensions of protocol.md ("Errors beyond the guide").
+enum class error_code : std::uint8_t {
+    line_too_long,        ///< `ERROR line too long`; the connection is then closed
+    no_route,             ///< `ERROR no route`
+    node_unavailable,     ///< `ERROR node <name> unavailable`
+    too_many_buckets,     ///< `ERROR too many buckets`
+    too_many_connections, ///< `ERROR too many connections`; the connection is then closed
+    internal              ///< `ERROR internal`; the connection is then closed
+};
+
+/// The reason text after `ERROR ` (`"node unavailable"` when no node name is known).
+constexpr std::string_view error_text(error_code code) noexcept;
+
+/// True for the errors after which the server closes the connection (protocol.md).
+constexpr bool closes_connection(error_code code) noexcept;
+
+/// The shapes of reply in protocol.md's command table.
+enum class reply_kind : std::uint8_t {
+    ok,              ///< `OK\r\n`
+    value,           ///< GET: `v\r\nOK\r\n`, or `\r\nOK\r\n` when the key is absent
+    not_found,       ///< `NOT FOUND\r\n`: no such bucket
+    unknown_command, ///< `UNKNOWN COMMAND\r\n`
+    silent,          ///< no bytes: SUBSCRIBE is acknowledged by silence
+    error            ///< `ERROR <reason>\r\n`
+};
+
+/// What one command produced, before it is turned into bytes by `append_reply`.
+/// The views must outlive the formatting. The server's `run()` (registry issue) appends a
+/// reply to a `byte_sink` directly; these types are what it and the router speak.
+struct reply {
+    reply_kind kind = reply_kind::ok;         ///< the shape
+    std::string_view value{};                 ///< `value`: the value; empty = key absent
+    error_code code = error_code::internal;   ///< `error`: which error
+    std::string_view node{};                  ///< `error`/`node_unavailable`: the node
+
+    /// `OK`.
+    static constexpr reply ok() noexcept { return {}; }
+    /// GET of a present key (a stored value is never empty: it is a token).
+    static constexpr reply found(std::string_view v) noexcept {
+        return {reply_kind::value, v, {}, {}};
+    }
+    /// GET of an absent key.
+    static constexpr reply missing() noexcept { return {reply_kind::value, {}, {}, {}}; }
+    /// `NOT FOUND`.
+    static constexpr reply not_found() noexcept { return {reply_kind::not_found, {}, {}, {}}; }
+    /// `UNKNOWN COMMAND`.
+    static constexpr reply unknown_command() noexcept {
+        return {reply_kind::unknown_command, {}, {}, {}};
+    }
+    /// No reply bytes (a successful SUBSCRIBE).
+    static constexpr reply silent() noexcept { return {reply_kind::silent, {}, {}, {}}; }
+    /// `ERROR <reason>`; `node` names the node for `node_unavailable`.
+    static constexpr reply error(error_code c, std::string_view node = {}) noexcept {
+        return {reply_kind::error, {}, c, node};
+    }
+
+    /// Equal when they format to the same bytes and have the same kind.
+    friend constexpr bool operator==(const reply&, const reply&) = default;
+};
+
+/// Anything bytes can be appended to: `std::string`, or a buffer with `append(ptr, n)`.
+template <class Out>
+concept byte_sink = requires(Out& out, const char* data, std::size_t size) {
+    out.append(data, size);
+};
+
+/// Appends the exact reply bytes of protocol.md.
+template <byte_sink Out> void append_reply(Out& out, const reply& r);
+
+/// The exact reply bytes as a string (for tests and examples; servers use `append_reply`).
+std::string format_reply(const reply& r);
+
+/// Appends a SUBSCRIBE event for a PUT: `k SET TO v\r\n`.
+template <byte_sink Out>
+void append_set_event(Out& out, std::string_view key, std::string_view value);
+
+/// Appends a SUBSCRIBE event for a DELETE: `k DELETED\r\n`.
+template <byte_sink Out> void append_deleted_event(Out& out, std::string_view key);
+
+// =======================================================================================
+// Implementation
+// =======================================================================================
+
+constexpr command parse(std::string_view line) noexcept {
+    // No verb takes more than 4 tokens, so a 5th settles the matter without looking on.
+    std::array<std::string_view, 4> tok{};
+    std::size_t count = 0;
+    std::size_t i = 0;
+    const std::size_t size = line.size();
+    for (;;) {
+        while (i < size && is_token_separator(line[i])) {
+            ++i;
+        }
+        if (i == size) {
+            break;
+        }
+        if (count == tok.size()) {
+            return {};
+        }
+        const std::size_t start = i;
+        while (i < size && !is_token_separator(line[i])) {
+            ++i;
+        }
+        tok[count++] = line.substr(start, i - start);
+    }
+    if (count == 0) {
+        return {};
+    }
+    const std::string_view verb = tok[0];
+    if (count == 2 && verb == "CREATE") {
+        return {command_kind::create, tok[1], {}, {}};
+    }
+    if (count == 4 && verb == "PUT") {
+        return {command_kind::put, tok[1], tok[2], tok[3]};
+    }
+    if (count == 3 && verb == "GET") {
+        return {command_kind::get, tok[1], tok[2], {}};
+    }
+    if (count == 3 && verb == "DELETE") {
+        return {command_kind::del, tok[1], tok[2], {}};
+    }
+    if (count == 2 && verb == "SUBSCRIBE") {
+        return {command_kind::subscribe, tok[1], {}, {}};
+    }
+    return {};
+}
+
+constexpr std::string_view verb_name(command_kind kind) noexcept {
+    switch (kind) {
+    case command_kind::create:
+        return "CREATE";
+    case command_kind::put:
+        return "PUT";
+    case command_kind::get:
+        return "GET";
+    case command_kind::del:
+        return "DELETE";
+    case command_kind::subscribe:
+        return "SUBSCRIBE";
+    case command_kind::unknown:
+        break;
+    }
+    return "";
+}
+
+inline std::string escaped(std::string_view bytes) {
+    static constexpr std::string_view hex = "0123456789abcdef";
+    std::string out;
+    out.reserve(bytes.size());
+    for (const char ch : bytes) {
+        const auto b = static_cast<unsigned char>(ch);
+        switch (ch) {
+        case '\r':
+            out += "\\r";
+            break;
+        case '\n':
+            out += "\\n";
+            break;
+        case '\t':
+            out += "\\t";
+            break;
+        case '\\':
+            out += "\\\\";
+            break;
+        case '"':
+            out += "\\\"";
+            break;
+        default:
+            if (b >= 0x20 && b < 0x7f) {
+                out += ch;
+            } else {
+                out += "\\x";
+                out += hex[b >> 4U];
+                out += hex[b & 0xfU];
+            }
+        }
+    }
+    return out;
+}
+
+inline std::string to_string(const command& cmd) {
+    if (cmd.kind == command_kind::unknown) {
+        return "unknown";
+    }
+    std::string out;
+    for (const char ch : verb_name(cmd.kind)) {
+        out += static_cast<char>(ch - 'A' + 'a');
+    }
+    for (const std::string_view tok : {cmd.bucket, cmd.key, cmd.value}) {
+        if (!tok.empty()) {
+            out += ' ';
+            out += escaped(tok);
+        }
+    }
+    return out;
+}
+
+inline void line_framer::feed(std::string_view bytes) {
+    if (overflowed_ || bytes.empty()) {
+        return;
+    }
+    std::memcpy(prepare(bytes.size()).data(), bytes.data(), bytes.size());
+    commit(bytes.size());
+}
+
+inline std::span<char> line_framer::prepare(std::size_t n) {
+    if (begin_ == end_) {
+        // Everything was pulled: start over at the front (earlier views become invalid,
+        // as documented).
+        begin_ = end_ = scanned_ = 0;
+    }
+    if (cap_ - end_ < n) {
+        const std::size_t used = end_ - begin_;
+        if (cap_ - used >= n && begin_ > 0) {
+            // Enough room once the pulled prefix is dropped.
+            std::memmove(buf_.get(), buf_.get() + begin_, used);
+        } else {
+            const std::size_t want = std::max({cap_ * 2, used + n, std::size_t{4096}});
+            auto grown = std::make_unique_for_overwrite<char[]>(want);
+            if (used > 0) {
+                std::memcpy(grown.get(), buf_.get() + begin_, used);
+            }
+            buf_ = std::move(grown);
+            cap_ = want;
+        }
+        scanned_ -= begin_;
+        begin_ = 0;
+        end_ = used;
+    }
+    return {buf_.get() + end_, cap_ - end_};
+}
+
+inline void line_framer::commit(std::size_t n) noexcept {
+    if (!overflowed_) {
+        end_ += std::min(n, cap_ - end_);
+    }
+}
+
+inline frame line_framer::next() noexcept {
+    if (overflowed_) {
+        return {frame_status::too_long, {}};
+    }
+    const char* const base = buf_.get();
+    const void* lf = scanned_ < end_ ? std::memchr(base + scanned_, '\n', end_ - scanned_)
+                                     : nullptr;
+    if (lf == nullptr) {
+        scanned_ = end_;
+        // The content length known so far: a trailing CR may still turn out to be the
+        // terminator's, so it is not counted yet. This only grows as bytes arrive, which is
+        // what makes the verdict independent of chunking.
+        std::size_t known = end_ - begin_;
+        if (known > 0 && base[end_ - 1] == '\r') {
+            --known;
+        }
+        if (known > max_line_) {
+            overflow();
+            return {frame_status::too_long, {}};
+        }
+        return {frame_status::incomplete, {}};
+    }
+    const auto lf_at = static_cast<std::size_t>(static_cast<const char*>(lf) - base);
+    std::size_t len = lf_at - begin_;
+    if (len > 0 && base[lf_at - 1] == '\r') {
+        --len;
+    }
+    if (len > max_line_) {
+        overflow();
+        return {frame_status::too_long, {}};
+    }
+    const std::string_view line(base + begin_, len);
+    begin_ = scanned_ = lf_at + 1;
+    return {frame_status::line, line};
+}
+
+inline void line_framer::reset() noexcept {
+    begin_ = end_ = scanned_ = 0;
+    overflowed_ = false;
+}
+
+inline void line_framer::overflow() noexcept {
+    overflowed_ = true;
+    buf_.reset();
+    cap_ = begin_ = end_ = scanned_ = 0;
+}
+
+constexpr std::string_view error_text(error_code code) noexcept {
+    switch (code) {
+    case error_code::line_too_long:
+        return "line too long";
+    case error_code::no_route:
+        return "no route";
+    case error_code::node_unavailable:
+        return "node unavailable";
+    case error_code::too_many_buckets:
+        return "too many buckets";
+    case error_code::too_many_connections:
+        return "too many connections";
+    case error_code::internal:
+        break;
+    }
+    return "internal";
+}
+
+constexpr bool closes_connection(error_code code) noexcept {
+    return code == error_code::line_too_long || code == error_code::too_many_connections ||
+           code == error_code::internal;
+}
+
+namespace detail {
+template <byte_sink Out> void append(Out& out, std::string_view bytes) {
+    out.append(bytes.data(), bytes.size());
+}
+} // namespace detail
+
+template <byte_sink Out> void append_reply(Out& out, const reply& r) {
+    switch (r.kind) {
+    case reply_kind::ok:
+        detail::append(out, "OK\r\n");
+        return;
+    case reply_kind::value:
+        detail::append(out, r.value);
+        detail::append(out, "\r\nOK\r\n");
+        return;
+    case reply_kind::not_found:
+        detail::append(out, "NOT FOUND\r\n");
+        return;
+    case reply_kind::unknown_command:
+        detail::append(out, "UNKNOWN COMMAND\r\n");
+        return;
+    case reply_kind::silent:
+        return;
+    case reply_kind::error:
+        detail::append(out, "ERROR ");
+        if (r.code == error_code::node_unavailable && !r.node.empty()) {
+            detail::append(out, "node ");
+            detail::append(out, r.node);
+            detail::append(out, " unavailable");
+        } else {
+            detail::append(out, error_text(r.code));
+        }
+        detail::append(out, "\r\n");
+        return;
+    }
+}
+
+inline std::string format_reply(const reply& r) {
+    std::string out;
+    append_reply(out, r);
+    return out;
+}
+
+template <byte_sink Out>
+void append_set_event(Out& out, std::string_view key, std::string_view value) {
+    detail::append(out, key);
+    detail::append(out, " SET TO ");
+    detail::append(out, value);
+    detail::append(out, "\r\n");
+}
+
+template <byte_sink Out> void append_deleted_event(Out& out, std::string_view key) {
+    detail::append(out, key);
+    detail::append(out, " DELETED\r\n");
+}
+
+} // namespace v0
+} // namespace otpkv

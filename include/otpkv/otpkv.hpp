@@ -1,0 +1,8 @@
+// SPDX-License-Identifier: MIT
+/// @file
+/// Umbrella header: includes every public otpkv header. Programs that want only a part
+/// (say, the protocol without sockets) include that part's header instead.
+#pragma once
+
+#include <otpkv/command.hpp>
+#include <otpkv/version.hpp>

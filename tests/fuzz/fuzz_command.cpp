@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: MIT
+// libFuzzer target for the line framer and the parser. It checks invariants, not survival:
+//  1. the framer agrees with a reference model written the plain way (split at LF, drop
+//     the CR before it; a line is too long when its content passes max_line, which for an
+//     unterminated tail is known once it passes max_line + a possible trailing CR);
+//  2. the same lines and the same verdict come out for three chunkings of one input: all
+//     at once, one byte at a time, and chunk sizes the input chooses, through both `feed`
+//     and `prepare`/`commit`;
+//  3. no line is longer than max_line or holds an LF, and a drained framer holds at most
+//     max_line + 1 bytes;
+//  4. a parsed command's tokens are non-empty views into the line with no separator, the
+//     command written back as a request parses to the same command, and a terminator
+//     added to the line changes nothing.
+// Input layout: byte 0 picks max_line (1..96, small so that limits are hit often), byte 1
+// seeds the chunk sizes, the rest is the byte stream.
+#include <otpkv/command.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+struct outcome {
+    std::vector<std::string> lines;
+    bool too_long = false;
+    bool operator==(const outcome&) const = default;
+};
+
+void check(bool ok, const char* what) {
+    if (!ok) {
+        std::fprintf(stderr, "invariant broken: %s\n", what);
+        std::abort();
+    }
+}
+
+outcome reference(std::string_view in, std::size_t max_line) {
+    outcome out;
+    std::size_t start = 0;
+    for (;;) {
+        const std::size_t lf = in.find('\n', start);
+        std::string_view line = in.substr(start, lf == std::string_view::npos ? in.npos
+                                                                               : lf - start);
+        if (!line.empty() && line.back() == '\r') {
+            line.remove_suffix(1);
+        }
+        if (line.size() > max_line) {
+            out.too_long = true;
+            return out;
+        }
+        if (lf == std::string_view::npos) {
+            return out; // a partial line is never a line
+        }
+        out.lines.emplace_back(line);
+        start = lf + 1;
+    }
+}
+
+void drain(otpkv::line_framer& framer, outcome& out) {
+    for (;;) {
+        const otpkv::frame f = framer.next();
+        if (f.status == otpkv::frame_status::line) {
+            check(f.line.size() <= framer.max_line(), "line longer than max_line");
+            check(f.line.find('\n') == std::string_view::npos, "line holds an LF");
+            out.lines.emplace_back(f.line);
+            continue;
+        }
+        out.too_long = f.status == otpkv::frame_status::too_long;
+        check(framer.pending() <= framer.max_line() + 1, "drained framer holds too much");
+        return;
+    }
+}
+
+outcome frame_chunked(std::string_view in, std::size_t max_line, std::uint32_t seed) {
+    otpkv::line_framer framer(max_line);
+    outcome out;
+    bool copy_in = false;
+    while (!in.empty()) {
+        seed = seed * 1103515245U + 12345U;
+        const std::size_t n = std::min<std::size_t>(in.size(), 1 + (seed >> 16) % 40);
+        if (copy_in) {
+            framer.feed(in.substr(0, n));
+        } else {
+            const std::span<char> room = framer.prepare(n);
+            check(room.size() >= n, "prepare gave too little room");
+            std::memcpy(room.data(), in.data(), n);
+            framer.commit(n);
+        }
+        copy_in = !copy_in;
+        in.remove_prefix(n);
+        drain(framer, out);
+    }
+    drain(framer, out);
+    return out;
+}
+
+void check_parse(std::string_view line) {
+    const otpkv::command cmd = otpkv::parse(line);
+    check(cmd == otpkv::parse(std::string(line) + "\r\n"), "a terminator changed the parse");
+    if (cmd.kind == otpkv::command_kind::unknown) {
+        check(cmd == otpkv::command{}, "unknown command carries tokens");
+        return;
+    }
+    std::string request(otpkv::verb_name(cmd.kind));
+    for (const std::string_view tok : {cmd.bucket, cmd.key, cmd.value}) {
+        if (tok.empty()) {
+            continue;
+        }
+        check(tok.data() >= line.data() && tok.data() + tok.size() <= line.data() + line.size(),
+              "token is not a view into the line");
+        for (const char c : tok) {
+            check(!otpkv::is_token_separator(c), "token holds a separator");
+        }
+        request += ' ';
+        request += tok;
+    }
+    check(otpkv::parse(request) == cmd, "written back, the command parses differently");
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    if (size < 2) {
+        return 0;
+    }
+    const std::size_t max_line = 1 + data[0] % 96U;
+    const std::uint32_t seed = data[1];
+    const std::string_view in(reinterpret_cast<const char*>(data + 2), size - 2);
+
+    const outcome expected = reference(in, max_line);
+
+    otpkv::line_framer whole(max_line);
+    outcome at_once;
+    whole.feed(in);
+    drain(whole, at_once);
+    check(at_once == expected, "framer (one chunk) disagrees with the reference");
+
+    otpkv::line_framer bytewise(max_line);
+    outcome by_byte;
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        bytewise.feed(in.substr(i, 1));
+        drain(bytewise, by_byte);
+    }
+    drain(bytewise, by_byte);
+    check(by_byte == expected, "framer (byte by byte) disagrees with the reference");
+    check(frame_chunked(in, max_line, seed) == expected,
+          "framer (input-chosen chunks) disagrees with the reference");
+
+    for (const std::string& line : expected.lines) {
+        check_parse(line);
+    }
+    return 0;
+}

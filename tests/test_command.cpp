@@ -1,0 +1,493 @@
+// SPDX-License-Identifier: MIT
+// The protocol core (shared/protocol.md): framing, parsing, reply bytes.
+#include <otpkv/command.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+using namespace std::string_literals;
+using namespace std::string_view_literals;
+using otpkv::command;
+using otpkv::command_kind;
+using otpkv::error_code;
+using otpkv::frame_status;
+using otpkv::line_framer;
+using otpkv::parse;
+using otpkv::reply;
+
+namespace {
+
+// What a framer produced from some input: its lines, then whether it ended too_long.
+struct framed {
+    std::vector<std::string> lines;
+    bool too_long = false;
+    bool operator==(const framed&) const = default;
+};
+
+// Pulls every available line; records the verdict it stops on.
+void drain(line_framer& framer, framed& out) {
+    for (;;) {
+        const otpkv::frame f = framer.next();
+        if (f.status != frame_status::line) {
+            out.too_long = f.status == frame_status::too_long;
+            return;
+        }
+        out.lines.emplace_back(f.line);
+    }
+}
+
+// Frames `input` cut into the given pieces, pulling after each piece.
+framed frame_pieces(const std::vector<std::string_view>& pieces,
+                    std::size_t max_line = otpkv::default_max_line) {
+    line_framer framer(max_line);
+    framed out;
+    for (const std::string_view piece : pieces) {
+        framer.feed(piece);
+        drain(framer, out);
+    }
+    return out;
+}
+
+framed frame_all(std::string_view input, std::size_t max_line = otpkv::default_max_line) {
+    return frame_pieces({input}, max_line);
+}
+
+std::string bytes_of(const reply& r) { return otpkv::format_reply(r); }
+
+// Undoes the C escapes used in the header's doc examples (\r \n \t \\ \" \xHH).
+std::string unescape(std::string_view s) {
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] != '\\' || i + 1 == s.size()) {
+            out += s[i];
+            continue;
+        }
+        const char e = s[++i];
+        if (e == 'r') {
+            out += '\r';
+        } else if (e == 'n') {
+            out += '\n';
+        } else if (e == 't') {
+            out += '\t';
+        } else if (e == 'x' && i + 2 < s.size()) {
+            out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
+            i += 2;
+        } else {
+            out += e;
+        }
+    }
+    return out;
+}
+
+} // namespace
+
+// ---------------------------------------------------------------------------------------
+// Framing rules
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("framing: LF ends a line, and a CR right before it belongs to the terminator") {
+    CHECK(frame_all("CREATE a\nCREATE b\r\n") == framed{{"CREATE a", "CREATE b"}, false});
+    CHECK(frame_all("\n") == framed{{""}, false});
+    CHECK(frame_all("\r\n") == framed{{""}, false});
+    CHECK(frame_all("\n\r\n\n") == framed{{"", "", ""}, false});
+}
+
+TEST_CASE("framing: a CR anywhere else is part of the line") {
+    CHECK(frame_all("a\rb\n") == framed{{"a\rb"}, false});
+    CHECK(frame_all("a\r\r\n") == framed{{"a\r"}, false});
+    CHECK(frame_all("\r\r\n") == framed{{"\r"}, false});
+    CHECK(frame_all("a\rb\r") == framed{{}, false}); // no LF: nothing yet
+}
+
+TEST_CASE("framing: a partial line is never a line") {
+    line_framer framer;
+    framer.feed("GET b k");
+    CHECK(framer.next().status == frame_status::incomplete);
+    CHECK(framer.pending() == 7);
+    framer.feed("\r");
+    CHECK(framer.next().status == frame_status::incomplete);
+    framer.feed("\nGET b");
+    const otpkv::frame f = framer.next();
+    CHECK(f.status == frame_status::line);
+    CHECK(f.line == "GET b k");
+    CHECK(framer.next().status == frame_status::incomplete);
+    CHECK(framer.pending() == 5);
+    // Input ends here: the partial "GET b" is dropped with the framer, never returned.
+}
+
+TEST_CASE("framing: empty input and a fresh framer give nothing") {
+    line_framer framer;
+    CHECK(framer.next().status == frame_status::incomplete);
+    framer.feed("");
+    CHECK(framer.next().status == frame_status::incomplete);
+    CHECK(framer.pending() == 0);
+    CHECK(framer.max_line() == otpkv::default_max_line);
+}
+
+TEST_CASE("framing: every split of the input into two or three pieces gives the same lines") {
+    const std::string input =
+        "CREATE shopping\r\nPUT shopping eggs 3\n\r\nGET shopping eggs\r\r\n\tDELETE a b \r\n"
+        "PUT b k \x00\xff\n"
+        "tail"s;
+    const framed whole = frame_all(input);
+    REQUIRE(whole.lines.size() == 6);
+    CHECK(whole.lines[3] == "GET shopping eggs\r");
+    CHECK(whole.lines[5] == "PUT b k \x00\xff"s);
+    const std::string_view in = input;
+    for (std::size_t i = 0; i <= in.size(); ++i) {
+        CHECK(frame_pieces({in.substr(0, i), in.substr(i)}) == whole);
+        for (std::size_t j = i; j <= in.size(); j += 7) {
+            CHECK(frame_pieces({in.substr(0, i), in.substr(i, j - i), in.substr(j)}) == whole);
+        }
+    }
+    std::vector<std::string_view> bytes;
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        bytes.push_back(in.substr(i, 1));
+    }
+    CHECK(frame_pieces(bytes) == whole);
+}
+
+TEST_CASE("framing: prepare/commit writes straight into the buffer") {
+    line_framer framer;
+    const std::string_view part1 = "PUT b k v\r\nGE";
+    std::span<char> room = framer.prepare(part1.size());
+    REQUIRE(room.size() >= part1.size());
+    std::memcpy(room.data(), part1.data(), part1.size());
+    framer.commit(part1.size());
+    framed out;
+    drain(framer, out);
+    const std::string_view part2 = "T b k\n";
+    room = framer.prepare(2);
+    REQUIRE(room.size() >= part2.size());
+    std::memcpy(room.data(), part2.data(), part2.size());
+    framer.commit(part2.size());
+    drain(framer, out);
+    CHECK(out == framed{{"PUT b k v", "GET b k"}, false});
+}
+
+TEST_CASE("framing: lines pulled between two feeds stay valid together") {
+    line_framer framer;
+    framer.feed("CREATE a\nCREATE b\nCREATE c\n");
+    const std::string_view a = framer.next().line;
+    const std::string_view b = framer.next().line;
+    const std::string_view c = framer.next().line;
+    CHECK(a == "CREATE a");
+    CHECK(b == "CREATE b");
+    CHECK(c == "CREATE c");
+}
+
+TEST_CASE("framing: a long stream through a small buffer keeps every line in order") {
+    std::string input;
+    for (int i = 0; i < 5000; ++i) {
+        input += "PUT bucket key" + std::to_string(i) + " value" + std::to_string(i) + "\r\n";
+    }
+    line_framer framer(64);
+    framed out;
+    for (std::size_t at = 0; at < input.size(); at += 1000) {
+        framer.feed(std::string_view(input).substr(at, 1000));
+        drain(framer, out);
+        CHECK(framer.pending() <= 64 + 1);
+    }
+    REQUIRE(out.lines.size() == 5000);
+    CHECK_FALSE(out.too_long);
+    CHECK(out.lines[0] == "PUT bucket key0 value0");
+    CHECK(out.lines[4999] == "PUT bucket key4999 value4999");
+}
+
+// ---------------------------------------------------------------------------------------
+// max_line
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("max_line: a line of exactly max_line bytes passes, terminator not counted") {
+    CHECK(frame_all("abcd\n", 4) == framed{{"abcd"}, false});
+    CHECK(frame_all("abcd\r\n", 4) == framed{{"abcd"}, false});
+    CHECK(frame_all("abc\r\r\n", 4) == framed{{"abc\r"}, false});
+}
+
+TEST_CASE("max_line: one byte more is too long, and no part of it is returned") {
+    CHECK(frame_all("abcde\n", 4) == framed{{}, true});
+    CHECK(frame_all("abcd\r\r\n", 4) == framed{{}, true});
+    // In pieces of one byte: still never a fragment.
+    CHECK(frame_pieces({"a", "b", "c", "d", "e", "\n"}, 4) == framed{{}, true});
+}
+
+TEST_CASE("max_line: the verdict comes as soon as it is certain, before any LF") {
+    line_framer framer(4);
+    framer.feed("abcd");
+    CHECK(framer.next().status == frame_status::incomplete);
+    framer.feed("\r"); // may still be the terminator's CR
+    CHECK(framer.next().status == frame_status::incomplete);
+    framer.feed("x"); // it was not: five bytes of content
+    CHECK(framer.next().status == frame_status::too_long);
+    CHECK(framer.pending() == 0);
+}
+
+TEST_CASE("max_line: a CR at the limit followed by LF is a line") {
+    CHECK(frame_pieces({"abcd\r", "\n"}, 4) == framed{{"abcd"}, false});
+}
+
+TEST_CASE("max_line: lines before the long one come out; nothing after it ever does") {
+    line_framer framer(8);
+    framer.feed("GET b k\nPUT b k 12345678\nGET b k\n");
+    framed out;
+    drain(framer, out);
+    CHECK(out == framed{{"GET b k"}, true});
+    CHECK(framer.overflowed());
+    framer.feed("CREATE x\n");
+    CHECK(framer.next().status == frame_status::too_long);
+    CHECK(framer.next().status == frame_status::too_long);
+    CHECK(framer.pending() == 0);
+}
+
+TEST_CASE("max_line: the default is 65536 bytes") {
+    const std::string ok(otpkv::default_max_line, 'x');
+    CHECK(frame_all(ok + "\r\n") == framed{{ok}, false});
+    CHECK(frame_all(ok + "x\r\n") == framed{{}, true});
+}
+
+TEST_CASE("max_line: 10 MiB without a newline is refused with bounded memory") {
+    line_framer framer;
+    const std::string chunk(4096, 'z');
+    std::size_t fed = 0;
+    frame_status last = frame_status::incomplete;
+    while (fed < 10U * 1024U * 1024U && last == frame_status::incomplete) {
+        framer.feed(chunk);
+        fed += chunk.size();
+        last = framer.next().status;
+        CHECK(framer.pending() <= otpkv::default_max_line + chunk.size());
+    }
+    CHECK(last == frame_status::too_long);
+    CHECK(fed == otpkv::default_max_line + chunk.size()); // detected on the first chunk past
+    CHECK(framer.pending() == 0);
+}
+
+TEST_CASE("max_line: reset forgets the overflow and framing starts over") {
+    line_framer framer(3);
+    framer.feed("abcdef");
+    CHECK(framer.next().status == frame_status::too_long);
+    framer.reset();
+    CHECK_FALSE(framer.overflowed());
+    framer.feed("abc\n");
+    const otpkv::frame f = framer.next();
+    CHECK(f.status == frame_status::line);
+    CHECK(f.line == "abc");
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsing: tokens and arity
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("parse: each verb with its exact arity") {
+    CHECK(parse("CREATE shopping") == command{command_kind::create, "shopping", {}, {}});
+    CHECK(parse("PUT shopping eggs 3") == command{command_kind::put, "shopping", "eggs", "3"});
+    CHECK(parse("GET shopping eggs") == command{command_kind::get, "shopping", "eggs", {}});
+    CHECK(parse("DELETE shopping eggs") == command{command_kind::del, "shopping", "eggs", {}});
+    CHECK(parse("SUBSCRIBE shopping") == command{command_kind::subscribe, "shopping", {}, {}});
+}
+
+TEST_CASE("parse: a wrong number of tokens is an unknown command") {
+    for (const std::string_view line :
+         {"CREATE"sv, "CREATE a b"sv, "PUT"sv, "PUT b"sv, "PUT b k"sv, "PUT b k v x"sv, "GET"sv,
+          "GET b"sv, "GET b k x"sv, "DELETE"sv, "DELETE b"sv, "DELETE b k x"sv, "SUBSCRIBE"sv,
+          "SUBSCRIBE a b"sv, "PUT b k hello world"sv}) {
+        CAPTURE(line);
+        CHECK(parse(line) == command{});
+        CHECK(otpkv::format_reply(reply::unknown_command()) == "UNKNOWN COMMAND\r\n");
+    }
+}
+
+TEST_CASE("parse: verbs are case-sensitive and exact") {
+    for (const std::string_view line :
+         {"create a"sv, "Create a"sv, "put b k v"sv, "Get b k"sv, "delete b k"sv,
+          "subscribe a"sv, "CREATEa"sv, "CREATE\x01 a"sv, "UNKNOWN shopping"sv, "HELLO"sv}) {
+        CAPTURE(line);
+        CHECK(parse(line).kind == command_kind::unknown);
+    }
+}
+
+TEST_CASE("parse: empty and blank lines are unknown commands") {
+    CHECK(parse("") == command{});
+    CHECK(parse(" ") == command{});
+    CHECK(parse(" \t\r\v\f\n") == command{});
+}
+
+TEST_CASE("parse: runs of any ASCII whitespace separate tokens; ends are trimmed") {
+    CHECK(parse("\t PUT\v\vb \f k\r\r v \r") == command{command_kind::put, "b", "k", "v"});
+    CHECK(parse("  CREATE  shopping  \r\n") == command{command_kind::create, "shopping", {}, {}});
+}
+
+TEST_CASE("parse: any other byte is part of a token, and comes back unchanged") {
+    const std::string line = "PUT b\x00 k\xff\x01 v\x80\x00\x1b"s;
+    const command cmd = parse(line);
+    CHECK(cmd.kind == command_kind::put);
+    CHECK(cmd.bucket == "b\x00"sv);
+    CHECK(cmd.key == "k\xff\x01"sv);
+    CHECK(cmd.value == "v\x80\x00\x1b"sv);
+    CHECK(parse("CREATE\x00 b"sv).kind == command_kind::unknown); // the verb is "CREATE\0"
+}
+
+TEST_CASE("parse: tokens are views into the line, no copies") {
+    const std::string line = "PUT shopping eggs 3";
+    const command cmd = parse(line);
+    CHECK(cmd.bucket.data() == line.data() + 4);
+    CHECK(cmd.key.data() == line.data() + 13);
+    CHECK(cmd.value.data() == line.data() + 18);
+}
+
+TEST_CASE("parse: works at compile time") {
+    static_assert(parse("GET b k") == command{command_kind::get, "b", "k", {}});
+    static_assert(parse("GET b").kind == command_kind::unknown);
+    CHECK(otpkv::verb_name(command_kind::del) == "DELETE");
+    CHECK(otpkv::verb_name(command_kind::unknown).empty());
+}
+
+TEST_CASE("parse: the guide's examples in command.hpp's doc comment all hold") {
+    std::ifstream header(OTPKV_SOURCE_DIR "/include/otpkv/command.hpp");
+    REQUIRE(header.good());
+    // Lines of the form:  ///     parse("<escaped request>")   => <to_string of the command>
+    constexpr std::string_view open = "parse(\"";
+    constexpr std::string_view close = "\")";
+    constexpr std::string_view arrow = "=>";
+    std::string text;
+    int checked = 0;
+    while (std::getline(header, text)) {
+        const std::size_t at = text.starts_with("///") ? text.find(open) : std::string::npos;
+        const std::size_t end = at == std::string::npos ? at : text.find(close, at);
+        const std::size_t result = end == std::string::npos ? end : text.find(arrow, end);
+        if (result == std::string::npos) {
+            continue;
+        }
+        const std::string line = unescape(text.substr(at + open.size(), end - at - open.size()));
+        std::string expected = text.substr(result + arrow.size());
+        expected.erase(0, expected.find_first_not_of(' '));
+        CAPTURE(line);
+        CHECK(otpkv::to_string(parse(line)) == expected);
+        ++checked;
+    }
+    CHECK(checked == 7); // CREATE, CREATE with spaces, PUT, GET, DELETE, unknown, GET short
+}
+
+TEST_CASE("to_string and escaped make any bytes readable") {
+    CHECK(otpkv::to_string(parse("DELETE shopping eggs")) == "delete shopping eggs");
+    CHECK(otpkv::to_string(parse("SUBSCRIBE s")) == "subscribe s");
+    CHECK(otpkv::to_string(parse("PUT b\x00 k v"sv)) == "put b\\x00 k v");
+    CHECK(otpkv::escaped("a\0b\r\n\t\\\"\x7f\xff~ "sv) == R"(a\x00b\r\n\t\\\"\x7f\xff~ )");
+}
+
+// ---------------------------------------------------------------------------------------
+// Replies: every row of protocol.md's command table and error table, byte for byte
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("reply bytes: the command table") {
+    CHECK(bytes_of(reply::ok()) == "OK\r\n");                 // CREATE, PUT, DELETE
+    CHECK(bytes_of(reply::found("3")) == "3\r\nOK\r\n");      // GET of a present key
+    CHECK(bytes_of(reply::missing()) == "\r\nOK\r\n");        // GET of an absent key
+    CHECK(bytes_of(reply::not_found()) == "NOT FOUND\r\n");   // no such bucket
+    CHECK(bytes_of(reply::silent()).empty());                 // SUBSCRIBE
+    CHECK(bytes_of(reply::unknown_command()) == "UNKNOWN COMMAND\r\n");
+}
+
+TEST_CASE("reply bytes: a value comes back exactly as stored") {
+    const std::string_view binary = "\x00\xff\x80z"sv;
+    CHECK(bytes_of(reply::found(binary)) == "\x00\xff\x80z\r\nOK\r\n"s);
+}
+
+TEST_CASE("reply bytes: the ERROR extensions, and which close the connection") {
+    struct row {
+        reply r;
+        std::string_view bytes;
+        bool closes;
+    };
+    for (const row& x : {
+             row{reply::error(error_code::line_too_long), "ERROR line too long\r\n", true},
+             row{reply::error(error_code::no_route), "ERROR no route\r\n", false},
+             row{reply::error(error_code::node_unavailable, "n2@127.0.0.1"),
+                 "ERROR node n2@127.0.0.1 unavailable\r\n", false},
+             row{reply::error(error_code::node_unavailable), "ERROR node unavailable\r\n",
+                 false},
+             row{reply::error(error_code::too_many_buckets), "ERROR too many buckets\r\n",
+                 false},
+             row{reply::error(error_code::too_many_connections),
+                 "ERROR too many connections\r\n", true},
+             row{reply::error(error_code::internal), "ERROR internal\r\n", true},
+         }) {
+        CAPTURE(x.bytes);
+        CHECK(bytes_of(x.r) == x.bytes);
+        CHECK(otpkv::closes_connection(x.r.code) == x.closes);
+        CHECK(bytes_of(x.r).starts_with("ERROR")); // clients of the guide match the prefix
+    }
+}
+
+TEST_CASE("reply bytes: SUBSCRIBE events") {
+    std::string out;
+    otpkv::append_set_event(out, "eggs", "3");
+    otpkv::append_deleted_event(out, "eggs");
+    CHECK(out == "eggs SET TO 3\r\neggs DELETED\r\n");
+}
+
+TEST_CASE("reply bytes: a pipelined batch is the replies in request order") {
+    std::string out;
+    for (const reply& r : {reply::not_found(), reply::ok(), reply::found("3"), reply::missing(),
+                           reply::unknown_command()}) {
+        otpkv::append_reply(out, r);
+    }
+    CHECK(out == "NOT FOUND\r\nOK\r\n3\r\nOK\r\n\r\nOK\r\nUNKNOWN COMMAND\r\n");
+}
+
+TEST_CASE("reply bytes: any byte sink with append(ptr, n) works") {
+    struct sink {
+        std::vector<char> bytes;
+        void append(const char* data, std::size_t size) { bytes.insert(bytes.end(), data, data + size); }
+    };
+    static_assert(otpkv::byte_sink<sink>);
+    static_assert(!otpkv::byte_sink<std::vector<char>>);
+    sink s;
+    otpkv::append_reply(s, reply::found("v"));
+    CHECK(std::string(s.bytes.begin(), s.bytes.end()) == "v\r\nOK\r\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// The guide's session, framed, parsed and answered by a toy store
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("the guide's integration sequence, framed and parsed, gives the guide's bytes") {
+    // A stand-in for the registry (which comes with its own issue): one bucket at most.
+    bool have_bucket = false;
+    std::string stored;
+    auto run = [&](const command& cmd) -> reply {
+        if (cmd.kind == command_kind::unknown) {
+            return reply::unknown_command();
+        }
+        if (cmd.kind == command_kind::create) {
+            have_bucket = true;
+            return reply::ok();
+        }
+        if (!have_bucket) {
+            return reply::not_found();
+        }
+        if (cmd.kind == command_kind::put) {
+            stored = cmd.value;
+            return reply::ok();
+        }
+        if (cmd.kind == command_kind::del) {
+            stored.clear();
+            return reply::ok();
+        }
+        return stored.empty() ? reply::missing() : reply::found(stored);
+    };
+    line_framer framer;
+    framer.feed("UNKNOWN shopping\r\nGET shopping eggs\r\nCREATE shopping\r\n"
+                "PUT shopping eggs 3\r\nGET shopping eggs\r\nDELETE shopping eggs\r\n"
+                "GET shopping eggs\r\n");
+    std::string out;
+    for (otpkv::frame f = framer.next(); f.status == frame_status::line; f = framer.next()) {
+        otpkv::append_reply(out, run(parse(f.line)));
+    }
+    CHECK(out == "UNKNOWN COMMAND\r\nNOT FOUND\r\nOK\r\nOK\r\n3\r\nOK\r\nOK\r\n\r\nOK\r\n");
+}
