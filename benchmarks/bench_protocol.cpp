@@ -24,7 +24,8 @@ std::string make_requests(std::size_t count) {
     std::string out;
     for (std::size_t i = 0; i < count; ++i) {
         const std::string key = "key" + std::to_string(i % 1000);
-        out += i % 10 == 0 ? "PUT bucket " + key + " value" + std::to_string(i) : "GET bucket " + key;
+        out +=
+            i % 10 == 0 ? "PUT bucket " + key + " value" + std::to_string(i) : "GET bucket " + key;
         out += "\r\n";
     }
     return out;
@@ -40,9 +41,8 @@ std::size_t run_otpkv(std::string_view input, std::string& out) {
         for (otpkv::frame f = framer.next(); f.status == otpkv::frame_status::line;
              f = framer.next()) {
             const otpkv::command cmd = otpkv::parse(f.line);
-            otpkv::append_reply(out, cmd.kind == otpkv::command_kind::get
-                                         ? otpkv::reply::found("v")
-                                         : otpkv::reply::ok());
+            otpkv::append_reply(out, cmd.kind == otpkv::command_kind::get ? otpkv::reply::found("v")
+                                                                          : otpkv::reply::ok());
             ++commands;
         }
     }

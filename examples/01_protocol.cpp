@@ -84,8 +84,8 @@ int main() {
              f = framer.next()) {
             if (f.status == otpkv::frame_status::too_long) {
                 // A node answers, then closes the connection: nothing more is read.
-                const auto bytes = otpkv::format_reply(
-                    otpkv::reply::error(otpkv::error_code::line_too_long));
+                const auto bytes =
+                    otpkv::format_reply(otpkv::reply::error(otpkv::error_code::line_too_long));
                 std::cout << "request  (longer than " << framer.max_line() << " bytes)\n"
                           << "reply    \"" << otpkv::escaped(bytes) << "\" and close\n";
                 return 0;

@@ -58,7 +58,9 @@ framed frame_all(std::string_view input, std::size_t max_line = otpkv::default_m
     return frame_pieces({input}, max_line);
 }
 
-std::string bytes_of(const reply& r) { return otpkv::format_reply(r); }
+std::string bytes_of(const reply& r) {
+    return otpkv::format_reply(r);
+}
 
 // Undoes the C escapes used in the header's doc examples (\r \n \t \\ \" \xHH).
 std::string unescape(std::string_view s) {
@@ -304,8 +306,8 @@ TEST_CASE("parse: a wrong number of tokens is an unknown command") {
 
 TEST_CASE("parse: verbs are case-sensitive and exact") {
     for (const std::string_view line :
-         {"create a"sv, "Create a"sv, "put b k v"sv, "Get b k"sv, "delete b k"sv,
-          "subscribe a"sv, "CREATEa"sv, "CREATE\x01 a"sv, "UNKNOWN shopping"sv, "HELLO"sv}) {
+         {"create a"sv, "Create a"sv, "put b k v"sv, "Get b k"sv, "delete b k"sv, "subscribe a"sv,
+          "CREATEa"sv, "CREATE\x01 a"sv, "UNKNOWN shopping"sv, "HELLO"sv}) {
         CAPTURE(line);
         CHECK(parse(line).kind == command_kind::unknown);
     }
@@ -385,11 +387,11 @@ TEST_CASE("to_string and escaped make any bytes readable") {
 // ---------------------------------------------------------------------------------------
 
 TEST_CASE("reply bytes: the command table") {
-    CHECK(bytes_of(reply::ok()) == "OK\r\n");                 // CREATE, PUT, DELETE
-    CHECK(bytes_of(reply::found("3")) == "3\r\nOK\r\n");      // GET of a present key
-    CHECK(bytes_of(reply::missing()) == "\r\nOK\r\n");        // GET of an absent key
-    CHECK(bytes_of(reply::not_found()) == "NOT FOUND\r\n");   // no such bucket
-    CHECK(bytes_of(reply::silent()).empty());                 // SUBSCRIBE
+    CHECK(bytes_of(reply::ok()) == "OK\r\n");               // CREATE, PUT, DELETE
+    CHECK(bytes_of(reply::found("3")) == "3\r\nOK\r\n");    // GET of a present key
+    CHECK(bytes_of(reply::missing()) == "\r\nOK\r\n");      // GET of an absent key
+    CHECK(bytes_of(reply::not_found()) == "NOT FOUND\r\n"); // no such bucket
+    CHECK(bytes_of(reply::silent()).empty());               // SUBSCRIBE
     CHECK(bytes_of(reply::unknown_command()) == "UNKNOWN COMMAND\r\n");
 }
 
@@ -409,12 +411,10 @@ TEST_CASE("reply bytes: the ERROR extensions, and which close the connection") {
              row{reply::error(error_code::no_route), "ERROR no route\r\n", false},
              row{reply::error(error_code::node_unavailable, "n2@127.0.0.1"),
                  "ERROR node n2@127.0.0.1 unavailable\r\n", false},
-             row{reply::error(error_code::node_unavailable), "ERROR node unavailable\r\n",
-                 false},
-             row{reply::error(error_code::too_many_buckets), "ERROR too many buckets\r\n",
-                 false},
-             row{reply::error(error_code::too_many_connections),
-                 "ERROR too many connections\r\n", true},
+             row{reply::error(error_code::node_unavailable), "ERROR node unavailable\r\n", false},
+             row{reply::error(error_code::too_many_buckets), "ERROR too many buckets\r\n", false},
+             row{reply::error(error_code::too_many_connections), "ERROR too many connections\r\n",
+                 true},
              row{reply::error(error_code::internal), "ERROR internal\r\n", true},
          }) {
         CAPTURE(x.bytes);
@@ -443,7 +443,9 @@ TEST_CASE("reply bytes: a pipelined batch is the replies in request order") {
 TEST_CASE("reply bytes: any byte sink with append(ptr, n) works") {
     struct sink {
         std::vector<char> bytes;
-        void append(const char* data, std::size_t size) { bytes.insert(bytes.end(), data, data + size); }
+        void append(const char* data, std::size_t size) {
+            bytes.insert(bytes.end(), data, data + size);
+        }
     };
     static_assert(otpkv::byte_sink<sink>);
     static_assert(!otpkv::byte_sink<std::vector<char>>);

@@ -6,8 +6,8 @@
 #include <string>
 
 TEST_CASE("version: the value, the macros and the build system agree") {
-    static_assert(OTPKV_VERSION == OTPKV_VERSION_MAJOR * 10000 + OTPKV_VERSION_MINOR * 100 +
-                                       OTPKV_VERSION_PATCH);
+    static_assert(OTPKV_VERSION ==
+                  OTPKV_VERSION_MAJOR * 10000 + OTPKV_VERSION_MINOR * 100 + OTPKV_VERSION_PATCH);
     CHECK(otpkv::version.major == OTPKV_VERSION_MAJOR);
     CHECK(otpkv::version.minor == OTPKV_VERSION_MINOR);
     CHECK(otpkv::version.patch == OTPKV_VERSION_PATCH);

@@ -103,7 +103,7 @@ enum class frame_status : std::uint8_t {
 /// One result of `line_framer::next`.
 struct frame {
     frame_status status = frame_status::incomplete; ///< what was found
-    std::string_view line{}; ///< the line when `status == line`, else empty
+    std::string_view line{};                        ///< the line when `status == line`, else empty
 };
 
 /// Turns a byte stream, arriving in chunks of any size, into request lines.
@@ -130,8 +130,7 @@ struct frame {
 class line_framer {
   public:
     /// A framer that accepts lines of up to `max_line` bytes, terminator not counted.
-    explicit line_framer(std::size_t max_line = default_max_line) noexcept
-        : max_line_(max_line) {}
+    explicit line_framer(std::size_t max_line = default_max_line) noexcept : max_line_(max_line) {}
 
     /// Appends a copy of `bytes`. Ignored once `overflowed()`.
     void feed(std::string_view bytes);
@@ -206,10 +205,10 @@ enum class reply_kind : std::uint8_t {
 /// The views must outlive the formatting. The server's `run()` (registry issue) appends a
 /// reply to a `byte_sink` directly; these types are what it and the router speak.
 struct reply {
-    reply_kind kind = reply_kind::ok;         ///< the shape
-    std::string_view value{};                 ///< `value`: the value; empty = key absent
-    error_code code = error_code::internal;   ///< `error`: which error
-    std::string_view node{};                  ///< `error`/`node_unavailable`: the node
+    reply_kind kind = reply_kind::ok;       ///< the shape
+    std::string_view value{};               ///< `value`: the value; empty = key absent
+    error_code code = error_code::internal; ///< `error`: which error
+    std::string_view node{};                ///< `error`/`node_unavailable`: the node
 
     /// `OK`.
     static constexpr reply ok() noexcept { return {}; }
@@ -232,7 +231,7 @@ struct reply {
         return {reply_kind::error, {}, c, node};
     }
 
-    /// Equal when they format to the same bytes and have the same kind.
+    /// Equal when every field is (the factories leave unused fields at their defaults).
     friend constexpr bool operator==(const reply&, const reply&) = default;
 };
 
@@ -419,8 +418,8 @@ inline frame line_framer::next() noexcept {
         return {frame_status::too_long, {}};
     }
     const char* const base = buf_.get();
-    const void* lf = scanned_ < end_ ? std::memchr(base + scanned_, '\n', end_ - scanned_)
-                                     : nullptr;
+    const void* lf =
+        scanned_ < end_ ? std::memchr(base + scanned_, '\n', end_ - scanned_) : nullptr;
     if (lf == nullptr) {
         scanned_ = end_;
         // The content length known so far: a trailing CR may still turn out to be the

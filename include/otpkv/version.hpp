@@ -12,7 +12,7 @@
 #define OTPKV_VERSION_PATCH 0
 
 /// The version as one number, MAJOR * 10000 + MINOR * 100 + PATCH.
-#define OTPKV_VERSION                                                                          \
+#define OTPKV_VERSION                                                                              \
     (OTPKV_VERSION_MAJOR * 10000 + OTPKV_VERSION_MINOR * 100 + OTPKV_VERSION_PATCH)
 
 namespace otpkv {

@@ -45,8 +45,8 @@ outcome reference(std::string_view in, std::size_t max_line) {
     std::size_t start = 0;
     for (;;) {
         const std::size_t lf = in.find('\n', start);
-        std::string_view line = in.substr(start, lf == std::string_view::npos ? in.npos
-                                                                               : lf - start);
+        std::string_view line =
+            in.substr(start, lf == std::string_view::npos ? in.npos : lf - start);
         if (!line.empty() && line.back() == '\r') {
             line.remove_suffix(1);
         }

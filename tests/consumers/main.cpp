@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The program every consumer project builds: parse one command, print it.
+// The program every consumer project builds as `my_app`: parse one command, print it.
 #include <otpkv/otpkv.hpp>
 
 #include <cstdio>
