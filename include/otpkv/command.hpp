@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <array>
-#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -139,7 +138,7 @@ class line_framer {
     /// fill; then `commit` how many it wrote. Invalidates the views of earlier lines.
     std::span<char> prepare(std::size_t n);
 
-    /// Adds `n` bytes written into the last `prepare` area (`n` at most its size).
+    /// Adds `n` bytes written into the last `prepare` area (a larger `n` is clamped to it).
     void commit(std::size_t n) noexcept;
 
     /// The next complete line, `incomplete`, or (from then on) `too_long`.

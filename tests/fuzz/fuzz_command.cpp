@@ -5,7 +5,9 @@
 //     unterminated tail is known once it passes max_line + a possible trailing CR);
 //  2. the same lines and the same verdict come out for three chunkings of one input: all
 //     at once, one byte at a time, and chunk sizes the input chooses, through both `feed`
-//     and `prepare`/`commit`;
+//     and `prepare`/`commit`; and for the input repeated past 6 KB, so that the buffer
+//     (first allocation 4 KiB, more than most fuzz inputs) fills, compacts, and grows
+//     under a pending partial line;
 //  3. no line is longer than max_line or holds an LF, and a drained framer holds at most
 //     max_line + 1 bytes;
 //  4. a parsed command's tokens are non-empty views into the line with no separator, the
@@ -23,13 +25,20 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <vector>
 
 namespace {
 
+// The lines, each followed by an LF (which no line holds), then the verdict: one string
+// rather than a string per line keeps an execution cheap enough for a million of them.
 struct outcome {
-    std::vector<std::string> lines;
+    std::string lines;
+    std::size_t count = 0;
     bool too_long = false;
+    void add(std::string_view line) {
+        lines += line;
+        lines += '\n';
+        ++count;
+    }
     bool operator==(const outcome&) const = default;
 };
 
@@ -57,7 +66,7 @@ outcome reference(std::string_view in, std::size_t max_line) {
         if (lf == std::string_view::npos) {
             return out; // a partial line is never a line
         }
-        out.lines.emplace_back(line);
+        out.add(line);
         start = lf + 1;
     }
 }
@@ -68,7 +77,7 @@ void drain(otpkv::line_framer& framer, outcome& out) {
         if (f.status == otpkv::frame_status::line) {
             check(f.line.size() <= framer.max_line(), "line longer than max_line");
             check(f.line.find('\n') == std::string_view::npos, "line holds an LF");
-            out.lines.emplace_back(f.line);
+            out.add(f.line);
             continue;
         }
         out.too_long = f.status == otpkv::frame_status::too_long;
@@ -77,13 +86,16 @@ void drain(otpkv::line_framer& framer, outcome& out) {
     }
 }
 
-outcome frame_chunked(std::string_view in, std::size_t max_line, std::uint32_t seed) {
+outcome frame_chunked(std::string_view in, std::size_t max_line, std::uint32_t seed,
+                      std::size_t max_chunk) {
     otpkv::line_framer framer(max_line);
     outcome out;
     bool copy_in = false;
     while (!in.empty()) {
         seed = seed * 1103515245U + 12345U;
-        const std::size_t n = std::min<std::size_t>(in.size(), 1 + (seed >> 16) % 40);
+        // Mostly small chunks; one in eight up to max_chunk.
+        const std::size_t limit = (seed >> 8) % 8 == 0 ? max_chunk : 40;
+        const std::size_t n = std::min<std::size_t>(in.size(), 1 + (seed >> 16) % limit);
         if (copy_in) {
             framer.feed(in.substr(0, n));
         } else {
@@ -149,11 +161,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     drain(bytewise, by_byte);
     check(by_byte == expected, "framer (byte by byte) disagrees with the reference");
-    check(frame_chunked(in, max_line, seed) == expected,
+    check(frame_chunked(in, max_line, seed, 400) == expected,
           "framer (input-chosen chunks) disagrees with the reference");
+    if (!in.empty()) {
+        std::string repeated;
+        while (repeated.size() < 6000) {
+            repeated += in;
+        }
+        check(frame_chunked(repeated, max_line, seed, 6000) == reference(repeated, max_line),
+              "framer (repeated input, large chunks) disagrees with the reference");
+    }
 
-    for (const std::string& line : expected.lines) {
-        check_parse(line);
+    for (std::string_view rest = expected.lines; !rest.empty();) {
+        const std::size_t lf = rest.find('\n');
+        check_parse(rest.substr(0, lf));
+        rest.remove_prefix(lf + 1);
     }
     return 0;
 }
