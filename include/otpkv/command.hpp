@@ -257,6 +257,23 @@ template <byte_sink Out> void append_deleted_event(Out& out, std::string_view ke
 // Implementation
 // =======================================================================================
 
+namespace detail {
+/// One verb of the protocol: its kind, its spelling, and how many tokens its line has.
+struct verb_spec {
+    command_kind kind;
+    std::string_view name;
+    std::size_t tokens;
+};
+/// The protocol's verbs, the one place they are spelled (parse and verb_name read it).
+inline constexpr std::array<verb_spec, 5> verbs{{
+    {command_kind::create, "CREATE", 2},
+    {command_kind::put, "PUT", 4},
+    {command_kind::get, "GET", 3},
+    {command_kind::del, "DELETE", 3},
+    {command_kind::subscribe, "SUBSCRIBE", 2},
+}};
+} // namespace detail
+
 constexpr command parse(std::string_view line) noexcept {
     // No verb takes more than 4 tokens, so a 5th settles the matter without looking on.
     std::array<std::string_view, 4> tok{};
@@ -282,39 +299,20 @@ constexpr command parse(std::string_view line) noexcept {
     if (count == 0) {
         return {};
     }
-    const std::string_view verb = tok[0];
-    if (count == 2 && verb == "CREATE") {
-        return {command_kind::create, tok[1], {}, {}};
-    }
-    if (count == 4 && verb == "PUT") {
-        return {command_kind::put, tok[1], tok[2], tok[3]};
-    }
-    if (count == 3 && verb == "GET") {
-        return {command_kind::get, tok[1], tok[2], {}};
-    }
-    if (count == 3 && verb == "DELETE") {
-        return {command_kind::del, tok[1], tok[2], {}};
-    }
-    if (count == 2 && verb == "SUBSCRIBE") {
-        return {command_kind::subscribe, tok[1], {}, {}};
+    for (const detail::verb_spec& verb : detail::verbs) {
+        if (verb.name == tok[0]) {
+            // Tokens past `count` are empty views, as the fields a kind does not use are.
+            return count == verb.tokens ? command{verb.kind, tok[1], tok[2], tok[3]} : command{};
+        }
     }
     return {};
 }
 
 constexpr std::string_view verb_name(command_kind kind) noexcept {
-    switch (kind) {
-    case command_kind::create:
-        return "CREATE";
-    case command_kind::put:
-        return "PUT";
-    case command_kind::get:
-        return "GET";
-    case command_kind::del:
-        return "DELETE";
-    case command_kind::subscribe:
-        return "SUBSCRIBE";
-    case command_kind::unknown:
-        break;
+    for (const detail::verb_spec& verb : detail::verbs) {
+        if (verb.kind == kind) {
+            return verb.name;
+        }
     }
     return "";
 }
