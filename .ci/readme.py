@@ -7,8 +7,11 @@ finds every build snippet it shows in a consumer project that the tests build.
   Where `sudo` is missing and we are root (a CI machine), it runs the command as is.
 - A ```text block right after a ```sh block is that command's exact standard output.
 - Each ```cmake block must appear, line for line, in some tests/consumers/*/CMakeLists.txt,
-  and each ```meson block in some tests/consumers/*/meson.build: those projects are built
-  and run by ctest (the consumer_* tests), so the snippets are exercised.
+  each ```meson block in some tests/consumers/*/meson.build, each ```make block in some
+  tests/consumers/*/Makefile: ctest builds and runs those projects (the consumer_* tests).
+- A ```console block is shown and not run: a command for a tool CI cannot have (vcpkg,
+  Conan); the README says what tests stand in for it. Any other kind of block is an error,
+  so that nothing shown escapes these checks.
 
 Usage: readme.py [README.md]
 """
@@ -70,8 +73,9 @@ def main():
     blocks = fenced_blocks(readme.read_text())
     consumers = ROOT / "tests" / "consumers"
     snippet_files = {"cmake": sorted(consumers.glob("*/CMakeLists.txt")),
-                     "meson": sorted(consumers.glob("*/meson.build"))}
-    ran = checked_outputs = snippets = 0
+                     "meson": sorted(consumers.glob("*/meson.build")),
+                     "make": sorted(consumers.glob("*/Makefile"))}
+    ran = checked_outputs = snippets = shown = 0
     last_output = None
     for info, body in blocks:
         if info == "sh":
@@ -89,9 +93,14 @@ def main():
                 sys.exit(f"README's {info} snippet is in no consumer project:\n{body}")
             print(f"::: README {info} snippet is exercised by {where.relative_to(ROOT)}")
             snippets += 1
+        elif info == "console":
+            print(f"::: README shows, not run (a tool CI lacks): {body.strip()}")
+            shown += 1
+        else:
+            sys.exit(f"README has a ```{info} block that nothing checks:\n{body}")
         last_output = None
     print(f"::: README: {ran} commands ran, {checked_outputs} outputs matched, "
-          f"{snippets} snippets found in consumer projects")
+          f"{snippets} snippets found in consumer projects, {shown} shown only")
 
 
 if __name__ == "__main__":
