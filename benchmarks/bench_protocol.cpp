@@ -84,7 +84,7 @@ template <class F> double median_seconds(int reps, F&& body) {
 
 int main(int argc, char** argv) {
     const std::size_t requests = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1000000;
-    const int reps = argc > 2 ? std::atoi(argv[2]) : 7;
+    const int reps = std::max(1, argc > 2 ? std::atoi(argv[2]) : 7);
     const std::string input = make_requests(requests);
 
     std::string expected;

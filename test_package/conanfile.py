@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Conan's test of the otpkv package: builds and runs a program that parses a command.
 Its CMakeLists.txt is also built by ctest against a plain `cmake --install` of otpkv
-(tests/cmake/package.cmake, kind conan_test_package), since Conan is not on CI."""
+(tests/cmake/consumer.cmake, kind conan_test_package), since Conan is not on CI."""
 import os
 
 from conan import ConanFile

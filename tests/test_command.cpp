@@ -230,6 +230,51 @@ TEST_CASE("framing: a drained framer offers its whole buffer again") {
     CHECK(framer.prepare(1).size() == capacity);
 }
 
+TEST_CASE("framing: a moved framer carries its bytes; the moved-from one is empty") {
+    line_framer a(16);
+    a.feed("CREATE a\nPUT b");
+    CHECK(a.next().line == "CREATE a");
+    line_framer b = std::move(a);
+    CHECK(b.pending() == 5);
+    CHECK(b.max_line() == 16);
+    b.feed(" k v\n");
+    CHECK(b.next().line == "PUT b k v");
+    CHECK(a.pending() == 0); // NOLINT(bugprone-use-after-move): the state after a move is specified
+    CHECK(a.capacity() == 0);
+    a.feed("GET b k\n");
+    CHECK(a.next().line == "GET b k");
+    line_framer c;
+    c = std::move(b);
+    CHECK(c.max_line() == 16);
+    CHECK(c.next().status == frame_status::incomplete);
+    b.feed("x\n");
+    CHECK(b.next().line == "x");
+}
+
+TEST_CASE("framing: memory grown for a burst is given back once it is pulled") {
+    line_framer framer;
+    framer.feed(std::string(60000, 'v') + "\n");
+    CHECK(framer.capacity() >= 60001);
+    CHECK(framer.next().line.size() == 60000);
+    framer.feed("GET b k\n");
+    CHECK(framer.capacity() == line_framer::initial_capacity);
+    CHECK(framer.next().line == "GET b k");
+}
+
+TEST_CASE("framing: shrink_to_fit keeps only what pending bytes need") {
+    line_framer framer;
+    framer.feed("GET b k\nPUT b");
+    CHECK(framer.next().line == "GET b k");
+    framer.shrink_to_fit();
+    CHECK(framer.capacity() == 5);
+    framer.feed(" k v\n");
+    CHECK(framer.next().line == "PUT b k v");
+    framer.shrink_to_fit(); // idle: no buffer at all
+    CHECK(framer.capacity() == 0);
+    framer.feed("CREATE a\n");
+    CHECK(framer.next().line == "CREATE a");
+}
+
 TEST_CASE("framing: commit clamps to the space prepare gave") {
     line_framer framer;
     const std::span<char> room = framer.prepare(1);
@@ -284,6 +329,20 @@ TEST_CASE("max_line: lines before the long one come out; nothing after it ever d
     CHECK(framer.prepare(0).empty()); // the buffer was released, and feed did not regrow it
 }
 
+TEST_CASE("max_line: lines pulled before the long one stay valid after it is reported") {
+    line_framer framer(10);
+    framer.feed("GET b k\nPUT b k v\n" + std::string(20, 'x'));
+    const std::string_view first = framer.next().line;
+    const std::string_view second = framer.next().line;
+    CHECK(framer.next().status == frame_status::too_long);
+    // A server runs the batch it pulled before answering ERROR line too long.
+    CHECK(parse(first) == command{command_kind::get, "b", "k", {}});
+    CHECK(parse(second) == command{command_kind::put, "b", "k", "v"});
+    CHECK(framer.capacity() > 0); // held until the next feed or prepare ...
+    CHECK(framer.prepare(1).empty());
+    CHECK(framer.capacity() == 0); // ... which release it and take nothing more
+}
+
 TEST_CASE("max_line: the default is 65536 bytes") {
     const std::string ok(otpkv::default_max_line, 'x');
     CHECK(frame_all(ok + "\r\n") == framed{{ok}, false});
@@ -326,7 +385,7 @@ TEST_CASE("parse: each verb with its exact arity") {
     CHECK(parse("CREATE shopping") == command{command_kind::create, "shopping", {}, {}});
     CHECK(parse("PUT shopping eggs 3") == command{command_kind::put, "shopping", "eggs", "3"});
     CHECK(parse("GET shopping eggs") == command{command_kind::get, "shopping", "eggs", {}});
-    CHECK(parse("DELETE shopping eggs") == command{command_kind::del, "shopping", "eggs", {}});
+    CHECK(parse("DELETE shopping eggs") == command{command_kind::erase, "shopping", "eggs", {}});
     CHECK(parse("SUBSCRIBE shopping") == command{command_kind::subscribe, "shopping", {}, {}});
 }
 
@@ -337,7 +396,6 @@ TEST_CASE("parse: a wrong number of tokens is an unknown command") {
           "SUBSCRIBE a b"sv, "PUT b k hello world"sv}) {
         CAPTURE(line);
         CHECK(parse(line) == command{});
-        CHECK(otpkv::format_reply(reply::unknown_command()) == "UNKNOWN COMMAND\r\n");
     }
 }
 
@@ -384,7 +442,7 @@ TEST_CASE("parse: works at compile time") {
     static_assert(parse("GET b").kind == command_kind::unknown);
     static_assert(parse("PUT b k v x") == command{}); // a 5th token is never stored
     static_assert(parse("PUT b k v x y z") == command{});
-    CHECK(otpkv::verb_name(command_kind::del) == "DELETE");
+    CHECK(otpkv::verb_name(command_kind::erase) == "DELETE");
     CHECK(otpkv::verb_name(command_kind::unknown).empty());
 }
 
@@ -430,7 +488,7 @@ TEST_CASE("reply bytes: the command table") {
     CHECK(bytes_of(reply::found("3")) == "3\r\nOK\r\n");    // GET of a present key
     CHECK(bytes_of(reply::missing()) == "\r\nOK\r\n");      // GET of an absent key
     CHECK(bytes_of(reply::not_found()) == "NOT FOUND\r\n"); // no such bucket
-    CHECK(bytes_of(reply::silent()).empty());               // SUBSCRIBE
+    CHECK(bytes_of(reply::subscribed()).empty());           // SUBSCRIBE
     CHECK(bytes_of(reply::unknown_command()) == "UNKNOWN COMMAND\r\n");
 }
 
@@ -516,7 +574,7 @@ TEST_CASE("the guide's integration sequence, framed and parsed, gives the guide'
             stored = cmd.value;
             return reply::ok();
         }
-        if (cmd.kind == command_kind::del) {
+        if (cmd.kind == command_kind::erase) {
             stored.clear();
             return reply::ok();
         }

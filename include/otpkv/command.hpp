@@ -6,6 +6,10 @@
 /// Nothing here allocates per command: `parse` returns views into the line, the framer
 /// hands out views into its own buffer, and replies are appended to any byte sink (a
 /// `std::string`, or a server's output buffer). No sockets and no threads are involved.
+///
+/// Thread safety: `parse`, `to_string`, `escaped` and the reply functions are pure: any
+/// thread may call them on data no other thread is writing. `command`, `frame` and `reply`
+/// are plain values. A `line_framer` is used by one thread at a time.
 #pragma once
 
 #include <algorithm>
@@ -13,10 +17,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace otpkv {
 inline namespace v0 {
@@ -28,13 +34,14 @@ inline namespace v0 {
 /// Default longest accepted line, in bytes, terminator not counted (protocol.md, Limits).
 inline constexpr std::size_t default_max_line = 65536;
 
-/// What a request line asks for. `del` is the guide's DELETE (`delete` is a C++ keyword).
+/// What a request line asks for. `erase` is the guide's DELETE (`delete` being a C++
+/// keyword; the bucket's operation has the same name).
 enum class command_kind : std::uint8_t {
     unknown,  ///< unknown verb, wrong number of tokens, empty or blank line
     create,   ///< `CREATE bucket`
     put,      ///< `PUT bucket key value`
     get,      ///< `GET bucket key`
-    del,      ///< `DELETE bucket key`
+    erase,    ///< `DELETE bucket key`
     subscribe ///< `SUBSCRIBE bucket`
 };
 
@@ -44,7 +51,7 @@ enum class command_kind : std::uint8_t {
 struct command {
     command_kind kind = command_kind::unknown; ///< what is asked
     std::string_view bucket{};                 ///< every kind but `unknown`
-    std::string_view key{};                    ///< `put`, `get`, `del`
+    std::string_view key{};                    ///< `put`, `get`, `erase`
     std::string_view value{};                  ///< `put`
 
     /// Equal when the kinds and all three fields hold the same bytes.
@@ -54,7 +61,7 @@ struct command {
 /// True for the bytes that separate tokens: space, tab, CR, VT, FF, and LF (which a framed
 /// line never holds, but which lets `parse` take a line with its terminator, as the guide's
 /// `parse` does).
-constexpr bool is_token_separator(char c) noexcept {
+[[nodiscard]] constexpr bool is_token_separator(char c) noexcept {
     return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
 }
 
@@ -75,18 +82,18 @@ constexpr bool is_token_separator(char c) noexcept {
 ///     parse("GET shopping\r\n")             => unknown
 ///
 /// Complexity: one pass over the line. Thread safety: a pure function.
-constexpr command parse(std::string_view line) noexcept;
+[[nodiscard]] constexpr command parse(std::string_view line) noexcept;
 
 /// The protocol verb of a kind (`"CREATE"`, ..., `""` for unknown).
-constexpr std::string_view verb_name(command_kind kind) noexcept;
+[[nodiscard]] constexpr std::string_view verb_name(command_kind kind) noexcept;
 
 /// A readable form of a command, as in the examples above: the lower-case kind followed by
 /// its tokens, each passed through `escaped` (so a token with NUL reads `a\x00b`).
-std::string to_string(const command& cmd);
+[[nodiscard]] std::string to_string(const command& cmd);
 
 /// Bytes made printable for logs and examples: printable ASCII stays, except `\` and `"`
 /// which get a backslash; CR, LF and tab become `\r`, `\n`, `\t`; any other byte `\xHH`.
-std::string escaped(std::string_view bytes);
+[[nodiscard]] std::string escaped(std::string_view bytes);
 
 // ---------------------------------------------------------------------------------------
 // Framing
@@ -119,23 +126,44 @@ struct frame {
 /// Two ways to put bytes in: `feed(bytes)` copies; `prepare(n)` + `commit(k)` let a reader
 /// write straight into the framer's buffer (one `read(2)` per call, no copy). Lines are
 /// pulled with `next()`, one at a time, so a server may stop pulling (backpressure) and go
-/// on later. A line's view stays valid until the next `feed`, `prepare` or `reset`; views
-/// from several `next()` calls in between are all valid together.
+/// on later. A line's view stays valid until the next `feed`, `prepare`, `reset` or
+/// `shrink_to_fit`; views from several `next()` calls in between are all valid together,
+/// also when a later `next()` reports `too_long`.
 ///
 /// Memory: the buffer holds what was put in and not yet pulled; when a caller pulls after
-/// each chunk it stays below `max_line + 1` plus one chunk.
+/// each chunk it stays below `max_line + 1` plus one chunk. A buffer that grew for a burst
+/// is given back once the burst is pulled, `shrink_to_fit` gives back what pending bytes
+/// do not need (an idle connection then holds no buffer), and an overflow releases it all.
 ///
-/// Thread safety: none; one framer belongs to one connection.
+/// Thread safety: none; one framer belongs to one connection. Movable, not copyable; a
+/// moved-from framer is empty and usable.
 class line_framer {
   public:
+    /// Bytes allocated when the first bytes come in.
+    static constexpr std::size_t initial_capacity = 4096;
+
     /// A framer that accepts lines of up to `max_line` bytes, terminator not counted.
     explicit line_framer(std::size_t max_line = default_max_line) noexcept : max_line_(max_line) {}
+    /// Takes `other`'s bytes and state; `other` is left empty, with the same limit.
+    line_framer(line_framer&& other) noexcept : max_line_(other.max_line_) { swap(other); }
+    /// Takes `other`'s bytes and state; `other` is left empty, with the same limit.
+    line_framer& operator=(line_framer&& other) noexcept {
+        line_framer taken(std::move(other));
+        swap(taken);
+        return *this;
+    }
+    line_framer(const line_framer&) = delete;
+    line_framer& operator=(const line_framer&) = delete;
+    ~line_framer() = default;
 
-    /// Appends a copy of `bytes`. Ignored once `overflowed()`.
+    /// Appends a copy of `bytes`, which must not be a view into this framer's own buffer.
+    /// Once `overflowed()`, the bytes are dropped and the buffer is released.
     void feed(std::string_view bytes);
 
     /// Returns the free space at the end of the buffer, at least `n` bytes, for a reader to
     /// fill; then `commit` how many it wrote. Invalidates the views of earlier lines.
+    /// Once `overflowed()`, returns an empty span (nothing more is taken) and releases the
+    /// buffer.
     std::span<char> prepare(std::size_t n);
 
     /// Adds `n` bytes written into the last `prepare` area (a larger `n` is clamped to it).
@@ -143,23 +171,34 @@ class line_framer {
 
     /// The next complete line, `incomplete`, or (from then on) `too_long`.
     /// Complexity: amortised linear in the bytes put in; no byte is scanned twice.
-    frame next() noexcept;
+    [[nodiscard]] frame next() noexcept;
 
     /// Bytes buffered and not yet returned as lines (after `next()` gave `incomplete`, the
-    /// length of the partial line).
-    std::size_t pending() const noexcept { return end_ - begin_; }
+    /// length of the partial line; 0 once overflowed).
+    [[nodiscard]] std::size_t pending() const noexcept { return end_ - begin_; }
 
-    /// True once a line was too long; the buffer has been released.
-    bool overflowed() const noexcept { return overflowed_; }
+    /// Bytes of buffer held now.
+    [[nodiscard]] std::size_t capacity() const noexcept { return cap_; }
+
+    /// True once a line was too long.
+    [[nodiscard]] bool overflowed() const noexcept { return overflowed_; }
 
     /// The limit given at construction.
-    std::size_t max_line() const noexcept { return max_line_; }
+    [[nodiscard]] std::size_t max_line() const noexcept { return max_line_; }
 
     /// Forgets every buffered byte and the overflow; keeps the limit and the memory.
     void reset() noexcept;
 
+    /// Gives back the memory that the pending bytes do not need: all of it when nothing is
+    /// pending. Invalidates the views of earlier lines.
+    void shrink_to_fit();
+
+    /// Exchanges the whole state of two framers.
+    void swap(line_framer& other) noexcept;
+
   private:
-    void overflow() noexcept;
+    void release() noexcept;
+    void reallocate(std::size_t capacity);
 
     std::unique_ptr<char[]> buf_;
     std::size_t cap_ = 0;
@@ -185,10 +224,10 @@ enum class error_code : std::uint8_t {
 };
 
 /// The reason text after `ERROR ` (`"node unavailable"` when no node name is known).
-constexpr std::string_view error_text(error_code code) noexcept;
+[[nodiscard]] constexpr std::string_view error_text(error_code code) noexcept;
 
 /// True for the errors after which the server closes the connection (protocol.md).
-constexpr bool closes_connection(error_code code) noexcept;
+[[nodiscard]] constexpr bool closes_connection(error_code code) noexcept;
 
 /// The shapes of reply in protocol.md's command table.
 enum class reply_kind : std::uint8_t {
@@ -196,7 +235,8 @@ enum class reply_kind : std::uint8_t {
     value,           ///< GET: `v\r\nOK\r\n`, or `\r\nOK\r\n` when the key is absent
     not_found,       ///< `NOT FOUND\r\n`: no such bucket
     unknown_command, ///< `UNKNOWN COMMAND\r\n`
-    silent,          ///< no bytes: SUBSCRIBE is acknowledged by silence
+    subscribed,      ///< no bytes: SUBSCRIBE is acknowledged by silence, and the
+                     ///< connection now streams events and ignores its input
     error            ///< `ERROR <reason>\r\n`
 };
 
@@ -223,8 +263,8 @@ struct reply {
     static constexpr reply unknown_command() noexcept {
         return {reply_kind::unknown_command, {}, {}, {}};
     }
-    /// No reply bytes (a successful SUBSCRIBE).
-    static constexpr reply silent() noexcept { return {reply_kind::silent, {}, {}, {}}; }
+    /// A successful SUBSCRIBE: no reply bytes; the server switches the connection over.
+    static constexpr reply subscribed() noexcept { return {reply_kind::subscribed, {}, {}, {}}; }
     /// `ERROR <reason>`; `node` names the node for `node_unavailable`.
     static constexpr reply error(error_code c, std::string_view node = {}) noexcept {
         return {reply_kind::error, {}, c, node};
@@ -240,11 +280,13 @@ concept byte_sink = requires(Out& out, const char* data, std::size_t size) {
     out.append(data, size);
 };
 
-/// Appends the exact reply bytes of protocol.md.
+/// Appends the exact reply bytes of protocol.md. Values, keys and node names are written
+/// as given: `run()` passes tokens, which never hold CR or LF; a caller passing other
+/// bytes must not pass those, or the client's framing breaks.
 template <byte_sink Out> void append_reply(Out& out, const reply& r);
 
 /// The exact reply bytes as a string (for tests and examples; servers use `append_reply`).
-std::string format_reply(const reply& r);
+[[nodiscard]] std::string format_reply(const reply& r);
 
 /// Appends a SUBSCRIBE event for a PUT: `k SET TO v\r\n`.
 template <byte_sink Out>
@@ -269,7 +311,7 @@ inline constexpr std::array<verb_spec, 5> verbs{{
     {command_kind::create, "CREATE", 2},
     {command_kind::put, "PUT", 4},
     {command_kind::get, "GET", 3},
-    {command_kind::del, "DELETE", 3},
+    {command_kind::erase, "DELETE", 3},
     {command_kind::subscribe, "SUBSCRIBE", 2},
 }};
 } // namespace detail
@@ -370,7 +412,11 @@ inline std::string to_string(const command& cmd) {
 }
 
 inline void line_framer::feed(std::string_view bytes) {
-    if (overflowed_ || bytes.empty()) {
+    if (overflowed_) {
+        release();
+        return;
+    }
+    if (bytes.empty()) {
         return;
     }
     std::memcpy(prepare(bytes.size()).data(), bytes.data(), bytes.size());
@@ -378,28 +424,29 @@ inline void line_framer::feed(std::string_view bytes) {
 }
 
 inline std::span<char> line_framer::prepare(std::size_t n) {
+    if (overflowed_) {
+        release();
+        return {};
+    }
     if (begin_ == end_) {
         // Everything was pulled: start over at the front (earlier views become invalid,
-        // as documented).
+        // as documented), and give back a buffer that grew for a burst now over.
         begin_ = end_ = scanned_ = 0;
+        if (cap_ > 4 * std::max(n, initial_capacity)) {
+            release();
+        }
     }
     if (cap_ - end_ < n) {
         const std::size_t used = end_ - begin_;
         if (cap_ - used >= n && begin_ > 0) {
             // Enough room once the pulled prefix is dropped.
             std::memmove(buf_.get(), buf_.get() + begin_, used);
+            scanned_ -= begin_;
+            begin_ = 0;
+            end_ = used;
         } else {
-            const std::size_t want = std::max({cap_ * 2, used + n, std::size_t{4096}});
-            auto grown = std::make_unique_for_overwrite<char[]>(want);
-            if (used > 0) {
-                std::memcpy(grown.get(), buf_.get() + begin_, used);
-            }
-            buf_ = std::move(grown);
-            cap_ = want;
+            reallocate(std::max({cap_ * 2, used + n, initial_capacity}));
         }
-        scanned_ -= begin_;
-        begin_ = 0;
-        end_ = used;
     }
     return {buf_.get() + end_, cap_ - end_};
 }
@@ -417,33 +464,36 @@ inline frame line_framer::next() noexcept {
     const char* const base = buf_.get();
     const void* lf =
         scanned_ < end_ ? std::memchr(base + scanned_, '\n', end_ - scanned_) : nullptr;
+    std::size_t len = 0;
     if (lf == nullptr) {
         scanned_ = end_;
         // The content length known so far: a trailing CR may still turn out to be the
         // terminator's, so it is not counted yet. This only grows as bytes arrive, which is
         // what makes the verdict independent of chunking.
-        std::size_t known = end_ - begin_;
-        if (known > 0 && base[end_ - 1] == '\r') {
-            --known;
+        len = end_ - begin_;
+        if (len > 0 && base[end_ - 1] == '\r') {
+            --len;
         }
-        if (known > max_line_) {
-            overflow();
-            return {frame_status::too_long, {}};
+    } else {
+        const auto lf_at = static_cast<std::size_t>(static_cast<const char*>(lf) - base);
+        len = lf_at - begin_;
+        if (len > 0 && base[lf_at - 1] == '\r') {
+            --len;
         }
-        return {frame_status::incomplete, {}};
-    }
-    const auto lf_at = static_cast<std::size_t>(static_cast<const char*>(lf) - base);
-    std::size_t len = lf_at - begin_;
-    if (len > 0 && base[lf_at - 1] == '\r') {
-        --len;
+        if (len <= max_line_) {
+            const std::string_view line(base + begin_, len);
+            begin_ = scanned_ = lf_at + 1;
+            return {frame_status::line, line};
+        }
     }
     if (len > max_line_) {
-        overflow();
+        // Lines already pulled keep pointing into the buffer, so it is only released by
+        // the next feed or prepare.
+        overflowed_ = true;
+        begin_ = end_ = scanned_ = 0;
         return {frame_status::too_long, {}};
     }
-    const std::string_view line(base + begin_, len);
-    begin_ = scanned_ = lf_at + 1;
-    return {frame_status::line, line};
+    return {frame_status::incomplete, {}};
 }
 
 inline void line_framer::reset() noexcept {
@@ -451,10 +501,42 @@ inline void line_framer::reset() noexcept {
     overflowed_ = false;
 }
 
-inline void line_framer::overflow() noexcept {
-    overflowed_ = true;
+inline void line_framer::shrink_to_fit() {
+    if (pending() == 0) {
+        release();
+    } else if (pending() < cap_) {
+        reallocate(pending());
+    }
+}
+
+inline void line_framer::swap(line_framer& other) noexcept {
+    std::swap(buf_, other.buf_);
+    std::swap(cap_, other.cap_);
+    std::swap(begin_, other.begin_);
+    std::swap(end_, other.end_);
+    std::swap(scanned_, other.scanned_);
+    std::swap(max_line_, other.max_line_);
+    std::swap(overflowed_, other.overflowed_);
+}
+
+inline void line_framer::release() noexcept {
     buf_.reset();
     cap_ = begin_ = end_ = scanned_ = 0;
+}
+
+inline void line_framer::reallocate(std::size_t capacity) {
+    const std::size_t used = end_ - begin_;
+    // Not make_unique: that would zero bytes about to be overwritten (and
+    // make_unique_for_overwrite is missing from libc++ before 16).
+    std::unique_ptr<char[]> fresh(new char[capacity]); // NOLINT(modernize-make-unique)
+    if (used > 0) {
+        std::memcpy(fresh.get(), buf_.get() + begin_, used);
+    }
+    buf_ = std::move(fresh);
+    cap_ = capacity;
+    scanned_ -= begin_;
+    begin_ = 0;
+    end_ = used;
 }
 
 constexpr std::string_view error_text(error_code code) noexcept {
@@ -501,7 +583,7 @@ template <byte_sink Out> void append_reply(Out& out, const reply& r) {
     case reply_kind::unknown_command:
         detail::append(out, "UNKNOWN COMMAND\r\n");
         return;
-    case reply_kind::silent:
+    case reply_kind::subscribed:
         return;
     case reply_kind::error:
         detail::append(out, "ERROR ");

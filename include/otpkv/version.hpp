@@ -15,6 +15,9 @@
 #define OTPKV_VERSION                                                                              \
     (OTPKV_VERSION_MAJOR * 10000 + OTPKV_VERSION_MINOR * 100 + OTPKV_VERSION_PATCH)
 
+// The inline namespace is named after the major version: a major bump renames it.
+static_assert(OTPKV_VERSION_MAJOR == 0, "rename otpkv's inline namespace v0 to the new major");
+
 namespace otpkv {
 inline namespace v0 {
 

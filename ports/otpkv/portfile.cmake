@@ -2,7 +2,7 @@
 # vcpkg overlay port that builds otpkv from the repository it lives in:
 #     vcpkg install otpkv --overlay-ports=<path to otpkv>/ports
 # (a registry port would fetch a release with vcpkg_from_git instead of this SOURCE_PATH).
-# tests/cmake/package.cmake runs the same configure options and install, and checks that
+# tests/cmake/consumer.cmake runs the same configure options and install, and checks that
 # they leave exactly the headers, share/cmake/otpkv and share/pkgconfig/otpkv.pc.
 get_filename_component(SOURCE_PATH "${CMAKE_CURRENT_LIST_DIR}/../.." ABSOLUTE)
 set(VCPKG_BUILD_TYPE release) # header-only: one configuration is all there is

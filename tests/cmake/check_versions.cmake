@@ -13,7 +13,7 @@ endforeach()
 string(JOIN "." header_version ${parts})
 
 set(sources
-    "meson.build|version: '([^']*)'"
+    "meson.build|project\\('otpkv', 'cpp',[ \n]+version: '([^']*)'"
     "ports/otpkv/vcpkg.json|\"version\": \"([^\"]*)\""
     "conanfile.py|version = \"([^\"]*)\"")
 set(failures "")

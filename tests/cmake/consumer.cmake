@@ -56,6 +56,12 @@ elseif(KIND STREQUAL "add_subdirectory")
     vendor_as(third_party)
     run("${CMAKE_COMMAND}" -S "${src}" -B "${build}" ${tools})
     run("${CMAKE_COMMAND}" --build "${build}")
+    # By default otpkv brings no install rules: installing the parent installs none of it.
+    run("${CMAKE_COMMAND}" --install "${build}" --prefix "${prefix}")
+    file(GLOB_RECURSE leaked "${prefix}/*")
+    if(leaked)
+        message(FATAL_ERROR "installing the parent installed otpkv's files: ${leaked}")
+    endif()
 
 elseif(KIND STREQUAL "add_subdirectory_install")
     vendor_as(third_party)

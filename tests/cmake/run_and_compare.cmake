@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
-# Runs PROGRAM with INPUT on its standard input; its standard output must equal EXPECTED.
-#   cmake -DPROGRAM=... -DINPUT=... -DEXPECTED=... -P run_and_compare.cmake
-execute_process(COMMAND "${PROGRAM}" INPUT_FILE "${INPUT}"
+# Runs PROGRAM (with the ;-list ARGS) with INPUT on its standard input; its standard output
+# must equal EXPECTED.
+#   cmake -DPROGRAM=... [-DARGS=a;b] -DINPUT=... -DEXPECTED=... -P run_and_compare.cmake
+execute_process(COMMAND "${PROGRAM}" ${ARGS} INPUT_FILE "${INPUT}"
                 RESULT_VARIABLE rc OUTPUT_VARIABLE actual ERROR_VARIABLE errors)
 if(NOT rc EQUAL 0)
     message(FATAL_ERROR "${PROGRAM} exited with ${rc}\n${errors}")

@@ -8,8 +8,9 @@
 //     and `prepare`/`commit`; and for the input repeated past 6 KB, so that the buffer
 //     (first allocation 4 KiB, more than most fuzz inputs) fills, compacts, and grows
 //     under a pending partial line;
-//  3. no line is longer than max_line or holds an LF, and a drained framer holds at most
-//     max_line + 1 bytes;
+//  3. no line is longer than max_line or holds an LF, a drained framer holds at most
+//     max_line + 1 bytes, and the views of a pulled batch stay valid until it is used,
+//     also when the batch ends with too_long;
 //  4. a parsed command's tokens are non-empty views into the line with no separator, the
 //     command written back as a request parses to the same command, and a terminator
 //     added to the line changes nothing.
@@ -25,6 +26,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace {
 
@@ -71,42 +73,57 @@ outcome reference(std::string_view in, std::size_t max_line) {
     }
 }
 
+// Pulls every available line. The views are kept until the drain ends, as a server
+// keeps a batch, so a view invalidated by a later next() (an overflow, say) is caught.
 void drain(otpkv::line_framer& framer, outcome& out) {
+    static std::vector<std::string_view> batch;
+    batch.clear();
     for (;;) {
         const otpkv::frame f = framer.next();
-        if (f.status == otpkv::frame_status::line) {
-            check(f.line.size() <= framer.max_line(), "line longer than max_line");
-            check(f.line.find('\n') == std::string_view::npos, "line holds an LF");
-            out.add(f.line);
-            continue;
+        if (f.status != otpkv::frame_status::line) {
+            out.too_long = f.status == otpkv::frame_status::too_long;
+            break;
         }
-        out.too_long = f.status == otpkv::frame_status::too_long;
-        check(framer.pending() <= framer.max_line() + 1, "drained framer holds too much");
-        return;
+        check(f.line.size() <= framer.max_line(), "line longer than max_line");
+        check(f.line.find('\n') == std::string_view::npos, "line holds an LF");
+        batch.push_back(f.line);
     }
+    for (const std::string_view line : batch) {
+        out.add(line);
+    }
+    check(framer.pending() <= framer.max_line() + 1, "drained framer holds too much");
 }
 
+// Feeds `in` in chunks whose sizes the seed picks, the way a server reads: through feed or
+// through prepare(n) with a read of up to n bytes; sometimes several chunks before pulling
+// (backpressure), sometimes giving memory back after a drain.
 outcome frame_chunked(std::string_view in, std::size_t max_line, std::uint32_t seed,
                       std::size_t max_chunk) {
     otpkv::line_framer framer(max_line);
     outcome out;
-    bool copy_in = false;
     while (!in.empty()) {
         seed = seed * 1103515245U + 12345U;
+        const std::uint32_t r = seed >> 8;
         // Mostly small chunks; one in eight up to max_chunk.
-        const std::size_t limit = (seed >> 8) % 8 == 0 ? max_chunk : 40;
-        const std::size_t n = std::min<std::size_t>(in.size(), 1 + (seed >> 16) % limit);
-        if (copy_in) {
+        const std::size_t limit = r % 8 == 0 ? max_chunk : 40;
+        std::size_t n = std::min<std::size_t>(in.size(), 1 + (seed >> 16) % limit);
+        if ((r >> 3) % 2 == 0) {
             framer.feed(in.substr(0, n));
         } else {
-            const std::span<char> room = framer.prepare(n);
-            check(room.size() >= n, "prepare gave too little room");
-            std::memcpy(room.data(), in.data(), n);
-            framer.commit(n);
+            const std::span<char> room = framer.prepare(n + (r >> 4) % 16);
+            if (!room.empty()) { // empty once overflowed: nothing more is taken
+                n = std::min(n, room.size());
+                std::memcpy(room.data(), in.data(), n);
+                framer.commit(n);
+            }
         }
-        copy_in = !copy_in;
         in.remove_prefix(n);
-        drain(framer, out);
+        if ((r >> 5) % 4 != 0) {
+            drain(framer, out);
+            if ((r >> 7) % 8 == 0) {
+                framer.shrink_to_fit();
+            }
+        }
     }
     drain(framer, out);
     return out;

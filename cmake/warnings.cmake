@@ -1,0 +1,13 @@
+# SPDX-License-Identifier: MIT
+# Warning flags for otpkv's own tests, examples and benchmarks, never on otpkv::otpkv
+# (style.md 8). Included only when one of those is built.
+if(NOT TARGET otpkv_warnings)
+    add_library(otpkv_warnings INTERFACE)
+    if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+        target_compile_options(otpkv_warnings INTERFACE
+            -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion
+            -Wold-style-cast -Wnon-virtual-dtor -Werror)
+    elseif(MSVC)
+        target_compile_options(otpkv_warnings INTERFACE /W4 /WX /permissive-)
+    endif()
+endif()
