@@ -16,15 +16,17 @@ function(run)
     set(run_output "${out}" PARENT_SCOPE)
 endfunction()
 
-# Configures otpkv alone with the port's options and installs it into `prefix`.
+# Configures otpkv alone with the port's options (and any further arguments) and installs
+# it into `prefix`.
 function(install_with_cmake prefix)
     file(READ "${OTPKV_SOURCE_DIR}/ports/otpkv/portfile.cmake" portfile)
     string(REGEX MATCHALL "-DOTPKV_[A-Z_]+=[A-Z]+" port_options "${portfile}")
     if(NOT port_options)
         message(FATAL_ERROR "no -DOTPKV_ options found in the portfile")
     endif()
+    file(REMOVE_RECURSE "${WORK_DIR}/otpkv-build")
     run("${CMAKE_COMMAND}" -S "${OTPKV_SOURCE_DIR}" -B "${WORK_DIR}/otpkv-build" ${tools}
-        ${port_options})
+        ${port_options} ${ARGN})
     run("${CMAKE_COMMAND}" --install "${WORK_DIR}/otpkv-build" --prefix "${prefix}")
 endfunction()
 
@@ -82,8 +84,19 @@ elseif(KIND STREQUAL "fetch_content")
     run("${CMAKE_COMMAND}" --build "${build}")
 
 elseif(KIND STREQUAL "pkg_config")
+    # The default layout; then a deeper data folder, installed and moved: otpkv.pc must
+    # find the headers from where it lies.
     install_with_cmake("${prefix}")
     run("${CMAKE_COMMAND}" -E env "PKG_CONFIG_PATH=${prefix}/share/pkgconfig"
+        make -C "${src}" "CXX=${CXX_COMPILER}")
+    run("${src}/my_app")
+    if(NOT run_output STREQUAL expected_output)
+        message(FATAL_ERROR "my_app (default layout) printed '${run_output}'")
+    endif()
+    file(REMOVE "${src}/my_app")
+    install_with_cmake("${WORK_DIR}/deep-first" -DCMAKE_INSTALL_DATADIR=lib/otpkv/data)
+    file(RENAME "${WORK_DIR}/deep-first" "${WORK_DIR}/deep")
+    run("${CMAKE_COMMAND}" -E env "PKG_CONFIG_PATH=${WORK_DIR}/deep/lib/otpkv/data/pkgconfig"
         make -C "${src}" "CXX=${CXX_COMPILER}")
     set(program "${src}/my_app")
 
