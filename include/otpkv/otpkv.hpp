@@ -5,4 +5,7 @@
 #pragma once
 
 #include <otpkv/command.hpp>
+#include <otpkv/process.hpp>
+#include <otpkv/supervisor.hpp>
+#include <otpkv/task.hpp>
 #include <otpkv/version.hpp>

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: MIT
+// Tasks and the task supervisor.
+#include <otpkv/task.hpp>
+
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+using namespace otpkv;
+using otpkv_test::eventually;
+using otpkv_test::exit_of;
+using namespace std::chrono_literals;
+
+TEST_CASE("task: returning is a normal exit, throwing an error exit, exit() any reason") {
+    auto done = task::start([] {});
+    CHECK(exit_of(*done) == exit_reason::normal());
+    auto crash = task::start([] { throw std::runtime_error("boom"); });
+    const auto crashed = exit_of(*crash);
+    REQUIRE(crashed);
+    CHECK(crashed->what() == exit_reason::kind::error);
+    CHECK(crashed->detail() == "boom");
+    CHECK(crashed->exception() != nullptr);
+    auto leaving = task::start([] { otpkv::exit(exit_reason::shutdown("done here")); });
+    CHECK(exit_of(*leaving) == exit_reason::shutdown("done here"));
+}
+
+TEST_CASE("task: stop asks through the stop token and returns the reason asked for") {
+    auto t = task::start([](std::stop_token stop) {
+        while (!stop.stop_requested()) {
+            std::this_thread::sleep_for(1ms);
+        }
+    });
+    CHECK(t->alive());
+    CHECK(t->stop(exit_reason::shutdown("maintenance")) == exit_reason::shutdown("maintenance"));
+    CHECK_FALSE(t->alive());
+    CHECK(t->stop() == exit_reason::shutdown("maintenance")); // stopping again: same reason
+}
+
+TEST_CASE("task: one that ignores stop is recorded killed, within its timeout") {
+    // Shared, not on the stack: the abandoned thread outlives this test.
+    auto release = std::make_shared<std::atomic<bool>>(false);
+    auto stubborn = task::start([release] {
+        while (!*release) {
+            std::this_thread::sleep_for(1ms);
+        }
+    });
+    int told = 0;
+    const monitor_handle watch = stubborn->monitor([&](const exit_reason& r) {
+        CHECK(r == exit_reason::killed());
+        ++told;
+    });
+    const auto before = std::chrono::steady_clock::now();
+    CHECK(stubborn->stop(exit_reason::shutdown(), 100ms) == exit_reason::killed());
+    const auto took = std::chrono::steady_clock::now() - before;
+    CHECK(took >= 100ms);
+    CHECK(took < 100ms + 50ms);
+    CHECK(told == 1);
+    CHECK_FALSE(stubborn->alive());
+    *release = true; // the abandoned thread finishes on its own; nobody hears of it
+}
+
+TEST_CASE("task: brutal_kill does not wait") {
+    auto release = std::make_shared<std::atomic<bool>>(false);
+    auto stubborn = task::start([release] {
+        while (!*release) {
+            std::this_thread::sleep_for(1ms);
+        }
+    });
+    CHECK(stubborn->stop(exit_reason::shutdown(), brutal_kill) == exit_reason::killed());
+    *release = true;
+}
+
+TEST_CASE("task: stopping itself from its own thread does not deadlock") {
+    std::shared_ptr<task> self;
+    std::atomic<bool> ready{false};
+    auto t = task::start([&](std::stop_token stop) {
+        while (!ready) {
+            std::this_thread::sleep_for(1ms);
+        }
+        self->stop(exit_reason::shutdown("self")); // returns at once
+        CHECK(stop.stop_requested());
+    });
+    self = t;
+    ready = true;
+    CHECK(exit_of(*t) == exit_reason::shutdown("self"));
+    self.reset();
+}
+
+TEST_CASE("task_supervisor: async returns the value, or rethrows on await") {
+    auto sup = task_supervisor::start();
+    auto answer = sup->async([] { return std::string("forty-two"); });
+    REQUIRE(answer);
+    CHECK(answer->await() == "forty-two");
+    auto failing = sup->async([]() -> int { throw std::invalid_argument("bad input"); });
+    REQUIRE(failing);
+    CHECK_THROWS_WITH_AS(failing->await(), "bad input", std::invalid_argument);
+    auto nothing = sup->async([](std::stop_token) {});
+    REQUIRE(nothing);
+    CHECK(nothing->wait_for(5s));
+    nothing->await();
+    // Temporary tasks that are done are forgotten.
+    CHECK(eventually([&] { return sup->count_children().specs == 0; }));
+}
+
+TEST_CASE("task_supervisor: a permanent task that crashes is replaced; temporary ones are not") {
+    auto sup = task_supervisor::start();
+    std::atomic<int> runs{0};
+    const auto pid = sup->start_child(
+        [&runs](std::stop_token stop) {
+            if (++runs == 1) {
+                throw std::runtime_error("first run crashes");
+            }
+            while (!stop.stop_requested()) {
+                std::this_thread::sleep_for(1ms);
+            }
+        },
+        restart::permanent);
+    REQUIRE(pid);
+    REQUIRE(eventually([&] { return runs.load() == 2; }));
+    const auto kids = sup->which_children();
+    REQUIRE(kids.size() == 1);
+    CHECK(kids[0].pid != *pid);
+    CHECK(kids[0].child->alive());
+
+    REQUIRE(sup->start_child([] { throw std::runtime_error("once"); }));
+    CHECK(eventually([&] { return sup->count_children().specs == 1; }));
+}
+
+TEST_CASE("task_supervisor: max_children refuses the next task") {
+    auto sup = task_supervisor::start({}, 1);
+    REQUIRE(sup->start_child([](std::stop_token stop) {
+        while (!stop.stop_requested()) {
+            std::this_thread::sleep_for(1ms);
+        }
+    }));
+    const auto refused = sup->async([] { return 1; });
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code == errc::max_children);
+}
