@@ -9,6 +9,7 @@ finds every build snippet it shows in a consumer project that the tests build.
 - Each ```cmake block must appear, line for line, in some tests/consumers/*/CMakeLists.txt,
   each ```meson block in some tests/consumers/*/meson.build, each ```make block in some
   tests/consumers/*/Makefile: ctest builds and runs those projects (the consumer_* tests).
+  Each ```cpp block must appear in tests/test_readme.cpp, which the tests build and run.
 - A ```console block is shown and not run: a command for a tool CI cannot have (vcpkg,
   Conan); the README says what tests stand in for it. Any other kind of block is an error,
   so that nothing shown escapes these checks.
@@ -74,7 +75,8 @@ def main():
     consumers = ROOT / "tests" / "consumers"
     snippet_files = {"cmake": sorted(consumers.glob("*/CMakeLists.txt")),
                      "meson": sorted(consumers.glob("*/meson.build")),
-                     "make": sorted(consumers.glob("*/Makefile"))}
+                     "make": sorted(consumers.glob("*/Makefile")),
+                     "cpp": [ROOT / "tests" / "test_readme.cpp"]}
     ran = checked_outputs = snippets = shown = 0
     last_output = None
     for info, body in blocks:
