@@ -158,6 +158,15 @@ struct intensity_rig {
         });
     }
 
+    // Three restarts of B, at 0 s, 1 s and 2 s on the clock; the supervisor stays up.
+    void three_restarts_in_two_seconds() {
+        CHECK(crash_b());
+        clock.advance(1s);
+        CHECK(crash_b());
+        clock.advance(1s);
+        CHECK(crash_b());
+    }
+
     // Crashes B and waits until the supervisor has dealt with it; true if it is still up.
     bool crash_b() {
         const process_id b = pid_of(*sup, "B");
@@ -170,11 +179,7 @@ struct intensity_rig {
 
 TEST_CASE("intensity: with 3 in 5 s, the 4th restart inside the window escalates") {
     intensity_rig rig(3);
-    CHECK(rig.crash_b());
-    rig.clock.advance(1s);
-    CHECK(rig.crash_b());
-    rig.clock.advance(1s);
-    CHECK(rig.crash_b());
+    rig.three_restarts_in_two_seconds();
     rig.clock.advance(3s); // now = first restart + 5 s: it still counts (OTP: Now =< Then + Period)
     CHECK_FALSE(rig.crash_b());
     REQUIRE(exit_of(*rig.sup));
@@ -190,11 +195,7 @@ TEST_CASE("intensity: with 3 in 5 s, the 4th restart inside the window escalates
 
 TEST_CASE("intensity: just past the window the oldest restart no longer counts") {
     intensity_rig rig(3);
-    CHECK(rig.crash_b());
-    rig.clock.advance(1s);
-    CHECK(rig.crash_b());
-    rig.clock.advance(1s);
-    CHECK(rig.crash_b());
+    rig.three_restarts_in_two_seconds();
     rig.clock.advance(3s + 1ms);
     CHECK(rig.crash_b());
     CHECK(rig.sup_exits == 0);

@@ -157,6 +157,11 @@ class supervisor_base : public process {
     // Runs `f` on the supervisor's thread and returns what it returned; nothing when the
     // supervisor has exited. From the supervisor's own thread it runs at once.
     template <class F> auto call(F f) -> std::optional<decltype(f())>;
+    // `call` for the management calls, whose answer is a result: `shutting_down` when the
+    // supervisor has exited.
+    template <class F> auto ask(F f) -> decltype(f());
+    // Why child `it` cannot be restarted or deleted by hand (it must exist and be stopped).
+    std::optional<error> refuse_unless_stopped(record_iter it);
     bool post(std::function<void()> job);
     void loop();
 
@@ -317,6 +322,24 @@ template <class F> auto supervisor_base::call(F f) -> std::optional<decltype(f()
     } catch (const std::future_error&) {
         return std::nullopt;
     }
+}
+
+template <class F> auto supervisor_base::ask(F f) -> decltype(f()) {
+    auto answer = call(std::move(f));
+    return answer ? std::move(*answer) : decltype(f())(error{errc::shutting_down, {}, {}});
+}
+
+inline std::optional<error> supervisor_base::refuse_unless_stopped(record_iter it) {
+    if (it == children_.end()) {
+        return error{errc::not_found, {}, {}};
+    }
+    if (it->proc) {
+        return error{errc::running, it->proc->id(), {}};
+    }
+    if (it->restarting) {
+        return error{errc::restarting, {}, {}};
+    }
+    return std::nullopt;
 }
 
 inline bool supervisor_base::post(std::function<void()> job) {
@@ -515,7 +538,7 @@ inline child_counts supervisor_base::count_children() {
 }
 
 inline result<process_id> supervisor_base::add_child(child_spec spec) {
-    auto answer = call([this, &spec]() -> result<process_id> {
+    return ask([this, &spec]() -> result<process_id> {
         if (exiting_) {
             return error{errc::shutting_down, {}, {}};
         }
@@ -535,11 +558,10 @@ inline result<process_id> supervisor_base::add_child(child_spec spec) {
         }
         return children_.back().proc->id();
     });
-    return answer ? std::move(*answer) : result<process_id>(error{errc::shutting_down, {}, {}});
 }
 
 inline result<void> supervisor_base::terminate_by_id(const std::string& id) {
-    auto answer = call([this, &id]() -> result<void> {
+    return ask([this, &id]() -> result<void> {
         const auto it = find_id(id);
         if (it == children_.end()) {
             return error{errc::not_found, {}, {}};
@@ -551,11 +573,10 @@ inline result<void> supervisor_base::terminate_by_id(const std::string& id) {
         }
         return {};
     });
-    return answer ? std::move(*answer) : result<void>(error{errc::shutting_down, {}, {}});
 }
 
 inline result<void> supervisor_base::terminate_by_pid(process_id pid) {
-    auto answer = call([this, pid]() -> result<void> {
+    return ask([this, pid]() -> result<void> {
         const auto it =
             std::find_if(children_.begin(), children_.end(),
                          [&](const child_record& c) { return c.proc && c.proc->id() == pid; });
@@ -566,20 +587,13 @@ inline result<void> supervisor_base::terminate_by_pid(process_id pid) {
         children_.erase(it);
         return {};
     });
-    return answer ? std::move(*answer) : result<void>(error{errc::shutting_down, {}, {}});
 }
 
 inline result<process_id> supervisor_base::restart_by_id(const std::string& id) {
-    auto answer = call([this, &id]() -> result<process_id> {
+    return ask([this, &id]() -> result<process_id> {
         const auto it = find_id(id);
-        if (it == children_.end()) {
-            return error{errc::not_found, {}, {}};
-        }
-        if (it->proc) {
-            return error{errc::running, it->proc->id(), {}};
-        }
-        if (it->restarting) {
-            return error{errc::restarting, {}, {}};
+        if (auto refused = refuse_unless_stopped(it)) {
+            return *refused;
         }
         exit_reason failure;
         if (!start_record(*it, &failure)) {
@@ -588,25 +602,17 @@ inline result<process_id> supervisor_base::restart_by_id(const std::string& id) 
         }
         return it->proc->id();
     });
-    return answer ? std::move(*answer) : result<process_id>(error{errc::shutting_down, {}, {}});
 }
 
 inline result<void> supervisor_base::delete_by_id(const std::string& id) {
-    auto answer = call([this, &id]() -> result<void> {
+    return ask([this, &id]() -> result<void> {
         const auto it = find_id(id);
-        if (it == children_.end()) {
-            return error{errc::not_found, {}, {}};
-        }
-        if (it->proc) {
-            return error{errc::running, it->proc->id(), {}};
-        }
-        if (it->restarting) {
-            return error{errc::restarting, {}, {}};
+        if (auto refused = refuse_unless_stopped(it)) {
+            return *refused;
         }
         children_.erase(it);
         return {};
     });
-    return answer ? std::move(*answer) : result<void>(error{errc::shutting_down, {}, {}});
 }
 
 inline supervisor_base::record_iter supervisor_base::find_id(const std::string& id) {
