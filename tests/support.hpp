@@ -65,6 +65,7 @@ struct control {
     std::condition_variable_any wake;
     std::optional<otpkv::exit_reason> order;
     bool ignore_stop = false;         // the child will not stop when asked
+    std::atomic<int> fail_starts{0};  // this many next starts throw
     std::atomic<bool> release{false}; // lets a child that ignored its stop finish
 
     void exit_with(otpkv::exit_reason reason) {
@@ -89,6 +90,11 @@ class children {
         s.restart = type;
         s.shutdown = shutdown;
         s.start = [this, id, ctl]() -> std::shared_ptr<otpkv::process> {
+            if (ctl->fail_starts > 0) {
+                --ctl->fail_starts;
+                log_.add("start " + id + " failed");
+                throw std::runtime_error("cannot start " + id);
+            }
             log_.add("start " + id);
             ++started;
             return otpkv::task::start([this, id, ctl](std::stop_token stop) {

@@ -262,6 +262,14 @@ TEST_CASE("intensity: an escalating child supervisor is an exit its parent sees"
     CHECK(outer->count_children() == child_counts{1, 1, 1, 0});
 }
 
+TEST_CASE("intensity: the escalating supervisor's own exit reason is shutdown") {
+    journal log;
+    children kids(log);
+    auto inner = supervisor::start({kids.spec("W")}, {.max_restarts = 0}).value();
+    kids.control_of("W")->exit_with(exit_reason::error("boom"));
+    CHECK(exit_of(*inner) == exit_reason::shutdown());
+}
+
 // ---------------------------------------------------------------------------------------
 // Shutdown
 // ---------------------------------------------------------------------------------------
@@ -298,7 +306,8 @@ TEST_CASE("shutdown: a child that ignores stop is killed after its own timeout")
     auto ctl = kids.control_of("stubborn");
     ctl->release = true; // let the abandoned thread end
     ctl->wake.notify_all();
-    CHECK(eventually([&] { return kids.finished.load() == 2; }));
+    // REQUIRE: the abandoned thread uses the fixture, which must outlive it.
+    REQUIRE(eventually([&] { return kids.finished.load() == 2; }));
 }
 
 TEST_CASE("a child that fails to start fails the supervisor's start, stopping the others") {
@@ -451,4 +460,218 @@ TEST_CASE("stress: 1,000 crashes across 20 children while others list and termin
     CHECK(kids.started == kids.finished);
     MESSAGE("crashes 1000, listings " << listed << ", terminations " << terminated << ", starts "
                                       << kids.started);
+}
+
+// ---------------------------------------------------------------------------------------
+// Failed restarts (OTP's try_again_restart)
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("failed restarts: retried until they work, visible as restarting meanwhile") {
+    journal log;
+    children kids(log);
+    auto sup = supervisor::start({kids.spec("A")}, {.max_restarts = 100}).value();
+    log.take();
+    kids.control_of("A")->fail_starts = 3;
+    kids.control_of("A")->exit_with(exit_reason::error("boom"));
+    REQUIRE(eventually([&] { return pid_of(*sup, "A") != process_id{} && log.size() == 4; }));
+    CHECK(log.take() == events{"start A failed", "start A failed", "start A failed", "start A"});
+    CHECK_FALSE(sup->which_children()[0].restarting);
+}
+
+TEST_CASE("failed restarts: restart_child and delete_child refuse; terminate_child ends it") {
+    journal log;
+    children kids(log);
+    manual_clock clock; // retries count as restarts: keep them all inside the window
+    auto sup =
+        supervisor::start({kids.spec("A")}, {.max_restarts = 1'000'000, .clock = clock.function()})
+            .value();
+    log.take();
+    kids.control_of("A")->fail_starts = 1'000'000; // never starts again
+    kids.control_of("A")->exit_with(exit_reason::error("boom"));
+    REQUIRE(eventually([&] { return sup->which_children()[0].restarting; }));
+    CHECK(sup->restart_child("A").error().code == errc::restarting);
+    CHECK(sup->delete_child("A").error().code == errc::restarting);
+    CHECK(sup->terminate_child("A"));
+    // No retry is left pending: it stays stopped, and nothing tries to start it.
+    const std::size_t attempts = log.size();
+    std::this_thread::sleep_for(20ms);
+    CHECK(log.size() == attempts);
+    const auto list = sup->which_children();
+    CHECK_FALSE(list[0].pid);
+    CHECK_FALSE(list[0].restarting);
+    CHECK(sup->delete_child("A"));
+}
+
+TEST_CASE("failed restarts: a group start stops at the failure, which alone is retried") {
+    journal log;
+    children kids(log);
+    auto sup = supervisor::start({kids.spec("A"), kids.spec("B"), kids.spec("C"), kids.spec("D")},
+                                 {.strategy = strategy::rest_for_one})
+                   .value();
+    log.take();
+    kids.control_of("B")->fail_starts = 1;
+    const process_id b = pid_of(*sup, "B");
+    kids.control_of("B")->exit_with(exit_reason::error("boom"));
+    REQUIRE(exit_handled(*sup, "B", b));
+    REQUIRE(eventually([&] { return sup->count_children().active == 4; }));
+    CHECK(log.take() ==
+          events{"stop D", "stop C", "start B failed", "start B", "start C", "start D"});
+}
+
+TEST_CASE("a nested supervisor that fails to start reports why") {
+    journal log;
+    children kids(log);
+    kids.control_of("W")->fail_starts = 1;
+    auto outer = supervisor::start({supervisor::child("inner", {kids.spec("W")})});
+    REQUIRE_FALSE(outer);
+    CHECK(outer.error().code == errc::start_failed);
+    CHECK(outer.error().reason.detail().find("cannot start W") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------
+// No callback path deadlocks; calls from anywhere are safe
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("no deadlock: a child's monitor asks its supervisor while it handles the exit") {
+    auto sup = dynamic_supervisor::start();
+    journal log;
+    children kids(log);
+    REQUIRE(sup->start_child(kids.spec("T", restart::temporary)));
+    std::atomic<std::size_t> seen{99};
+    monitor_handle asking;
+    {
+        const auto list = sup->which_children();
+        asking = list[0].child->monitor([&](const exit_reason&) {
+            seen = sup->which_children().size(); // on the child's thread
+        });
+    } // the test keeps no reference to the child: the supervisor holds the last one
+    kids.control_of("T")->exit_with(exit_reason::normal());
+    CHECK(eventually([&] { return seen.load() == 0; }, 3s));
+}
+
+TEST_CASE("no deadlock: a task terminating itself through its supervisor") {
+    for (const timeout shutdown : {default_shutdown, infinity}) {
+        auto sup = task_supervisor::start();
+        std::atomic<bool> go{false};
+        std::atomic<int> answer{-1};
+        const auto pid = sup->start_child(
+            [&](std::stop_token) {
+                while (!go) {
+                    std::this_thread::sleep_for(1ms);
+                }
+                const process_id self = sup->which_children().at(0).pid;
+                // The supervisor stops us while we wait for its answer: we give up.
+                answer = static_cast<int>(sup->terminate_child(self).error().code);
+            },
+            restart::temporary, shutdown);
+        REQUIRE(pid);
+        const auto child = sup->which_children().at(0).child;
+        const auto before = std::chrono::steady_clock::now();
+        go = true;
+        const auto reason = exit_of(*child, 3s);
+        CHECK(std::chrono::steady_clock::now() - before < 2s);
+        CHECK(reason == exit_reason::shutdown());
+        CHECK(answer == static_cast<int>(errc::shutting_down));
+        CHECK(eventually([&] { return sup->count_children().specs == 0; }));
+    }
+}
+
+TEST_CASE("no deadlock: stopping a supervisor whose worker keeps calling it") {
+    auto sup = task_supervisor::start();
+    REQUIRE(sup->start_child([&sup](std::stop_token stop) {
+        while (!stop.stop_requested()) {
+            (void)sup->count_children();
+        }
+    }));
+    const auto child = sup->which_children().at(0).child;
+    const auto before = std::chrono::steady_clock::now();
+    CHECK(sup->stop() == exit_reason::shutdown());
+    CHECK(std::chrono::steady_clock::now() - before < 2s);
+    CHECK(child->exited() == exit_reason::shutdown()); // stopped, not killed
+}
+
+TEST_CASE("no deadlock: a supervisor whose last owner lets go on its own thread") {
+    journal log;
+    children kids(log);
+    auto sup = task_supervisor::start();
+    REQUIRE(sup->start_child(kids.spec("W")));
+    exit_reason reason = exit_reason::noproc();
+    std::atomic<bool> exited{false};
+    const monitor_handle watch = sup->monitor([&](const exit_reason& r) {
+        reason = r;
+        exited = true;
+    });
+    // A temporary task holds the last reference and ends: the supervisor is destroyed on
+    // its own thread, when it forgets that task.
+    std::atomic<bool> go{false};
+    REQUIRE(sup->start_child([keep = sup, &go] {
+        while (!go) {
+            std::this_thread::sleep_for(1ms);
+        }
+    }));
+    sup.reset();
+    go = true;
+    REQUIRE(eventually([&] { return exited.load(); }));
+    CHECK(reason == exit_reason::shutdown());
+    CHECK(eventually([&] { return log.size() == 2; })); // W was stopped on the way out
+    CHECK(log.take() == events{"start W", "stop W"});
+}
+
+TEST_CASE("calls from the supervisor's own thread: reads answer, changes are refused") {
+    journal log;
+    children kids(log);
+    std::shared_ptr<supervisor> sup;
+    result<process_id> nested(error{errc::not_found, {}, {}});
+    child_spec meddling{"meddling", [&]() -> std::shared_ptr<process> {
+                            nested = sup->start_child(kids.spec("other"));
+                            return kids.spec("inner").start();
+                        }};
+    sup = supervisor::start({kids.spec("A")}).value();
+    REQUIRE(sup->start_child(meddling));
+    CHECK(nested.error().code == errc::calling_self);
+    CHECK(sup->count_children().specs == 2);
+
+    // A stop asked for from a start function: the shutdown runs once the start is done.
+    child_spec quitting{"quitting", [&]() -> std::shared_ptr<process> {
+                            CHECK(sup->stop() == exit_reason::shutdown());
+                            return kids.spec("last").start();
+                        }};
+    CHECK(sup->start_child(quitting));
+    CHECK(exit_of(*sup) == exit_reason::shutdown());
+    CHECK(sup->which_children().empty());
+}
+
+TEST_CASE("calls from a killed child's monitor, which runs on the supervisor's thread") {
+    journal log;
+    children kids(log);
+    kids.control_of("stubborn")->ignore_stop = true;
+    auto sup = supervisor::start({kids.spec("A"), kids.spec("stubborn", restart::permanent, 50ms)})
+                   .value();
+    result<process_id> from_monitor(error{errc::not_found, {}, {}});
+    const monitor_handle watch = sup->which_children()[1].child->monitor([&](const exit_reason& r) {
+        CHECK(r == exit_reason::killed());
+        from_monitor = sup->start_child(kids.spec("late"));
+    });
+    CHECK(sup->terminate_child("stubborn"));
+    CHECK(from_monitor.error().code == errc::calling_self);
+    auto ctl = kids.control_of("stubborn");
+    ctl->release = true;
+    ctl->wake.notify_all();
+    REQUIRE(eventually([&] { return kids.finished.load() == 1; }));
+}
+
+TEST_CASE("a child supervisor that does not stop in time does not hold up its parent") {
+    journal log;
+    children kids(log);
+    kids.control_of("stuck")->ignore_stop = true;
+    child_spec inner = supervisor::child("inner", {kids.spec("stuck", restart::permanent, 1s)});
+    inner.shutdown = 100ms;
+    auto outer = supervisor::start({inner}).value();
+    const auto before = std::chrono::steady_clock::now();
+    CHECK(outer->stop() == exit_reason::shutdown());
+    CHECK(std::chrono::steady_clock::now() - before < 900ms); // not the grandchild's 1 s
+    auto ctl = kids.control_of("stuck");
+    ctl->release = true;
+    ctl->wake.notify_all();
+    REQUIRE(eventually([&] { return kids.finished.load() == 1; }));
 }

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -72,8 +73,27 @@ TEST_CASE("task: brutal_kill does not wait") {
             std::this_thread::sleep_for(1ms);
         }
     });
+    const auto before = std::chrono::steady_clock::now();
     CHECK(stubborn->stop(exit_reason::shutdown(), brutal_kill) == exit_reason::killed());
+    CHECK(std::chrono::steady_clock::now() - before < 1s);
     *release = true;
+}
+
+TEST_CASE("task: concurrent stops never wait for an abandoned thread") {
+    for (int round = 0; round < 50; ++round) {
+        auto release = std::make_shared<std::atomic<bool>>(false);
+        auto stubborn = task::start([release] {
+            while (!*release) {
+                std::this_thread::sleep_for(1ms);
+            }
+        });
+        const auto before = std::chrono::steady_clock::now();
+        std::thread other([&] { (void)stubborn->stop(exit_reason::shutdown(), 1ms); });
+        CHECK(stubborn->stop(exit_reason::shutdown(), brutal_kill) == exit_reason::killed());
+        other.join();
+        CHECK(std::chrono::steady_clock::now() - before < 1s);
+        *release = true;
+    }
 }
 
 TEST_CASE("task: stopping itself from its own thread does not deadlock") {
@@ -97,9 +117,25 @@ TEST_CASE("task_supervisor: async returns the value, or rethrows on await") {
     auto answer = sup->async([] { return std::string("forty-two"); });
     REQUIRE(answer);
     CHECK(answer->await() == "forty-two");
-    auto failing = sup->async([]() -> int { throw std::invalid_argument("bad input"); });
+    std::atomic<bool> go{false};
+    auto failing = sup->async([&go]() -> int {
+        while (!go) {
+            std::this_thread::sleep_for(1ms);
+        }
+        throw std::invalid_argument("bad input");
+    });
     REQUIRE(failing);
+    std::optional<exit_reason> reason;
+    std::atomic<bool> exited{false};
+    const monitor_handle watch =
+        sup->which_children().at(0).child->monitor([&](const exit_reason& r) {
+            reason = r;
+            exited = true;
+        });
+    go = true;
     CHECK_THROWS_WITH_AS(failing->await(), "bad input", std::invalid_argument);
+    REQUIRE(eventually([&] { return exited.load(); }));
+    CHECK(reason == exit_reason::error("bad input")); // the monitors get the message
     auto nothing = sup->async([](std::stop_token) {});
     REQUIRE(nothing);
     CHECK(nothing->wait_for(5s));

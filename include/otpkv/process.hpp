@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -199,7 +200,8 @@ enum class errc : std::uint8_t {
     already_started, ///< a child with that id is running (start_child); `pid` names it
     start_failed,    ///< the child's start function threw or returned nothing; see `reason`
     max_children,    ///< a dynamic supervisor is full
-    shutting_down    ///< the supervisor has exited or is exiting
+    shutting_down,   ///< the supervisor has exited or is exiting, or the caller is stopping
+    calling_self     ///< a call that changes children, made from the supervisor's own thread
 };
 
 /// The name of an error code (`"not_found"`, ...).
@@ -217,16 +219,15 @@ struct error {
 class bad_result_access : public std::exception {
   public:
     /// Carries the error.
-    explicit bad_result_access(otpkv::error e) : error_(std::move(e)) {}
+    explicit bad_result_access(otpkv::error e);
     /// The error the result held.
     [[nodiscard]] const otpkv::error& error() const noexcept { return error_; }
-    /// "otpkv: result holds an error".
-    [[nodiscard]] const char* what() const noexcept override {
-        return "otpkv: result holds an error";
-    }
+    /// "otpkv: <code>" and, for a failed start, its reason: "otpkv: start_failed: {error, x}".
+    [[nodiscard]] const char* what() const noexcept override { return what_.c_str(); }
 
   private:
     otpkv::error error_;
+    std::string what_;
 };
 
 /// A value or an `error` (C++20 has no std::expected). Expected failures of the supervision
@@ -316,7 +317,8 @@ using exit_callback = std::function<void(const exit_reason&)>;
 /// A monitor (OTP's `Process.monitor`): returned by `process::monitor`. Dropping or
 /// cancelling it demonitors. Movable, not copyable.
 ///
-/// Thread safety: `cancel` may be called from any thread, also from inside the callback.
+/// Thread safety: like any object, one handle is used by one thread at a time; `cancel` may
+/// be called from inside the callback it guards.
 class monitor_handle {
   public:
     /// Monitors nothing.
@@ -398,6 +400,10 @@ class process {
     /// false at once when called from inside one of this process's monitor callbacks.
     bool wait_exit(timeout wait) const;
 
+    /// Waits up to `wait` for the exit to be recorded (its monitors may still be running:
+    /// a stopper must not wait on other parties' callbacks, which may wait on it).
+    bool wait_recorded(timeout wait) const;
+
     /// The exit state itself, for a thread that must record the exit without holding the
     /// process object (a task's thread).
     [[nodiscard]] const std::shared_ptr<detail::exit_signal>& signal() const noexcept {
@@ -417,6 +423,11 @@ namespace detail {
 
 /// The program-wide counter behind process_id::next (see there).
 inline std::atomic<std::uint64_t> process_id_counter{0};
+
+/// The stop token of the process running on this thread (a task's, or a supervisor's own
+/// thread's): a call into a supervisor gives up when it is requested, as an OTP process
+/// blocked in a call dies with the exit signal of its supervisor.
+inline thread_local std::stop_token current_stop_token{};
 
 /// The exit state of one process and its monitors. Shared by the process and its monitor
 /// handles, so a handle may outlive the process.
@@ -491,6 +502,17 @@ class exit_signal {
             return std::nullopt;
         }
         return reason_;
+    }
+
+    // Waits for the exit to be recorded, not for the monitors to have run.
+    bool wait_recorded(timeout wait) const {
+        std::unique_lock lock(mutex_);
+        const auto recorded = [&] { return exited_.load(std::memory_order_relaxed); };
+        if (wait == infinity) {
+            changed_.wait(lock, recorded);
+            return true;
+        }
+        return changed_.wait_for(lock, wait, recorded);
     }
 
     bool wait_done(timeout wait) const {
@@ -585,9 +607,18 @@ inline std::string_view to_string(errc code) noexcept {
     case errc::max_children:
         return "max_children";
     case errc::shutting_down:
+        return "shutting_down";
+    case errc::calling_self:
         break;
     }
-    return "shutting_down";
+    return "calling_self";
+}
+
+inline bad_result_access::bad_result_access(otpkv::error e) : error_(std::move(e)) {
+    what_ = "otpkv: " + std::string(to_string(error_.code));
+    if (error_.code == errc::start_failed) {
+        what_ += ": " + to_string(error_.reason);
+    }
 }
 
 inline void monitor_handle::cancel() noexcept {
@@ -634,6 +665,10 @@ inline bool process::notify_exit(const exit_reason& reason) {
 
 inline bool process::wait_exit(timeout wait) const {
     return signal_->wait_done(wait);
+}
+
+inline bool process::wait_recorded(timeout wait) const {
+    return signal_->wait_recorded(wait);
 }
 
 } // namespace v0

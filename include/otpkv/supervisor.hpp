@@ -31,17 +31,18 @@
 #include <otpkv/process.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <utility>
@@ -112,18 +113,24 @@ struct supervisor_options {
 
 namespace detail {
 
-/// What `supervisor` and `dynamic_supervisor` share: the thread, the mailbox, the child
-/// list and OTP's restart rules.
+class supervisor_core;
+
+/// What `supervisor` and `dynamic_supervisor` share. The state (mailbox, children, restart
+/// history) lives in a core that the supervisor's thread owns with this object, so the
+/// object may be destroyed on any thread, its own included.
 class supervisor_base : public process {
   public:
     supervisor_base(const supervisor_base&) = delete;
     supervisor_base& operator=(const supervisor_base&) = delete;
-    /// Stops (shutdown, waiting for ever) and joins the thread.
+    /// Stops (shutdown, waiting for ever) and joins the thread. On the supervisor's own
+    /// thread, or after a stop that timed out, it asks for the shutdown and lets the
+    /// thread finish it on its own.
     ~supervisor_base() override;
 
     /// Terminates the children in reverse start order, then exits with `reason`. Waits up
-    /// to `wait` (default `infinity`); past it the supervisor is reported `killed` to its
-    /// monitors, but it finishes stopping its children before its object can be destroyed.
+    /// to `wait` (default `infinity`) for the exit; past it the supervisor is reported
+    /// `killed` and finishes stopping its children on its own. From the supervisor's own
+    /// thread (a start function, say) it asks for the shutdown and returns at once.
     exit_reason stop(exit_reason reason = exit_reason::shutdown(),
                      timeout wait = infinity) override;
 
@@ -145,51 +152,9 @@ class supervisor_base : public process {
     result<void> delete_by_id(const std::string& id);
 
   private:
-    struct child_record {
-        child_spec spec;
-        std::shared_ptr<process> proc; // null when not running
-        monitor_handle watch;
-        bool restarting = false;
-        std::uint64_t serial = 0; // identifies the record across edits of the list
-    };
-    using record_iter = std::vector<child_record>::iterator;
-
-    // Runs `f` on the supervisor's thread and returns what it returned; nothing when the
-    // supervisor has exited. From the supervisor's own thread it runs at once.
-    template <class F> auto call(F f) -> std::optional<decltype(f())>;
-    // `call` for the management calls, whose answer is a result: `shutting_down` when the
-    // supervisor has exited.
-    template <class F> auto ask(F f) -> decltype(f());
-    // Why child `it` cannot be restarted or deleted by hand (it must exist and be stopped).
-    std::optional<error> refuse_unless_stopped(record_iter it);
-    bool post(std::function<void()> job);
-    void loop();
-
-    // All below run on the supervisor's thread only.
-    bool start_record(child_record& c, exit_reason* failure = nullptr);
-    void terminate(child_record& c);
-    void on_child_exit(process_id pid, const exit_reason& reason);
-    void restart_from(std::uint64_t serial);
-    bool add_restart();
-    void shut_down(const exit_reason& reason);
-    record_iter find_id(const std::string& id);
-    record_iter find_serial(std::uint64_t serial);
-
-    const supervisor_options options_;
-    const bool dynamic_;
-    const std::size_t max_children_;
-
-    std::mutex mailbox_mutex_;
-    std::condition_variable mailbox_ready_;
-    std::deque<std::function<void()>> mailbox_;
-    bool mailbox_closed_ = false;
+    std::shared_ptr<supervisor_core> core_;
     std::thread thread_;
-    std::thread::id thread_id_;
-
-    std::vector<child_record> children_;
-    std::deque<std::chrono::steady_clock::time_point> restarts_;
-    std::uint64_t last_serial_ = 0;
-    bool exiting_ = false;
+    std::atomic<bool> abandoned_{false}; // a stop timed out: the thread finishes alone
 };
 
 } // namespace detail
@@ -263,73 +228,348 @@ class dynamic_supervisor : public detail::supervisor_base {
 
 namespace detail {
 
-inline supervisor_base::supervisor_base(supervisor_options options, bool dynamic,
-                                        std::size_t max_children)
-    : options_(std::move(options)), dynamic_(dynamic), max_children_(max_children) {}
+/// The state and the rules of one supervisor; every member but `post`, `call`, `ask` and
+/// the accessors runs on the supervisor's thread only.
+class supervisor_core : public std::enable_shared_from_this<supervisor_core> {
+  public:
+    supervisor_core(supervisor_options options, bool dynamic, std::size_t max_children,
+                    std::shared_ptr<exit_signal> signal)
+        : options_(std::move(options)), dynamic_(dynamic), max_children_(max_children),
+          signal_(std::move(signal)) {}
 
-inline supervisor_base::~supervisor_base() {
-    if (thread_.joinable()) {
-        stop(exit_reason::shutdown(), infinity);
-        if (std::this_thread::get_id() == thread_id_) {
-            thread_.detach(); // destroyed by its own thread: the loop ends by itself
-        } else {
-            thread_.join();
+    void loop();
+    bool post(std::function<void()> job);
+
+    // Runs `f` on the supervisor's thread and returns what it returned; nothing when the
+    // supervisor has exited or the calling process is asked to stop meanwhile. From the
+    // supervisor's own thread it runs at once: only for calls that read.
+    template <class F> auto call(F f) -> std::optional<decltype(f())>;
+    // `call` for a management call that changes children, whose answer is a result:
+    // `calling_self` from the supervisor's own thread, `shutting_down` when nobody answers.
+    template <class F> auto ask(F f) -> decltype(f());
+
+    // Asks for the shutdown: the caller's wait for it may be cut short, the shutdown runs.
+    void request_shutdown(const exit_reason& reason);
+
+    bool on_own_thread() const noexcept { return std::this_thread::get_id() == thread_id_; }
+    void set_thread(std::thread::id id) noexcept { thread_id_ = id; }
+
+    // The supervisor's thread only.
+    result<void> start_all(std::vector<child_spec> children);
+    result<process_id> add_child(child_spec spec);
+    result<void> terminate_by_id(const std::string& id);
+    result<void> terminate_by_pid(process_id pid);
+    result<process_id> restart_by_id(const std::string& id);
+    result<void> delete_by_id(const std::string& id);
+    std::vector<child_info> list() const;
+    child_counts counts() const;
+
+  private:
+    struct child_record {
+        child_spec spec;
+        std::shared_ptr<process> proc; // null when not running
+        monitor_handle watch;
+        bool restarting = false;  // a restart failed; try_again will start it
+        std::uint64_t serial = 0; // identifies the record across edits of the list
+    };
+    using record_iter = std::vector<child_record>::iterator;
+
+    bool start_record(child_record& c, exit_reason* failure = nullptr);
+    void terminate(child_record& c);
+    void erase(record_iter it);
+    void on_child_exit(process_id pid, const exit_reason& reason);
+    void restart(std::uint64_t serial);
+    void try_again(std::uint64_t serial);
+    bool add_restart();
+    void shut_down(const exit_reason& reason);
+    std::optional<error> refuse_unless_stopped(record_iter it);
+    record_iter find_id(const std::string& id);
+    record_iter find_serial(std::uint64_t serial);
+
+    const supervisor_options options_;
+    const bool dynamic_;
+    const std::size_t max_children_;
+    const std::shared_ptr<exit_signal> signal_;
+
+    std::mutex mailbox_mutex_;
+    std::condition_variable mailbox_ready_;
+    std::deque<std::function<void()>> mailbox_;
+    bool mailbox_closed_ = false;
+    std::stop_source stop_; // requested when a shutdown is asked for
+    std::thread::id thread_id_;
+
+    std::vector<child_record> children_;
+    std::deque<std::chrono::steady_clock::time_point> restarts_;
+    std::uint64_t last_serial_ = 0;
+    bool exiting_ = false;
+};
+
+// The answer to one call: filled by the job, or marked dropped when the job dies unrun.
+template <class R> struct reply_slot {
+    std::mutex mutex;
+    std::condition_variable_any ready;
+    std::optional<R> value;
+    bool dropped = false;
+};
+
+template <class R> struct responder {
+    std::shared_ptr<reply_slot<R>> slot;
+    explicit responder(std::shared_ptr<reply_slot<R>> s) : slot(std::move(s)) {}
+    responder(const responder&) = delete;
+    responder& operator=(const responder&) = delete;
+    ~responder() {
+        {
+            const std::lock_guard lock(slot->mutex);
+            slot->dropped = !slot->value;
         }
+        slot->ready.notify_all();
     }
-}
+};
 
-inline result<void> supervisor_base::launch(std::vector<child_spec> children) {
-    thread_ = std::thread([this] { loop(); });
-    thread_id_ = thread_.get_id();
-    auto started = call([this, &children]() -> result<void> {
-        for (child_spec& spec : children) {
-            if (find_id(spec.id) != children_.end()) {
-                return error{errc::already_present, {}, {}};
-            }
-            children_.push_back({std::move(spec), nullptr, {}, false, ++last_serial_});
-            exit_reason failure;
-            if (!start_record(children_.back(), &failure)) {
-                children_.pop_back();
-                return error{errc::start_failed, {}, std::move(failure)};
-            }
-        }
-        return {};
-    });
-    if (started && *started) {
-        return {};
-    }
-    error failed = started ? started->error() : error{errc::shutting_down, {}, {}};
-    stop(exit_reason::shutdown(), infinity);
-    return failed;
-}
-
-template <class F> auto supervisor_base::call(F f) -> std::optional<decltype(f())> {
+template <class F> auto supervisor_core::call(F f) -> std::optional<decltype(f())> {
     using R = decltype(f());
-    if (std::this_thread::get_id() == thread_id_) {
+    if (on_own_thread()) {
         return f();
     }
-    // The promise lives only in the job (the caller keeps just the future): a job dropped
-    // unrun by a closing mailbox breaks it, which wakes the caller.
-    auto promise = std::make_shared<std::promise<R>>();
-    std::future<R> answer = promise->get_future();
-    if (!post([promise = std::move(promise), f = std::move(f)]() mutable {
-            promise->set_value(f());
+    auto slot = std::make_shared<reply_slot<R>>();
+    // The responder lives only in the job: a job dropped unrun by a closing mailbox
+    // destroys it, which wakes the caller.
+    auto answer = std::make_shared<responder<R>>(slot);
+    if (!post([answer = std::move(answer), f = std::move(f)]() mutable {
+            R value = f();
+            const std::lock_guard lock(answer->slot->mutex);
+            answer->slot->value.emplace(std::move(value));
         })) {
         return std::nullopt;
     }
-    try {
-        return answer.get();
-    } catch (const std::future_error&) {
+    std::unique_lock lock(slot->mutex);
+    // Gives up when the calling process is asked to stop (its supervisor may be the one
+    // we wait for, stopping us).
+    slot->ready.wait(lock, current_stop_token, [&] { return slot->value || slot->dropped; });
+    if (!slot->value) {
         return std::nullopt;
+    }
+    return std::move(*slot->value);
+}
+
+template <class F> auto supervisor_core::ask(F f) -> decltype(f()) {
+    using R = decltype(f());
+    if (on_own_thread()) {
+        return R(error{errc::calling_self, {}, {}});
+    }
+    auto answer = call(std::move(f));
+    return answer ? std::move(*answer) : R(error{errc::shutting_down, {}, {}});
+}
+
+inline bool supervisor_core::post(std::function<void()> job) {
+    {
+        const std::lock_guard lock(mailbox_mutex_);
+        if (mailbox_closed_) {
+            return false;
+        }
+        mailbox_.push_back(std::move(job));
+    }
+    mailbox_ready_.notify_one();
+    return true;
+}
+
+inline void supervisor_core::loop() {
+    current_stop_token = stop_.get_token();
+    for (;;) {
+        std::function<void()> job;
+        {
+            std::unique_lock lock(mailbox_mutex_);
+            mailbox_ready_.wait(lock, [&] { return !mailbox_.empty() || mailbox_closed_; });
+            if (mailbox_.empty()) {
+                break; // closed and drained
+            }
+            job = std::move(mailbox_.front());
+            mailbox_.pop_front();
+        }
+        job();
     }
 }
 
-template <class F> auto supervisor_base::ask(F f) -> decltype(f()) {
-    auto answer = call(std::move(f));
-    return answer ? std::move(*answer) : decltype(f())(error{errc::shutting_down, {}, {}});
+inline void supervisor_core::request_shutdown(const exit_reason& reason) {
+    stop_.request_stop();
+    post([this, reason] { shut_down(reason); });
 }
 
-inline std::optional<error> supervisor_base::refuse_unless_stopped(record_iter it) {
+inline result<void> supervisor_core::start_all(std::vector<child_spec> children) {
+    for (child_spec& spec : children) {
+        if (find_id(spec.id) != children_.end()) {
+            return error{errc::already_present, {}, {}};
+        }
+        children_.push_back({std::move(spec), nullptr, {}, false, ++last_serial_});
+        exit_reason failure;
+        if (!start_record(children_.back(), &failure)) {
+            erase(children_.end() - 1);
+            return error{errc::start_failed, {}, std::move(failure)};
+        }
+    }
+    return {};
+}
+
+inline bool supervisor_core::start_record(child_record& c, exit_reason* failure) {
+    try {
+        if (!c.spec.start) {
+            throw std::invalid_argument("child spec '" + c.spec.id + "' has no start function");
+        }
+        std::shared_ptr<process> proc = c.spec.start();
+        if (!proc) {
+            throw std::runtime_error("start of '" + c.spec.id + "' returned no process");
+        }
+        // A start function may have shut us down (it cannot change the list: calls that
+        // would are refused on this thread).
+        c.proc = std::move(proc);
+        c.restarting = false;
+        const process_id pid = c.proc->id();
+        // The callback only posts: it runs on the child's thread, and holds the core
+        // weakly, so it never keeps a finished supervisor alive.
+        c.watch = c.proc->monitor([weak = weak_from_this(), pid](const exit_reason& reason) {
+            if (const auto self = weak.lock()) {
+                self->post([raw = self.get(), pid, reason] { raw->on_child_exit(pid, reason); });
+            }
+        });
+        return true;
+    } catch (...) {
+        c.restarting = true;
+        if (failure != nullptr) {
+            *failure = exit_reason::from_exception(std::current_exception());
+        }
+        return false;
+    }
+}
+
+inline void supervisor_core::terminate(child_record& c) {
+    if (!c.proc) {
+        return;
+    }
+    c.watch.cancel(); // a stop we ask for is not a crash: no exit message
+    const timeout wait = c.spec.shutdown.value_or(
+        c.spec.type == child_type::supervisor ? infinity : default_shutdown);
+    // Moved out first: the child's monitors may call back in (reads only) meanwhile.
+    const std::shared_ptr<process> proc = std::move(c.proc);
+    proc->stop(exit_reason::shutdown(), wait);
+}
+
+inline void supervisor_core::erase(record_iter it) {
+    // The record dies after the list is consistent again: its spec may own anything.
+    child_record gone = std::move(*it);
+    children_.erase(it);
+}
+
+inline void supervisor_core::on_child_exit(process_id pid, const exit_reason& reason) {
+    if (exiting_) {
+        return;
+    }
+    const auto it = std::find_if(children_.begin(), children_.end(), [&](const child_record& c) {
+        return c.proc && c.proc->id() == pid;
+    });
+    if (it == children_.end()) {
+        return; // an exit from before a restart or a termination we asked for
+    }
+    it->watch.cancel();
+    const std::shared_ptr<process> gone = std::move(it->proc);
+    const bool again = it->spec.restart == otpkv::restart::permanent ||
+                       (it->spec.restart == otpkv::restart::transient && reason.abnormal());
+    if (!again) {
+        if (dynamic_ || it->spec.restart == otpkv::restart::temporary) {
+            erase(it);
+        }
+        return;
+    }
+    restart(it->serial);
+}
+
+inline void supervisor_core::try_again(std::uint64_t serial) {
+    // Only a child still waiting for its restart (OTP: pid == restarting); one terminated
+    // or deleted by hand meanwhile stays so.
+    const auto it = find_serial(serial);
+    if (!exiting_ && it != children_.end() && it->restarting && !it->proc) {
+        restart(serial);
+    }
+}
+
+inline void supervisor_core::restart(std::uint64_t serial) {
+    if (exiting_ || find_serial(serial) == children_.end()) {
+        return;
+    }
+    if (!add_restart()) {
+        shut_down(exit_reason::shutdown());
+        return;
+    }
+    const auto at = static_cast<std::size_t>(find_serial(serial) - children_.begin());
+    const strategy s = dynamic_ ? strategy::one_for_one : options_.strategy;
+    const std::size_t first = s == strategy::one_for_all ? 0 : at;
+    if (s != strategy::one_for_one) {
+        // Terminate the group in reverse start order; temporary ones go for good.
+        for (std::size_t i = children_.size(); i-- > first;) {
+            if (children_[i].serial != serial) {
+                terminate(children_[i]);
+                if (children_[i].spec.restart == otpkv::restart::temporary) {
+                    erase(children_.begin() + static_cast<std::ptrdiff_t>(i));
+                }
+            }
+        }
+    }
+    std::vector<std::uint64_t> to_start;
+    for (auto it = find_serial(s == strategy::one_for_all ? children_.front().serial : serial);
+         it != children_.end(); ++it) {
+        if (s != strategy::one_for_one || it->serial == serial) {
+            to_start.push_back(it->serial);
+        }
+    }
+    for (const std::uint64_t each : to_start) {
+        const auto it = find_serial(each);
+        if (it == children_.end() || it->proc) {
+            continue;
+        }
+        if (!start_record(*it)) {
+            // As OTP: the children after it stay down, and this one is tried again, which
+            // counts as another restart.
+            post([this, each] { try_again(each); });
+            return;
+        }
+    }
+}
+
+inline bool supervisor_core::add_restart() {
+    const auto now = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
+    restarts_.push_back(now);
+    while (now > restarts_.front() + options_.max_seconds) {
+        restarts_.pop_front();
+    }
+    return restarts_.size() <= static_cast<std::size_t>(std::max(options_.max_restarts, 0));
+}
+
+inline void supervisor_core::shut_down(const exit_reason& reason) {
+    if (exiting_) {
+        return;
+    }
+    exiting_ = true;
+    stop_.request_stop();
+    for (std::size_t i = children_.size(); i-- > 0;) {
+        terminate(children_[i]);
+    }
+    std::vector<child_record> gone = std::move(children_);
+    children_.clear();
+    {
+        const std::lock_guard lock(mailbox_mutex_);
+        mailbox_closed_ = true;
+    }
+    mailbox_ready_.notify_all();
+    signal_->exit(reason);
+    // Pending jobs are dropped by the loop's caller side: each dropped call wakes its
+    // caller with nothing. Drop them here, after our own exit is recorded.
+    std::deque<std::function<void()>> dropped;
+    {
+        const std::lock_guard lock(mailbox_mutex_);
+        dropped.swap(mailbox_);
+    }
+}
+
+inline std::optional<error> supervisor_core::refuse_unless_stopped(record_iter it) {
     if (it == children_.end()) {
         return error{errc::not_found, {}, {}};
     }
@@ -342,287 +582,194 @@ inline std::optional<error> supervisor_base::refuse_unless_stopped(record_iter i
     return std::nullopt;
 }
 
-inline bool supervisor_base::post(std::function<void()> job) {
-    {
-        const std::lock_guard lock(mailbox_mutex_);
-        if (mailbox_closed_) {
-            return false;
-        }
-        mailbox_.push_back(std::move(job));
+inline std::vector<child_info> supervisor_core::list() const {
+    std::vector<child_info> out;
+    out.reserve(children_.size());
+    for (const child_record& c : children_) {
+        out.push_back(
+            {c.spec.id, c.proc ? c.proc->id() : process_id{}, c.proc, c.spec.type, c.restarting});
     }
-    mailbox_ready_.notify_one();
-    return true;
+    return out;
 }
 
-inline void supervisor_base::loop() {
-    for (;;) {
-        std::function<void()> job;
-        {
-            std::unique_lock lock(mailbox_mutex_);
-            mailbox_ready_.wait(lock, [&] { return !mailbox_.empty() || mailbox_closed_; });
-            if (mailbox_.empty()) {
-                return; // closed and drained
-            }
-            job = std::move(mailbox_.front());
-            mailbox_.pop_front();
-        }
-        job();
+inline child_counts supervisor_core::counts() const {
+    child_counts n;
+    for (const child_record& c : children_) {
+        ++n.specs;
+        n.active += c.proc ? 1U : 0U;
+        ++(c.spec.type == child_type::supervisor ? n.supervisors : n.workers);
     }
+    return n;
 }
 
-inline bool supervisor_base::start_record(child_record& c, exit_reason* failure) {
-    try {
-        if (!c.spec.start) {
-            throw std::invalid_argument("child spec '" + c.spec.id + "' has no start function");
-        }
-        std::shared_ptr<process> proc = c.spec.start();
-        if (!proc) {
-            throw std::runtime_error("start of '" + c.spec.id + "' returned no process");
-        }
-        c.proc = std::move(proc);
-        c.restarting = false;
-        const process_id pid = c.proc->id();
-        // The callback only posts: it runs on the child's thread. `this` is safe: every
-        // watch is cancelled (which waits for a running callback) before we go away.
-        c.watch = c.proc->monitor([this, pid](const exit_reason& reason) {
-            post([this, pid, reason] { on_child_exit(pid, reason); });
-        });
-        return true;
-    } catch (...) {
-        c.restarting = true;
-        if (failure != nullptr) {
-            *failure = exit_reason::from_exception(std::current_exception());
-        }
-        return false;
-    }
-}
-
-inline void supervisor_base::terminate(child_record& c) {
-    if (!c.proc) {
-        return;
-    }
-    c.watch.cancel(); // a stop we ask for is not a crash: no exit message
-    const timeout wait = c.spec.shutdown.value_or(
-        c.spec.type == child_type::supervisor ? infinity : default_shutdown);
-    c.proc->stop(exit_reason::shutdown(), wait);
-    c.proc.reset();
-}
-
-inline void supervisor_base::on_child_exit(process_id pid, const exit_reason& reason) {
+inline result<process_id> supervisor_core::add_child(child_spec spec) {
     if (exiting_) {
-        return;
+        return error{errc::shutting_down, {}, {}};
     }
+    if (dynamic_) {
+        if (children_.size() >= max_children_) {
+            return error{errc::max_children, {}, {}};
+        }
+    } else if (const auto it = find_id(spec.id); it != children_.end()) {
+        return it->proc ? error{errc::already_started, it->proc->id(), {}}
+                        : error{errc::already_present, {}, {}};
+    }
+    children_.push_back({std::move(spec), nullptr, {}, false, ++last_serial_});
+    exit_reason failure;
+    if (!start_record(children_.back(), &failure)) {
+        erase(children_.end() - 1); // a spec that fails to start is not kept
+        return error{errc::start_failed, {}, std::move(failure)};
+    }
+    return children_.back().proc->id();
+}
+
+inline result<void> supervisor_core::terminate_by_id(const std::string& id) {
+    const auto it = find_id(id);
+    if (it == children_.end()) {
+        return error{errc::not_found, {}, {}};
+    }
+    const std::uint64_t serial = it->serial;
+    terminate(*it);
+    const auto still = find_serial(serial);
+    if (still != children_.end()) {
+        still->restarting = false; // a pending retry leaves it stopped
+        if (still->spec.restart == otpkv::restart::temporary) {
+            erase(still);
+        }
+    }
+    return {};
+}
+
+inline result<void> supervisor_core::terminate_by_pid(process_id pid) {
     const auto it = std::find_if(children_.begin(), children_.end(), [&](const child_record& c) {
         return c.proc && c.proc->id() == pid;
     });
     if (it == children_.end()) {
-        return; // an exit from before a restart or a termination we asked for
+        return error{errc::not_found, {}, {}};
     }
-    it->watch.cancel();
-    it->proc.reset();
-    const bool restart = it->spec.restart == otpkv::restart::permanent ||
-                         (it->spec.restart == otpkv::restart::transient && reason.abnormal());
-    if (!restart) {
-        if (dynamic_ || it->spec.restart == otpkv::restart::temporary) {
-            children_.erase(it);
-        }
-        return;
+    const std::uint64_t serial = it->serial;
+    terminate(*it);
+    if (const auto still = find_serial(serial); still != children_.end()) {
+        erase(still);
     }
-    restart_from(it->serial);
+    return {};
 }
 
-inline void supervisor_base::restart_from(std::uint64_t serial) {
-    if (exiting_ || find_serial(serial) == children_.end()) {
-        return;
+inline result<process_id> supervisor_core::restart_by_id(const std::string& id) {
+    const auto it = find_id(id);
+    if (auto refused = refuse_unless_stopped(it)) {
+        return *refused;
     }
-    if (!add_restart()) {
-        shut_down(exit_reason::shutdown());
-        return;
+    exit_reason failure;
+    if (!start_record(*it, &failure)) {
+        it->restarting = false; // a manual restart that failed leaves it stopped
+        return error{errc::start_failed, {}, std::move(failure)};
     }
-    const std::size_t at = static_cast<std::size_t>(find_serial(serial) - children_.begin());
-    const strategy s = dynamic_ ? strategy::one_for_one : options_.strategy;
-    std::size_t first = at; // the children from `first` on (or only `at`) start again
-    if (s != strategy::one_for_one) {
-        first = s == strategy::one_for_all ? 0 : at;
-        // Terminate the group in reverse start order; temporary ones go for good.
-        for (std::size_t i = children_.size(); i-- > first;) {
-            if (i != at) {
-                terminate(children_[i]);
-                if (children_[i].spec.restart == otpkv::restart::temporary) {
-                    children_.erase(children_.begin() + static_cast<std::ptrdiff_t>(i));
-                }
-            }
-        }
-    }
-    const std::uint64_t crashed = serial;
-    std::vector<std::uint64_t> to_start;
-    for (std::size_t i = first; i < children_.size(); ++i) {
-        if (s != strategy::one_for_one || children_[i].serial == crashed) {
-            to_start.push_back(children_[i].serial);
-        }
-    }
-    for (const std::uint64_t each : to_start) {
-        const auto it = find_serial(each);
-        if (it != children_.end() && !it->proc && !start_record(*it)) {
-            // Counts as a restart, and is tried again (OTP's try_again_restart).
-            post([this, each] { restart_from(each); });
-        }
-    }
+    return it->proc->id();
 }
 
-inline bool supervisor_base::add_restart() {
-    const auto now = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
-    restarts_.push_back(now);
-    while (now > restarts_.front() + options_.max_seconds) {
-        restarts_.pop_front();
+inline result<void> supervisor_core::delete_by_id(const std::string& id) {
+    const auto it = find_id(id);
+    if (auto refused = refuse_unless_stopped(it)) {
+        return *refused;
     }
-    return restarts_.size() <= static_cast<std::size_t>(std::max(options_.max_restarts, 0));
+    erase(it);
+    return {};
 }
 
-inline void supervisor_base::shut_down(const exit_reason& reason) {
-    if (exiting_) {
-        return;
-    }
-    exiting_ = true;
-    for (std::size_t i = children_.size(); i-- > 0;) {
-        terminate(children_[i]);
-    }
-    children_.clear();
-    {
-        const std::lock_guard lock(mailbox_mutex_);
-        mailbox_closed_ = true; // pending calls are dropped: their callers get nothing
-        mailbox_.clear();
-    }
-    mailbox_ready_.notify_all();
-    notify_exit(reason);
-}
-
-inline exit_reason supervisor_base::stop(exit_reason reason, timeout wait) {
-    if (std::this_thread::get_id() == thread_id_) {
-        shut_down(reason); // from a child's start function or our own monitors
-        return *exited();
-    }
-    if (!post([this, reason] { shut_down(reason); }) && !thread_.joinable()) {
-        notify_exit(reason); // never launched
-    }
-    if (!wait_exit(wait)) {
-        notify_exit(exit_reason::killed()); // the first exit wins; the thread goes on
-    }
-    return *exited();
-}
-
-inline std::vector<child_info> supervisor_base::which_children() {
-    auto list = call([this] {
-        std::vector<child_info> out;
-        out.reserve(children_.size());
-        for (const child_record& c : children_) {
-            out.push_back({c.spec.id, c.proc ? c.proc->id() : process_id{}, c.proc, c.spec.type,
-                           c.restarting});
-        }
-        return out;
-    });
-    return list ? std::move(*list) : std::vector<child_info>{};
-}
-
-inline child_counts supervisor_base::count_children() {
-    return call([this] {
-               child_counts n;
-               for (const child_record& c : children_) {
-                   ++n.specs;
-                   n.active += c.proc ? 1U : 0U;
-                   ++(c.spec.type == child_type::supervisor ? n.supervisors : n.workers);
-               }
-               return n;
-           })
-        .value_or(child_counts{});
-}
-
-inline result<process_id> supervisor_base::add_child(child_spec spec) {
-    return ask([this, &spec]() -> result<process_id> {
-        if (exiting_) {
-            return error{errc::shutting_down, {}, {}};
-        }
-        if (dynamic_) {
-            if (children_.size() >= max_children_) {
-                return error{errc::max_children, {}, {}};
-            }
-        } else if (const auto it = find_id(spec.id); it != children_.end()) {
-            return it->proc ? error{errc::already_started, it->proc->id(), {}}
-                            : error{errc::already_present, {}, {}};
-        }
-        children_.push_back({std::move(spec), nullptr, {}, false, ++last_serial_});
-        exit_reason failure;
-        if (!start_record(children_.back(), &failure)) {
-            children_.pop_back();
-            return error{errc::start_failed, {}, std::move(failure)};
-        }
-        return children_.back().proc->id();
-    });
-}
-
-inline result<void> supervisor_base::terminate_by_id(const std::string& id) {
-    return ask([this, &id]() -> result<void> {
-        const auto it = find_id(id);
-        if (it == children_.end()) {
-            return error{errc::not_found, {}, {}};
-        }
-        terminate(*it);
-        it->restarting = false;
-        if (it->spec.restart == otpkv::restart::temporary) {
-            children_.erase(it);
-        }
-        return {};
-    });
-}
-
-inline result<void> supervisor_base::terminate_by_pid(process_id pid) {
-    return ask([this, pid]() -> result<void> {
-        const auto it =
-            std::find_if(children_.begin(), children_.end(),
-                         [&](const child_record& c) { return c.proc && c.proc->id() == pid; });
-        if (it == children_.end()) {
-            return error{errc::not_found, {}, {}};
-        }
-        terminate(*it);
-        children_.erase(it);
-        return {};
-    });
-}
-
-inline result<process_id> supervisor_base::restart_by_id(const std::string& id) {
-    return ask([this, &id]() -> result<process_id> {
-        const auto it = find_id(id);
-        if (auto refused = refuse_unless_stopped(it)) {
-            return *refused;
-        }
-        exit_reason failure;
-        if (!start_record(*it, &failure)) {
-            it->restarting = false; // a manual restart that failed leaves it stopped
-            return error{errc::start_failed, {}, std::move(failure)};
-        }
-        return it->proc->id();
-    });
-}
-
-inline result<void> supervisor_base::delete_by_id(const std::string& id) {
-    return ask([this, &id]() -> result<void> {
-        const auto it = find_id(id);
-        if (auto refused = refuse_unless_stopped(it)) {
-            return *refused;
-        }
-        children_.erase(it);
-        return {};
-    });
-}
-
-inline supervisor_base::record_iter supervisor_base::find_id(const std::string& id) {
+inline supervisor_core::record_iter supervisor_core::find_id(const std::string& id) {
     return std::find_if(children_.begin(), children_.end(),
                         [&](const child_record& c) { return c.spec.id == id; });
 }
 
-inline supervisor_base::record_iter supervisor_base::find_serial(std::uint64_t serial) {
+inline supervisor_core::record_iter supervisor_core::find_serial(std::uint64_t serial) {
     return std::find_if(children_.begin(), children_.end(),
                         [&](const child_record& c) { return c.serial == serial; });
+}
+
+// ---- supervisor_base: the handle
+
+inline supervisor_base::supervisor_base(supervisor_options options, bool dynamic,
+                                        std::size_t max_children)
+    : core_(
+          std::make_shared<supervisor_core>(std::move(options), dynamic, max_children, signal())) {}
+
+inline supervisor_base::~supervisor_base() {
+    if (!thread_.joinable()) {
+        return;
+    }
+    if (core_->on_own_thread() || abandoned_) {
+        // On its own thread, or abandoned by a stop that timed out: the thread owns the
+        // core and finishes the shutdown by itself.
+        core_->request_shutdown(exit_reason::shutdown());
+        thread_.detach();
+        return;
+    }
+    stop(exit_reason::shutdown(), infinity);
+    thread_.join();
+}
+
+inline result<void> supervisor_base::launch(std::vector<child_spec> children) {
+    thread_ = std::thread([core = core_] { core->loop(); });
+    core_->set_thread(thread_.get_id());
+    // Jobs own their arguments: a caller that gives up (it is being stopped) may be gone
+    // by the time its job runs.
+    auto started = core_->call([core = core_.get(), children = std::move(children)]() mutable {
+        return core->start_all(std::move(children));
+    });
+    if (started && *started) {
+        return {};
+    }
+    error failed = started ? started->error() : error{errc::shutting_down, {}, {}};
+    stop(exit_reason::shutdown(), infinity);
+    return failed;
+}
+
+inline exit_reason supervisor_base::stop(exit_reason reason, timeout wait) {
+    if (alive()) {
+        core_->request_shutdown(reason);
+        if (core_->on_own_thread()) {
+            return reason; // the shutdown runs when the current job returns
+        }
+        if (!thread_.joinable()) {
+            notify_exit(reason); // never launched
+        } else if (!wait_recorded(wait) && notify_exit(exit_reason::killed())) {
+            abandoned_ = true; // the thread goes on stopping the children by itself
+        }
+    }
+    wait_recorded(infinity);
+    return *exited();
+}
+
+inline std::vector<child_info> supervisor_base::which_children() {
+    return core_->call([core = core_.get()] { return core->list(); })
+        .value_or(std::vector<child_info>{});
+}
+
+inline child_counts supervisor_base::count_children() {
+    return core_->call([core = core_.get()] { return core->counts(); }).value_or(child_counts{});
+}
+
+inline result<process_id> supervisor_base::add_child(child_spec spec) {
+    return core_->ask([core = core_.get(), spec = std::move(spec)]() mutable {
+        return core->add_child(std::move(spec));
+    });
+}
+
+inline result<void> supervisor_base::terminate_by_id(const std::string& id) {
+    return core_->ask([core = core_.get(), id] { return core->terminate_by_id(id); });
+}
+
+inline result<void> supervisor_base::terminate_by_pid(process_id pid) {
+    return core_->ask([core = core_.get(), pid] { return core->terminate_by_pid(pid); });
+}
+
+inline result<process_id> supervisor_base::restart_by_id(const std::string& id) {
+    return core_->ask([core = core_.get(), id] { return core->restart_by_id(id); });
+}
+
+inline result<void> supervisor_base::delete_by_id(const std::string& id) {
+    return core_->ask([core = core_.get(), id] { return core->delete_by_id(id); });
 }
 
 } // namespace detail

@@ -9,6 +9,7 @@
 #include <otpkv/process.hpp>
 #include <otpkv/supervisor.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <exception>
 #include <functional>
@@ -28,10 +29,12 @@ inline namespace v0 {
 /// A process that runs a function on a thread of its own.
 ///
 /// Stopping: `stop(reason, wait)` requests a stop through the function's `std::stop_token`
-/// and waits up to `wait`. A function that returns then exits with `reason`; one still
-/// running when `wait` ends is recorded `killed` and abandoned: its thread is detached and
-/// owns everything it uses, so it may finish later without harm, but nobody hears of it.
-/// C++ cannot kill a thread; a task that must be stoppable checks its token.
+/// and waits up to `wait` for the exit to be recorded. A function that returns then exits
+/// with `reason`; one still running when `wait` ends is recorded `killed` and abandoned:
+/// its thread is detached and owns everything it uses, so it may finish later without
+/// harm, but nobody hears of it. C++ cannot kill a thread; a task that must be stoppable
+/// checks its token. A call the task makes into a supervisor gives up (`shutting_down`)
+/// when the task is asked to stop, so a task blocked on its own supervisor still stops.
 ///
 /// Thread safety: every member may be called from any thread; `stop` from the task's own
 /// thread requests the stop and returns at once.
@@ -55,11 +58,14 @@ class task final : public process {
         std::stop_source stop;
         std::mutex mutex;
         std::optional<exit_reason> requested; // the reason of the first stop request
+        std::atomic<bool> finished{false};    // the thread has nothing left to do
     };
 
     task() = default;
 
-    // Joins or detaches the thread once, whoever gets there first.
+    // Lets go of the thread once, whoever gets there first: joins it when it has finished,
+    // else detaches it. After the exit is recorded it only runs monitors on state it owns,
+    // so nobody waits on other parties' callbacks (which may be waiting on them).
     void release_thread();
 
     std::shared_ptr<shared_state> state_ = std::make_shared<shared_state>();
@@ -131,23 +137,28 @@ class task_supervisor final : public dynamic_supervisor {
 template <class F> std::shared_ptr<task> task::start(F f) {
     std::shared_ptr<task> t(new task());
     // The thread holds the shared state and the exit signal, never the task object.
-    t->thread_ = std::thread([state = t->state_, signal = t->signal(), f = std::move(f)]() mutable {
-        exit_reason reason;
-        try {
-            if constexpr (std::is_invocable_v<F&, std::stop_token>) {
-                f(state->stop.get_token());
-            } else {
-                f();
+    std::optional<F> body(std::move(f));
+    t->thread_ =
+        std::thread([state = t->state_, signal = t->signal(), body = std::move(body)]() mutable {
+            detail::current_stop_token = state->stop.get_token();
+            exit_reason reason;
+            try {
+                if constexpr (std::is_invocable_v<F&, std::stop_token>) {
+                    (*body)(state->stop.get_token());
+                } else {
+                    (*body)();
+                }
+                const std::lock_guard lock(state->mutex);
+                reason = state->requested.value_or(exit_reason::normal());
+            } catch (const process_exit& e) {
+                reason = e.reason();
+            } catch (...) {
+                reason = exit_reason::from_exception(std::current_exception());
             }
-            const std::lock_guard lock(state->mutex);
-            reason = state->requested.value_or(exit_reason::normal());
-        } catch (const process_exit& e) {
-            reason = e.reason();
-        } catch (...) {
-            reason = exit_reason::from_exception(std::current_exception());
-        }
-        signal->exit(reason);
-    });
+            body.reset(); // what the function holds is let go before anybody hears of the exit
+            signal->exit(reason);
+            state->finished.store(true, std::memory_order_release);
+        });
     t->thread_id_ = t->thread_.get_id();
     return t;
 }
@@ -164,16 +175,11 @@ inline exit_reason task::stop(exit_reason reason, timeout wait) {
         if (std::this_thread::get_id() == thread_id_) {
             return reason; // we cannot wait for ourselves; the exit comes when f returns
         }
-        if ((wait == brutal_kill || !wait_exit(wait)) && notify_exit(exit_reason::killed())) {
-            // Abandoned: it owns what it uses, and is never touched again.
-            const std::lock_guard lock(thread_mutex_);
-            if (thread_.joinable()) {
-                thread_.detach();
-            }
+        if (wait == brutal_kill || !wait_recorded(wait)) {
+            notify_exit(exit_reason::killed()); // abandoned, unless it exited just now
         }
     }
     release_thread();
-    wait_exit(infinity);
     return *exited();
 }
 
@@ -189,10 +195,11 @@ inline void task::release_thread() {
     if (!thread_.joinable()) {
         return;
     }
-    if (std::this_thread::get_id() == thread_id_) {
-        thread_.detach(); // the last owner let go on the task's own thread
+    if (state_->finished.load(std::memory_order_acquire) &&
+        std::this_thread::get_id() != thread_id_) {
+        thread_.join(); // returns at once: the thread is at its end
     } else {
-        thread_.join();
+        thread_.detach(); // it owns what it touches from here on
     }
 }
 
