@@ -8,8 +8,13 @@
 /// an OTP supervisor (a gen_server). A child's exit reaches it as a monitor callback that
 /// only posts a message, so restarts always run on the supervisor's thread, never on the
 /// crashing child's: nothing joins itself and no callback path can deadlock. Management
-/// calls (`which_children`, `start_child`, ...) are messages too, answered in order; made
-/// from the supervisor's own thread (inside a child's start function, say) they run at once.
+/// calls (`which_children`, `start_child`, ...) are messages too, answered in order. Made
+/// from the supervisor's own thread (a child's start function, the monitors of a child it
+/// stops), the calls that read answer at once and those that would change the children are
+/// refused with `calling_self`, as in OTP. A call made by a process that is asked to stop
+/// meanwhile gives up with `shutting_down`, so a child blocked on its own supervisor still
+/// stops when that supervisor stops it. The supervisor's state belongs to its thread as
+/// much as to the object, so the object may be let go from any thread, its own included.
 ///
 /// Rules, as in OTP's supervisor.erl:
 /// - Children start in list order and stop in reverse order, each with `shutdown` and its
@@ -25,7 +30,8 @@
 ///   exits with reason `shutdown`, which its own supervisor sees like any other exit.
 ///   `max_restarts = 0` gives up on the first crash. Exits that cause no restart never
 ///   count. A restart whose start fails counts, and is tried again (OTP's
-///   try_again_restart).
+///   try_again_restart) as long as the child is still waiting for it; under one_for_all
+///   and rest_for_one the children after the failed one stay down until it starts.
 #pragma once
 
 #include <otpkv/process.hpp>
