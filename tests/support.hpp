@@ -121,6 +121,15 @@ class children {
         return s;
     }
 
+    // Lets a child that ignores its stop (ignore_stop) finish, and waits until it has:
+    // its abandoned thread uses this fixture, which must outlive it.
+    bool release(const std::string& id, int finished_then) {
+        const auto ctl = control_of(id);
+        ctl->release = true;
+        ctl->wake.notify_all();
+        return eventually([&] { return finished.load() == finished_then; });
+    }
+
     std::shared_ptr<control> control_of(const std::string& id) {
         const std::lock_guard lock(mutex_);
         auto& slot = controls_[id];

@@ -26,6 +26,13 @@ using events = std::vector<std::string>;
 
 namespace {
 
+// A supervisor over A and a child "stubborn" that ignores its stop, with that shutdown.
+std::shared_ptr<supervisor> with_stubborn_child(children& kids, timeout shutdown) {
+    kids.control_of("stubborn")->ignore_stop = true;
+    return supervisor::start({kids.spec("A"), kids.spec("stubborn", restart::permanent, shutdown)})
+        .value();
+}
+
 const char* name(strategy s) {
     return s == strategy::one_for_one   ? "one_for_one"
            : s == strategy::one_for_all ? "one_for_all"
@@ -291,9 +298,7 @@ TEST_CASE("shutdown: children stop in reverse start order, including added ones"
 TEST_CASE("shutdown: a child that ignores stop is killed after its own timeout") {
     journal log;
     children kids(log);
-    kids.control_of("stubborn")->ignore_stop = true;
-    auto sup = supervisor::start({kids.spec("A"), kids.spec("stubborn", restart::permanent, 100ms)})
-                   .value();
+    auto sup = with_stubborn_child(kids, 100ms);
     const auto stubborn = sup->which_children()[1].child;
     log.take();
     const auto before = std::chrono::steady_clock::now();
@@ -303,11 +308,7 @@ TEST_CASE("shutdown: a child that ignores stop is killed after its own timeout")
     CHECK(took < 100ms + 50ms);
     CHECK(stubborn->exited() == exit_reason::killed());
     CHECK(log.take() == events{"stop A"});
-    auto ctl = kids.control_of("stubborn");
-    ctl->release = true; // let the abandoned thread end
-    ctl->wake.notify_all();
-    // REQUIRE: the abandoned thread uses the fixture, which must outlive it.
-    REQUIRE(eventually([&] { return kids.finished.load() == 2; }));
+    REQUIRE(kids.release("stubborn", 2));
 }
 
 TEST_CASE("a child that fails to start fails the supervisor's start, stopping the others") {
@@ -644,9 +645,7 @@ TEST_CASE("calls from the supervisor's own thread: reads answer, changes are ref
 TEST_CASE("calls from a killed child's monitor, which runs on the supervisor's thread") {
     journal log;
     children kids(log);
-    kids.control_of("stubborn")->ignore_stop = true;
-    auto sup = supervisor::start({kids.spec("A"), kids.spec("stubborn", restart::permanent, 50ms)})
-                   .value();
+    auto sup = with_stubborn_child(kids, 50ms);
     result<process_id> from_monitor(error{errc::not_found, {}, {}});
     const monitor_handle watch = sup->which_children()[1].child->monitor([&](const exit_reason& r) {
         CHECK(r == exit_reason::killed());
@@ -654,10 +653,7 @@ TEST_CASE("calls from a killed child's monitor, which runs on the supervisor's t
     });
     CHECK(sup->terminate_child("stubborn"));
     CHECK(from_monitor.error().code == errc::calling_self);
-    auto ctl = kids.control_of("stubborn");
-    ctl->release = true;
-    ctl->wake.notify_all();
-    REQUIRE(eventually([&] { return kids.finished.load() == 1; }));
+    REQUIRE(kids.release("stubborn", 1));
 }
 
 TEST_CASE("a child supervisor that does not stop in time does not hold up its parent") {
@@ -670,8 +666,5 @@ TEST_CASE("a child supervisor that does not stop in time does not hold up its pa
     const auto before = std::chrono::steady_clock::now();
     CHECK(outer->stop() == exit_reason::shutdown());
     CHECK(std::chrono::steady_clock::now() - before < 900ms); // not the grandchild's 1 s
-    auto ctl = kids.control_of("stuck");
-    ctl->release = true;
-    ctl->wake.notify_all();
-    REQUIRE(eventually([&] { return kids.finished.load() == 1; }));
+    REQUIRE(kids.release("stuck", 1));
 }
