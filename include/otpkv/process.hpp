@@ -379,9 +379,11 @@ class process {
     [[nodiscard]] monitor_handle monitor(exit_callback on_exit);
 
     /// Asks the process to exit with `reason` and waits up to `wait` (from a supervisor:
-    /// the child's shutdown timeout) for it to do so and for its monitors to have run.
-    /// Returns the reason it exited with: `killed` when it did not exit in time, in which
-    /// case it is abandoned. On a process that has exited already, returns its reason.
+    /// the child's shutdown timeout) for the exit to be recorded; its monitors may still
+    /// be running on its own thread. Returns the reason it exited with: `killed` when it
+    /// did not exit in time, in which case it is abandoned. On a process that has exited
+    /// already, returns its reason. (A process may promise more: a bucket's stop returns
+    /// after its monitors have run.)
     virtual exit_reason stop(exit_reason reason = exit_reason::shutdown(),
                              timeout wait = default_shutdown) = 0;
 
