@@ -398,10 +398,6 @@ class process {
     /// Only the first call counts; it returns true, later ones false.
     bool notify_exit(const exit_reason& reason);
 
-    /// Waits up to `wait` for the exit and its monitors; true if they are done. Returns
-    /// false at once when called from inside one of this process's monitor callbacks.
-    bool wait_exit(timeout wait) const;
-
     /// Waits up to `wait` for the exit to be recorded (its monitors may still be running:
     /// a stopper must not wait on other parties' callbacks, which may wait on it).
     bool wait_recorded(timeout wait) const;
@@ -663,10 +659,6 @@ inline exit_reason process::wait() const {
 
 inline bool process::notify_exit(const exit_reason& reason) {
     return signal_->exit(reason);
-}
-
-inline bool process::wait_exit(timeout wait) const {
-    return signal_->wait_done(wait);
 }
 
 inline bool process::wait_recorded(timeout wait) const {

@@ -291,6 +291,7 @@ class supervisor_core : public std::enable_shared_from_this<supervisor_core> {
     std::optional<error> refuse_unless_stopped(record_iter it);
     record_iter find_id(const std::string& id);
     record_iter find_serial(std::uint64_t serial);
+    record_iter find_pid(process_id pid); // a running child
 
     const supervisor_options options_;
     const bool dynamic_;
@@ -425,8 +426,8 @@ inline bool supervisor_core::start_record(child_record& c, exit_reason* failure)
         if (!proc) {
             throw std::runtime_error("start of '" + c.spec.id + "' returned no process");
         }
-        // A start function may have shut us down (it cannot change the list: calls that
-        // would are refused on this thread).
+        // `c` is still valid: a start function runs on this thread, where calls that would
+        // change the list are refused (a stop it asks for runs after this job).
         c.proc = std::move(proc);
         c.restarting = false;
         const process_id pid = c.proc->id();
@@ -469,13 +470,12 @@ inline void supervisor_core::on_child_exit(process_id pid, const exit_reason& re
     if (exiting_) {
         return;
     }
-    const auto it = std::find_if(children_.begin(), children_.end(), [&](const child_record& c) {
-        return c.proc && c.proc->id() == pid;
-    });
+    const auto it = find_pid(pid);
     if (it == children_.end()) {
         return; // an exit from before a restart or a termination we asked for
     }
     it->watch.cancel();
+    // The dead process is let go when this returns, after the list is consistent again.
     const std::shared_ptr<process> gone = std::move(it->proc);
     const bool again = it->spec.restart == otpkv::restart::permanent ||
                        (it->spec.restart == otpkv::restart::transient && reason.abnormal());
@@ -566,8 +566,8 @@ inline void supervisor_core::shut_down(const exit_reason& reason) {
     }
     mailbox_ready_.notify_all();
     signal_->exit(reason);
-    // Pending jobs are dropped by the loop's caller side: each dropped call wakes its
-    // caller with nothing. Drop them here, after our own exit is recorded.
+    // Calls still waiting in the mailbox are dropped, after our exit is recorded: each
+    // dropped job wakes its caller with nothing (shutting_down).
     std::deque<std::function<void()>> dropped;
     {
         const std::lock_guard lock(mailbox_mutex_);
@@ -647,9 +647,7 @@ inline result<void> supervisor_core::terminate_by_id(const std::string& id) {
 }
 
 inline result<void> supervisor_core::terminate_by_pid(process_id pid) {
-    const auto it = std::find_if(children_.begin(), children_.end(), [&](const child_record& c) {
-        return c.proc && c.proc->id() == pid;
-    });
+    const auto it = find_pid(pid);
     if (it == children_.end()) {
         return error{errc::not_found, {}, {}};
     }
@@ -691,6 +689,11 @@ inline supervisor_core::record_iter supervisor_core::find_id(const std::string& 
 inline supervisor_core::record_iter supervisor_core::find_serial(std::uint64_t serial) {
     return std::find_if(children_.begin(), children_.end(),
                         [&](const child_record& c) { return c.serial == serial; });
+}
+
+inline supervisor_core::record_iter supervisor_core::find_pid(process_id pid) {
+    return std::find_if(children_.begin(), children_.end(),
+                        [&](const child_record& c) { return c.proc && c.proc->id() == pid; });
 }
 
 // ---- supervisor_base: the handle
