@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -136,6 +137,9 @@ TEST_CASE("task_supervisor: async returns the value, or rethrows on await") {
     CHECK_THROWS_WITH_AS(failing->await(), "bad input", std::invalid_argument);
     REQUIRE(eventually([&] { return exited.load(); }));
     CHECK(reason == exit_reason::error("bad input")); // the monitors get the message
+    auto owned = sup->async([] { return std::make_unique<int>(7); }); // move-only values
+    REQUIRE(owned);
+    CHECK(*owned->await() == 7);
     auto nothing = sup->async([](std::stop_token) {});
     REQUIRE(nothing);
     CHECK(nothing->wait_for(5s));

@@ -74,13 +74,30 @@ class task final : public process {
     std::thread::id thread_id_;
 };
 
-/// The result of `task_supervisor::async`: `await` it for the task's value.
+namespace detail {
+/// How an async task's value travels: behind a shared_ptr, so a move-only value can be
+/// moved out of a shared future; `void` as itself.
+template <class T>
+using async_slot = std::conditional_t<std::is_void_v<T>, void, std::shared_ptr<T>>;
+} // namespace detail
+
+/// The result of `task_supervisor::async`: `await` it, once, for the task's value.
+///
+/// It keeps the task's shared state until it is destroyed: an exception rethrown by
+/// `await` is then never freed by another thread while the awaiter still reads it.
 ///
 /// Thread safety: one thread awaits it.
 template <class T> class awaitable {
   public:
-    /// Waits for the task and returns its value, or rethrows the exception it threw.
-    T await() { return future_.get(); }
+    /// Waits for the task and returns its value (moved out: await once), or rethrows the
+    /// exception it threw.
+    T await() {
+        if constexpr (std::is_void_v<T>) {
+            future_.get();
+        } else {
+            return std::move(*future_.get());
+        }
+    }
 
     /// Waits up to `wait` for the task to finish; true when it has (then `await` returns
     /// at once).
@@ -93,9 +110,10 @@ template <class T> class awaitable {
 
   private:
     friend class task_supervisor;
-    awaitable(std::future<T> future, process_id pid) : future_(std::move(future)), pid_(pid) {}
+    awaitable(std::future<detail::async_slot<T>> future, process_id pid)
+        : future_(future.share()), pid_(pid) {}
 
-    std::future<T> future_;
+    std::shared_future<detail::async_slot<T>> future_;
     process_id pid_;
 };
 
@@ -226,8 +244,8 @@ auto task_supervisor::async(F f) {
     constexpr bool takes_token = std::is_invocable_v<F&, std::stop_token>;
     using value_type = std::decay_t<typename std::conditional_t<
         takes_token, std::invoke_result<F&, std::stop_token>, std::invoke_result<F&>>::type>;
-    auto promise = std::make_shared<std::promise<value_type>>();
-    std::future<value_type> future = promise->get_future();
+    auto promise = std::make_shared<std::promise<detail::async_slot<value_type>>>();
+    std::future<detail::async_slot<value_type>> future = promise->get_future();
     auto body = [promise, f = std::move(f)](std::stop_token token) mutable {
         try {
             if constexpr (std::is_void_v<value_type>) {
@@ -238,9 +256,9 @@ auto task_supervisor::async(F f) {
                 }
                 promise->set_value();
             } else if constexpr (takes_token) {
-                promise->set_value(f(std::move(token)));
+                promise->set_value(std::make_shared<value_type>(f(std::move(token))));
             } else {
-                promise->set_value(f());
+                promise->set_value(std::make_shared<value_type>(f()));
             }
         } catch (...) {
             // The exception goes to the awaiter; the monitors get its message. (Sharing one
