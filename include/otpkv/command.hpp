@@ -12,6 +12,8 @@
 /// are plain values. A `line_framer` is used by one thread at a time.
 #pragma once
 
+#include <otpkv/process.hpp>
+
 #include <algorithm>
 #include <array>
 #include <cstddef>
@@ -294,6 +296,30 @@ void append_set_event(Out& out, std::string_view key, std::string_view value);
 
 /// Appends a SUBSCRIBE event for a DELETE: `k DELETED\r\n`.
 template <byte_sink Out> void append_deleted_event(Out& out, std::string_view key);
+
+// ---------------------------------------------------------------------------------------
+// Running a command
+// ---------------------------------------------------------------------------------------
+
+/// What `run` does on SUBSCRIBE by default: nothing (the caller subscribes itself).
+struct ignore_subscribe {
+    /// Does nothing.
+    template <class Bucket> void operator()(Bucket&) const noexcept {}
+};
+
+/// Executes `cmd` against `reg` (a `basic_registry`, or anything with its `create` and
+/// `with`) and appends protocol.md's exact reply bytes to `out`: `OK`, the two-line GET,
+/// `NOT FOUND`, `UNKNOWN COMMAND`, `ERROR too many buckets`. Returns the shape of the reply.
+///
+/// SUBSCRIBE appends nothing: it calls `on_subscribe(bucket&)` while the bucket is held by
+/// the lookup (the server subscribes the connection there) and returns `subscribed`, or
+/// appends `NOT FOUND`. A CREATE the registry refuses for another reason than its limit
+/// (it is stopping) gives `ERROR internal`, after which protocol.md closes the connection.
+/// Exceptions (from allocation, say) propagate: the server turns them into `ERROR internal`.
+/// This is the server's whole request path: no allocation beyond the reply's bytes and the
+/// values themselves.
+template <class Registry, byte_sink Out, class OnSubscribe = ignore_subscribe>
+reply_kind run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_subscribe = {});
 
 // =======================================================================================
 // Implementation
@@ -616,6 +642,50 @@ void append_set_event(Out& out, std::string_view key, std::string_view value) {
 template <byte_sink Out> void append_deleted_event(Out& out, std::string_view key) {
     detail::append(out, key);
     detail::append(out, " DELETED\r\n");
+}
+
+template <class Registry, byte_sink Out, class OnSubscribe>
+reply_kind run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_subscribe) {
+    reply r = reply::not_found();
+    switch (cmd.kind) {
+    case command_kind::create:
+        if (auto made = reg.create(cmd.bucket)) {
+            r = reply::ok();
+        } else {
+            r = reply::error(made.error().code == errc::max_children ? error_code::too_many_buckets
+                                                                     : error_code::internal);
+        }
+        break;
+    case command_kind::put:
+        if (reg.with(cmd.bucket, [&](auto& b) { b.put(cmd.key, cmd.value); })) {
+            r = reply::ok();
+        }
+        break;
+    case command_kind::get:
+        // The reply is written inside the lookup, straight from the copied value.
+        if (reg.with(cmd.bucket, [&](auto& b) {
+                const auto value = b.get(cmd.key);
+                append_reply(out, value ? reply::found(*value) : reply::missing());
+            })) {
+            return reply_kind::value;
+        }
+        break;
+    case command_kind::erase:
+        if (reg.with(cmd.bucket, [&](auto& b) { b.erase(cmd.key); })) {
+            r = reply::ok();
+        }
+        break;
+    case command_kind::subscribe:
+        if (reg.with(cmd.bucket, [&](auto& b) { on_subscribe(b); })) {
+            return reply_kind::subscribed;
+        }
+        break;
+    case command_kind::unknown:
+        r = reply::unknown_command();
+        break;
+    }
+    append_reply(out, r);
+    return r.kind;
 }
 
 } // namespace v0

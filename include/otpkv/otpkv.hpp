@@ -4,8 +4,10 @@
 /// (say, the protocol without sockets) include that part's header instead.
 #pragma once
 
+#include <otpkv/bucket.hpp>
 #include <otpkv/command.hpp>
 #include <otpkv/process.hpp>
+#include <otpkv/registry.hpp>
 #include <otpkv/supervisor.hpp>
 #include <otpkv/task.hpp>
 #include <otpkv/version.hpp>

@@ -51,6 +51,7 @@
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -305,7 +306,10 @@ class supervisor_core : public std::enable_shared_from_this<supervisor_core> {
     std::stop_source stop_; // requested when a shutdown is asked for
     std::thread::id thread_id_;
 
-    std::vector<child_record> children_;
+    std::vector<child_record> children_; // in start order, so sorted by serial
+    // Running children: pid -> serial, so that an exit among many dynamic children (a
+    // registry's buckets) is found without a scan.
+    std::unordered_map<std::uint64_t, std::uint64_t> serial_of_pid_;
     std::deque<std::chrono::steady_clock::time_point> restarts_;
     std::uint64_t last_serial_ = 0;
     bool exiting_ = false;
@@ -431,6 +435,7 @@ inline bool supervisor_core::start_record(child_record& c, exit_reason* failure)
         c.proc = std::move(proc);
         c.restarting = false;
         const process_id pid = c.proc->id();
+        serial_of_pid_[pid.value()] = c.serial;
         // The callback only posts: it runs on the child's thread, and holds the core
         // weakly, so it never keeps a finished supervisor alive.
         c.watch = c.proc->monitor([weak = weak_from_this(), pid](const exit_reason& reason) {
@@ -453,6 +458,7 @@ inline void supervisor_core::terminate(child_record& c) {
         return;
     }
     c.watch.cancel(); // a stop we ask for is not a crash: no exit message
+    serial_of_pid_.erase(c.proc->id().value());
     const timeout wait = c.spec.shutdown.value_or(
         c.spec.type == child_type::supervisor ? infinity : default_shutdown);
     // Moved out first: the child's monitors may call back in (reads only) meanwhile.
@@ -462,6 +468,9 @@ inline void supervisor_core::terminate(child_record& c) {
 
 inline void supervisor_core::erase(record_iter it) {
     // The record dies after the list is consistent again: its spec may own anything.
+    if (it->proc) {
+        serial_of_pid_.erase(it->proc->id().value());
+    }
     child_record gone = std::move(*it);
     children_.erase(it);
 }
@@ -475,6 +484,7 @@ inline void supervisor_core::on_child_exit(process_id pid, const exit_reason& re
         return; // an exit from before a restart or a termination we asked for
     }
     it->watch.cancel();
+    serial_of_pid_.erase(pid.value());
     // The dead process is let go when this returns, after the list is consistent again.
     const std::shared_ptr<process> gone = std::move(it->proc);
     const bool again = it->spec.restart == otpkv::restart::permanent ||
@@ -560,6 +570,7 @@ inline void supervisor_core::shut_down(const exit_reason& reason) {
     }
     std::vector<child_record> gone = std::move(children_);
     children_.clear();
+    serial_of_pid_.clear();
     {
         const std::lock_guard lock(mailbox_mutex_);
         mailbox_closed_ = true;
@@ -687,13 +698,19 @@ inline supervisor_core::record_iter supervisor_core::find_id(const std::string& 
 }
 
 inline supervisor_core::record_iter supervisor_core::find_serial(std::uint64_t serial) {
-    return std::find_if(children_.begin(), children_.end(),
-                        [&](const child_record& c) { return c.serial == serial; });
+    const auto it = std::lower_bound(
+        children_.begin(), children_.end(), serial,
+        [](const child_record& c, std::uint64_t wanted) { return c.serial < wanted; });
+    return it != children_.end() && it->serial == serial ? it : children_.end();
 }
 
 inline supervisor_core::record_iter supervisor_core::find_pid(process_id pid) {
-    return std::find_if(children_.begin(), children_.end(),
-                        [&](const child_record& c) { return c.proc && c.proc->id() == pid; });
+    const auto known = serial_of_pid_.find(pid.value());
+    if (known == serial_of_pid_.end()) {
+        return children_.end();
+    }
+    const auto it = find_serial(known->second);
+    return it != children_.end() && it->proc && it->proc->id() == pid ? it : children_.end();
 }
 
 // ---- supervisor_base: the handle

@@ -1,0 +1,967 @@
+// SPDX-License-Identifier: MIT
+/// @file
+/// `bucket<K, V, Hash, Eq>`: the guide's KV.Bucket (an Agent holding a map) as a concurrent
+/// hash map with a process lifecycle (design.md §2, "Bucket").
+///
+/// How it is built:
+/// - Keys are spread over shards by hash bits; each shard has a small lock for its writers,
+///   its own size counter and its own open-addressing table of 8-slot groups (one control
+///   byte per slot, as in Swiss tables, probed group by group).
+/// - Reads never lock and never write shared memory. Each group carries a version
+///   (a seqlock): a writer makes it odd while it changes the group; a reader copies what it
+///   needs, then checks that the version is even and unchanged, and retries otherwise.
+/// - Small entries live in the slot itself (a key and a value of `std::string`, integer or
+///   enum key types, trivially copyable values, up to 22 bytes together). Larger ones live in
+///   an immutable node the slot points to; replacing or erasing one retires the node.
+/// - Old tables (after growth or `clear`) and retired nodes are freed through epochs
+///   (detail/epoch.hpp): a reader inside its guard can still read them safely.
+#pragma once
+
+#include <otpkv/detail/epoch.hpp>
+#include <otpkv/detail/event_hub.hpp>
+#include <otpkv/process.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <new>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace otpkv {
+inline namespace v0 {
+
+/// A bucket's settings.
+struct bucket_options {
+    /// Writer shards: rounded up to a power of two, from 1 to 256. More shards let more
+    /// writers run at once; each costs one cache line.
+    std::size_t shards = 8;
+};
+
+/// What a write did, as subscribers see it.
+enum class bucket_event_kind : std::uint8_t {
+    put,  ///< a value was stored (PUT, `put`, `update`, `get_and_update`)
+    erase ///< a key was deleted (DELETE, `erase`, or an update that removed it)
+};
+
+namespace detail {
+template <class K, class V, class Hash, class Eq> struct bucket_traits;
+class shard_lock;
+/// An entry too large for its slot: immutable once published, retired when replaced.
+template <class K, class V> struct bucket_node {
+    K key;
+    V value;
+};
+/// A slot: its group and its index in the group.
+struct slot_position {
+    std::size_t group;
+    std::size_t slot;
+};
+} // namespace detail
+
+/// A concurrent map from `K` to `V` that is also a process (the guide's KV.Bucket).
+///
+/// Reads (`get`, `contains`, `for_each`, `size`) never block and never write shared
+/// memory; writes lock one shard. Keys of `std::string` with the default hash and equality
+/// are looked up by `std::string_view` (no allocation); values of `std::string` are passed
+/// as `std::string_view`.
+///
+/// After `stop`: the data is released at once; reads find nothing (`get` gives no value,
+/// `size` 0, `for_each` visits nothing); writes change nothing and say so (`put`, `update`
+/// return false, `erase` and `get_and_update` no value, without calling the function);
+/// `subscribe` returns an inactive subscription. Handles stay valid: the object lives as
+/// long as someone holds it.
+///
+/// Thread safety: every member may be called from any thread at any time. The functions
+/// given to `update` and `get_and_update` run under the key's shard lock and must not call
+/// this bucket. Subscribers run on the thread of some writer, after it released its lock;
+/// one subscriber's callbacks never run at the same time.
+template <class K, class V, class Hash = std::hash<K>, class Eq = std::equal_to<K>>
+class bucket : public process {
+    using traits = detail::bucket_traits<K, V, Hash, Eq>;
+
+  public:
+    using key_type = K;
+    using mapped_type = V;
+    /// How keys are passed: `std::string_view` for string keys with the default hash and
+    /// equality, `const K&` otherwise.
+    using key_arg = typename traits::key_arg;
+    /// How values are passed: `std::string_view` for string values, `const V&` otherwise.
+    using value_arg = typename traits::value_arg;
+
+    /// One write, as subscribers see it: the key and, for `put`, the new value.
+    struct event {
+        bucket_event_kind kind; ///< put or erase
+        K key;                  ///< the key written
+        std::optional<V> value; ///< the value stored; empty for erase
+    };
+    /// A subscriber's callback.
+    using subscriber = std::function<void(const event&)>;
+
+    /// An empty, running bucket. Buckets are usually held by `std::shared_ptr` (see `start`).
+    explicit bucket(bucket_options options = {});
+    /// A running bucket, shared (what a supervisor's start function returns).
+    [[nodiscard]] static std::shared_ptr<bucket> start(bucket_options options = {}) {
+        return std::make_shared<bucket>(options);
+    }
+    /// A bucket still running when destroyed exits with `shutdown` (its monitors run).
+    ~bucket() override;
+
+    /// The value of `key`, copied. Lock-free.
+    [[nodiscard]] std::optional<V> get(key_arg key) const;
+    /// True when `key` has a value. Lock-free.
+    [[nodiscard]] bool contains(key_arg key) const;
+    /// Stores `value` under `key`. False after `stop` (nothing stored).
+    bool put(key_arg key, value_arg value);
+    /// Deletes `key`; returns the value it had (the guide's `delete`). Nothing after `stop`.
+    std::optional<V> erase(key_arg key);
+    /// Atomic read-modify-write of one key (Agent.get_and_update): `f(current)`, given the
+    /// current value or nothing, returns a pair {what to return, new value or nothing to
+    /// delete the key}. Returns the first part; nothing after `stop`, when `f` is not
+    /// called. An exception from `f` leaves the key unchanged and propagates.
+    template <class F> auto get_and_update(key_arg key, F&& f);
+    /// Atomic update of one key: `f(current)` returns the new value, or nothing to delete
+    /// the key. False after `stop`, when `f` is not called.
+    template <class F> bool update(key_arg key, F&& f);
+    /// The number of keys: the sum of the shards' counters, each exact; a sum taken while
+    /// writers run may mix moments.
+    [[nodiscard]] std::size_t size() const noexcept;
+    /// Calls `f(key, value)` for every entry. Not a snapshot (like an ETS traversal): an
+    /// entry written meanwhile may or may not be seen; one that stays is seen exactly once
+    /// unless the table grows meanwhile. `f` must not hold up other threads for long: it
+    /// runs inside a read guard, delaying the reclamation of retired memory.
+    template <class F> void for_each(F&& f) const;
+    /// Removes every entry. Subscribers are not told (it is not a DELETE).
+    void clear();
+
+    /// Subscribes `f` to the writes that take effect from now on: for each key, events come
+    /// in the order its writes took effect. A callback that throws is dropped; the bucket and
+    /// the other subscribers go on. An erase of an absent key is reported too (protocol.md:
+    /// SUBSCRIBE reports every DELETE).
+    [[nodiscard]] subscription subscribe(subscriber f);
+
+    /// Exits with `reason`: releases the data and runs the monitors, on this thread, before
+    /// it returns (also when another thread stopped it first). `wait` is not used: a bucket
+    /// has no thread and stops at once. Returns the reason it exited with.
+    exit_reason stop(exit_reason reason = exit_reason::shutdown(),
+                     timeout wait = default_shutdown) override;
+
+  private:
+    struct shard;
+    struct table;
+
+    const shard& shard_for(std::uint64_t h) const noexcept { return shards_[h & shard_mask_]; }
+    shard& shard_for(std::uint64_t h) noexcept { return shards_[h & shard_mask_]; }
+    detail::event_hub<event>* hub() const noexcept { return hub_.load(std::memory_order_acquire); }
+    // Queues an event when someone listens (under the shard lock); true: drain afterwards.
+    bool publish(bucket_event_kind kind, key_arg key, const std::remove_cvref_t<value_arg>* value);
+    // Runs `on_hit(slot image)` for the key's slot, if any, inside a read guard.
+    template <class OnHit> bool read(key_arg key, OnHit&& on_hit) const;
+    // Under the shard lock: the table an insert goes into, grown or cleaned when an insert
+    // would pass 7/8 full (the old table is retired).
+    table* room_for_one(shard& s, table* t, bool& retired);
+    // Under the shard lock: stores `key` -> `value` at `at`, or in a free slot (`t` must
+    // have room); returns the node the slot held, which the caller retires.
+    detail::bucket_node<K, V>* store(shard& s, table& t, const detail::slot_position* at,
+                                     std::uint64_t h, key_arg key, value_arg value);
+    // After the shard lock is released: delivers events and frees what can be freed.
+    void after_write(bool drain, bool retired);
+
+    std::unique_ptr<shard[]> shards_;
+    std::uint64_t shard_mask_;
+    std::atomic<bool> stopped_{false};
+    std::atomic<detail::event_hub<event>*> hub_{nullptr};
+    std::shared_ptr<detail::event_hub<event>> hub_owner_; // set once, with hub_
+};
+
+// =======================================================================================
+// Implementation
+// =======================================================================================
+
+namespace detail {
+
+/// A shard's writer lock: a futex-style mutex in one word (uncontended: one CAS each way).
+class shard_lock {
+  public:
+    void lock() noexcept {
+        std::uint32_t expected = 0;
+        if (state_.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+            return;
+        }
+        for (int spin = 0; spin < 64; ++spin) {
+            pause();
+            expected = 0;
+            if (state_.load(std::memory_order_relaxed) == 0 &&
+                state_.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+                return;
+            }
+        }
+        // 2 means "locked, maybe with waiters": the unlocker then wakes one.
+        while (state_.exchange(2, std::memory_order_acquire) != 0) {
+            state_.wait(2, std::memory_order_relaxed);
+        }
+    }
+    void unlock() noexcept {
+        if (state_.exchange(0, std::memory_order_release) == 2) {
+            state_.notify_one();
+        }
+    }
+    static void pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#else
+        std::this_thread::yield();
+#endif
+    }
+
+  private:
+    std::atomic<std::uint32_t> state_{0};
+};
+
+/// Spreads a user hash over all 64 bits (std::hash of integers is the identity).
+constexpr std::uint64_t mix_hash(std::uint64_t h) noexcept {
+    h ^= h >> 32;
+    h *= 0x9E3779B97F4A7C15ULL;
+    return h ^ (h >> 29);
+}
+
+/// Maps a hash to [0, n) with its high bits (Lemire's multiply-shift).
+inline std::size_t reduce(std::uint64_t h, std::size_t n) noexcept {
+#if defined(__SIZEOF_INT128__)
+    __extension__ typedef unsigned __int128 wide;
+    return static_cast<std::size_t>((static_cast<wide>(h) * n) >> 64);
+#else
+    return static_cast<std::size_t>(((h >> 32) * static_cast<std::uint64_t>(n)) >> 32);
+#endif
+}
+
+/// Slot layout: byte 0 is the key's length (or `node_marker`), byte 1 the value's, then
+/// the key's bytes and the value's bytes; a node slot holds the node pointer in word 1.
+inline constexpr std::size_t slot_words = 3;
+inline constexpr std::size_t slot_bytes = slot_words * 8;
+inline constexpr std::size_t inline_capacity = slot_bytes - 2;
+inline constexpr unsigned char node_marker = 0xFF;
+inline constexpr std::size_t group_slots = 8;
+inline constexpr std::uint64_t ctrl_empty = 0x80;
+inline constexpr std::uint64_t ctrl_deleted = 0xFE;
+inline constexpr std::uint64_t lsbs = 0x0101010101010101ULL;
+inline constexpr std::uint64_t msbs = 0x8080808080808080ULL;
+
+/// How a type is stored inline: as its bytes (`fixed`) or as a string's bytes.
+template <class T> struct codec { static constexpr bool inlinable = false; };
+template <class T>
+requires std::is_trivially_copyable_v<T>
+struct codec<T> {
+    static constexpr bool inlinable = sizeof(T) <= inline_capacity;
+    static std::size_t size(const T&) noexcept { return sizeof(T); }
+    static void write(const T& v, unsigned char* out) noexcept { std::memcpy(out, &v, sizeof(T)); }
+    static T read(const unsigned char* in, std::size_t) noexcept {
+        T v;
+        std::memcpy(&v, in, sizeof(T));
+        return v;
+    }
+};
+template <> struct codec<std::string> {
+    static constexpr bool inlinable = true;
+    static std::size_t size(std::string_view v) noexcept { return v.size(); }
+    static void write(std::string_view v, unsigned char* out) noexcept {
+        if (!v.empty()) {
+            std::memcpy(out, v.data(), v.size());
+        }
+    }
+    static std::string read(const unsigned char* in, std::size_t n) {
+        return {reinterpret_cast<const char*>(in), n};
+    }
+};
+
+template <class K, class V, class Hash, class Eq> struct bucket_traits {
+    static constexpr bool string_key =
+        std::is_same_v<K, std::string> && std::is_same_v<Hash, std::hash<std::string>> &&
+        (std::is_same_v<Eq, std::equal_to<std::string>> || std::is_same_v<Eq, std::equal_to<>>);
+    // Inline keys are compared by their bytes, which is only right when equal bytes and
+    // equal keys are the same thing: strings, integers and enums with the default equality.
+    static constexpr bool key_inlinable =
+        string_key ||
+        ((std::is_integral_v<K> || std::is_enum_v<K>)&&(std::is_same_v<Eq, std::equal_to<K>> ||
+                                                        std::is_same_v<Eq, std::equal_to<>>));
+    static constexpr bool value_inlinable = codec<V>::inlinable;
+
+    using key_arg = std::conditional_t<string_key, std::string_view, const K&>;
+    using value_arg =
+        std::conditional_t<std::is_same_v<V, std::string>, std::string_view, const V&>;
+
+    static std::uint64_t hash(key_arg k) {
+        if constexpr (string_key) {
+            // std::hash of a string equals std::hash of its view ([string.view.hash]).
+            return mix_hash(std::hash<std::string_view>{}(k));
+        } else {
+            return mix_hash(static_cast<std::uint64_t>(Hash{}(k)));
+        }
+    }
+    static bool equal(const K& stored, key_arg k) {
+        if constexpr (string_key) {
+            return std::string_view(stored) == k;
+        } else {
+            return Eq{}(stored, k);
+        }
+    }
+    static std::size_t key_size(key_arg k) noexcept {
+        if constexpr (key_inlinable) {
+            return codec<K>::size(k);
+        } else {
+            return inline_capacity + 1;
+        }
+    }
+    static std::size_t value_size(value_arg v) noexcept {
+        if constexpr (value_inlinable) {
+            return codec<V>::size(v);
+        } else {
+            return inline_capacity + 1;
+        }
+    }
+    static bool fits(key_arg k, value_arg v) noexcept {
+        if constexpr (key_inlinable && value_inlinable) {
+            return key_size(k) + value_size(v) <= inline_capacity;
+        } else {
+            return false;
+        }
+    }
+};
+
+} // namespace detail
+
+/// One slot's words, one group's slots and control bytes, one shard's table.
+template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>::table {
+    using node = detail::bucket_node<K, V>;
+    using position = detail::slot_position;
+    struct group {
+        std::atomic<std::uint32_t> version{0}; // odd while a writer changes the group
+        std::atomic<std::uint64_t> ctrl{detail::ctrl_empty * detail::lsbs};
+        std::atomic<std::uint64_t> words[detail::group_slots][detail::slot_words]{};
+    };
+    using slot_image = unsigned char[detail::slot_bytes];
+
+    std::size_t groups = 0;
+    std::size_t used = 0;    // full and deleted slots (writer only)
+    bool owns_nodes = false; // set when the table is dropped with its entries
+
+    group* data() noexcept { return reinterpret_cast<group*>(this + 1); }
+    const group* data() const noexcept { return reinterpret_cast<const group*>(this + 1); }
+
+    static table* make(std::size_t groups) {
+        void* mem = ::operator new(sizeof(table) + groups * sizeof(group));
+        auto* t = new (mem) table();
+        t->groups = groups;
+        for (std::size_t g = 0; g < groups; ++g) {
+            new (t->data() + g) group();
+        }
+        return t;
+    }
+    // Frees the table; with `owns_nodes`, also the nodes its slots point to.
+    static void destroy(void* p) noexcept {
+        auto* t = static_cast<table*>(p);
+        if (t->owns_nodes) {
+            for (std::size_t g = 0; g < t->groups; ++g) {
+                group& gr = t->data()[g];
+                const std::uint64_t ctrl = gr.ctrl.load(std::memory_order_relaxed);
+                for (std::size_t i = 0; i < detail::group_slots; ++i) {
+                    if (((ctrl >> (8 * i)) & 0x80) == 0) {
+                        slot_image img;
+                        load(gr, i, img);
+                        delete node_of(img);
+                    }
+                }
+            }
+        }
+        t->~table();
+        ::operator delete(p);
+    }
+
+    static void load(const group& g, std::size_t i, slot_image& out) noexcept {
+        for (std::size_t w = 0; w < detail::slot_words; ++w) {
+            const std::uint64_t word = g.words[i][w].load(std::memory_order_relaxed);
+            std::memcpy(out + 8 * w, &word, 8);
+        }
+    }
+    static void store(group& g, std::size_t i, const slot_image& in) noexcept {
+        for (std::size_t w = 0; w < detail::slot_words; ++w) {
+            std::uint64_t word = 0;
+            std::memcpy(&word, in + 8 * w, 8);
+            g.words[i][w].store(word, std::memory_order_relaxed);
+        }
+    }
+    static node* node_of(const slot_image& img) noexcept {
+        if (img[0] != detail::node_marker) {
+            return nullptr;
+        }
+        node* n = nullptr;
+        std::memcpy(&n, img + 8, sizeof(n));
+        return n;
+    }
+    static void encode(slot_image& img, key_arg k, value_arg v, node* n) noexcept {
+        std::memset(img, 0, detail::slot_bytes);
+        if (n != nullptr) {
+            img[0] = detail::node_marker;
+            std::memcpy(img + 8, &n, sizeof(n));
+            return;
+        }
+        if constexpr (traits::key_inlinable && traits::value_inlinable) {
+            const std::size_t ks = traits::key_size(k);
+            img[0] = static_cast<unsigned char>(ks);
+            img[1] = static_cast<unsigned char>(traits::value_size(v));
+            detail::codec<K>::write(k, img + 2);
+            detail::codec<V>::write(v, img + 2 + ks);
+        }
+    }
+    static bool key_matches(const slot_image& img, key_arg k) {
+        if (node* n = node_of(img)) {
+            return traits::equal(n->key, k);
+        }
+        if constexpr (traits::key_inlinable) {
+            const std::size_t ks = traits::key_size(k);
+            if (img[0] != ks) {
+                return false;
+            }
+            unsigned char probe[detail::inline_capacity];
+            detail::codec<K>::write(k, probe);
+            return std::memcmp(img + 2, probe, ks) == 0;
+        } else {
+            return false;
+        }
+    }
+    static K key_of(const slot_image& img) {
+        if (node* n = node_of(img)) {
+            return n->key;
+        }
+        if constexpr (traits::key_inlinable) {
+            return detail::codec<K>::read(img + 2, img[0]);
+        } else {
+            std::terminate(); // unreachable: such keys always live in nodes
+        }
+    }
+    static V value_of(const slot_image& img) {
+        if (node* n = node_of(img)) {
+            return n->value;
+        }
+        if constexpr (traits::key_inlinable && traits::value_inlinable) {
+            return detail::codec<V>::read(img + 2 + img[0], img[1]);
+        } else {
+            std::terminate(); // unreachable: such entries always live in nodes
+        }
+    }
+    static std::uint64_t hash_of(const slot_image& img) {
+        if (node* n = node_of(img)) {
+            return traits::hash(n->key);
+        }
+        if constexpr (traits::string_key) {
+            return traits::hash(std::string_view(reinterpret_cast<const char*>(img + 2), img[0]));
+        } else if constexpr (traits::key_inlinable) {
+            return traits::hash(detail::codec<K>::read(img + 2, img[0]));
+        } else {
+            std::terminate();
+        }
+    }
+
+    static std::uint64_t match(std::uint64_t ctrl, std::uint64_t tag) noexcept {
+        const std::uint64_t x = ctrl ^ (detail::lsbs * tag);
+        // Bytes of x that are zero (with rare false positives, which the key check drops).
+        return (x - detail::lsbs) & ~x & detail::msbs;
+    }
+    static std::uint64_t match_empty(std::uint64_t ctrl) noexcept {
+        return ctrl & ~(ctrl << 6) & detail::msbs;
+    }
+    static std::uint64_t match_free(std::uint64_t ctrl) noexcept { return ctrl & detail::msbs; }
+    static std::size_t lowest(std::uint64_t bits) noexcept {
+        return static_cast<std::size_t>(std::countr_zero(bits)) / 8;
+    }
+    static std::uint64_t tag_of(std::uint64_t h) noexcept { return (h >> 7) & 0x7F; }
+
+    // Writer side (under the shard lock): where `k` is, if present.
+    std::optional<position> find(std::uint64_t h, key_arg k) {
+        const std::uint64_t tag = tag_of(h);
+        std::size_t g = detail::reduce(h, groups);
+        for (std::size_t probes = 0; probes < groups; ++probes) {
+            group& gr = data()[g];
+            const std::uint64_t ctrl = gr.ctrl.load(std::memory_order_relaxed);
+            for (std::uint64_t m = match(ctrl, tag); m != 0; m &= m - 1) {
+                const std::size_t i = lowest(m);
+                slot_image img;
+                load(gr, i, img);
+                if (key_matches(img, k)) {
+                    return position{g, i};
+                }
+            }
+            if (match_empty(ctrl) != 0) {
+                return std::nullopt;
+            }
+            g = g + 1 == groups ? 0 : g + 1;
+        }
+        return std::nullopt;
+    }
+    // The first empty or deleted slot on `h`'s probe sequence (there is always one).
+    position free_slot(std::uint64_t h) noexcept {
+        std::size_t g = detail::reduce(h, groups);
+        for (;;) {
+            const std::uint64_t free = match_free(data()[g].ctrl.load(std::memory_order_relaxed));
+            if (free != 0) {
+                return {g, lowest(free)};
+            }
+            g = g + 1 == groups ? 0 : g + 1;
+        }
+    }
+    static std::uint32_t begin_write(group& gr) noexcept {
+        const std::uint32_t v = gr.version.load(std::memory_order_relaxed);
+        gr.version.store(v + 1, std::memory_order_relaxed);
+        // release fence: readers that see a word written below also see the odd version.
+        std::atomic_thread_fence(std::memory_order_release);
+        return v;
+    }
+    static void end_write(group& gr, std::uint32_t v) noexcept {
+        // release: a reader that sees v + 2 sees every word written since begin_write.
+        gr.version.store(v + 2, std::memory_order_release);
+    }
+    static void set_ctrl(group& gr, std::size_t i, std::uint64_t byte) noexcept {
+        std::uint64_t ctrl = gr.ctrl.load(std::memory_order_relaxed);
+        ctrl &= ~(std::uint64_t{0xFF} << (8 * i));
+        ctrl |= byte << (8 * i);
+        gr.ctrl.store(ctrl, std::memory_order_relaxed);
+    }
+    // Writes a slot (new or replaced) of group `p.group`.
+    void write_slot(position p, std::uint64_t tag, const slot_image& img) noexcept {
+        group& gr = data()[p.group];
+        const std::uint32_t v = begin_write(gr);
+        store(gr, p.slot, img);
+        set_ctrl(gr, p.slot, tag);
+        end_write(gr, v);
+    }
+    // Empties a slot: `empty` when the group has an empty slot already (no probe sequence
+    // goes on past this group), else `deleted`, so probes still go on past it.
+    void erase_slot(position p) noexcept {
+        group& gr = data()[p.group];
+        const std::uint32_t v = begin_write(gr);
+        const bool stop_here = match_empty(gr.ctrl.load(std::memory_order_relaxed)) != 0;
+        set_ctrl(gr, p.slot, stop_here ? detail::ctrl_empty : detail::ctrl_deleted);
+        end_write(gr, v);
+        if (stop_here) {
+            --used;
+        }
+    }
+    // Copies every full slot into `to` (a table nobody reads yet).
+    void move_to(table& to) const {
+        for (std::size_t g = 0; g < groups; ++g) {
+            const group& gr = data()[g];
+            const std::uint64_t ctrl = gr.ctrl.load(std::memory_order_relaxed);
+            for (std::size_t i = 0; i < detail::group_slots; ++i) {
+                const std::uint64_t c = (ctrl >> (8 * i)) & 0xFF;
+                if ((c & 0x80) == 0) {
+                    slot_image img;
+                    load(gr, i, img);
+                    const std::uint64_t h = hash_of(img);
+                    const position p = to.free_slot(h);
+                    group& dst = to.data()[p.group];
+                    store(dst, p.slot, img);
+                    set_ctrl(dst, p.slot, c);
+                    ++to.used;
+                }
+            }
+        }
+    }
+};
+
+/// One shard: the writers' lock, the table readers load, and the shard's size.
+template <class K, class V, class Hash, class Eq>
+struct alignas(detail::cache_line) bucket<K, V, Hash, Eq>::shard {
+    detail::shard_lock lock;
+    std::atomic<table*> tab{nullptr};
+    std::atomic<std::size_t> live{0};
+};
+
+template <class K, class V, class Hash, class Eq>
+bucket<K, V, Hash, Eq>::bucket(bucket_options options) {
+    std::size_t n = std::bit_ceil(std::clamp<std::size_t>(options.shards, 1, 256));
+    shards_ = std::make_unique<shard[]>(n);
+    shard_mask_ = n - 1;
+}
+
+template <class K, class V, class Hash, class Eq> bucket<K, V, Hash, Eq>::~bucket() {
+    if (alive()) {
+        notify_exit(exit_reason::shutdown());
+    }
+    // Nobody can read any more: whoever reaches a bucket holds it.
+    for (std::size_t s = 0; s <= shard_mask_; ++s) {
+        if (table* t = shards_[s].tab.load(std::memory_order_relaxed)) {
+            t->owns_nodes = true;
+            table::destroy(t);
+        }
+    }
+}
+
+template <class K, class V, class Hash, class Eq>
+template <class OnHit>
+bool bucket<K, V, Hash, Eq>::read(key_arg key, OnHit&& on_hit) const {
+    const std::uint64_t h = traits::hash(key);
+    const shard& s = shard_for(h);
+    const detail::epoch_guard guard;
+    // acquire: the table's contents, written before it was published, are visible.
+    const table* t = s.tab.load(std::memory_order_acquire);
+    if (t == nullptr) {
+        return false;
+    }
+    const std::uint64_t tag = table::tag_of(h);
+    std::size_t g = detail::reduce(h, t->groups);
+    for (std::size_t probes = 0; probes < t->groups; ++probes) {
+        const typename table::group& gr = t->data()[g];
+        typename table::slot_image images[detail::group_slots];
+        std::uint64_t ctrl = 0;
+        std::uint64_t matches = 0;
+        for (;;) {
+            // acquire: pairs with end_write; the words read below are at least that new.
+            const std::uint32_t v1 = gr.version.load(std::memory_order_acquire);
+            if ((v1 & 1) != 0) {
+                detail::shard_lock::pause();
+                continue;
+            }
+            ctrl = gr.ctrl.load(std::memory_order_relaxed);
+            matches = table::match(ctrl, tag);
+            for (std::uint64_t m = matches; m != 0; m &= m - 1) {
+                const std::size_t i = table::lowest(m);
+                table::load(gr, i, images[i]);
+            }
+            // acquire fence: the reads above happen before the version is read again, so
+            // an unchanged even version means no writer touched them meanwhile.
+            std::atomic_thread_fence(std::memory_order_acquire);
+            if (gr.version.load(std::memory_order_relaxed) == v1) {
+                break;
+            }
+        }
+        for (std::uint64_t m = matches; m != 0; m &= m - 1) {
+            const std::size_t i = table::lowest(m);
+            if (table::key_matches(images[i], key)) {
+                on_hit(images[i]);
+                return true;
+            }
+        }
+        if (table::match_empty(ctrl) != 0) {
+            return false;
+        }
+        g = g + 1 == t->groups ? 0 : g + 1;
+    }
+    return false;
+}
+
+template <class K, class V, class Hash, class Eq>
+std::optional<V> bucket<K, V, Hash, Eq>::get(key_arg key) const {
+    std::optional<V> out;
+    read(key, [&](const typename table::slot_image& img) { out.emplace(table::value_of(img)); });
+    return out;
+}
+
+template <class K, class V, class Hash, class Eq>
+bool bucket<K, V, Hash, Eq>::contains(key_arg key) const {
+    return read(key, [](const typename table::slot_image&) {});
+}
+
+template <class K, class V, class Hash, class Eq>
+auto bucket<K, V, Hash, Eq>::room_for_one(shard& s, table* t, bool& retired) -> table* {
+    if (t != nullptr && (t->used + 1) * 8 <= t->groups * detail::group_slots * 7) {
+        return t;
+    }
+    const std::size_t live = s.live.load(std::memory_order_relaxed) + 1;
+    // About 7/12 full afterwards (growth by 1.5): at most 45 bytes per small entry.
+    table* bigger = table::make(std::max<std::size_t>(1, (live * 12 + 55) / 56));
+    if (t != nullptr) {
+        t->move_to(*bigger);
+        detail::epoch_domain::instance().retire(t, &table::destroy);
+        retired = true;
+    }
+    // release: readers that load the new table see its contents.
+    s.tab.store(bigger, std::memory_order_release);
+    return bigger;
+}
+
+template <class K, class V, class Hash, class Eq>
+detail::bucket_node<K, V>*
+bucket<K, V, Hash, Eq>::store(shard& s, table& t, const detail::slot_position* at, std::uint64_t h,
+                              key_arg key, value_arg value) {
+    typename table::node* n = nullptr;
+    if (!traits::fits(key, value)) {
+        n = new typename table::node{K(key), V(value)};
+    }
+    typename table::slot_image img;
+    table::encode(img, key, value, n);
+    if (at != nullptr) {
+        typename table::slot_image old;
+        table::load(t.data()[at->group], at->slot, old);
+        t.write_slot(*at, table::tag_of(h), img);
+        return table::node_of(old);
+    }
+    const typename table::position p = t.free_slot(h);
+    const std::uint64_t was =
+        (t.data()[p.group].ctrl.load(std::memory_order_relaxed) >> (8 * p.slot)) & 0xFF;
+    t.write_slot(p, table::tag_of(h), img);
+    if (was == detail::ctrl_empty) {
+        ++t.used;
+    }
+    // Only this shard's writers write the counter (under the lock): no atomic add needed.
+    s.live.store(s.live.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    return nullptr;
+}
+
+template <class K, class V, class Hash, class Eq>
+void bucket<K, V, Hash, Eq>::after_write(bool drain, bool retired) {
+    if (drain) {
+        hub()->drain();
+    }
+    if (retired) {
+        detail::epoch_domain::instance().collect();
+    }
+}
+
+template <class K, class V, class Hash, class Eq>
+bool bucket<K, V, Hash, Eq>::publish(bucket_event_kind kind, key_arg key,
+                                     const std::remove_cvref_t<value_arg>* value) {
+    detail::event_hub<event>* h = hub();
+    if (h == nullptr || !h->active()) {
+        return false;
+    }
+    return h->push(
+        event{kind, K(key), value != nullptr ? std::optional<V>(V(*value)) : std::nullopt});
+}
+
+template <class K, class V, class Hash, class Eq>
+bool bucket<K, V, Hash, Eq>::put(key_arg key, value_arg value) {
+    const std::uint64_t h = traits::hash(key);
+    shard& s = shard_for(h);
+    bool drain = false;
+    bool retired = false;
+    {
+        const std::lock_guard lock(s.lock);
+        // Under the lock: `stop` sets the flag, then clears every shard under its lock.
+        if (stopped_.load(std::memory_order_relaxed)) {
+            return false;
+        }
+        table* t = s.tab.load(std::memory_order_relaxed);
+        std::optional<typename table::position> at;
+        if (t != nullptr) {
+            at = t->find(h, key);
+        }
+        if (!at) {
+            t = room_for_one(s, t, retired);
+        }
+        if (auto* gone = store(s, *t, at ? &*at : nullptr, h, key, value)) {
+            detail::epoch_domain::instance().retire(gone);
+            retired = true;
+        }
+        drain = publish(bucket_event_kind::put, key, &value);
+    }
+    after_write(drain, retired);
+    return true;
+}
+
+template <class K, class V, class Hash, class Eq>
+std::optional<V> bucket<K, V, Hash, Eq>::erase(key_arg key) {
+    std::optional<V> old;
+    const std::uint64_t h = traits::hash(key);
+    shard& s = shard_for(h);
+    bool drain = false;
+    bool retired = false;
+    {
+        const std::lock_guard lock(s.lock);
+        if (stopped_.load(std::memory_order_relaxed)) {
+            return std::nullopt;
+        }
+        table* t = s.tab.load(std::memory_order_relaxed);
+        if (t != nullptr) {
+            if (auto at = t->find(h, key)) {
+                typename table::slot_image img;
+                table::load(t->data()[at->group], at->slot, img);
+                old.emplace(table::value_of(img));
+                t->erase_slot(*at);
+                s.live.store(s.live.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+                if (typename table::node* gone = table::node_of(img)) {
+                    detail::epoch_domain::instance().retire(gone);
+                    retired = true;
+                }
+            }
+        }
+        drain = publish(bucket_event_kind::erase, key, nullptr);
+    }
+    after_write(drain, retired);
+    return old;
+}
+
+template <class K, class V, class Hash, class Eq>
+template <class F>
+auto bucket<K, V, Hash, Eq>::get_and_update(key_arg key, F&& f) {
+    using pair_type = std::invoke_result_t<F&, const std::optional<V>&>;
+    using result_type = std::remove_cvref_t<decltype(std::declval<pair_type>().first)>;
+    std::optional<result_type> out;
+    const std::uint64_t h = traits::hash(key);
+    shard& s = shard_for(h);
+    bool drain = false;
+    bool retired = false;
+    {
+        const std::lock_guard lock(s.lock);
+        if (stopped_.load(std::memory_order_relaxed)) {
+            return out;
+        }
+        table* t = s.tab.load(std::memory_order_relaxed);
+        std::optional<typename table::position> at;
+        std::optional<V> current;
+        typename table::slot_image old{};
+        if (t != nullptr) {
+            at = t->find(h, key);
+            if (at) {
+                table::load(t->data()[at->group], at->slot, old);
+                current.emplace(table::value_of(old));
+            }
+        }
+        auto [answer, next] = f(std::as_const(current));
+        out.emplace(std::move(answer));
+        typename table::node* gone = nullptr;
+        if (next) {
+            const value_arg v = *next;
+            if (!at) {
+                t = room_for_one(s, t, retired);
+            }
+            gone = store(s, *t, at ? &*at : nullptr, h, key, v);
+            drain = publish(bucket_event_kind::put, key, &v);
+        } else if (at) {
+            t->erase_slot(*at);
+            s.live.store(s.live.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+            gone = table::node_of(old);
+            drain = publish(bucket_event_kind::erase, key, nullptr);
+        }
+        if (gone != nullptr) {
+            detail::epoch_domain::instance().retire(gone);
+            retired = true;
+        }
+    }
+    after_write(drain, retired);
+    return out;
+}
+
+template <class K, class V, class Hash, class Eq>
+template <class F>
+bool bucket<K, V, Hash, Eq>::update(key_arg key, F&& f) {
+    return get_and_update(key,
+                          [&](const std::optional<V>& current) {
+                              return std::pair<bool, std::optional<V>>{true, f(current)};
+                          })
+        .has_value();
+}
+
+template <class K, class V, class Hash, class Eq>
+std::size_t bucket<K, V, Hash, Eq>::size() const noexcept {
+    std::size_t n = 0;
+    for (std::size_t s = 0; s <= shard_mask_; ++s) {
+        n += shards_[s].live.load(std::memory_order_relaxed);
+    }
+    return n;
+}
+
+template <class K, class V, class Hash, class Eq>
+template <class F>
+void bucket<K, V, Hash, Eq>::for_each(F&& f) const {
+    const detail::epoch_guard guard;
+    std::vector<std::pair<K, V>> entries;
+    for (std::size_t s = 0; s <= shard_mask_; ++s) {
+        const table* t = shards_[s].tab.load(std::memory_order_acquire);
+        if (t == nullptr) {
+            continue;
+        }
+        for (std::size_t g = 0; g < t->groups; ++g) {
+            const typename table::group& gr = t->data()[g];
+            typename table::slot_image images[detail::group_slots];
+            std::uint64_t full = 0;
+            for (;;) {
+                const std::uint32_t v1 = gr.version.load(std::memory_order_acquire);
+                if ((v1 & 1) != 0) {
+                    detail::shard_lock::pause();
+                    continue;
+                }
+                full = ~gr.ctrl.load(std::memory_order_relaxed) & detail::msbs;
+                for (std::uint64_t m = full; m != 0; m &= m - 1) {
+                    const std::size_t i = table::lowest(m);
+                    table::load(gr, i, images[i]);
+                }
+                std::atomic_thread_fence(std::memory_order_acquire);
+                if (gr.version.load(std::memory_order_relaxed) == v1) {
+                    break;
+                }
+            }
+            entries.clear();
+            for (std::uint64_t m = full; m != 0; m &= m - 1) {
+                const std::size_t i = table::lowest(m);
+                entries.emplace_back(table::key_of(images[i]), table::value_of(images[i]));
+            }
+            for (const auto& [k, v] : entries) {
+                f(std::as_const(k), std::as_const(v));
+            }
+        }
+    }
+}
+
+template <class K, class V, class Hash, class Eq> void bucket<K, V, Hash, Eq>::clear() {
+    for (std::size_t s = 0; s <= shard_mask_; ++s) {
+        shard& sh = shards_[s];
+        table* old = nullptr;
+        {
+            const std::lock_guard lock(sh.lock);
+            old = sh.tab.load(std::memory_order_relaxed);
+            sh.tab.store(nullptr, std::memory_order_release);
+            sh.live.store(0, std::memory_order_relaxed);
+            if (old != nullptr) {
+                old->owns_nodes = true;
+                detail::epoch_domain::instance().retire(old, &table::destroy);
+            }
+        }
+    }
+    detail::epoch_domain::instance().collect();
+}
+
+template <class K, class V, class Hash, class Eq>
+subscription bucket<K, V, Hash, Eq>::subscribe(subscriber f) {
+    if (stopped_.load(std::memory_order_acquire)) {
+        return {};
+    }
+    detail::event_hub<event>* h = hub();
+    if (h == nullptr) {
+        // First subscriber: create the hub once (a loser of the race drops its own).
+        auto made = std::make_shared<detail::event_hub<event>>();
+        const std::lock_guard lock(shards_[0].lock);
+        h = hub();
+        if (h == nullptr) {
+            hub_owner_ = std::move(made);
+            h = hub_owner_.get();
+            // release: writers that load the pointer see a constructed hub.
+            hub_.store(h, std::memory_order_release);
+        }
+    }
+    return h->subscribe(std::move(f));
+}
+
+template <class K, class V, class Hash, class Eq>
+exit_reason bucket<K, V, Hash, Eq>::stop(exit_reason reason, timeout) {
+    if (!stopped_.exchange(true, std::memory_order_acq_rel)) {
+        clear();
+    }
+    if (!notify_exit(reason)) {
+        // Stopped by someone else: return once its monitors have run, as they promise.
+        signal()->wait_done(infinity);
+    }
+    return *exited();
+}
+
+} // namespace v0
+} // namespace otpkv

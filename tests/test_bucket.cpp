@@ -1,0 +1,485 @@
+// SPDX-License-Identifier: MIT
+// bucket.hpp: every call with exact values, both storage paths (inline slots and nodes),
+// events and their order, the lifecycle, and lock-free reads racing writers.
+#include "support.hpp"
+
+#include <otpkv/bucket.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+using otpkv::bucket;
+using otpkv::bucket_event_kind;
+using otpkv::exit_reason;
+using otpkv_test::journal;
+using sbucket = bucket<std::string, std::string>;
+
+namespace {
+
+// A value long enough to live in a node, not in the slot.
+std::string big(const std::string& tag) {
+    return tag + std::string(60, '#');
+}
+
+std::map<std::string, std::string> contents(const sbucket& b) {
+    std::map<std::string, std::string> out;
+    b.for_each([&](const std::string& k, const std::string& v) {
+        CHECK(out.emplace(k, v).second); // each key once
+    });
+    return out;
+}
+
+std::string describe(const sbucket::event& e) {
+    return e.kind == bucket_event_kind::put ? e.key + "=" + e.value.value_or("?")
+                                            : e.key + " deleted";
+}
+
+void reclaim_all() {
+    auto& domain = otpkv::detail::epoch_domain::instance();
+    domain.synchronize();
+    domain.synchronize();
+}
+
+} // namespace
+
+TEST_CASE("get, put, erase, contains and size with exact values") {
+    sbucket b;
+    CHECK(b.alive());
+    CHECK(b.get("milk") == std::nullopt);
+    CHECK_FALSE(b.contains("milk"));
+    CHECK(b.size() == 0);
+
+    CHECK(b.put("milk", "3"));
+    CHECK(b.get("milk") == "3");
+    CHECK(b.contains("milk"));
+    CHECK(b.size() == 1);
+
+    CHECK(b.put("milk", "4")); // replaces
+    CHECK(b.get("milk") == "4");
+    CHECK(b.size() == 1);
+
+    CHECK(b.put("eggs", ""));
+    CHECK(b.get("eggs") == ""); // an empty value is a value
+    CHECK(b.size() == 2);
+
+    CHECK(b.erase("milk") == "4"); // the guide's delete returns the old value
+    CHECK(b.erase("milk") == std::nullopt);
+    CHECK(b.get("milk") == std::nullopt);
+    CHECK(b.size() == 1);
+    CHECK(contents(b) == std::map<std::string, std::string>{{"eggs", ""}});
+}
+
+TEST_CASE("keys and values of every size: inline, at the limit, and in nodes") {
+    sbucket b;
+    // 22 bytes of key and value together fit the slot; 23 do not.
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"k", "v"},
+        {std::string(11, 'a'), std::string(11, 'b')},
+        {std::string(12, 'c'), std::string(11, 'd')},
+        {std::string(22, 'e'), ""},
+        {std::string(23, 'f'), "x"},
+        {"short", big("value")},
+        {big("key"), "short"},
+        {std::string("nul\0key", 7), std::string("bin\0\xff", 5)},
+    };
+    for (const auto& [k, v] : cases) {
+        CHECK(b.put(k, v));
+    }
+    for (const auto& [k, v] : cases) {
+        CHECK(b.get(k) == v);
+    }
+    CHECK(b.size() == cases.size());
+    CHECK(b.get(std::string("nul", 3)) == std::nullopt); // no prefix match
+    // Sizes change between inline and node in place.
+    CHECK(b.put("k", big("now big")));
+    CHECK(b.get("k") == big("now big"));
+    CHECK(b.put("k", "small again"));
+    CHECK(b.get("k") == "small again");
+    CHECK(b.erase(big("key")) == "short");
+    CHECK(b.size() == cases.size() - 1);
+    std::map<std::string, std::string> expected(cases.begin(), cases.end());
+    expected.erase(big("key"));
+    expected["k"] = "small again";
+    CHECK(contents(b) == expected);
+}
+
+TEST_CASE("integer keys, struct values and keys that only a node can hold") {
+    bucket<int, long> ints;
+    CHECK(ints.put(-1, 10L));
+    CHECK(ints.put(0, 20L));
+    CHECK(ints.get(-1) == 10L);
+    CHECK(ints.get(0) == 20L);
+    CHECK(ints.get(1) == std::nullopt);
+
+    struct point {
+        int x, y;
+    };
+    bucket<std::uint64_t, point> points;
+    CHECK(points.put(7, point{1, 2}));
+    CHECK(points.get(7)->y == 2);
+
+    // A custom equality cannot be checked on bytes: such keys always live in nodes.
+    struct ci_equal {
+        bool operator()(const std::string& a, const std::string& b) const {
+            return a.size() == b.size() &&
+                   std::equal(a.begin(), a.end(), b.begin(), [](char l, char r) {
+                       return std::tolower(static_cast<unsigned char>(l)) ==
+                              std::tolower(static_cast<unsigned char>(r));
+                   });
+        }
+    };
+    struct ci_hash {
+        std::size_t operator()(const std::string& s) const {
+            std::string lower;
+            for (char c : s) {
+                lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+            }
+            return std::hash<std::string>{}(lower);
+        }
+    };
+    bucket<std::string, int, ci_hash, ci_equal> ci;
+    CHECK(ci.put("Milk", 1));
+    CHECK(ci.get("MILK") == 1);
+    CHECK(ci.put("milk", 2));
+    CHECK(ci.size() == 1);
+    CHECK(ci.erase("mIlK") == 2);
+    CHECK(ci.size() == 0);
+}
+
+TEST_CASE("get_and_update and update are atomic read-modify-writes") {
+    sbucket b;
+    auto first = b.get_and_update("n", [](const std::optional<std::string>& cur) {
+        CHECK(cur == std::nullopt);
+        return std::pair{std::string("was empty"), std::optional<std::string>("1")};
+    });
+    CHECK(first == "was empty");
+    CHECK(b.get("n") == "1");
+
+    CHECK(b.update("n", [](const std::optional<std::string>& cur) {
+        return std::optional<std::string>(*cur + "+1");
+    }));
+    CHECK(b.get("n") == "1+1");
+
+    // Returning nothing deletes the key.
+    auto gone = b.get_and_update("n", [](const std::optional<std::string>& cur) {
+        return std::pair{cur.value_or(""), std::optional<std::string>()};
+    });
+    CHECK(gone == "1+1");
+    CHECK_FALSE(b.contains("n"));
+    CHECK(b.size() == 0);
+
+    // An exception from the function leaves the key as it was.
+    CHECK(b.put("n", "kept"));
+    CHECK_THROWS_AS(b.update("n",
+                             [](const std::optional<std::string>&) -> std::optional<std::string> {
+                                 throw std::runtime_error("no");
+                             }),
+                    std::runtime_error);
+    CHECK(b.get("n") == "kept");
+
+    // Two threads incrementing one counter lose nothing.
+    bucket<int, long> counter;
+    auto add = [&] {
+        for (int i = 0; i < 20000; ++i) {
+            counter.update(1, [](const std::optional<long>& c) {
+                return std::optional<long>(c.value_or(0) + 1);
+            });
+        }
+    };
+    std::thread t1(add);
+    std::thread t2(add);
+    t1.join();
+    t2.join();
+    CHECK(counter.get(1) == 40000L);
+}
+
+TEST_CASE("growth keeps every entry; erase and re-insert reuse the space") {
+    bucket<std::string, std::string> b(otpkv::bucket_options{4});
+    const int n = 100000;
+    for (int i = 0; i < n; ++i) {
+        b.put("key" + std::to_string(i), std::to_string(i * 7));
+    }
+    CHECK(b.size() == static_cast<std::size_t>(n));
+    int wrong = 0;
+    for (int i = 0; i < n; ++i) {
+        wrong += b.get("key" + std::to_string(i)) != std::to_string(i * 7) ? 1 : 0;
+    }
+    CHECK(wrong == 0);
+    for (int round = 0; round < 3; ++round) {
+        for (int i = 0; i < n; i += 2) {
+            CHECK(b.erase("key" + std::to_string(i)).has_value());
+        }
+        CHECK(b.size() == static_cast<std::size_t>(n / 2));
+        for (int i = 0; i < n; i += 2) {
+            b.put("key" + std::to_string(i), "again");
+        }
+        CHECK(b.size() == static_cast<std::size_t>(n));
+    }
+    CHECK(b.get("key0") == "again");
+    CHECK(b.get("key1") == "7");
+    CHECK(contents(b).size() == static_cast<std::size_t>(n));
+    b.clear();
+    CHECK(b.size() == 0);
+    CHECK(b.get("key1") == std::nullopt);
+    CHECK(contents(b).empty());
+    CHECK(b.put("after", "clear"));
+    CHECK(b.get("after") == "clear");
+}
+
+TEST_CASE("subscribers receive puts and erases in write order") {
+    sbucket b;
+    CHECK(b.put("before", "1")); // before the subscription: not reported
+    journal seen;
+    otpkv::subscription sub = b.subscribe([&](const sbucket::event& e) { seen.add(describe(e)); });
+    CHECK(sub.active());
+    b.put("a", "1");
+    b.put("a", big("2"));
+    b.erase("a");
+    b.erase("never-there"); // every DELETE is reported (protocol.md)
+    b.update("c",
+             [](const std::optional<std::string>&) { return std::optional<std::string>("3"); });
+    b.get_and_update("c", [](const std::optional<std::string>&) {
+        return std::pair{0, std::optional<std::string>()};
+    });
+    b.clear(); // not a DELETE: not reported
+    CHECK(seen.take() == std::vector<std::string>{"a=1", "a=" + big("2"), "a deleted",
+                                                  "never-there deleted", "c=3", "c deleted"});
+    sub.cancel();
+    CHECK_FALSE(sub.active());
+    b.put("a", "after cancel");
+    CHECK(seen.size() == 0);
+}
+
+TEST_CASE("per-key order holds with writers on two threads") {
+    sbucket b;
+    std::mutex m;
+    std::map<std::string, std::vector<int>> order;
+    auto sub = b.subscribe([&](const sbucket::event& e) {
+        const std::lock_guard lock(m);
+        order[e.key].push_back(std::stoi(*e.value));
+    });
+    auto writer = [&](const std::string& key) {
+        for (int i = 0; i < 5000; ++i) {
+            b.put(key, std::to_string(i));
+            b.put("shared", std::to_string(i));
+        }
+    };
+    std::thread t1(writer, "one");
+    std::thread t2(writer, "two");
+    t1.join();
+    t2.join();
+    const std::lock_guard lock(m);
+    for (const std::string key : {"one", "two"}) {
+        REQUIRE(order[key].size() == 5000);
+        CHECK(std::is_sorted(order[key].begin(), order[key].end()));
+    }
+    CHECK(order["shared"].size() == 10000);
+    // The last event of a key is the value that stayed.
+    CHECK(std::to_string(order["shared"].back()) == b.get("shared"));
+}
+
+TEST_CASE("a subscriber that throws is dropped; the bucket and the others go on") {
+    sbucket b;
+    journal seen;
+    int thrown = 0;
+    auto bad = b.subscribe([&](const sbucket::event&) {
+        ++thrown;
+        throw std::runtime_error("subscriber bug");
+    });
+    auto good = b.subscribe([&](const sbucket::event& e) { seen.add(describe(e)); });
+    CHECK(b.put("a", "1"));
+    CHECK(b.put("b", "2"));
+    CHECK(thrown == 1);
+    CHECK(seen.take() == std::vector<std::string>{"a=1", "b=2"});
+    CHECK(b.get("a") == "1");
+}
+
+TEST_CASE("a callback may write to its own bucket and cancel itself") {
+    sbucket b;
+    journal seen;
+    otpkv::subscription sub;
+    sub = b.subscribe([&](const sbucket::event& e) {
+        seen.add(describe(e));
+        if (e.key == "ping") {
+            b.put("pong", "1"); // delivered after this callback, by the same loop
+        }
+        if (e.key == "stop") {
+            sub.cancel();
+        }
+    });
+    b.put("ping", "1");
+    b.put("stop", "1");
+    b.put("ignored", "1");
+    CHECK(seen.take() == std::vector<std::string>{"ping=1", "pong=1", "stop=1"});
+}
+
+TEST_CASE("stop: monitors run before it returns; every call afterwards is defined") {
+    auto b = sbucket::start();
+    b->put("a", "1");
+    b->put("large", big("v"));
+    journal seen;
+    auto watch = b->monitor([&](const exit_reason& r) { seen.add(otpkv::to_string(r)); });
+    auto events = b->subscribe([&](const sbucket::event& e) { seen.add(describe(e)); });
+
+    CHECK(b->stop(exit_reason::error("crash")) == exit_reason::error("crash"));
+    CHECK(seen.take() == std::vector<std::string>{"{error, crash}"});
+    CHECK_FALSE(b->alive());
+    // A second stop returns the first reason.
+    CHECK(b->stop() == exit_reason::error("crash"));
+
+    CHECK(b->get("a") == std::nullopt);
+    CHECK_FALSE(b->contains("a"));
+    CHECK(b->size() == 0);
+    CHECK(contents(*b).empty());
+    CHECK_FALSE(b->put("a", "2"));
+    CHECK(b->erase("a") == std::nullopt);
+    bool called = false;
+    CHECK(b->get_and_update("a", [&](const std::optional<std::string>&) {
+        called = true;
+        return std::pair{1, std::optional<std::string>("x")};
+    }) == std::nullopt);
+    CHECK_FALSE(b->update("a", [&](const std::optional<std::string>&) {
+        called = true;
+        return std::optional<std::string>("x");
+    }));
+    CHECK_FALSE(called);
+    CHECK_FALSE(b->subscribe([](const sbucket::event&) {}).active());
+    b->clear();
+    CHECK(seen.size() == 0); // no events for the refused writes
+    // Monitoring a stopped bucket reports noproc at once.
+    auto late = b->monitor([&](const exit_reason& r) { seen.add(otpkv::to_string(r)); });
+    CHECK(seen.take() == std::vector<std::string>{"noproc"});
+}
+
+TEST_CASE("concurrent stops: each returns after the monitors ran, with the first reason") {
+    for (int round = 0; round < 50; ++round) {
+        auto b = sbucket::start();
+        std::atomic<int> monitors_done{0};
+        auto slow = b->monitor([&](const exit_reason&) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+            monitors_done.fetch_add(1);
+        });
+        std::atomic<int> saw_done{0};
+        auto stopper = [&] {
+            b->stop(exit_reason::shutdown());
+            saw_done.fetch_add(monitors_done.load());
+        };
+        std::thread t1(stopper);
+        std::thread t2(stopper);
+        t1.join();
+        t2.join();
+        CHECK(saw_done.load() == 2);
+        CHECK(b->exited() == exit_reason::shutdown());
+    }
+}
+
+TEST_CASE("a bucket destroyed while running exits with shutdown") {
+    journal seen;
+    otpkv::monitor_handle watch;
+    {
+        sbucket b;
+        watch = b.monitor([&](const exit_reason& r) { seen.add(otpkv::to_string(r)); });
+    }
+    CHECK(seen.take() == std::vector<std::string>{"shutdown"});
+}
+
+TEST_CASE("lock-free readers never see a torn or foreign value while writers churn") {
+    // Each value starts with its key: a reader that ever sees another key's value, or a
+    // mix of two writes, fails. Values alternate between inline and node sizes, and the
+    // writers insert, replace, erase and grow the table meanwhile.
+    sbucket b(otpkv::bucket_options{2});
+    constexpr int keys = 2000;
+    std::atomic<bool> done{false};
+    std::atomic<long> bad{0};
+    std::atomic<long> reads{0};
+    auto value_for = [](int key, int version) {
+        const std::string head = std::to_string(key) + ":" + std::to_string(version) + ":";
+        return version % 2 == 0 ? head : head + std::string(40, static_cast<char>('a' + key % 26));
+    };
+    auto check = [&](int key, const std::string& v) {
+        const std::string head = std::to_string(key) + ":";
+        if (v.compare(0, head.size(), head) != 0) {
+            return false;
+        }
+        const std::size_t colon = v.find(':', head.size());
+        if (colon == std::string::npos) {
+            return false;
+        }
+        const int version = std::stoi(v.substr(head.size(), colon - head.size()));
+        return v == value_for(key, version);
+    };
+    auto writer = [&](int first) {
+        for (int version = 0; version < 30; ++version) {
+            for (int k = first; k < keys; k += 2) {
+                if ((k + version) % 7 == 0) {
+                    b.erase(std::to_string(k));
+                } else {
+                    b.put(std::to_string(k), value_for(k, version));
+                }
+            }
+        }
+    };
+    auto reader = [&] {
+        long n = 0;
+        while (!done.load()) {
+            for (int k = 0; k < keys; k += 3) {
+                if (auto v = b.get(std::to_string(k)); v && !check(k, *v)) {
+                    bad.fetch_add(1);
+                }
+                ++n;
+            }
+        }
+        reads.fetch_add(n);
+    };
+    std::thread r1(reader);
+    std::thread w1(writer, 0);
+    std::thread w2(writer, 1);
+    w1.join();
+    w2.join();
+    done.store(true);
+    r1.join();
+    CHECK(bad.load() == 0);
+    CHECK(reads.load() > 0);
+    // Every key ends with its last write.
+    int wrong = 0;
+    for (int k = 0; k < keys; ++k) {
+        const auto v = b.get(std::to_string(k));
+        const bool erased = (k + 29) % 7 == 0;
+        wrong += erased ? v.has_value() : v != value_for(k, 29);
+    }
+    CHECK(wrong == 0);
+}
+
+TEST_CASE("retired tables and nodes are all freed after churn") {
+    auto& domain = otpkv::detail::epoch_domain::instance();
+    reclaim_all();
+    REQUIRE(domain.retired() == 0);
+    {
+        auto b = sbucket::start(otpkv::bucket_options{2});
+        std::thread other([&] {
+            for (int i = 0; i < 20000; ++i) {
+                b->put("n" + std::to_string(i % 500), big(std::to_string(i)));
+                (void)b->get("n" + std::to_string((i * 7) % 500));
+            }
+        });
+        for (int i = 0; i < 20000; ++i) {
+            b->put("m" + std::to_string(i), big(std::to_string(i)));
+            if (i % 3 == 0) {
+                b->erase("m" + std::to_string(i / 2));
+            }
+        }
+        other.join();
+        b->clear();
+        b->put("x", big("y"));
+        b->stop();
+    }
+    reclaim_all();
+    CHECK(domain.retired() == 0);
+}
