@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The protocol core (shared/protocol.md): framing, parsing, reply bytes.
 #include <otpkv/command.hpp>
+#include <otpkv/registry.hpp>
 
 #include <doctest/doctest.h>
 
@@ -589,4 +590,125 @@ TEST_CASE("the guide's integration sequence, framed and parsed, gives the guide'
         otpkv::append_reply(out, run(parse(f.line)));
     }
     CHECK(out == "UNKNOWN COMMAND\r\nNOT FOUND\r\nOK\r\nOK\r\n3\r\nOK\r\nOK\r\n\r\nOK\r\n");
+}
+
+// ---- run(): a parsed command against a real registry, with exact bytes ----
+
+namespace {
+
+// Runs each line in turn and returns everything appended, plus the last reply's shape.
+struct session {
+    std::shared_ptr<otpkv::registry> reg;
+    std::string out;
+    otpkv::reply_kind last = otpkv::reply_kind::ok;
+
+    explicit session(otpkv::registry_options options = {}) : reg(otpkv::registry::start(options)) {}
+    std::string operator()(std::string_view line) {
+        out.clear();
+        last = otpkv::run(parse(line), *reg, out);
+        return out;
+    }
+};
+
+} // namespace
+
+TEST_CASE("run: CREATE gives OK, also when the bucket exists") {
+    session s;
+    CHECK(s("CREATE shopping") == "OK\r\n");
+    CHECK(s.last == otpkv::reply_kind::ok);
+    s.reg->lookup("shopping")->put("eggs", "3");
+    CHECK(s("CREATE shopping") == "OK\r\n");
+    CHECK(s.reg->lookup("shopping")->get("eggs") == "3"); // the same bucket
+    CHECK(s.reg->size() == 1);
+}
+
+TEST_CASE("run: PUT, GET and DELETE on an existing bucket") {
+    session s;
+    s("CREATE b");
+    CHECK(s("PUT b k v") == "OK\r\n");
+    CHECK(s.reg->lookup("b")->get("k") == "v");
+    CHECK(s("GET b k") == "v\r\nOK\r\n");
+    CHECK(s.last == otpkv::reply_kind::value);
+    CHECK(s("GET b absent") == "\r\nOK\r\n");
+    CHECK(s("DELETE b k") == "OK\r\n");
+    CHECK(s("DELETE b k") == "OK\r\n"); // also when absent
+    CHECK(s("GET b k") == "\r\nOK\r\n");
+    // Values come back exactly as stored, any bytes but whitespace.
+    CHECK(s("PUT b bin \x01\x7f\xff\x00z"sv) == "OK\r\n");
+    CHECK(s("GET b bin") == "\x01\x7f\xff\x00z\r\nOK\r\n"s);
+}
+
+TEST_CASE("run: NOT FOUND for every command on a missing bucket, and nothing is created") {
+    session s;
+    CHECK(s("PUT nope k v") == "NOT FOUND\r\n");
+    CHECK(s("GET nope k") == "NOT FOUND\r\n");
+    CHECK(s.last == otpkv::reply_kind::not_found);
+    CHECK(s("DELETE nope k") == "NOT FOUND\r\n");
+    CHECK(s("SUBSCRIBE nope") == "NOT FOUND\r\n");
+    CHECK(s.reg->size() == 0);
+}
+
+TEST_CASE("run: unknown verbs, wrong arity and blank lines are UNKNOWN COMMAND") {
+    session s;
+    s("CREATE b");
+    for (const char* line : {"UNKNOWN shopping", "PUT b k", "PUT b k hello world", "GET b",
+                             "CREATE", "create b", "", "   "}) {
+        CHECK(s(line) == "UNKNOWN COMMAND\r\n");
+        CHECK(s.last == otpkv::reply_kind::unknown_command);
+    }
+    CHECK(s.reg->lookup("b")->size() == 0); // nothing was written
+}
+
+TEST_CASE("run: SUBSCRIBE sends no bytes and hands over the bucket") {
+    session s;
+    s("CREATE b");
+    std::string events;
+    otpkv::subscription sub;
+    std::string out;
+    const auto kind = otpkv::run(parse("SUBSCRIBE b"), *s.reg, out, [&](auto& bucket) {
+        sub = bucket.subscribe([&](const auto& e) {
+            if (e.kind == otpkv::bucket_event_kind::put) {
+                otpkv::append_set_event(events, e.key, *e.value);
+            } else {
+                otpkv::append_deleted_event(events, e.key);
+            }
+        });
+    });
+    CHECK(kind == otpkv::reply_kind::subscribed);
+    CHECK(out.empty());
+    s("PUT b milk 3");
+    s("DELETE b milk");
+    CHECK(events == "milk SET TO 3\r\nmilk DELETED\r\n");
+}
+
+TEST_CASE("run: CREATE past max_buckets gives ERROR too many buckets and keeps the others") {
+    otpkv::registry_options options;
+    options.max_buckets = 2;
+    session s(options);
+    CHECK(s("CREATE a") == "OK\r\n");
+    CHECK(s("CREATE b") == "OK\r\n");
+    CHECK(s("PUT a k 1") == "OK\r\n");
+    CHECK(s("CREATE c") == "ERROR too many buckets\r\n");
+    CHECK(s.last == otpkv::reply_kind::error);
+    CHECK(s("GET c k") == "NOT FOUND\r\n");
+    CHECK(s("GET a k") == "1\r\nOK\r\n");
+    CHECK(s("CREATE a") == "OK\r\n"); // existing names still work
+}
+
+TEST_CASE("run: a CREATE on a stopped registry is ERROR internal") {
+    session s;
+    s.reg->stop();
+    CHECK(s("CREATE b") == "ERROR internal\r\n");
+    CHECK(s("GET b k") == "NOT FOUND\r\n");
+}
+
+TEST_CASE("run: the guide's integration test, byte for byte") {
+    session s;
+    std::string all;
+    for (const char* line :
+         {"UNKNOWN shopping", "GET shopping eggs", "CREATE shopping", "PUT shopping eggs 3",
+          "GET shopping eggs", "DELETE shopping eggs", "GET shopping eggs"}) {
+        all += s(line);
+    }
+    CHECK(all == "UNKNOWN COMMAND\r\nNOT FOUND\r\nOK\r\nOK\r\n3\r\nOK\r\nOK\r\n\r\nOK\r\n");
 }
