@@ -29,6 +29,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <string>
@@ -160,8 +161,13 @@ class bucket : public process {
     struct shard;
     struct table;
 
-    const shard& shard_for(std::uint64_t h) const noexcept { return shards_[h & shard_mask_]; }
-    shard& shard_for(std::uint64_t h) noexcept { return shards_[h & shard_mask_]; }
+    // The shards exist from the first write on: an empty bucket costs no shard memory.
+    const shard* find_shard(std::uint64_t h) const noexcept {
+        // acquire: pairs with the publishing exchange in `shard_for`.
+        const shard* all = shards_.load(std::memory_order_acquire);
+        return all != nullptr ? all + (h & shard_mask_) : nullptr;
+    }
+    shard& shard_for(std::uint64_t h);
     detail::event_hub<event>* hub() const noexcept { return hub_.load(std::memory_order_acquire); }
     // Queues an event when someone listens (under the shard lock); true: drain afterwards.
     bool publish(bucket_event_kind kind, key_arg key, const std::remove_cvref_t<value_arg>* value);
@@ -177,11 +183,12 @@ class bucket : public process {
     // After the shard lock is released: delivers events and frees what can be freed.
     void after_write(bool drain, bool retired);
 
-    std::unique_ptr<shard[]> shards_;
+    std::atomic<shard*> shards_{nullptr}; // shard_mask_ + 1 of them, made on first write
     std::uint64_t shard_mask_;
     std::atomic<bool> stopped_{false};
     std::atomic<detail::event_hub<event>*> hub_{nullptr};
     std::shared_ptr<detail::event_hub<event>> hub_owner_; // set once, with hub_
+    std::once_flag hub_once_;
 };
 
 // =======================================================================================
@@ -356,6 +363,7 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
     bool owns_nodes = false; // set when the table is dropped with its entries
 
     group* data() noexcept { return reinterpret_cast<group*>(this + 1); }
+    std::size_t bytes() const noexcept { return sizeof(table) + groups * sizeof(group); }
     const group* data() const noexcept { return reinterpret_cast<const group*>(this + 1); }
 
     static table* make(std::size_t groups) {
@@ -389,7 +397,7 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
 
     static void load(const group& g, std::size_t i, slot_image& out) noexcept {
         for (std::size_t w = 0; w < detail::slot_words; ++w) {
-            const std::uint64_t word = g.words[i][w].load(std::memory_order_relaxed);
+            const std::uint64_t word = g.words[i][w].load(detail::seqlock_load);
             std::memcpy(out + 8 * w, &word, 8);
         }
     }
@@ -397,7 +405,7 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
         for (std::size_t w = 0; w < detail::slot_words; ++w) {
             std::uint64_t word = 0;
             std::memcpy(&word, in + 8 * w, 8);
-            g.words[i][w].store(word, std::memory_order_relaxed);
+            g.words[i][w].store(word, detail::seqlock_store);
         }
     }
     static node* node_of(const slot_image& img) noexcept {
@@ -522,8 +530,8 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
     static std::uint32_t begin_write(group& gr) noexcept {
         const std::uint32_t v = gr.version.load(std::memory_order_relaxed);
         gr.version.store(v + 1, std::memory_order_relaxed);
-        // release fence: readers that see a word written below also see the odd version.
-        std::atomic_thread_fence(std::memory_order_release);
+        // Readers that see a word written below also see the odd version.
+        detail::seqlock_write_fence();
         return v;
     }
     static void end_write(group& gr, std::uint32_t v) noexcept {
@@ -534,7 +542,7 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
         std::uint64_t ctrl = gr.ctrl.load(std::memory_order_relaxed);
         ctrl &= ~(std::uint64_t{0xFF} << (8 * i));
         ctrl |= byte << (8 * i);
-        gr.ctrl.store(ctrl, std::memory_order_relaxed);
+        gr.ctrl.store(ctrl, detail::seqlock_store);
     }
     // Writes a slot (new or replaced) of group `p.group`.
     void write_slot(position p, std::uint64_t tag, const slot_image& img) noexcept {
@@ -589,7 +597,6 @@ struct alignas(detail::cache_line) bucket<K, V, Hash, Eq>::shard {
 template <class K, class V, class Hash, class Eq>
 bucket<K, V, Hash, Eq>::bucket(bucket_options options) {
     std::size_t n = std::bit_ceil(std::clamp<std::size_t>(options.shards, 1, 256));
-    shards_ = std::make_unique<shard[]>(n);
     shard_mask_ = n - 1;
 }
 
@@ -598,22 +605,45 @@ template <class K, class V, class Hash, class Eq> bucket<K, V, Hash, Eq>::~bucke
         notify_exit(exit_reason::shutdown());
     }
     // Nobody can read any more: whoever reaches a bucket holds it.
+    shard* all = shards_.load(std::memory_order_acquire);
+    if (all == nullptr) {
+        return;
+    }
     for (std::size_t s = 0; s <= shard_mask_; ++s) {
-        if (table* t = shards_[s].tab.load(std::memory_order_relaxed)) {
+        if (table* t = all[s].tab.load(std::memory_order_relaxed)) {
             t->owns_nodes = true;
             table::destroy(t);
         }
     }
+    delete[] all;
+}
+
+template <class K, class V, class Hash, class Eq>
+auto bucket<K, V, Hash, Eq>::shard_for(std::uint64_t h) -> shard& {
+    shard* all = shards_.load(std::memory_order_acquire);
+    if (all == nullptr) [[unlikely]] {
+        auto* made = new shard[shard_mask_ + 1];
+        // acq_rel: publishes our shards, or acquires the ones another writer published.
+        if (shards_.compare_exchange_strong(all, made, std::memory_order_acq_rel)) {
+            all = made;
+        } else {
+            delete[] made;
+        }
+    }
+    return all[h & shard_mask_];
 }
 
 template <class K, class V, class Hash, class Eq>
 template <class OnHit>
 bool bucket<K, V, Hash, Eq>::read(key_arg key, OnHit&& on_hit) const {
     const std::uint64_t h = traits::hash(key);
-    const shard& s = shard_for(h);
+    const shard* s = find_shard(h);
+    if (s == nullptr) {
+        return false;
+    }
     const detail::epoch_guard guard;
     // acquire: the table's contents, written before it was published, are visible.
-    const table* t = s.tab.load(std::memory_order_acquire);
+    const table* t = s->tab.load(std::memory_order_acquire);
     if (t == nullptr) {
         return false;
     }
@@ -631,7 +661,7 @@ bool bucket<K, V, Hash, Eq>::read(key_arg key, OnHit&& on_hit) const {
                 detail::shard_lock::pause();
                 continue;
             }
-            ctrl = gr.ctrl.load(std::memory_order_relaxed);
+            ctrl = gr.ctrl.load(detail::seqlock_load);
             matches = table::match(ctrl, tag);
             for (std::uint64_t m = matches; m != 0; m &= m - 1) {
                 const std::size_t i = table::lowest(m);
@@ -639,7 +669,7 @@ bool bucket<K, V, Hash, Eq>::read(key_arg key, OnHit&& on_hit) const {
             }
             // acquire fence: the reads above happen before the version is read again, so
             // an unchanged even version means no writer touched them meanwhile.
-            std::atomic_thread_fence(std::memory_order_acquire);
+            detail::seqlock_read_fence();
             if (gr.version.load(std::memory_order_relaxed) == v1) {
                 break;
             }
@@ -681,7 +711,7 @@ auto bucket<K, V, Hash, Eq>::room_for_one(shard& s, table* t, bool& retired) -> 
     table* bigger = table::make(std::max<std::size_t>(1, (live * 12 + 55) / 56));
     if (t != nullptr) {
         t->move_to(*bigger);
-        detail::epoch_domain::instance().retire(t, &table::destroy);
+        detail::epoch_domain::instance().retire(t, &table::destroy, t->bytes());
         retired = true;
     }
     // release: readers that load the new table see its contents.
@@ -864,8 +894,9 @@ bool bucket<K, V, Hash, Eq>::update(key_arg key, F&& f) {
 template <class K, class V, class Hash, class Eq>
 std::size_t bucket<K, V, Hash, Eq>::size() const noexcept {
     std::size_t n = 0;
-    for (std::size_t s = 0; s <= shard_mask_; ++s) {
-        n += shards_[s].live.load(std::memory_order_relaxed);
+    const shard* all = shards_.load(std::memory_order_acquire);
+    for (std::size_t s = 0; all != nullptr && s <= shard_mask_; ++s) {
+        n += all[s].live.load(std::memory_order_relaxed);
     }
     return n;
 }
@@ -875,8 +906,9 @@ template <class F>
 void bucket<K, V, Hash, Eq>::for_each(F&& f) const {
     const detail::epoch_guard guard;
     std::vector<std::pair<K, V>> entries;
-    for (std::size_t s = 0; s <= shard_mask_; ++s) {
-        const table* t = shards_[s].tab.load(std::memory_order_acquire);
+    const shard* all = shards_.load(std::memory_order_acquire);
+    for (std::size_t s = 0; all != nullptr && s <= shard_mask_; ++s) {
+        const table* t = all[s].tab.load(std::memory_order_acquire);
         if (t == nullptr) {
             continue;
         }
@@ -890,12 +922,12 @@ void bucket<K, V, Hash, Eq>::for_each(F&& f) const {
                     detail::shard_lock::pause();
                     continue;
                 }
-                full = ~gr.ctrl.load(std::memory_order_relaxed) & detail::msbs;
+                full = ~gr.ctrl.load(detail::seqlock_load) & detail::msbs;
                 for (std::uint64_t m = full; m != 0; m &= m - 1) {
                     const std::size_t i = table::lowest(m);
                     table::load(gr, i, images[i]);
                 }
-                std::atomic_thread_fence(std::memory_order_acquire);
+                detail::seqlock_read_fence();
                 if (gr.version.load(std::memory_order_relaxed) == v1) {
                     break;
                 }
@@ -913,8 +945,9 @@ void bucket<K, V, Hash, Eq>::for_each(F&& f) const {
 }
 
 template <class K, class V, class Hash, class Eq> void bucket<K, V, Hash, Eq>::clear() {
-    for (std::size_t s = 0; s <= shard_mask_; ++s) {
-        shard& sh = shards_[s];
+    shard* all = shards_.load(std::memory_order_acquire);
+    for (std::size_t s = 0; all != nullptr && s <= shard_mask_; ++s) {
+        shard& sh = all[s];
         table* old = nullptr;
         {
             const std::lock_guard lock(sh.lock);
@@ -923,7 +956,7 @@ template <class K, class V, class Hash, class Eq> void bucket<K, V, Hash, Eq>::c
             sh.live.store(0, std::memory_order_relaxed);
             if (old != nullptr) {
                 old->owns_nodes = true;
-                detail::epoch_domain::instance().retire(old, &table::destroy);
+                detail::epoch_domain::instance().retire(old, &table::destroy, old->bytes());
             }
         }
     }
@@ -935,20 +968,12 @@ subscription bucket<K, V, Hash, Eq>::subscribe(subscriber f) {
     if (stopped_.load(std::memory_order_acquire)) {
         return {};
     }
-    detail::event_hub<event>* h = hub();
-    if (h == nullptr) {
-        // First subscriber: create the hub once (a loser of the race drops its own).
-        auto made = std::make_shared<detail::event_hub<event>>();
-        const std::lock_guard lock(shards_[0].lock);
-        h = hub();
-        if (h == nullptr) {
-            hub_owner_ = std::move(made);
-            h = hub_owner_.get();
-            // release: writers that load the pointer see a constructed hub.
-            hub_.store(h, std::memory_order_release);
-        }
-    }
-    return h->subscribe(std::move(f));
+    std::call_once(hub_once_, [&] {
+        hub_owner_ = std::make_shared<detail::event_hub<event>>();
+        // release: writers that load the pointer see a constructed hub.
+        hub_.store(hub_owner_.get(), std::memory_order_release);
+    });
+    return hub()->subscribe(std::move(f));
 }
 
 template <class K, class V, class Hash, class Eq>

@@ -14,7 +14,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -27,6 +26,7 @@
 #include <type_traits>
 #include <utility>
 #include <variant>
+#include <vector>
 
 namespace otpkv {
 inline namespace v0 {
@@ -475,7 +475,7 @@ class exit_signal {
         std::unique_lock lock(mutex_);
         while (!monitors_.empty()) {
             entry next = std::move(monitors_.front());
-            monitors_.pop_front();
+            monitors_.erase(monitors_.begin());
             running_id_ = next.id;
             running_thread_ = std::this_thread::get_id();
             lock.unlock();
@@ -536,7 +536,9 @@ class exit_signal {
     mutable std::condition_variable changed_;
     std::atomic<bool> exited_{false};
     exit_reason reason_;
-    std::deque<entry> monitors_;
+    // A vector, not a deque: empty until the first monitor (libstdc++'s deque allocates
+    // over 500 bytes up front, and every bucket is a process); monitors are few.
+    std::vector<entry> monitors_;
     std::uint64_t last_monitor_id_ = 0;
     std::uint64_t running_id_ = 0;
     std::thread::id running_thread_;

@@ -237,7 +237,8 @@ template <class Bucket> struct basic_registry<Bucket>::core {
                         place(*bigger, old);
                     }
                 }
-                detail::epoch_domain::instance().retire(t, &table::destroy);
+                detail::epoch_domain::instance().retire(
+                    t, &table::destroy, (t->mask + 1) * sizeof(std::atomic<entry*>));
             }
             // release: readers that load the new table see its slots.
             tab.store(bigger, std::memory_order_release);
@@ -277,11 +278,12 @@ template <class Bucket> struct basic_registry<Bucket>::core {
     }
 
     // The monitor of every bucket: removes its name and reports its exit.
-    void on_exit(const std::string& name, process_id id, const exit_reason& reason) {
+    // `h` finds the probe sequence; the id identifies the entry (a name may have been
+    // reused by a newer bucket meanwhile).
+    void on_exit(std::uint64_t h, process_id id, const exit_reason& reason) {
         bool drain = false;
         {
             const std::lock_guard lock(table_mutex);
-            const std::uint64_t h = hash(name);
             entry* found = nullptr;
             if (table* t = tab.load(std::memory_order_relaxed)) {
                 for (std::size_t i = h & t->mask;; i = (i + 1) & t->mask) {
@@ -289,7 +291,7 @@ template <class Bucket> struct basic_registry<Bucket>::core {
                     if (here == nullptr) {
                         break;
                     }
-                    if (here != tombstone() && here->id == id && here->name == name) {
+                    if (here != tombstone() && here->id == id) {
                         found = here;
                         // release: pairs with the readers' acquire loads.
                         t->slots()[i].store(tombstone(), std::memory_order_release);
@@ -307,7 +309,7 @@ template <class Bucket> struct basic_registry<Bucket>::core {
             if (why.what() == exit_reason::kind::noproc) {
                 why = found->bucket->exited().value_or(reason);
             }
-            drain = hub->push({registry_event_kind::exited, name, id, std::move(why)});
+            drain = hub->push({registry_event_kind::exited, found->name, id, std::move(why)});
             detail::epoch_domain::instance().retire(found);
         }
         if (drain) {
@@ -350,19 +352,15 @@ auto basic_registry<Bucket>::create(std::string_view name) -> result<handle> {
     if (c.count.load(std::memory_order_relaxed) >= c.options.max_buckets) {
         return error{errc::max_children, {}, {}};
     }
-    // Shared with the start function: a call abandoned by a caller that is asked to stop
-    // may still run it later, on the supervisor's thread.
-    auto box = std::make_shared<handle>();
+    // Made here and handed over: the start function owns what it returns (a call
+    // abandoned by a caller that is asked to stop may still run it later).
+    handle made = std::make_shared<Bucket>(c.options.buckets);
     child_spec spec;
-    spec.start = [box, options = c.options.buckets]() -> std::shared_ptr<process> {
-        *box = std::make_shared<Bucket>(options);
-        return *box;
-    };
+    spec.start = [made]() -> std::shared_ptr<process> { return made; };
     spec.restart = restart::temporary;
     if (auto started = c.supervisor->start_child(std::move(spec)); !started) {
         return started.error();
     }
-    handle made = *box;
     auto* e = new typename core::entry{core::hash(name), std::string(name), made, made->id(), {}};
     bool drain = false;
     {
@@ -376,9 +374,9 @@ auto basic_registry<Bucket>::create(std::string_view name) -> result<handle> {
     // Set after the entry is in: a bucket that exited meanwhile calls it at once (noproc)
     // and the entry goes again.
     monitor_handle watch = made->monitor(
-        [weak = std::weak_ptr<core>(core_), name = e->name, id = e->id](const exit_reason& reason) {
+        [weak = std::weak_ptr<core>(core_), h = e->hash, id = e->id](const exit_reason& reason) {
             if (auto strong = weak.lock()) {
-                strong->on_exit(name, id, reason);
+                strong->on_exit(h, id, reason);
             }
         });
     {
