@@ -2,6 +2,8 @@
 // The C++ snippets of README.md, compiled and run. .ci/readme.py checks that every ```cpp
 // block of the README appears here line for line, so the README cannot drift from code
 // that builds and works.
+#include <otpkv/command.hpp>
+#include <otpkv/registry.hpp>
 #include <otpkv/supervisor.hpp>
 #include <otpkv/task.hpp>
 
@@ -9,7 +11,9 @@
 
 #include <chrono>
 #include <stop_token>
+#include <string>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -44,4 +48,35 @@ TEST_CASE("README: Supervision") {
     CHECK(children[1].id == "web");
     CHECK_FALSE(children[1].child->alive()); // the first web was terminated
     CHECK(sup->exited() == otpkv::exit_reason::shutdown());
+}
+
+TEST_CASE("README: Buckets and the registry") {
+    {
+        // README snippet begins
+        auto registry = otpkv::registry::start({.max_buckets = 1000});
+        auto shopping = registry->create("shopping").value(); // idempotent
+        shopping->put("milk", "3");
+        auto milk = shopping->get("milk");  // std::optional<std::string>{"3"}
+        auto old = shopping->erase("milk"); // the old value, like the guide's delete
+        std::vector<std::string> seen;      // keys written, in order, once subscribed
+        auto sub = shopping->subscribe([&](const auto& event) { seen.push_back(event.key); });
+
+        std::string reply;
+        otpkv::run(otpkv::parse("PUT shopping eggs 3"), *registry, reply); // "OK\r\n"
+        otpkv::run(otpkv::parse("GET shopping eggs"), *registry, reply);   // "3\r\nOK\r\n"
+
+        shopping->stop(otpkv::exit_reason::error("crash"));
+        auto gone = registry->lookup("shopping"); // nullptr: gone before stop() returned
+        // README snippet ends
+
+        CHECK(registry->max_buckets() == 1000);
+        CHECK(milk == "3");
+        CHECK(old == "3");
+        CHECK(sub.active());
+        CHECK(seen == std::vector<std::string>{"eggs"});
+        CHECK(reply == "OK\r\n3\r\nOK\r\n");
+        CHECK(gone == nullptr);
+        CHECK(registry->size() == 0);
+        CHECK_FALSE(shopping->put("milk", "4"));
+    }
 }
