@@ -404,7 +404,12 @@ void memory(std::map<std::string, double>& out) {
     }
 #endif
     for (const auto& [who, bytes] : out) {
-        std::printf("memory per entry        %-30s %9.1f bytes\n", who.c_str(), bytes);
+        if (bytes < 1) { // TBB allocates through its own allocator, which mallinfo2 misses
+            std::printf("memory per entry        %-30s not measured (own allocator)\n",
+                        who.c_str());
+        } else {
+            std::printf("memory per entry        %-30s %9.1f bytes\n", who.c_str(), bytes);
+        }
     }
 }
 
