@@ -128,11 +128,19 @@ TEST_CASE("task_supervisor: async returns the value, or rethrows on await") {
     REQUIRE(failing);
     std::optional<exit_reason> reason;
     std::atomic<bool> exited{false};
-    const monitor_handle watch =
-        sup->which_children().at(0).child->monitor([&](const exit_reason& r) {
-            reason = r;
-            exited = true;
-        });
+    // The failing task by its pid: the first task may still be listed, its exit not yet
+    // handled by the supervisor.
+    std::shared_ptr<otpkv::process> failing_task;
+    for (const auto& c : sup->which_children()) {
+        if (c.pid == failing->pid()) {
+            failing_task = c.child;
+        }
+    }
+    REQUIRE(failing_task != nullptr);
+    const monitor_handle watch = failing_task->monitor([&](const exit_reason& r) {
+        reason = r;
+        exited = true;
+    });
     go = true;
     CHECK_THROWS_WITH_AS(failing->await(), "bad input", std::invalid_argument);
     REQUIRE(eventually([&] { return exited.load(); }));
