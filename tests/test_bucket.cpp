@@ -483,3 +483,27 @@ TEST_CASE("retired tables and nodes are all freed after churn") {
     reclaim_all();
     CHECK(domain.retired() == 0);
 }
+
+TEST_CASE("visit hands over the stored value without a copy, or reports it missing") {
+    sbucket b;
+    b.put("small", "inline");
+    b.put("large", big("node"));
+    std::vector<std::string> seen;
+    auto record = [&](std::string_view v) { seen.emplace_back(v); };
+    CHECK(b.visit("small", record));
+    CHECK(b.visit("large", record));
+    CHECK_FALSE(b.visit("absent", record));
+    CHECK(seen == std::vector<std::string>{"inline", big("node")});
+
+    bucket<int, long> ints;
+    ints.put(3, 30L);
+    long got = 0;
+    CHECK(ints.visit(3, [&](const long& v) { got = v; }));
+    CHECK(got == 30L);
+    CHECK_FALSE(ints.visit(4, [&](const long& v) { got = v; }));
+    CHECK(got == 30L);
+
+    b.stop();
+    CHECK_FALSE(b.visit("small", record));
+    CHECK(seen.size() == 2);
+}

@@ -120,6 +120,11 @@ class bucket : public process {
 
     /// The value of `key`, copied. Lock-free.
     [[nodiscard]] std::optional<V> get(key_arg key) const;
+    /// Calls `f(value)` with the value of `key` and returns true, or returns false when
+    /// there is none. Lock-free and copy-free: for string values `f` gets a
+    /// `std::string_view` valid only during the call, otherwise a `const V&`. `f` runs
+    /// inside a read guard and should be short.
+    template <class F> bool visit(key_arg key, F&& f) const;
     /// True when `key` has a value. Lock-free.
     [[nodiscard]] bool contains(key_arg key) const;
     /// Stores `value` under `key`. False after `stop` (nothing stored).
@@ -180,8 +185,17 @@ class bucket : public process {
     // have room); returns the node the slot held, which the caller retires.
     detail::bucket_node<K, V>* store(shard& s, table& t, const detail::slot_position* at,
                                      std::uint64_t h, key_arg key, value_arg value);
-    // After the shard lock is released: delivers events and frees what can be freed.
-    void after_write(bool drain, bool retired);
+    // The one write path: under the key's shard lock, unless the bucket has stopped, runs
+    // `body(shard&, table* t, std::optional<position> at, hash, bool& retired)`, where `at`
+    // is the key's slot if present; `body` returns whether an event must be delivered.
+    // Afterwards, outside the lock, delivers events and frees what can be freed. Returns
+    // false when the bucket had stopped.
+    template <class Body> bool locked_write(key_arg key, Body&& body);
+    // Under the shard lock: empties the slot at `p` and retires its node, if any.
+    void remove_at(shard& s, table& t, detail::slot_position p, bool& retired);
+    static void retire_node(detail::bucket_node<K, V>* n, bool& retired);
+    // Under the shard lock: the value in the slot at `p`.
+    static V get_at(const table& t, detail::slot_position p);
 
     std::atomic<shard*> shards_{nullptr}; // shard_mask_ + 1 of them, made on first write
     std::uint64_t shard_mask_;
@@ -713,8 +727,24 @@ bool bucket<K, V, Hash, Eq>::read(key_arg key, OnHit&& on_hit) const {
 template <class K, class V, class Hash, class Eq>
 std::optional<V> bucket<K, V, Hash, Eq>::get(key_arg key) const {
     std::optional<V> out;
-    read(key, [&](const typename table::slot_image& img) { out.emplace(table::value_of(img)); });
+    visit(key, [&](const auto& value) { out.emplace(value); });
     return out;
+}
+
+template <class K, class V, class Hash, class Eq>
+template <class F>
+bool bucket<K, V, Hash, Eq>::visit(key_arg key, F&& f) const {
+    return read(key, [&](const typename table::slot_image& img) {
+        if (const typename table::node* n = table::node_of(img)) {
+            f(static_cast<value_arg>(n->value));
+        } else if constexpr (std::is_same_v<V, std::string>) {
+            // The validated copy of the slot holds the bytes: no string is built.
+            f(std::string_view(reinterpret_cast<const char*>(img + 2 + img[0]), img[1]));
+        } else {
+            const V value = table::value_of(img);
+            f(value);
+        }
+    });
 }
 
 template <class K, class V, class Hash, class Eq>
@@ -769,28 +799,8 @@ bucket<K, V, Hash, Eq>::store(shard& s, table& t, const detail::slot_position* a
 }
 
 template <class K, class V, class Hash, class Eq>
-void bucket<K, V, Hash, Eq>::after_write(bool drain, bool retired) {
-    if (drain) {
-        hub()->drain();
-    }
-    if (retired) {
-        detail::epoch_domain::instance().collect();
-    }
-}
-
-template <class K, class V, class Hash, class Eq>
-bool bucket<K, V, Hash, Eq>::publish(bucket_event_kind kind, key_arg key,
-                                     const std::remove_cvref_t<value_arg>* value) {
-    detail::event_hub<event>* h = hub();
-    if (h == nullptr || !h->active()) {
-        return false;
-    }
-    return h->push(
-        event{kind, K(key), value != nullptr ? std::optional<V>(V(*value)) : std::nullopt});
-}
-
-template <class K, class V, class Hash, class Eq>
-bool bucket<K, V, Hash, Eq>::put(key_arg key, value_arg value) {
+template <class Body>
+bool bucket<K, V, Hash, Eq>::locked_write(key_arg key, Body&& body) {
     const std::uint64_t h = traits::hash(key);
     shard& s = shard_for(h);
     bool drain = false;
@@ -806,48 +816,73 @@ bool bucket<K, V, Hash, Eq>::put(key_arg key, value_arg value) {
         if (t != nullptr) {
             at = t->find(h, key);
         }
+        drain = body(s, t, at, h, retired);
+    }
+    if (drain) {
+        hub()->drain();
+    }
+    if (retired) {
+        detail::epoch_domain::instance().collect();
+    }
+    return true;
+}
+
+template <class K, class V, class Hash, class Eq>
+void bucket<K, V, Hash, Eq>::retire_node(detail::bucket_node<K, V>* n, bool& retired) {
+    if (n != nullptr) {
+        detail::epoch_domain::instance().retire(n);
+        retired = true;
+    }
+}
+
+template <class K, class V, class Hash, class Eq>
+V bucket<K, V, Hash, Eq>::get_at(const table& t, detail::slot_position p) {
+    typename table::slot_image img;
+    table::load(t.data()[p.group], p.slot, img);
+    return table::value_of(img);
+}
+
+template <class K, class V, class Hash, class Eq>
+void bucket<K, V, Hash, Eq>::remove_at(shard& s, table& t, detail::slot_position p, bool& retired) {
+    typename table::slot_image img;
+    table::load(t.data()[p.group], p.slot, img);
+    t.erase_slot(p);
+    s.live.store(s.live.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    retire_node(table::node_of(img), retired);
+}
+
+template <class K, class V, class Hash, class Eq>
+bool bucket<K, V, Hash, Eq>::publish(bucket_event_kind kind, key_arg key,
+                                     const std::remove_cvref_t<value_arg>* value) {
+    detail::event_hub<event>* h = hub();
+    if (h == nullptr || !h->active()) {
+        return false;
+    }
+    return h->push(
+        event{kind, K(key), value != nullptr ? std::optional<V>(V(*value)) : std::nullopt});
+}
+
+template <class K, class V, class Hash, class Eq>
+bool bucket<K, V, Hash, Eq>::put(key_arg key, value_arg value) {
+    return locked_write(key, [&](shard& s, table* t, auto at, std::uint64_t h, bool& retired) {
         if (!at) {
             t = room_for_one(s, t, retired);
         }
-        if (auto* gone = store(s, *t, at ? &*at : nullptr, h, key, value)) {
-            detail::epoch_domain::instance().retire(gone);
-            retired = true;
-        }
-        drain = publish(bucket_event_kind::put, key, &value);
-    }
-    after_write(drain, retired);
-    return true;
+        retire_node(store(s, *t, at ? &*at : nullptr, h, key, value), retired);
+        return publish(bucket_event_kind::put, key, &value);
+    });
 }
 
 template <class K, class V, class Hash, class Eq>
 std::optional<V> bucket<K, V, Hash, Eq>::erase(key_arg key) {
     std::optional<V> old;
-    const std::uint64_t h = traits::hash(key);
-    shard& s = shard_for(h);
-    bool drain = false;
-    bool retired = false;
-    {
-        const std::lock_guard lock(s.lock);
-        if (stopped_.load(std::memory_order_relaxed)) {
-            return std::nullopt;
+    locked_write(key, [&](shard& s, table* t, auto at, std::uint64_t, bool& retired) {
+        if (at) {
+            old.emplace(get_at(*t, *at));
+            remove_at(s, *t, *at, retired);
         }
-        table* t = s.tab.load(std::memory_order_relaxed);
-        if (t != nullptr) {
-            if (auto at = t->find(h, key)) {
-                typename table::slot_image img;
-                table::load(t->data()[at->group], at->slot, img);
-                old.emplace(table::value_of(img));
-                t->erase_slot(*at);
-                s.live.store(s.live.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-                if (typename table::node* gone = table::node_of(img)) {
-                    detail::epoch_domain::instance().retire(gone);
-                    retired = true;
-                }
-            }
-        }
-        drain = publish(bucket_event_kind::erase, key, nullptr);
-    }
-    after_write(drain, retired);
+        return publish(bucket_event_kind::erase, key, nullptr);
+    });
     return old;
 }
 
@@ -857,48 +892,27 @@ auto bucket<K, V, Hash, Eq>::get_and_update(key_arg key, F&& f) {
     using pair_type = std::invoke_result_t<F&, const std::optional<V>&>;
     using result_type = std::remove_cvref_t<decltype(std::declval<pair_type>().first)>;
     std::optional<result_type> out;
-    const std::uint64_t h = traits::hash(key);
-    shard& s = shard_for(h);
-    bool drain = false;
-    bool retired = false;
-    {
-        const std::lock_guard lock(s.lock);
-        if (stopped_.load(std::memory_order_relaxed)) {
-            return out;
-        }
-        table* t = s.tab.load(std::memory_order_relaxed);
-        std::optional<typename table::position> at;
+    locked_write(key, [&](shard& s, table* t, auto at, std::uint64_t h, bool& retired) {
         std::optional<V> current;
-        typename table::slot_image old{};
-        if (t != nullptr) {
-            at = t->find(h, key);
-            if (at) {
-                table::load(t->data()[at->group], at->slot, old);
-                current.emplace(table::value_of(old));
-            }
+        if (at) {
+            current.emplace(get_at(*t, *at));
         }
         auto [answer, next] = f(std::as_const(current));
         out.emplace(std::move(answer));
-        typename table::node* gone = nullptr;
         if (next) {
             const value_arg v = *next;
             if (!at) {
                 t = room_for_one(s, t, retired);
             }
-            gone = store(s, *t, at ? &*at : nullptr, h, key, v);
-            drain = publish(bucket_event_kind::put, key, &v);
-        } else if (at) {
-            t->erase_slot(*at);
-            s.live.store(s.live.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-            gone = table::node_of(old);
-            drain = publish(bucket_event_kind::erase, key, nullptr);
+            retire_node(store(s, *t, at ? &*at : nullptr, h, key, v), retired);
+            return publish(bucket_event_kind::put, key, &v);
         }
-        if (gone != nullptr) {
-            detail::epoch_domain::instance().retire(gone);
-            retired = true;
+        if (at) {
+            remove_at(s, *t, *at, retired);
+            return publish(bucket_event_kind::erase, key, nullptr);
         }
-    }
-    after_write(drain, retired);
+        return false;
+    });
     return out;
 }
 

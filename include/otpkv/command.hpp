@@ -316,8 +316,9 @@ struct ignore_subscribe {
 /// appends `NOT FOUND`. A CREATE the registry refuses for another reason than its limit
 /// (it is stopping) gives `ERROR internal`, after which protocol.md closes the connection.
 /// Exceptions (from allocation, say) propagate: the server turns them into `ERROR internal`.
-/// This is the server's whole request path: no allocation beyond the reply's bytes and the
-/// values themselves.
+/// This is the server's whole request path: it allocates nothing beyond the reply's bytes
+/// (a GET appends the value straight from the bucket; a PUT of a small entry stores it in
+/// place).
 template <class Registry, byte_sink Out, class OnSubscribe = ignore_subscribe>
 reply_kind run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_subscribe = {});
 
@@ -662,10 +663,13 @@ reply_kind run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_sub
         }
         break;
     case command_kind::get:
-        // The reply is written inside the lookup, straight from the copied value.
+        // The reply is written inside the lookup, straight from the bucket's validated
+        // copy of the slot: no string is built for the value.
         if (reg.with(cmd.bucket, [&](auto& b) {
-                const auto value = b.get(cmd.key);
-                append_reply(out, value ? reply::found(*value) : reply::missing());
+                if (!b.visit(cmd.key,
+                             [&](std::string_view v) { append_reply(out, reply::found(v)); })) {
+                    append_reply(out, reply::missing());
+                }
             })) {
             return reply_kind::value;
         }
