@@ -197,22 +197,33 @@ template <class Bucket> struct basic_registry<Bucket>::core {
         }
     }
 
-    // Inside a guard: the entry named `name`, or null.
-    const entry* find(std::string_view name, std::uint64_t h) const noexcept {
+    // Where a probe found its entry: the slot, and the entry it held when it was read
+    // (a reader must use that value: the slot may change right after).
+    struct hit {
+        std::atomic<entry*>* slot = nullptr;
+        entry* e = nullptr;
+    };
+    // The first entry on `h`'s probe sequence that satisfies `match`. Readers call it inside
+    // a guard, writers under table_mutex.
+    template <class Match> hit probe(std::uint64_t h, Match match) const noexcept {
         // acquire: an entry's fields and a table's slots are visible once published.
-        const table* t = tab.load(std::memory_order_acquire);
+        table* t = tab.load(std::memory_order_acquire);
         if (t == nullptr) {
-            return nullptr;
+            return {};
         }
         for (std::size_t i = h & t->mask;; i = (i + 1) & t->mask) {
-            const entry* e = t->slots()[i].load(std::memory_order_acquire);
+            entry* e = t->slots()[i].load(std::memory_order_acquire);
             if (e == nullptr) {
-                return nullptr;
+                return {};
             }
-            if (e != tombstone() && e->hash == h && e->name == name) {
-                return e;
+            if (e != tombstone() && match(*e)) {
+                return {&t->slots()[i], e};
             }
         }
+    }
+    // Inside a guard: the entry named `name`, or null.
+    const entry* find(std::string_view name, std::uint64_t h) const noexcept {
+        return probe(h, [&](const entry& e) { return e.hash == h && e.name == name; }).e;
     }
     // Inside a guard: the running bucket named `name`, or null. A bucket that has exited
     // but whose monitor has not removed it yet is not returned.
@@ -262,19 +273,7 @@ template <class Bucket> struct basic_registry<Bucket>::core {
     }
     // Under table_mutex: the slot holding exactly `e` (by identity), or null.
     std::atomic<entry*>* slot_of(const entry* e) noexcept {
-        table* t = tab.load(std::memory_order_relaxed);
-        if (t == nullptr) {
-            return nullptr;
-        }
-        for (std::size_t i = e->hash & t->mask;; i = (i + 1) & t->mask) {
-            entry* here = t->slots()[i].load(std::memory_order_relaxed);
-            if (here == nullptr) {
-                return nullptr;
-            }
-            if (here == e) {
-                return &t->slots()[i];
-            }
-        }
+        return probe(e->hash, [&](const entry& here) { return &here == e; }).slot;
     }
 
     // The monitor of every bucket: removes its name and reports its exit.
@@ -284,32 +283,25 @@ template <class Bucket> struct basic_registry<Bucket>::core {
         bool drain = false;
         {
             const std::lock_guard lock(table_mutex);
-            entry* found = nullptr;
-            if (table* t = tab.load(std::memory_order_relaxed)) {
-                for (std::size_t i = h & t->mask;; i = (i + 1) & t->mask) {
-                    entry* here = t->slots()[i].load(std::memory_order_relaxed);
-                    if (here == nullptr) {
-                        break;
-                    }
-                    if (here != tombstone() && here->id == id) {
-                        found = here;
-                        // release: pairs with the readers' acquire loads.
-                        t->slots()[i].store(tombstone(), std::memory_order_release);
-                        break;
-                    }
-                }
-            }
+            const hit at = probe(h, [&](const entry& here) { return here.id == id; });
+            entry* found = at.e;
             if (found == nullptr) {
                 return;
             }
+            // release: pairs with the readers' acquire loads.
+            at.slot->store(tombstone(), std::memory_order_release);
             count.store(count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
             // A monitor set on a bucket that had exited already is told `noproc`; report the
             // reason the bucket really exited with.
-            exit_reason why = reason;
-            if (why.what() == exit_reason::kind::noproc) {
-                why = found->bucket->exited().value_or(reason);
+            if (hub->active()) {
+                // A monitor set on a bucket that had exited already is told `noproc`;
+                // report the reason the bucket really exited with.
+                exit_reason why = reason;
+                if (why.what() == exit_reason::kind::noproc) {
+                    why = found->bucket->exited().value_or(reason);
+                }
+                drain = hub->push({registry_event_kind::exited, found->name, id, std::move(why)});
             }
-            drain = hub->push({registry_event_kind::exited, found->name, id, std::move(why)});
             detail::epoch_domain::instance().retire(found);
         }
         if (drain) {
@@ -366,7 +358,8 @@ auto basic_registry<Bucket>::create(std::string_view name) -> result<handle> {
     {
         const std::lock_guard lock(c.table_mutex);
         c.insert(e);
-        drain = c.hub->push({registry_event_kind::created, e->name, e->id, {}});
+        // The event (a copy of the name) is built only when someone listens.
+        drain = c.hub->active() && c.hub->push({registry_event_kind::created, e->name, e->id, {}});
     }
     if (drain) {
         c.hub->drain();

@@ -15,7 +15,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -137,13 +136,19 @@ class event_hub final : public hub_base, public std::enable_shared_from_this<eve
                 idle_.notify_all();
                 return;
             }
-            queued next = std::move(queue_.front());
-            queue_.pop_front();
+            // The whole queue at once, with one copy of the subscriber list: a subscriber
+            // added meanwhile starts after every event of this batch (its `from`), and one
+            // removed meanwhile is skipped by `deliver`.
+            // `batch_` belongs to the one deliverer; swapping keeps both buffers' memory.
+            std::swap(queue_, batch_);
             const std::vector<std::shared_ptr<subscriber>> subs = subs_;
             lock.unlock();
-            for (const auto& s : subs) {
-                deliver(*s, next);
+            for (const queued& next : batch_) {
+                for (const auto& s : subs) {
+                    deliver(*s, next);
+                }
             }
+            batch_.clear();
             lock.lock();
         }
     }
@@ -212,7 +217,8 @@ class event_hub final : public hub_base, public std::enable_shared_from_this<eve
     std::mutex mutex_;
     std::condition_variable idle_;
     std::vector<std::shared_ptr<subscriber>> subs_;
-    std::deque<queued> queue_;
+    std::vector<queued> queue_;
+    std::vector<queued> batch_; // being delivered, by the deliverer only
     std::uint64_t next_seq_ = 0;
     std::uint64_t last_id_ = 0;
     bool draining_ = false;
