@@ -60,7 +60,14 @@ inline std::uint64_t next(std::uint64_t& s) noexcept {
 
 // ---- contenders: get(key, value&) -> bool, put(key, value), and per-thread hooks ----
 
-struct otpkv_bucket {
+// The per-thread hooks of a contender that needs none (only liburcu's QSBR threads do).
+struct no_hooks {
+    static void thread_start() {}
+    static void quiescent() {}
+    static void thread_end() {}
+};
+
+struct otpkv_bucket : no_hooks {
     static constexpr const char* name = "otpkv bucket";
     otpkv::bucket<key_t, std::uint64_t> b;
     bool get(key_t k, std::uint64_t& v) const {
@@ -71,39 +78,14 @@ struct otpkv_bucket {
         return got.has_value();
     }
     void put(key_t k, std::uint64_t v) { b.put(k, v); }
-    static void thread_start() {}
-    static void quiescent() {}
-    static void thread_end() {}
 };
 
-struct mutex_map {
-    static constexpr const char* name = "unordered_map + mutex";
-    mutable std::mutex m;
+// std::unordered_map under one lock; readers take `ReadLock` (shared or exclusive).
+template <class Mutex, template <class> class ReadLock> struct locked_map : no_hooks {
+    mutable Mutex m;
     std::unordered_map<key_t, std::uint64_t> map;
     bool get(key_t k, std::uint64_t& v) const {
-        const std::lock_guard lock(m);
-        auto it = map.find(k);
-        if (it == map.end()) {
-            return false;
-        }
-        v = it->second;
-        return true;
-    }
-    void put(key_t k, std::uint64_t v) {
-        const std::lock_guard lock(m);
-        map[k] = v;
-    }
-    static void thread_start() {}
-    static void quiescent() {}
-    static void thread_end() {}
-};
-
-struct shared_mutex_map {
-    static constexpr const char* name = "unordered_map + shared_mutex";
-    mutable std::shared_mutex m;
-    std::unordered_map<key_t, std::uint64_t> map;
-    bool get(key_t k, std::uint64_t& v) const {
-        const std::shared_lock lock(m);
+        const ReadLock<Mutex> lock(m);
         auto it = map.find(k);
         if (it == map.end()) {
             return false;
@@ -115,25 +97,25 @@ struct shared_mutex_map {
         const std::unique_lock lock(m);
         map[k] = v;
     }
-    static void thread_start() {}
-    static void quiescent() {}
-    static void thread_end() {}
+};
+struct mutex_map : locked_map<std::mutex, std::unique_lock> {
+    static constexpr const char* name = "unordered_map + mutex";
+};
+struct shared_mutex_map : locked_map<std::shared_mutex, std::shared_lock> {
+    static constexpr const char* name = "unordered_map + shared_mutex";
 };
 
 #if defined(OTPKV_BENCH_HAVE_LIBCUCKOO)
-struct cuckoo_map {
+struct cuckoo_map : no_hooks {
     static constexpr const char* name = "libcuckoo";
     libcuckoo::cuckoohash_map<key_t, std::uint64_t> map;
     bool get(key_t k, std::uint64_t& v) const { return map.find(k, v); }
     void put(key_t k, std::uint64_t v) { map.insert_or_assign(k, v); }
-    static void thread_start() {}
-    static void quiescent() {}
-    static void thread_end() {}
 };
 #endif
 
 #if defined(OTPKV_BENCH_HAVE_TBB)
-struct tbb_map {
+struct tbb_map : no_hooks {
     static constexpr const char* name = "tbb::concurrent_hash_map";
     tbb::concurrent_hash_map<key_t, std::uint64_t> map;
     bool get(key_t k, std::uint64_t& v) const {
@@ -149,9 +131,6 @@ struct tbb_map {
         map.insert(a, k);
         a->second = v;
     }
-    static void thread_start() {}
-    static void quiescent() {}
-    static void thread_end() {}
 };
 #endif
 
