@@ -10,6 +10,16 @@ finds every build snippet it shows in a consumer project that the tests build.
   each ```meson block in some tests/consumers/*/meson.build, each ```make block in some
   tests/consumers/*/Makefile: ctest builds and runs those projects (the consumer_* tests).
   Each ```cpp block must appear in tests/test_readme.cpp, which the tests build and run.
+- A ```sh server block starts a long-running program (kv_server) in the background; the
+  ```text block after it is the last line it prints when ready (what it printed before,
+  a build's output, is echoed). It keeps running through the nc sessions that follow and
+  is stopped with SIGINT (Ctrl-C) before the next other command: it must exit 0 within
+  5 s.
+- A ```sh block holding only `nc HOST PORT`, followed by a ```text block, is an
+  interactive session: the first line of the text is typed, then the server's reply lines
+  (read until it is quiet, CRLF shown as a line break) must be the lines that follow;
+  the next line is typed, and so on. So a transcript shows what to type and what comes
+  back, and is checked byte for byte (apart from the CR before each LF).
 - A ```console block is shown and not run: a command for a tool CI cannot have (vcpkg,
   Conan); the README says what tests stand in for it. Any other kind of block is an error,
   so that nothing shown escapes these checks.
@@ -18,9 +28,13 @@ Usage: readme.py [README.md]
 """
 import os
 import pathlib
+import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -59,6 +73,73 @@ def run_sh(body):
     return "".join(out)
 
 
+def start_server(body, ready):
+    """Runs a server block in the background until it prints `ready`; returns the process."""
+    print(f"::: README $ {body.strip()} (in the background)", flush=True)
+    # A session of its own, so SIGINT goes to the whole group, as Ctrl-C in a terminal does.
+    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", body], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True, errors="replace",
+                            start_new_session=True)
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        if line == ready:
+            sys.stdout.flush()
+            return proc
+    sys.exit(f"README server command exited ({proc.wait()}) before printing: {ready}")
+
+
+def stop_server(proc):
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        code = proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        sys.exit("README server did not stop within 5 s of SIGINT")
+    if code != 0:
+        sys.exit(f"README server exited with {code} on SIGINT")
+    print("::: README server stopped by SIGINT, exit 0", flush=True)
+
+
+def read_quiet(fd, quiet=0.3, limit=5.0):
+    """What comes out of `fd` until it has been quiet for `quiet` seconds."""
+    data, deadline = b"", time.monotonic() + limit
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], quiet)
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def nc_session(body, transcript):
+    """Runs the nc command and types the transcript's lines into it (see the docstring)."""
+    print(f"::: README $ {body.strip()} (typing the session)", flush=True)
+    proc = subprocess.Popen(body.split(), cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    lines = transcript.splitlines(keepends=True)
+    try:
+        i = 0
+        while i < len(lines):
+            sys.stdout.write("> " + lines[i])
+            proc.stdin.write(lines[i].encode())
+            proc.stdin.flush()
+            got = read_quiet(proc.stdout.fileno()).decode(errors="replace")
+            got = got.replace("\r\n", "\n")
+            sys.stdout.write(got)
+            want = got.splitlines(keepends=True)
+            if not want or lines[i + 1:i + 1 + len(want)] != want:
+                sys.exit(f"README session: after typing {lines[i]!r} the server sent "
+                         f"{got!r}, the README shows {''.join(lines[i + 1:i + 1 + len(want)])!r}")
+            i += 1 + len(want)
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, as the README says
+        proc.wait(timeout=5)
+    sys.stdout.flush()
+
+
 def snippet_found(body, files):
     want = [l.strip() for l in body.strip().splitlines()]
     for path in files:
@@ -77,9 +158,28 @@ def main():
                      "meson": sorted(consumers.glob("*/meson.build")),
                      "make": sorted(consumers.glob("*/Makefile")),
                      "cpp": [ROOT / "tests" / "test_readme.cpp"]}
-    ran = checked_outputs = snippets = shown = 0
+    ran = checked_outputs = snippets = shown = sessions = 0
     last_output = None
-    for info, body in blocks:
+    server = None
+    for index, (info, body) in enumerate(blocks):
+        following = blocks[index + 1] if index + 1 < len(blocks) else (None, None)
+        interactive = info == "sh" and re.fullmatch(r"nc \S+ \d+\n", body)
+        if info == "sh" and not interactive and server is not None:
+            stop_server(server)
+            server = None
+        if info == "sh server" or interactive:
+            if following[0] != "text":
+                sys.exit(f"README: ```{info} block without the ```text block it needs:\n{body}")
+            if interactive:
+                nc_session(body, following[1])
+                sessions += 1
+            else:
+                server = start_server(body, following[1].splitlines(keepends=True)[-1])
+            ran += 1
+            blocks[index + 1] = ("checked", following[1])
+            continue
+        if info == "checked":
+            continue
         if info == "sh":
             last_output = run_sh(body)
             ran += 1
@@ -101,8 +201,11 @@ def main():
         else:
             sys.exit(f"README has a ```{info} block that nothing checks:\n{body}")
         last_output = None
+    if server is not None:
+        stop_server(server)
     print(f"::: README: {ran} commands ran, {checked_outputs} outputs matched, "
-          f"{snippets} snippets found in consumer projects, {shown} shown only")
+          f"{sessions} nc sessions typed, {snippets} snippets found in consumer projects, "
+          f"{shown} shown only")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@
 
 #include <otpkv/bucket.hpp>
 #include <otpkv/command.hpp>
+#include <otpkv/config.hpp>
+#include <otpkv/net/server.hpp>
+#include <otpkv/node.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/registry.hpp>
 #include <otpkv/supervisor.hpp>

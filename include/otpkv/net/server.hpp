@@ -1,0 +1,853 @@
+// SPDX-License-Identifier: MIT
+/// @file
+/// The event-driven TCP line server: a fixed set of event-loop threads, each with its own
+/// poller (epoll on Linux, poll(2) elsewhere), non-blocking sockets, a line framer and an
+/// output buffer per connection. No thread per connection.
+///
+/// One request walks: socket → `line_framer` → `parse` → the request handler (by default
+/// `run` against a registry) → the connection's output buffer → socket. The replies of
+/// everything one read brought in (a pipelined batch) go out in one `send`.
+///
+/// The limits of protocol.md, and how they are kept:
+/// - A line longer than `max_line`: `ERROR line too long`, nothing of it runs, and the
+///   connection is closed once the reply is delivered.
+/// - A client that sends faster than it reads: once its unsent replies pass `max_output`
+///   (4 MiB) the server stops pulling its requests (and reading its socket) until they
+///   drain below half of that. Nothing is dropped, the order is kept, and no other
+///   connection waits: each loop serves its ready connections in turn, at most a few reads
+///   each per turn.
+/// - A subscriber whose unsent events pass `max_subscriber_output` (32 MiB) is
+///   disconnected; a publisher only appends to a buffer under a short lock, never waits.
+/// - `max_connections`: a connection past it gets `ERROR too many connections` and is
+///   closed.
+/// - A request whose handler throws gets `ERROR internal` and only its connection is closed
+///   (the guide gives each client a supervised Task for the same containment).
+/// - A partial line followed by a close (or half-close) is dropped; complete lines before
+///   it run and their replies are still sent. A connection reset costs nothing lasting.
+/// - "Closed after the reply has been delivered" means: the output is flushed, the write
+///   side is shut down (FIN), and input is read and discarded until the peer closes (or 2 s
+///   pass), so the kernel never turns unread input into a reset that would destroy the
+///   reply in flight.
+#pragma once
+
+#include <otpkv/command.hpp>
+#include <otpkv/detail/socket.hpp>
+#include <otpkv/process.hpp>
+#include <otpkv/registry.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace otpkv {
+inline namespace v0 {
+
+/// A server's settings (protocol.md's limits; all have its defaults).
+struct server_options {
+    /// The address to listen on: an IPv4 or IPv6 literal. Never all interfaces by default.
+    std::string bind = "127.0.0.1";
+    /// The port; 0 takes an ephemeral one (see `server::port`).
+    std::uint16_t port = 4040;
+    /// Event-loop threads; 0 means `std::thread::hardware_concurrency()`.
+    unsigned threads = 0;
+    /// Longest request line, terminator not counted.
+    std::size_t max_line = default_max_line;
+    /// Open connections at most; one more is answered `ERROR too many connections`.
+    std::size_t max_connections = 10000;
+    /// Unsent reply bytes past which a connection's requests stop being read.
+    std::size_t max_output = std::size_t{4} << 20;
+    /// Unsent event bytes past which a subscriber is disconnected.
+    std::size_t max_subscriber_output = std::size_t{32} << 20;
+    /// How long a closing connection's unread input is drained before it is closed hard.
+    std::chrono::milliseconds linger = std::chrono::seconds(2);
+    /// The readiness mechanism.
+    poller_kind poller = poller_kind::automatic;
+};
+
+/// Counters of a running server (each read on its own, so together only roughly
+/// consistent). Thread safety: any thread.
+struct server_stats {
+    std::size_t connections = 0; ///< open connections now, counted against the limit
+    std::size_t accepted = 0;    ///< connections accepted since start
+    std::size_t rejected = 0;    ///< connections refused for `max_connections`
+    std::size_t requests = 0;    ///< request lines handled
+};
+
+namespace detail {
+struct connection;
+struct server_core;
+class event_loop;
+} // namespace detail
+
+/// One connection, as a request handler sees it while it handles a request.
+/// Thread safety: only on the event-loop thread running the handler, during the call.
+class session {
+  public:
+    /// Streams `b`'s events to this connection from now on (`k SET TO v`, `k DELETED`);
+    /// the connection then runs no more requests and ignores its input. When the bucket
+    /// exits the stream ends and the connection is closed.
+    void subscribe(registry::bucket_type& b);
+    /// Closes the connection once the replies written so far are delivered.
+    void close_after_reply() noexcept;
+
+    /// For the server only.
+    session(detail::connection& c, detail::event_loop& loop) noexcept : conn_(c), loop_(loop) {}
+
+  private:
+    detail::connection& conn_;
+    detail::event_loop& loop_;
+};
+
+/// Handles one parsed request: appends the exact reply bytes to `out` and says what kind of
+/// reply it was (`subscribed` switches the connection to streaming). An exception thrown
+/// from it becomes `ERROR internal` and closes that connection only. It runs on an
+/// event-loop thread: it must not block for long (it delays that loop's connections).
+using request_handler = std::function<reply_kind(const command&, std::string& out, session&)>;
+
+/// The handler that runs every request with `run` against `reg`; SUBSCRIBE subscribes the
+/// connection.
+[[nodiscard]] request_handler registry_handler(std::shared_ptr<registry> reg);
+
+/// The TCP line server, a process: it exits when stopped, or with an `error` reason when an
+/// event loop fails (a supervisor then restarts it).
+///
+/// Thread safety: every member may be called from any thread.
+class server : public process {
+  public:
+    /// Binds, listens and starts the event loops. Errors: `start_failed`, whose reason holds
+    /// the `std::system_error` (EADDRINUSE when the port is taken; the message names the
+    /// address).
+    [[nodiscard]] static result<std::shared_ptr<server>> start(request_handler handler,
+                                                               server_options options = {});
+    /// Serves `reg` with `registry_handler`.
+    [[nodiscard]] static result<std::shared_ptr<server>> start(std::shared_ptr<registry> reg,
+                                                               server_options options = {});
+    /// Stops the server if it still runs.
+    ~server() override;
+    server(const server&) = delete;
+    server& operator=(const server&) = delete;
+
+    /// The port it listens on (the real one when started with port 0).
+    [[nodiscard]] std::uint16_t port() const noexcept;
+    /// The address it listens on, `127.0.0.1:4040` or `[::1]:4040`.
+    [[nodiscard]] std::string address() const;
+    /// The counters.
+    [[nodiscard]] server_stats stats() const noexcept;
+
+    /// Stops accepting, closes every connection (after one last attempt to send what each
+    /// still has to send) and exits with `reason`, waiting up to `wait` for the loops.
+    exit_reason stop(exit_reason reason = exit_reason::shutdown(),
+                     timeout wait = default_shutdown) override;
+
+  private:
+    server() = default;
+    std::shared_ptr<detail::server_core> core_;
+};
+
+// =======================================================================================
+// Implementation
+// =======================================================================================
+
+namespace detail {
+
+class event_loop;
+
+/// What joins a subscribed connection and the bucket's publishers, who run on any thread.
+/// Publishers append under `mutex` and post the link to the connection's loop; the loop
+/// moves the bytes into the connection's output. `loop` is valid for as long as the
+/// subscription and the monitor that use this link: both are cancelled (cancel waits for a
+/// callback in progress) before the connection, and so before the loop, goes away.
+struct subscriber_link {
+    std::mutex mutex;
+    std::string pending;                // events not yet handed to the loop
+    bool queued = false;                // posted to the loop and not yet taken
+    bool overflowed = false;            // passed the cap: disconnect
+    bool ended = false;                 // the bucket exited: close after the last event
+    std::atomic<std::size_t> unsent{0}; // the connection's unsent bytes, as its loop saw last
+    std::size_t cap = 0;
+    event_loop* loop = nullptr;
+    connection* conn = nullptr; // the loop thread's alone; null once the connection is gone
+};
+
+/// One client connection. Owned by its loop; touched only by the loop's thread.
+struct connection {
+    enum class phase : std::uint8_t {
+        open,      // running requests
+        closing,   // no more requests; close once `out` is sent
+        lingering, // `out` sent and write side shut down; discarding input until EOF
+    };
+
+    unique_fd fd;
+    line_framer framer;
+    std::string out;
+    std::size_t sent = 0;
+    phase state = phase::open;
+    std::uint32_t interest = io_read;
+    bool paused = false;     // backpressure: requests are not pulled
+    bool subscribed = false; // streaming events; input is discarded
+    bool peer_done = false;  // the peer closed its side: no lingering needed
+    bool counted = false;    // counts against max_connections
+    std::size_t index = 0;   // position in the loop's list
+    std::chrono::steady_clock::time_point linger_until{};
+    std::shared_ptr<subscriber_link> link;
+    subscription events;
+    monitor_handle bucket_monitor;
+
+    connection(int socket, std::size_t max_line) : fd(socket), framer(max_line) {}
+    [[nodiscard]] std::size_t unsent() const noexcept { return out.size() - sent; }
+    /// No more requests: the connection closes once its output is sent.
+    void begin_close() noexcept {
+        if (state == phase::open) {
+            state = phase::closing;
+            paused = false;
+        }
+    }
+};
+
+/// Everything a server's threads share; kept alive by each of them.
+struct server_core {
+    server_options options;
+    request_handler handler;
+    unique_fd listener;
+    unique_fd spare; // a descriptor given up to accept-and-close when out of descriptors
+    socket_address address;
+    std::vector<std::unique_ptr<event_loop>> loops;
+    std::vector<std::thread> threads;
+    std::shared_ptr<exit_signal> signal;
+
+    std::atomic<bool> stopping{false};
+    std::mutex reason_mutex;
+    exit_reason reason;
+    std::atomic<std::size_t> loops_running{0};
+
+    std::atomic<std::size_t> connections{0};
+    std::atomic<std::size_t> accepted{0};
+    std::atomic<std::size_t> rejected{0};
+    std::atomic<std::size_t> lingering{0};
+
+    void request_stop(const exit_reason& why);
+    void loop_finished();
+};
+
+/// Lingering connections at most (closing ones that drain input, refused ones included);
+/// past it a closing connection is closed at once.
+inline constexpr std::size_t max_lingering = 4096;
+/// Bytes asked of the framer for one read.
+inline constexpr std::size_t read_size = 16384;
+/// Reads per connection per turn of the loop, so a flooding client cannot hold its loop.
+inline constexpr int reads_per_turn = 4;
+
+/// One event-loop thread's state: its poller, its connections, and its mailbox for
+/// subscriber links posted from other threads.
+class event_loop {
+  public:
+    event_loop(server_core& core, poller_kind kind) : core_(core), poller_(kind) {
+        poller_.add(wake_.read_fd(), &wake_, io_read);
+        poller_.add(core_.listener.get(), &core_.listener, io_read, true);
+    }
+    event_loop(const event_loop&) = delete;
+    event_loop& operator=(const event_loop&) = delete;
+    ~event_loop() {
+        // Normally empty by now (run() closes everything); a loop that never ran, or that
+        // failed, still owns connections.
+        while (!conns_.empty()) {
+            destroy(*conns_.back());
+        }
+    }
+
+    void run();
+    void wake() const noexcept { wake_.notify(); }
+
+    /// From any thread: `link` has events (or news) for its connection.
+    void post(std::shared_ptr<subscriber_link> link) {
+        bool first = false;
+        {
+            const std::lock_guard lock(mailbox_mutex_);
+            first = mailbox_.empty();
+            mailbox_.push_back(std::move(link));
+        }
+        if (first) {
+            wake_.notify();
+        }
+    }
+
+    void subscribe(connection& c, registry::bucket_type& b);
+    [[nodiscard]] std::size_t requests() const noexcept {
+        return requests_.load(std::memory_order_relaxed);
+    }
+
+  private:
+    void accept_all();
+    void handle(connection& c, std::uint32_t events);
+    void read_requests(connection& c);
+    void discard_input(connection& c);
+    void pull_requests(connection& c);
+    void flush(connection& c);
+    void set_interest(connection& c);
+    void take_mail();
+    void expire_lingering();
+    void adopt(int fd, bool counted);
+    void destroy(connection& c);
+    void shut_down_all();
+
+    server_core& core_;
+    poller poller_;
+    wake_pipe wake_;
+    std::vector<std::unique_ptr<connection>> conns_;
+    std::vector<std::unique_ptr<connection>> graveyard_; // freed after each batch of events
+    std::vector<io_event> events_;
+    std::size_t lingering_here_ = 0;
+    std::atomic<std::size_t> requests_{0};
+
+    std::mutex mailbox_mutex_;
+    std::vector<std::shared_ptr<subscriber_link>> mailbox_;
+    std::vector<std::shared_ptr<subscriber_link>> taken_;
+};
+
+inline bool ends_with(std::string_view text, std::string_view tail) noexcept {
+    return text.size() >= tail.size() && text.substr(text.size() - tail.size()) == tail;
+}
+
+inline void server_core::request_stop(const exit_reason& why) {
+    {
+        const std::lock_guard lock(reason_mutex);
+        if (stopping.load(std::memory_order_relaxed)) {
+            return;
+        }
+        reason = why;
+        stopping.store(true, std::memory_order_release);
+    }
+    for (const auto& loop : loops) {
+        loop->wake();
+    }
+}
+
+inline void server_core::loop_finished() {
+    if (loops_running.fetch_sub(1, std::memory_order_acq_rel) != 1) {
+        return;
+    }
+    // The last loop out: nobody uses the listener any more. Record the exit.
+    listener.reset();
+    exit_reason why;
+    {
+        const std::lock_guard lock(reason_mutex);
+        why = reason;
+    }
+    signal->exit(why);
+}
+
+inline void event_loop::run() {
+    while (!core_.stopping.load(std::memory_order_acquire)) {
+        poller_.wait(events_, lingering_here_ > 0 ? 100 : -1);
+        for (const io_event& ev : events_) {
+            if (ev.tag == &wake_) {
+                wake_.drain();
+                take_mail();
+            } else if (ev.tag == &core_.listener) {
+                accept_all();
+            } else {
+                auto& c = *static_cast<connection*>(ev.tag);
+                if (c.fd) {
+                    handle(c, ev.events);
+                }
+            }
+        }
+        graveyard_.clear();
+        if (lingering_here_ > 0) {
+            expire_lingering();
+        }
+    }
+    shut_down_all();
+}
+
+inline void event_loop::accept_all() {
+    for (int i = 0; i < 64; ++i) {
+        const int fd = accept_connection(core_.listener.get());
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) {
+                // Out of descriptors: give up the spare, take the connection off the queue
+                // and close it, so the listener does not stay readable for ever.
+                core_.spare.reset();
+                const int victim = accept_connection(core_.listener.get());
+                if (victim >= 0) {
+                    ::close(victim);
+                    core_.rejected.fetch_add(1, std::memory_order_relaxed);
+                }
+                core_.spare.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+            }
+            return; // EAGAIN: nothing more; ECONNABORTED and the like: try next time
+        }
+        const std::size_t open = core_.connections.fetch_add(1, std::memory_order_relaxed);
+        if (open >= core_.options.max_connections) {
+            core_.connections.fetch_sub(1, std::memory_order_relaxed);
+            core_.rejected.fetch_add(1, std::memory_order_relaxed);
+            adopt(fd, false);
+            connection& c = *conns_.back();
+            append_reply(c.out, reply::error(error_code::too_many_connections));
+            c.begin_close();
+            flush(c);
+            continue;
+        }
+        core_.accepted.fetch_add(1, std::memory_order_relaxed);
+        const int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        adopt(fd, true);
+    }
+}
+
+inline void event_loop::adopt(int fd, bool counted) {
+    auto c = std::make_unique<connection>(fd, core_.options.max_line);
+    c->counted = counted;
+    c->index = conns_.size();
+    try {
+        poller_.add(fd, c.get(), io_read);
+    } catch (...) {
+        if (counted) {
+            core_.connections.fetch_sub(1, std::memory_order_relaxed);
+        }
+        throw;
+    }
+    conns_.push_back(std::move(c));
+}
+
+inline void event_loop::handle(connection& c, std::uint32_t events) {
+    if ((events & (io_read | io_error)) != 0) {
+        if (c.state == connection::phase::open && !c.subscribed) {
+            read_requests(c);
+        } else {
+            discard_input(c);
+        }
+    }
+    if (c.fd && (events & io_write) != 0) {
+        flush(c);
+    }
+}
+
+inline void event_loop::read_requests(connection& c) {
+    for (int i = 0; i < reads_per_turn && c.fd && c.state == connection::phase::open && !c.paused &&
+                    !c.subscribed;
+         ++i) {
+        const std::span<char> space = c.framer.prepare(read_size);
+        const ssize_t n = ::read(c.fd.get(), space.data(), space.size());
+        if (n > 0) {
+            c.framer.commit(static_cast<std::size_t>(n));
+            pull_requests(c);
+            if (static_cast<std::size_t>(n) < space.size()) {
+                break; // drained, most likely: do not pay for a read that finds nothing
+            }
+        } else if (n == 0) {
+            // The peer is done sending: what is complete has run; a partial line is
+            // dropped. Its replies still go out (a half-closed peer may be reading).
+            c.peer_done = true;
+            c.framer.reset();
+            c.begin_close();
+            break;
+        } else if (errno == EINTR) {
+            continue;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            break;
+        } else {
+            destroy(c); // reset by the peer, or worse: nothing can be delivered
+            return;
+        }
+    }
+    if (!c.fd) {
+        return;
+    }
+    if (c.framer.pending() == 0) {
+        c.framer.shrink_to_fit(); // an idle connection holds no input buffer
+    }
+    flush(c);
+}
+
+inline void event_loop::discard_input(connection& c) {
+    char sink[4096];
+    for (int i = 0; i < reads_per_turn; ++i) {
+        const ssize_t n = ::read(c.fd.get(), sink, sizeof sink);
+        if (n > 0) {
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return;
+        }
+        // EOF or an error.
+        if (c.state == connection::phase::open) {
+            destroy(c); // a subscriber that went away
+        } else if (c.state == connection::phase::lingering || n < 0) {
+            destroy(c);
+        } else {
+            c.peer_done = true; // closing: send what is left, then close
+            flush(c);
+        }
+        return;
+    }
+}
+
+inline void event_loop::pull_requests(connection& c) {
+    while (c.state == connection::phase::open && !c.subscribed) {
+        if (c.unsent() > core_.options.max_output) {
+            c.paused = true;
+            return;
+        }
+        const frame f = c.framer.next();
+        if (f.status == frame_status::incomplete) {
+            return;
+        }
+        if (f.status == frame_status::too_long) {
+            append_reply(c.out, reply::error(error_code::line_too_long));
+            c.begin_close();
+            return;
+        }
+        // One writer: a plain increment, no read-modify-write shared between loops.
+        requests_.store(requests_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        const std::size_t before = c.out.size();
+        session s(c, *this);
+        try {
+            const reply_kind kind = core_.handler(parse(f.line), c.out, s);
+            if (kind == reply_kind::error &&
+                ends_with(std::string_view(c.out).substr(before), "ERROR internal\r\n")) {
+                c.begin_close();
+            }
+        } catch (...) {
+            // Contained: this connection gets the error and is closed; nothing else is.
+            c.out.resize(before);
+            append_reply(c.out, reply::error(error_code::internal));
+            c.begin_close();
+        }
+    }
+}
+
+inline void event_loop::flush(connection& c) {
+    while (c.sent < c.out.size()) {
+        const ssize_t n = send_some(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent);
+        if (n > 0) {
+            c.sent += static_cast<std::size_t>(n);
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            break;
+        } else {
+            destroy(c);
+            return;
+        }
+    }
+    if (c.sent == c.out.size()) {
+        c.sent = 0;
+        c.out.clear();
+        if (c.out.capacity() > 4096) {
+            std::string().swap(c.out); // a burst is over: give its memory back
+        }
+    }
+    if (c.link) {
+        c.link->unsent.store(c.unsent(), std::memory_order_relaxed);
+    }
+    if (c.paused && c.unsent() <= core_.options.max_output / 2) {
+        // Drained enough: run what is buffered, then read again. Pulling may fill the
+        // output again, so flush once more (a recursion of at most one level per drain).
+        c.paused = false;
+        pull_requests(c);
+        if (c.unsent() > 0 || c.state != connection::phase::open) {
+            flush(c);
+            return;
+        }
+    }
+    if (c.state == connection::phase::closing && c.unsent() == 0) {
+        if (c.peer_done || core_.lingering.load(std::memory_order_relaxed) >= max_lingering) {
+            destroy(c);
+            return;
+        }
+        ::shutdown(c.fd.get(), SHUT_WR);
+        c.state = connection::phase::lingering;
+        c.linger_until = std::chrono::steady_clock::now() + core_.options.linger;
+        core_.lingering.fetch_add(1, std::memory_order_relaxed);
+        ++lingering_here_;
+    }
+    set_interest(c);
+}
+
+inline void event_loop::set_interest(connection& c) {
+    std::uint32_t want = c.unsent() > 0 ? io_write : io_none;
+    if (!c.paused && !(c.state == connection::phase::closing && c.peer_done)) {
+        want |= io_read;
+    }
+    if (want != c.interest) {
+        c.interest = want;
+        poller_.modify(c.fd.get(), &c, want);
+    }
+}
+
+inline void event_loop::take_mail() {
+    {
+        const std::lock_guard lock(mailbox_mutex_);
+        taken_.swap(mailbox_);
+    }
+    for (const auto& link : taken_) {
+        connection* c = nullptr;
+        bool overflowed = false;
+        bool ended = false;
+        {
+            const std::lock_guard lock(link->mutex);
+            link->queued = false;
+            c = link->conn;
+            overflowed = link->overflowed;
+            ended = link->ended;
+            if (c != nullptr && !overflowed) {
+                c->out.append(link->pending);
+            }
+            link->pending.clear();
+        }
+        if (c == nullptr) {
+            continue;
+        }
+        if (overflowed) {
+            destroy(*c); // protocol.md: a subscriber past the cap is disconnected
+            continue;
+        }
+        if (ended) {
+            c->begin_close();
+        }
+        flush(*c);
+    }
+    taken_.clear();
+}
+
+inline void event_loop::expire_lingering() {
+    const auto now = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < conns_.size();) {
+        connection& c = *conns_[i];
+        if (c.state == connection::phase::lingering && now >= c.linger_until) {
+            destroy(c); // moves the last connection into slot i
+        } else {
+            ++i;
+        }
+    }
+}
+
+inline void event_loop::destroy(connection& c) {
+    if (!c.fd) {
+        return;
+    }
+    poller_.remove(c.fd.get());
+    c.fd.reset();
+    if (c.link) {
+        // Cancelling waits for a publisher running on another thread; after it, nobody
+        // but this loop touches the link.
+        c.events.cancel();
+        c.bucket_monitor.cancel();
+        const std::lock_guard lock(c.link->mutex);
+        c.link->conn = nullptr;
+    }
+    if (c.counted) {
+        core_.connections.fetch_sub(1, std::memory_order_relaxed);
+    }
+    if (c.state == connection::phase::lingering) {
+        core_.lingering.fetch_sub(1, std::memory_order_relaxed);
+        --lingering_here_;
+    }
+    // Swap-remove from the list; the object itself lives until the batch is over, since
+    // later events of this batch may still name it.
+    const std::size_t at = c.index;
+    std::unique_ptr<connection> owned = std::move(conns_[at]);
+    if (at + 1 != conns_.size()) {
+        conns_[at] = std::move(conns_.back());
+        conns_[at]->index = at;
+    }
+    conns_.pop_back();
+    graveyard_.push_back(std::move(owned));
+}
+
+inline void event_loop::shut_down_all() {
+    poller_.remove(core_.listener.get());
+    while (!conns_.empty()) {
+        connection& c = *conns_.back();
+        if (c.unsent() > 0) {
+            // One last attempt; a client that does not read loses the rest.
+            [[maybe_unused]] const auto n =
+                send_some(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent);
+        }
+        destroy(c);
+    }
+    graveyard_.clear();
+}
+
+inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
+    auto link = std::make_shared<subscriber_link>();
+    link->cap = core_.options.max_subscriber_output;
+    link->loop = this;
+    link->conn = &c;
+    link->unsent.store(c.unsent(), std::memory_order_relaxed);
+    c.link = link;
+    c.subscribed = true;
+    c.framer.reset();
+    c.framer.shrink_to_fit();
+    const auto post_if_first = [](const std::shared_ptr<subscriber_link>& l,
+                                  std::unique_lock<std::mutex>& lock) {
+        if (!l->queued) {
+            l->queued = true;
+            lock.unlock();
+            l->loop->post(l);
+        }
+    };
+    c.events = b.subscribe([link, post_if_first](const registry::bucket_type::event& e) {
+        std::unique_lock lock(link->mutex);
+        if (link->overflowed || link->conn == nullptr) {
+            return;
+        }
+        const std::size_t before = link->pending.size();
+        if (e.kind == bucket_event_kind::put) {
+            append_set_event(link->pending, e.key, e.value ? *e.value : std::string());
+        } else {
+            append_deleted_event(link->pending, e.key);
+        }
+        // relaxed on `unsent`: a loop's figure a moment old only moves the cut-off by
+        // what one flush sent.
+        if (link->pending.size() + link->unsent.load(std::memory_order_relaxed) > link->cap) {
+            link->overflowed = true;
+            std::string().swap(link->pending);
+        } else if (before > 0) {
+            return; // already posted, not yet taken
+        }
+        post_if_first(link, lock);
+    });
+    // A bucket that exits (stopped, or gone already: `noproc`) ends the stream.
+    c.bucket_monitor = b.monitor([link, post_if_first](const exit_reason&) {
+        std::unique_lock lock(link->mutex);
+        link->ended = true;
+        post_if_first(link, lock);
+    });
+}
+
+} // namespace detail
+
+inline void session::subscribe(registry::bucket_type& b) {
+    loop_.subscribe(conn_, b);
+}
+
+inline void session::close_after_reply() noexcept {
+    conn_.begin_close();
+}
+
+inline request_handler registry_handler(std::shared_ptr<registry> reg) {
+    return [reg = std::move(reg)](const command& cmd, std::string& out, session& s) {
+        return run(cmd, *reg, out, [&](registry::bucket_type& b) { s.subscribe(b); });
+    };
+}
+
+inline result<std::shared_ptr<server>> server::start(std::shared_ptr<registry> reg,
+                                                     server_options options) {
+    return start(registry_handler(std::move(reg)), std::move(options));
+}
+
+inline result<std::shared_ptr<server>> server::start(request_handler handler,
+                                                     server_options options) {
+    std::shared_ptr<server> s(new server());
+    std::shared_ptr<detail::server_core> core;
+    try {
+        core = std::make_shared<detail::server_core>();
+        core->handler = std::move(handler);
+        core->signal = s->signal();
+        detail::socket_address where;
+        if (!detail::socket_address::parse(options.bind, options.port, where)) {
+            throw std::system_error(EINVAL, std::generic_category(),
+                                    "not an IP address: '" + options.bind + "'");
+        }
+        core->listener = detail::listen_on(where, SOMAXCONN);
+        core->address = detail::local_address(core->listener.get());
+        core->spare.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        if (options.threads == 0) {
+            options.threads = std::max(1U, std::thread::hardware_concurrency());
+        }
+        core->options = std::move(options);
+        for (unsigned i = 0; i < core->options.threads; ++i) {
+            core->loops.push_back(
+                std::make_unique<detail::event_loop>(*core, core->options.poller));
+        }
+        for (const auto& loop : core->loops) {
+            core->loops_running.fetch_add(1, std::memory_order_relaxed);
+            core->threads.emplace_back([core, l = loop.get()] {
+                try {
+                    l->run();
+                } catch (...) {
+                    core->request_stop(exit_reason::from_exception(std::current_exception()));
+                }
+                core->loop_finished();
+            });
+        }
+        s->core_ = std::move(core);
+    } catch (...) {
+        const auto reason = exit_reason::from_exception(std::current_exception());
+        if (core != nullptr && !core->threads.empty()) {
+            core->request_stop(reason); // some loops started: they record the exit
+            s->core_ = std::move(core);
+        } else {
+            s->notify_exit(reason);
+        }
+        return error{errc::start_failed, {}, reason};
+    }
+    return s;
+}
+
+inline server::~server() {
+    if (core_ == nullptr) {
+        return;
+    }
+    if (alive()) {
+        stop(exit_reason::shutdown(), default_shutdown);
+    }
+    for (auto& t : core_->threads) {
+        if (!t.joinable()) {
+            continue;
+        }
+        if (t.get_id() == std::this_thread::get_id() || alive()) {
+            t.detach(); // ourselves, or abandoned after a stop that timed out
+        } else {
+            t.join();
+        }
+    }
+}
+
+inline std::uint16_t server::port() const noexcept {
+    return core_->address.port();
+}
+
+inline std::string server::address() const {
+    return core_->address.to_string();
+}
+
+inline server_stats server::stats() const noexcept {
+    std::size_t requests = 0;
+    for (const auto& loop : core_->loops) {
+        requests += loop->requests();
+    }
+    return {core_->connections.load(std::memory_order_relaxed),
+            core_->accepted.load(std::memory_order_relaxed),
+            core_->rejected.load(std::memory_order_relaxed), requests};
+}
+
+inline exit_reason server::stop(exit_reason reason, timeout wait) {
+    core_->request_stop(reason);
+    for (const auto& t : core_->threads) {
+        if (t.get_id() == std::this_thread::get_id()) {
+            return reason; // a handler stopping its own server: the exit comes after it
+        }
+    }
+    if (!wait_recorded(wait)) {
+        notify_exit(exit_reason::killed()); // a handler that does not return: abandoned
+    }
+    return *exited();
+}
+
+} // namespace v0
+} // namespace otpkv

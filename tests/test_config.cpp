@@ -1,0 +1,738 @@
+// SPDX-License-Identifier: MIT
+// Node configuration: flags, OTPKV_* environment, config file, routes, precedence.
+#include <otpkv/command.hpp>
+#include <otpkv/config.hpp>
+#include <otpkv/registry.hpp>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+using namespace std::string_literals;
+using otpkv::config_load;
+using otpkv::load_config;
+using otpkv::node_config;
+using otpkv::parse_route;
+using otpkv::route_entry;
+
+namespace {
+
+// Runs load_config on `args` (argv[0] is added) and `env` ("KEY=VALUE" strings).
+config_load load(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
+    std::vector<const char*> argv{"kv_server"};
+    for (const auto& a : args) {
+        argv.push_back(a.c_str());
+    }
+    argv.push_back(nullptr);
+    std::vector<const char*> envp;
+    for (const auto& e : env) {
+        envp.push_back(e.c_str());
+    }
+    envp.push_back(nullptr);
+    return load_config(static_cast<int>(argv.size() - 1), argv.data(), envp.data());
+}
+
+// A fresh directory under the system's temporary directory, removed with everything in it.
+class temp_dir {
+  public:
+    temp_dir() {
+        std::random_device seed;
+        std::mt19937_64 random(seed() ^
+                               static_cast<std::uint64_t>(
+                                   std::chrono::steady_clock::now().time_since_epoch().count()));
+        for (;;) {
+            path_ = std::filesystem::temp_directory_path() /
+                    ("otpkv_test_config_" + std::to_string(random()));
+            if (std::filesystem::create_directory(path_)) {
+                return;
+            }
+        }
+    }
+    temp_dir(const temp_dir&) = delete;
+    temp_dir& operator=(const temp_dir&) = delete;
+    ~temp_dir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+
+    // Writes `content` to the file `name` in this directory; returns its path.
+    std::string write(const std::string& name, const std::string& content) const {
+        const auto file = path_ / name;
+        std::ofstream out(file, std::ios::binary);
+        out << content;
+        return file.string();
+    }
+    std::string path() const { return path_.string(); }
+
+  private:
+    std::filesystem::path path_;
+};
+
+route_entry route(unsigned char first, unsigned char last, std::string node, std::string host,
+                  std::uint16_t port) {
+    return route_entry{first, last, std::move(node), std::move(host), port};
+}
+
+const std::string size_max_text = std::to_string(std::numeric_limits<std::size_t>::max());
+
+} // namespace
+
+TEST_CASE("config: defaults") {
+    const config_load r = load({});
+    REQUIRE(r.ok());
+    CHECK_FALSE(r.help);
+    CHECK_FALSE(r.version);
+    CHECK(r.config == node_config{});
+    CHECK(r.config.node == "nonode");
+    CHECK(r.config.bind == "127.0.0.1");
+    CHECK(r.config.port == 4040);
+    CHECK(r.config.threads == 0);
+    CHECK(r.config.routes.empty());
+    CHECK(r.config.max_line == 65536);
+    CHECK(r.config.max_connections == 10000);
+    CHECK(r.config.max_buckets == 1'000'000);
+    // The same defaults as the protocol core and the registry.
+    CHECK(r.config.max_line == otpkv::default_max_line);
+    CHECK(r.config.max_buckets == otpkv::registry_options{}.max_buckets);
+
+    // No arguments at all, and no environment.
+    const config_load bare = load_config(0, nullptr, nullptr);
+    CHECK(bare.ok());
+    CHECK(bare.config == node_config{});
+}
+
+TEST_CASE("config: every flag in both spellings") {
+    struct flag_case {
+        std::string flag;
+        std::string value;
+    };
+    const std::vector<flag_case> cases{
+        {"--node", "n1"},
+        {"--bind", "::1"},
+        {"--port", "5050"},
+        {"--threads", "3"},
+        {"--route", "a-m=foo@127.0.0.1:4040"},
+        {"--max-line", "100"},
+        {"--max-connections", "7"},
+        {"--max-buckets", "9"},
+    };
+    node_config expected;
+    expected.node = "n1";
+    expected.bind = "::1";
+    expected.port = 5050;
+    expected.threads = 3;
+    expected.routes = {route('a', 'm', "foo", "127.0.0.1", 4040)};
+    expected.max_line = 100;
+    expected.max_connections = 7;
+    expected.max_buckets = 9;
+
+    std::vector<std::string> separate;
+    std::vector<std::string> joined;
+    for (const auto& c : cases) {
+        separate.push_back(c.flag);
+        separate.push_back(c.value);
+        joined.push_back(c.flag + "=" + c.value);
+        // Each flag alone, in each spelling, changes only its own key.
+        const config_load one = load({c.flag, c.value});
+        const config_load other = load({c.flag + "=" + c.value});
+        INFO(c.flag);
+        REQUIRE(one.ok());
+        REQUIRE(other.ok());
+        CHECK(one.config == other.config);
+        CHECK(one.config != node_config{});
+    }
+    const config_load a = load(separate);
+    const config_load b = load(joined);
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    CHECK(a.config == expected);
+    CHECK(b.config == expected);
+
+    // --config in both spellings.
+    temp_dir dir;
+    const std::string file = dir.write("node.conf", "port = 6060\n");
+    CHECK(load({"--config", file}).config.port == 6060);
+    CHECK(load({"--config=" + file}).config.port == 6060);
+
+    // A value may contain '='; the last of a repeated flag wins.
+    CHECK(load({"--route", "=-==a@h:1"}).config.routes ==
+          std::vector<route_entry>{route('=', '=', "a", "h", 1)});
+    CHECK(load({"--port", "1", "--port=2"}).config.port == 2);
+    CHECK(load({"--node=a", "--node", "b"}).config.node == "b");
+}
+
+TEST_CASE("config: the exact error for a bad port, from each source") {
+    CHECK(load({"--port", "abc"}).error == "--port: expected a number from 0 to 65535, got 'abc'");
+    CHECK(load({"--port=abc"}).error == "--port: expected a number from 0 to 65535, got 'abc'");
+    CHECK(load({}, {"OTPKV_PORT=abc"}).error ==
+          "OTPKV_PORT: expected a number from 0 to 65535, got 'abc'");
+    temp_dir dir;
+    const std::string file = dir.write("node.conf", "# a node\n\nport = abc\n");
+    CHECK(load({"--config", file}).error ==
+          file + ":3: port: expected a number from 0 to 65535, got 'abc'");
+    CHECK(load({"--port", "65536"}).error ==
+          "--port: expected a number from 0 to 65535, got '65536'");
+    CHECK(load({"--port="}).error == "--port: expected a number from 0 to 65535, got ''");
+    CHECK(load({"--port", "99999999999999999999999"}).error ==
+          "--port: expected a number from 0 to 65535, got '99999999999999999999999'");
+    // Bytes that are not printable are escaped, so the error stays one line.
+    CHECK(load({"--port", "4\n0\x01"}).error ==
+          "--port: expected a number from 0 to 65535, got '4\\x0a0\\x01'");
+    // Long values are cut short.
+    const config_load long_value = load({"--port", std::string(1000, '9')});
+    CHECK(long_value.error ==
+          "--port: expected a number from 0 to 65535, got '" + std::string(80, '9') + "...'");
+}
+
+TEST_CASE("config: numeric flags reject bad values and name the flag") {
+    struct numeric {
+        std::string flag;
+        std::string env;
+        std::string range; // "from LO to HI"
+        std::vector<std::string> out_of_range;
+    };
+    const std::vector<numeric> flags{
+        {"--port", "OTPKV_PORT", "from 0 to 65535", {"65536", "70000", "100000"}},
+        {"--threads", "OTPKV_THREADS", "from 1 to 256", {"0", "257", "4294967296"}},
+        {"--max-line", "OTPKV_MAX_LINE", "from 1 to " + size_max_text, {"0", "00"}},
+        {"--max-connections", "OTPKV_MAX_CONNECTIONS", "from 1 to " + size_max_text, {"0"}},
+        {"--max-buckets", "OTPKV_MAX_BUCKETS", "from 1 to " + size_max_text, {"0"}},
+    };
+    const std::vector<std::string> not_numbers{"abc",
+                                               "",
+                                               "-1",
+                                               "+5",
+                                               " 5",
+                                               "5 ",
+                                               "0x10",
+                                               "1e3",
+                                               "1.5",
+                                               "1,000",
+                                               "١",
+                                               "99999999999999999999999",
+                                               "18446744073709551616",
+                                               "184467440737095516150"};
+    for (const auto& f : flags) {
+        std::vector<std::string> bad = not_numbers;
+        bad.insert(bad.end(), f.out_of_range.begin(), f.out_of_range.end());
+        for (const auto& value : bad) {
+            INFO(f.flag, " ", value);
+            const std::string expected =
+                "expected a number " + f.range + ", got " + otpkv::detail::error_quote(value);
+            CHECK(load({f.flag + "=" + value}).error == f.flag + ": " + expected);
+            if (!value.empty() && value.front() != '-') {
+                CHECK(load({f.flag, value}).error == f.flag + ": " + expected);
+            }
+            if (!value.empty()) { // an empty variable counts as unset
+                CHECK(load({}, {f.env + "=" + value}).error == f.env + ": " + expected);
+            }
+        }
+    }
+}
+
+TEST_CASE("config: numbers at the edges of their ranges") {
+    CHECK(load({"--port", "0"}).config.port == 0);
+    CHECK(load({"--port", "65535"}).config.port == 65535);
+    CHECK(load({"--port", "00080"}).config.port == 80); // leading zeros are fine
+    CHECK(load({"--threads", "1"}).config.threads == 1);
+    CHECK(load({"--threads", "256"}).config.threads == 256);
+    CHECK(load({"--max-line", "1"}).config.max_line == 1);
+    CHECK(load({"--max-line", size_max_text}).config.max_line ==
+          std::numeric_limits<std::size_t>::max());
+    CHECK(load({"--max-connections", "1"}).config.max_connections == 1);
+    CHECK(load({"--max-buckets", "1"}).config.max_buckets == 1);
+
+    // The parser itself: overflow at exactly the limit.
+    using otpkv::detail::parse_decimal;
+    constexpr std::uint64_t u64_max = std::numeric_limits<std::uint64_t>::max();
+    CHECK(parse_decimal("18446744073709551615", u64_max) == u64_max);
+    CHECK_FALSE(parse_decimal("18446744073709551616", u64_max));
+    CHECK_FALSE(parse_decimal("18446744073709551620", u64_max));
+    CHECK(parse_decimal("255", 255) == 255);
+    CHECK_FALSE(parse_decimal("256", 255));
+    CHECK(parse_decimal("0", 0) == 0);
+    CHECK_FALSE(parse_decimal("1", 0));
+    CHECK_FALSE(parse_decimal("", 10));
+}
+
+TEST_CASE("config: unknown flags, missing values and positional arguments are errors") {
+    CHECK(load({"--prot", "1"}).error == "unknown flag '--prot'");
+    CHECK(load({"--prot=1"}).error == "unknown flag '--prot'");
+    CHECK(load({"-p", "1"}).error == "unknown flag '-p'");
+    CHECK(load({"--"}).error == "unknown flag '--'");
+    CHECK(load({"--=1"}).error == "unknown flag '--'");
+    CHECK(load({"--PORT", "1"}).error == "unknown flag '--PORT'");
+    CHECK(load({"--max_line", "1"}).error == "unknown flag '--max_line'");
+    CHECK(load({"n1"}).error == "unexpected argument 'n1'");
+    CHECK(load({"-"}).error == "unexpected argument '-'");
+    CHECK(load({"--port", "1", "extra"}).error == "unexpected argument 'extra'");
+    CHECK(load({""}).error == "unexpected argument ''");
+
+    for (const std::string flag : {"--config", "--node", "--bind", "--port", "--threads", "--route",
+                                   "--max-line", "--max-connections", "--max-buckets"}) {
+        INFO(flag);
+        CHECK(load({flag}).error == flag + ": missing value");
+        // The next argument is not a value when it looks like a flag.
+        CHECK(load({flag, "--port", "1"}).error == flag + ": missing value");
+        CHECK(load({flag, "-1"}).error == flag + ": missing value");
+    }
+    CHECK(load({"--node=-x"}).config.node == "-x"); // the joined spelling takes anything
+    CHECK(load({"--help=yes"}).error == "--help: takes no value");
+    CHECK(load({"--version=1"}).error == "--version: takes no value");
+
+    // The first error is the one reported.
+    CHECK(load({"--port", "x", "--prot"}).error ==
+          "--port: expected a number from 0 to 65535, got 'x'");
+    // A flag error comes before any environment error.
+    CHECK(load({"--threads", "0"}, {"OTPKV_PORT=x"}).error ==
+          "--threads: expected a number from 1 to 256, got '0'");
+}
+
+TEST_CASE("config: --help, -h and --version win over everything else") {
+    for (const std::string flag : {"--help", "-h"}) {
+        INFO(flag);
+        const config_load r = load({flag});
+        CHECK(r.ok());
+        CHECK(r.help);
+        CHECK_FALSE(r.version);
+        CHECK(r.config == node_config{});
+        // Bad flags before or after, a bad environment, an unreadable file: help anyway.
+        const config_load busy =
+            load({"--prot", "--port", "x", flag, "stray", "--config", "/nonexistent/otpkv.conf"},
+                 {"OTPKV_PORT=x"});
+        CHECK(busy.ok());
+        CHECK(busy.help);
+        CHECK(busy.config == node_config{});
+    }
+    const config_load v = load({"--version"});
+    CHECK(v.ok());
+    CHECK(v.version);
+    CHECK_FALSE(v.help);
+    const config_load both = load({"--version", "-h"}, {"OTPKV_CONFIG=/nonexistent"});
+    CHECK(both.ok());
+    CHECK(both.help);
+    CHECK(both.version);
+    // "-h" after a flag that wants a value is not that value.
+    CHECK(load({"--node", "-h"}).help);
+}
+
+TEST_CASE("config: --node and --bind values") {
+    CHECK(load({"--node", "a"}).config.node == "a");
+    CHECK(load({"--node", "Node_1.example-2"}).config.node == "Node_1.example-2");
+    CHECK(load({"--node", std::string(255, 'n')}).config.node == std::string(255, 'n'));
+    const std::string name_error = "expected a node name (1 to 255 of A-Z a-z 0-9 _ . -), got ";
+    CHECK(load({"--node", std::string(256, 'n')}).error.starts_with("--node: " + name_error));
+    CHECK(load({"--node="}).error == "--node: " + name_error + "''");
+    CHECK(load({"--node", "a b"}).error == "--node: " + name_error + "'a b'");
+    CHECK(load({"--node", "foo@host"}).error == "--node: " + name_error + "'foo@host'");
+    CHECK(load({"--node", "caf\xc3\xa9"}).error == "--node: " + name_error + "'caf\\xc3\\xa9'");
+    CHECK(load({"--node", "it's"}).error == "--node: " + name_error + "'it\\'s'");
+    CHECK(load({}, {"OTPKV_NODE=a/b"}).error == "OTPKV_NODE: " + name_error + "'a/b'");
+
+    for (const std::string good :
+         {"127.0.0.1", "0.0.0.0", "255.255.255.255", "10.0.0.1", "::", "::1", "fe80::1",
+          "2001:db8::8a2e:370:7334", "1:2:3:4:5:6:7:8", "::ffff:192.0.2.1", "1:2:3:4:5:6:1.2.3.4",
+          "ABCD:ef01::", "1::"}) {
+        INFO(good);
+        const config_load r = load({"--bind", good});
+        REQUIRE(r.ok());
+        CHECK(r.config.bind == good);
+    }
+    // Brackets around an IPv6 address are accepted and dropped.
+    CHECK(load({"--bind", "[::1]"}).config.bind == "::1");
+    for (const std::string bad :
+         {"",          "localhost", "example.com",  "256.0.0.1",     "1.2.3",
+          "1.2.3.4.5", "01.2.3.4",  "1.2.3.4 ",     " 1.2.3.4",      "1..2.3",
+          "[1.2.3.4]", "[::1",      "::1]",         ":::",           "1:2:3:4:5:6:7:8:9",
+          "1::2::3",   "12345::",   "fe80::1%eth0", "1:2:3:4:5:6:7", "g::1",
+          ":1",        "1:",        "::1.2.3",      "1.2.3.4::"}) {
+        INFO(bad);
+        CHECK(load({"--bind=" + bad}).error ==
+              "--bind: expected an IPv4 or IPv6 address, got " + otpkv::detail::error_quote(bad));
+    }
+    CHECK(load({}, {"OTPKV_BIND=nohost"}).error ==
+          "OTPKV_BIND: expected an IPv4 or IPv6 address, got 'nohost'");
+}
+
+TEST_CASE("config: parse_route accepts the documented forms and prints them back") {
+    struct good_case {
+        std::string text;
+        route_entry expected;
+    };
+    const std::vector<good_case> cases{
+        {"a-m=foo@127.0.0.1:4040", route('a', 'm', "foo", "127.0.0.1", 4040)},
+        {"n-z=bar@localhost:1", route('n', 'z', "bar", "localhost", 1)},
+        {"a-a=n.1_x-y@node-2.example.com:65535",
+         route('a', 'a', "n.1_x-y", "node-2.example.com", 65535)},
+        {"0-9=n@[::1]:4041", route('0', '9', "n", "::1", 4041)},
+        {"!-~=n@[2001:db8::1]:80", route('!', '~', "n", "2001:db8::1", 80)},
+        {"--/=n@h:1", route('-', '/', "n", "h", 1)},           // '-' as FIRST, read by position
+        {"=-==n@h:1", route('=', '=', "n", "h", 1)},           // '=' as FIRST and LAST
+        {"\\-\\=n@h:1", route('\\', '\\', "n", "h", 1)},       // a literal backslash
+        {"\\x80-\\xff=n@h:1", route(0x80, 0xff, "n", "h", 1)}, // non-ASCII first bytes
+        {"\\x00-\\x20=n@h:1", route(0x00, 0x20, "n", "h", 1)}, // NUL to space
+        {"\\x41-\\x5A=n@h:1", route('A', 'Z', "n", "h", 1)},   // either case of hex
+        {"a-z=n@h:00080", route('a', 'z', "n", "h", 80)},
+    };
+    for (const auto& c : cases) {
+        INFO(c.text);
+        std::string why = "untouched";
+        const auto r = parse_route(c.text, &why);
+        REQUIRE(r);
+        CHECK(*r == c.expected);
+        CHECK(why == "untouched");
+        // The canonical text reads back to the same route.
+        CHECK(parse_route(otpkv::to_string(*r)) == c.expected);
+    }
+    CHECK(otpkv::to_string(route('a', 'm', "foo", "127.0.0.1", 4040)) == "a-m=foo@127.0.0.1:4040");
+    CHECK(otpkv::to_string(route('0', '9', "n", "::1", 4041)) == "0-9=n@[::1]:4041");
+    CHECK(otpkv::to_string(route(0x80, 0xff, "n", "h", 1)) == "\\x80-\\xff=n@h:1");
+    CHECK(otpkv::to_string(route('A', 'Z', "n", "h", 1)) == "A-Z=n@h:1");
+    CHECK(otpkv::to_string(route(' ', '~', "n", "h", 1)) == "\\x20-~=n@h:1");
+}
+
+TEST_CASE("config: parse_route rejects bad forms with a reason") {
+    struct bad_case {
+        std::string text;
+        std::string why;
+    };
+    const std::vector<bad_case> cases{
+        {"", "empty route, expected FIRST-LAST=NAME@HOST:PORT"},
+        {"a-m", "expected '=' after LAST"},
+        {"a-", "expected FIRST-LAST=NAME@HOST:PORT"},
+        {"am=foo@h:1", "expected '-' after FIRST"},
+        {"ab-m=foo@h:1", "expected '-' after FIRST"},
+        {"a-mz=foo@h:1", "expected '=' after LAST"},
+        {"m-a=foo@h:1", "FIRST is after LAST"},
+        {"\\xff-\\x00=foo@h:1", "FIRST is after LAST"},
+        {" -m=foo@h:1", "FIRST must be printable ASCII other than space, or \\xHH"},
+        {"a- =foo@h:1", "LAST must be printable ASCII other than space, or \\xHH"},
+        {"\xc3\xa9-z=foo@h:1", "FIRST must be printable ASCII other than space, or \\xHH"},
+        {"\\xg0-z=foo@h:1", "expected two hex digits after \\x in FIRST"},
+        {"a-\\x4=foo@h:1", "expected two hex digits after \\x in LAST"},
+        {"a-m=foo", "expected '@' between NAME and HOST"},
+        {"a-m=@h:1", "NAME must be 1 to 255 of A-Z a-z 0-9 _ . -"},
+        {"a-m=fo o@h:1", "NAME must be 1 to 255 of A-Z a-z 0-9 _ . -"},
+        {"a-m=foo@h", "expected ':PORT' after HOST"},
+        {"a-m=foo@:1", "HOST must be an IPv4 address, an IPv6 address in brackets, or a host name"},
+        {"a-m=foo@ho_st:1",
+         "HOST must be an IPv4 address, an IPv6 address in brackets, or a host name"},
+        {"a-m=foo@-h:1",
+         "HOST must be an IPv4 address, an IPv6 address in brackets, or a host name"},
+        {"a-m=foo@h..x:1",
+         "HOST must be an IPv4 address, an IPv6 address in brackets, or a host name"},
+        {"a-m=foo@256.1.1.1:1",
+         "HOST must be an IPv4 address, an IPv6 address in brackets, or a host name"},
+        {"a-m=foo@10.1:1",
+         "HOST must be an IPv4 address, an IPv6 address in brackets, or a host name"},
+        {"a-m=foo@" + std::string(64, 'h') + ":1",
+         "HOST must be an IPv4 address, an IPv6 address in brackets, or a host name"},
+        {"a-m=foo@::1:4040", "an IPv6 HOST must be in brackets, e.g. [::1]:4040"},
+        {"a-m=foo@fe80::1:80", "an IPv6 HOST must be in brackets, e.g. [::1]:4040"},
+        {"a-m=foo@h:1:2", "PORT must be a number from 1 to 65535"},
+        {"a-m=foo@[::1:4040", "expected ']' after an IPv6 HOST"},
+        {"a-m=foo@[::1]", "expected ':PORT' after HOST"},
+        {"a-m=foo@[::1]4040", "expected ':PORT' after HOST"},
+        {"a-m=foo@[127.0.0.1]:1", "HOST in brackets must be an IPv6 address"},
+        {"a-m=foo@h:", "PORT must be a number from 1 to 65535"},
+        {"a-m=foo@h:0", "PORT must be a number from 1 to 65535"},
+        {"a-m=foo@h:65536", "PORT must be a number from 1 to 65535"},
+        {"a-m=foo@h:-1", "PORT must be a number from 1 to 65535"},
+        {"a-m=foo@h:40 40", "PORT must be a number from 1 to 65535"},
+        {"a-m=foo@h:99999999999999999999999", "PORT must be a number from 1 to 65535"},
+        {"a-m=foo@h:1,n-z=bar@h:2", "PORT must be a number from 1 to 65535"},
+    };
+    for (const auto& c : cases) {
+        INFO(c.text);
+        std::string why;
+        CHECK_FALSE(parse_route(c.text, &why));
+        CHECK(why == c.why);
+        CHECK_FALSE(parse_route(c.text)); // no reason asked for
+    }
+}
+
+TEST_CASE("config: --route repeats in order, and a bad one names the flag") {
+    const config_load r = load({"--route", "a-m=foo@127.0.0.1:4040", "--route=n-z=bar@[::1]:4041",
+                                "--route", "0-9=foo@127.0.0.1:4040"});
+    REQUIRE(r.ok());
+    CHECK(r.config.routes == std::vector<route_entry>{
+                                 route('a', 'm', "foo", "127.0.0.1", 4040),
+                                 route('n', 'z', "bar", "::1", 4041),
+                                 route('0', '9', "foo", "127.0.0.1", 4040),
+                             });
+    CHECK(load({"--route", "a-m=foo@h:0"}).error ==
+          "--route: bad route 'a-m=foo@h:0': PORT must be a number from 1 to 65535");
+    CHECK(load({"--route="}).error ==
+          "--route: bad route '': empty route, expected FIRST-LAST=NAME@HOST:PORT");
+    // One route per flag: a list is not split.
+    CHECK(load({"--route", "a-m=foo@h:1,n-z=bar@h:2"}).error ==
+          "--route: bad route 'a-m=foo@h:1,n-z=bar@h:2': PORT must be a number from 1 to 65535");
+}
+
+TEST_CASE("config: the environment") {
+    const config_load r =
+        load({}, {"PATH=/usr/bin", "OTPKV_NODE=n2", "OTPKV_BIND=0.0.0.0", "OTPKV_PORT=0",
+                  "OTPKV_THREADS=2", "OTPKV_MAX_LINE=10", "OTPKV_MAX_CONNECTIONS=20",
+                  "OTPKV_MAX_BUCKETS=30",
+                  "OTPKV_ROUTE= a-m=foo@127.0.0.1:4040,n-z=bar@h:2 ,\t0-9=baz@[::1]:3,, ",
+                  // Other OTPKV_ variables, odd entries: ignored.
+                  "OTPKV_BUILD_TESTS=ON", "OTPKV_PROT=1", "OTPKV_=x", "OTPKV_PORT_X=1",
+                  "otpkv_port=1", "OTPKV_PORTX", "NOEQUALS", ""});
+    REQUIRE(r.ok());
+    node_config expected;
+    expected.node = "n2";
+    expected.bind = "0.0.0.0";
+    expected.port = 0;
+    expected.threads = 2;
+    expected.max_line = 10;
+    expected.max_connections = 20;
+    expected.max_buckets = 30;
+    expected.routes = {route('a', 'm', "foo", "127.0.0.1", 4040), route('n', 'z', "bar", "h", 2),
+                       route('0', '9', "baz", "::1", 3)};
+    CHECK(r.config == expected);
+
+    // The first occurrence counts, as with getenv; an empty value counts as unset.
+    CHECK(load({}, {"OTPKV_PORT=1", "OTPKV_PORT=2"}).config.port == 1);
+    CHECK(load({}, {"OTPKV_PORT=1", "OTPKV_PORT=x"}).ok());
+    CHECK(load({}, {"OTPKV_PORT=", "OTPKV_PORT=2"}).config.port == 4040);
+    CHECK(load({}, {"OTPKV_NODE=", "OTPKV_ROUTE=", "OTPKV_CONFIG="}).config == node_config{});
+    // Separators only: no route given.
+    CHECK(load({}, {"OTPKV_ROUTE= , "}).config.routes.empty());
+    // A LAST of ',' stays in its route; a FIRST of ',' is written \x2c.
+    CHECK(load({}, {"OTPKV_ROUTE=!-,=n@h:1,\\x2c-.=m@h:2"}).config.routes ==
+          std::vector<route_entry>{route('!', ',', "n", "h", 1), route(',', '.', "m", "h", 2)});
+    // A value may contain '='.
+    CHECK(load({}, {"OTPKV_ROUTE==-==n@h:1"}).config.routes ==
+          std::vector<route_entry>{route('=', '=', "n", "h", 1)});
+}
+
+TEST_CASE("config: environment errors name the variable") {
+    CHECK(load({}, {"OTPKV_THREADS=257"}).error ==
+          "OTPKV_THREADS: expected a number from 1 to 256, got '257'");
+    CHECK(load({}, {"OTPKV_MAX_LINE=0"}).error ==
+          "OTPKV_MAX_LINE: expected a number from 1 to " + size_max_text + ", got '0'");
+    CHECK(load({}, {"OTPKV_MAX_CONNECTIONS=-5"}).error ==
+          "OTPKV_MAX_CONNECTIONS: expected a number from 1 to " + size_max_text + ", got '-5'");
+    CHECK(load({}, {"OTPKV_MAX_BUCKETS= 5"}).error ==
+          "OTPKV_MAX_BUCKETS: expected a number from 1 to " + size_max_text + ", got ' 5'");
+    CHECK(load({}, {"OTPKV_ROUTE=a-m=foo@h:1 n-z=bar"}).error ==
+          "OTPKV_ROUTE: bad route 'n-z=bar': expected '@' between NAME and HOST");
+    CHECK(load({}, {"OTPKV_CONFIG=/nonexistent/otpkv.conf"}).error ==
+          "OTPKV_CONFIG: cannot open '/nonexistent/otpkv.conf'");
+}
+
+TEST_CASE("config: the config file") {
+    temp_dir dir;
+    const std::string file = dir.write("node.conf", "\xEF\xBB\xBF# otpkv node n3\n"
+                                                    "\n"
+                                                    "   # an indented comment\n"
+                                                    "node = n3\n"
+                                                    "bind=::1\n"
+                                                    "\tport\t=\t5000\t\r\n"
+                                                    "threads = 4\n"
+                                                    "route = a-m=foo@127.0.0.1:4040\n"
+                                                    "route = #-#=bar@h:2\n"
+                                                    "max-line = 1000\n"
+                                                    "max-line = 2000\n"
+                                                    "max-connections = 3\n"
+                                                    "max-buckets = 5\n"
+                                                    "   \t  \n"
+                                                    "route=n-z=baz@h:3"); // no final newline
+    const config_load r = load({"--config", file});
+    REQUIRE(r.ok());
+    node_config expected;
+    expected.node = "n3";
+    expected.bind = "::1";
+    expected.port = 5000;
+    expected.threads = 4;
+    expected.max_line = 2000; // the last one wins
+    expected.max_connections = 3;
+    expected.max_buckets = 5;
+    expected.routes = {route('a', 'm', "foo", "127.0.0.1", 4040), route('#', '#', "bar", "h", 2),
+                       route('n', 'z', "baz", "h", 3)};
+    CHECK(r.config == expected);
+    // The same file through OTPKV_CONFIG.
+    CHECK(load({}, {"OTPKV_CONFIG=" + file}).config == expected);
+    // An empty file is fine.
+    CHECK(load({"--config", dir.write("empty.conf", "")}).config == node_config{});
+}
+
+TEST_CASE("config: config file errors name the file, the line and the key") {
+    temp_dir dir;
+    const auto error_of = [&dir](const std::string& content) {
+        const std::string file = dir.write("bad.conf", content);
+        const std::string error = load({"--config", file}).error;
+        REQUIRE(error.starts_with(file + ":"));
+        return error.substr(file.size());
+    };
+    CHECK(error_of("# comment\nport = 1\nprot = 2\n") == ":3: unknown key 'prot'");
+    CHECK(error_of("\n\n\n\nport 4040\n") == ":5: expected 'key = value', got 'port 4040'");
+    CHECK(error_of("= 5\n") == ":1: unknown key ''");
+    CHECK(error_of("--port = 5\n") == ":1: unknown key '--port'");
+    CHECK(error_of("help = 1\n") == ":1: unknown key 'help'");
+    CHECK(error_of("port = 1 # comment\n") ==
+          ":1: port: expected a number from 0 to 65535, got '1 # comment'");
+    CHECK(error_of("threads =\n") == ":1: threads: expected a number from 1 to 256, got ''");
+    CHECK(error_of("node = n\nmax-buckets = 0\n") ==
+          ":2: max-buckets: expected a number from 1 to " + size_max_text + ", got '0'");
+    CHECK(error_of("max-line = 99999999999999999999999\n") ==
+          ":1: max-line: expected a number from 1 to " + size_max_text +
+              ", got '99999999999999999999999'");
+    CHECK(error_of("route = a-m=foo@h:1\nroute = a-m=foo\n") ==
+          ":2: route: bad route 'a-m=foo': expected '@' between NAME and HOST");
+    CHECK(error_of("config = other.conf\n") == ":1: config: a config file cannot name another");
+    CHECK(error_of("bind = localhost\r\n") ==
+          ":1: bind: expected an IPv4 or IPv6 address, got 'localhost'");
+
+    CHECK(load({"--config", dir.path() + "/missing.conf"}).error ==
+          "--config: cannot open '" + dir.path() + "/missing.conf'");
+    CHECK(load({"--config", dir.path()}).error ==
+          "--config: cannot read '" + dir.path() + "': it is a directory");
+    CHECK(load({"--config="}).error == "--config: expected a file name, got ''");
+    // --config wins over OTPKV_CONFIG, which is then not read.
+    const std::string good = dir.write("good.conf", "port = 7\n");
+    CHECK(load({"--config", good}, {"OTPKV_CONFIG=/nonexistent"}).config.port == 7);
+}
+
+TEST_CASE("config: flags win over the environment, which wins over the file, key by key") {
+    temp_dir dir;
+    const std::string file = dir.write("node.conf", "node = file\n"
+                                                    "port = 1\n"
+                                                    "threads = 1\n"
+                                                    "max-line = 1\n"
+                                                    "max-connections = 1\n"
+                                                    "max-buckets = 1\n");
+    const config_load r =
+        load({"--config", file, "--port", "3", "--max-connections", "3"},
+             {"OTPKV_NODE=env", "OTPKV_PORT=2", "OTPKV_MAX_LINE=2", "OTPKV_MAX_CONNECTIONS=2"});
+    REQUIRE(r.ok());
+    CHECK(r.config.port == 3);            // flag > env > file
+    CHECK(r.config.max_connections == 3); // flag > env > file
+    CHECK(r.config.node == "env");        // env > file
+    CHECK(r.config.max_line == 2);        // env > file
+    CHECK(r.config.threads == 1);         // file only
+    CHECK(r.config.max_buckets == 1);     // file only
+    CHECK(r.config.bind == "127.0.0.1");  // nobody: the default
+
+    // Every value given is checked, even one a higher source overrides.
+    CHECK(load({"--port", "3"}, {"OTPKV_PORT=x"}).error ==
+          "OTPKV_PORT: expected a number from 0 to 65535, got 'x'");
+    const std::string bad = dir.write("bad.conf", "port = x\n");
+    CHECK(load({"--config", bad, "--port", "3"}).error ==
+          bad + ":1: port: expected a number from 0 to 65535, got 'x'");
+}
+
+TEST_CASE("config: routes come whole from the highest source that gives any") {
+    temp_dir dir;
+    const std::string file = dir.write("node.conf", "route = a-m=file@h:1\nroute = n-z=file@h:2\n");
+    const std::vector<route_entry> from_file{route('a', 'm', "file", "h", 1),
+                                             route('n', 'z', "file", "h", 2)};
+    const std::vector<route_entry> from_env{route('a', 'z', "env", "h", 3)};
+    const std::vector<route_entry> from_flags{route('0', '9', "flag", "h", 4)};
+
+    CHECK(load({"--config", file}).config.routes == from_file);
+    CHECK(load({"--config", file}, {"OTPKV_ROUTE=a-z=env@h:3"}).config.routes == from_env);
+    CHECK(load({"--config", file, "--route", "0-9=flag@h:4"}, {"OTPKV_ROUTE=a-z=env@h:3"})
+              .config.routes == from_flags);
+    CHECK(load({"--route", "0-9=flag@h:4"}, {"OTPKV_ROUTE=a-z=env@h:3"}).config.routes ==
+          from_flags);
+    // An environment without routes leaves the file's.
+    CHECK(load({"--config", file}, {"OTPKV_ROUTE=", "OTPKV_PORT=5"}).config.routes == from_file);
+}
+
+TEST_CASE("config: usage mentions every flag with its default, and the version line") {
+    const std::string text = otpkv::usage("kv_server");
+    CHECK(text.starts_with("usage: kv_server [--config FILE] [--node NAME]"));
+    CHECK(text.ends_with("\n"));
+    for (const std::string_view word : {"--config FILE",
+                                        "--node NAME",
+                                        "--bind ADDR",
+                                        "--port N",
+                                        "--threads N",
+                                        "--route FIRST-LAST=NAME@HOST:PORT",
+                                        "--max-line BYTES",
+                                        "--max-connections N",
+                                        "--max-buckets N",
+                                        "-h, --help",
+                                        "--version",
+                                        "(default: nonode)",
+                                        "(default: 127.0.0.1)",
+                                        "(default: 4040)",
+                                        "(default: 65536)",
+                                        "(default: 10000)",
+                                        "(default: 1000000)",
+                                        "(default: the hardware threads)",
+                                        "OTPKV_",
+                                        "config file"}) {
+        INFO(word);
+        CHECK(text.find(word) != std::string::npos);
+    }
+    // Every key the loader knows appears in the usage, as a flag.
+    for (const auto& key : otpkv::detail::config_keys) {
+        INFO(key.flag);
+        CHECK(text.find(std::string(key.flag) + " ") != std::string::npos);
+    }
+    // No line is wider than 100 columns.
+    std::size_t start = 0;
+    while (start < text.size()) {
+        const std::size_t end = text.find('\n', start);
+        REQUIRE(end != std::string::npos);
+        CHECK(end - start <= 100);
+        start = end + 1;
+    }
+    CHECK(otpkv::usage("/usr/bin/kv").starts_with("usage: /usr/bin/kv [--config"));
+
+    const std::string expected_version =
+        "kv_server (otpkv) " + std::to_string(otpkv::version.major) + "." +
+        std::to_string(otpkv::version.minor) + "." + std::to_string(otpkv::version.patch) + "\n";
+    CHECK(otpkv::version_text("kv_server") == expected_version);
+}
+
+TEST_CASE("config: address and name checks") {
+    using otpkv::detail::is_hostname;
+    using otpkv::detail::is_ipv4;
+    using otpkv::detail::is_ipv6;
+    static_assert(is_ipv4("1.2.3.4"));
+    static_assert(!is_ipv4("1.2.3.04"));
+    static_assert(is_ipv6("::"));
+    static_assert(otpkv::is_node_name("nonode"));
+    CHECK(is_ipv4("0.0.0.0"));
+    CHECK(is_ipv4("255.255.255.255"));
+    CHECK_FALSE(is_ipv4("255.255.255.256"));
+    CHECK_FALSE(is_ipv4("1.2.3.4."));
+    CHECK_FALSE(is_ipv4(".1.2.3.4"));
+    CHECK_FALSE(is_ipv4("1234.1.1.1"));
+    CHECK_FALSE(is_ipv4(""));
+    CHECK(is_ipv6("1:2:3:4:5:6:7::")); // '::' standing for one group
+    CHECK(is_ipv6("::2:3:4:5:6:7:8"));
+    CHECK_FALSE(is_ipv6("1:2:3:4:5:6:7:8::"));
+    CHECK_FALSE(is_ipv6("::1.2.3.4:1"));
+    CHECK_FALSE(is_ipv6("1:2:3:4:5:6:7:1.2.3.4")); // nine groups' worth
+    CHECK_FALSE(is_ipv6(""));
+    CHECK(is_hostname("localhost"));
+    CHECK(is_hostname("a1.b-2.c"));
+    CHECK(is_hostname("1a"));
+    CHECK(is_hostname(std::string(63, 'a') + "." + std::string(63, 'b')));
+    CHECK_FALSE(is_hostname("a-.b"));
+    CHECK_FALSE(is_hostname("a."));
+    CHECK_FALSE(is_hostname("123"));
+    CHECK_FALSE(is_hostname(std::string(64, 'a') + ".b")); // a label over 63 bytes
+    std::string long_name;
+    for (int i = 0; i < 64; ++i) {
+        long_name += "abc.";
+    }
+    long_name += "ab"; // 258 bytes
+    CHECK_FALSE(is_hostname(long_name));
+    CHECK_FALSE(otpkv::is_node_name(""));
+    CHECK_FALSE(otpkv::is_node_name(std::string(256, 'a')));
+    CHECK_FALSE(otpkv::is_node_name(std::string_view("a\0b", 3)));
+}

@@ -1,0 +1,276 @@
+// SPDX-License-Identifier: MIT
+// The server and the node in process: both pollers, containment of a failing handler,
+// start errors, stop, backpressure and the subscriber cap with small limits, and the
+// node's supervision tree restarting what crashes. (tests/test_kv_server*.cpp run the
+// real kv_server process.)
+#include "kv_process.hpp"
+#include "support.hpp"
+
+#include <otpkv/net/server.hpp>
+#include <otpkv/node.hpp>
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+using otpkv_test::eventually;
+using otpkv_test::kv_client;
+using namespace std::chrono_literals;
+
+namespace {
+
+otpkv::server_options loopback(otpkv::poller_kind poller = otpkv::poller_kind::automatic) {
+    otpkv::server_options o;
+    o.port = 0;
+    o.threads = 2;
+    o.poller = poller;
+    return o;
+}
+
+std::shared_ptr<otpkv::server> start(std::shared_ptr<otpkv::registry> reg,
+                                     otpkv::server_options o) {
+    auto s = otpkv::server::start(std::move(reg), std::move(o));
+    REQUIRE(s.has_value());
+    return std::move(s).value();
+}
+
+const std::string guide_requests = "UNKNOWN shopping\n"
+                                   "GET shopping eggs\n"
+                                   "CREATE shopping\n"
+                                   "PUT shopping eggs 3\n"
+                                   "GET shopping eggs\n"
+                                   "DELETE shopping eggs\n"
+                                   "GET shopping eggs\n";
+const std::string guide_replies = "UNKNOWN COMMAND\r\n"
+                                  "NOT FOUND\r\n"
+                                  "OK\r\n"
+                                  "OK\r\n"
+                                  "3\r\nOK\r\n"
+                                  "OK\r\n"
+                                  "\r\nOK\r\n";
+
+} // namespace
+
+TEST_CASE("server: epoll and poll both serve the guide's session, byte for byte") {
+    for (const auto poller : {otpkv::poller_kind::epoll, otpkv::poller_kind::poll}) {
+        CAPTURE(static_cast<int>(poller));
+        auto reg = otpkv::registry::start();
+        auto srv = start(reg, loopback(poller));
+        CHECK(srv->address() == "127.0.0.1:" + std::to_string(srv->port()));
+        kv_client a(srv->port());
+        kv_client b(srv->port());
+        CHECK(a.exchange(guide_requests, guide_replies.size()) == guide_replies);
+        CHECK(b.exchange("GET shopping eggs\n", 6) == "\r\nOK\r\n");
+        CHECK(eventually([&] { return srv->stats().requests == 8; }));
+        CHECK(srv->stats().accepted == 2);
+        CHECK(srv->stats().connections == 2);
+        b.close();
+        CHECK(eventually([&] { return srv->stats().connections == 1; }));
+        CHECK(srv->stop() == otpkv::exit_reason::shutdown());
+        CHECK(a.read_to_eof() == "");
+        CHECK(a.end() == kv_client::ending::eof);
+    }
+}
+
+TEST_CASE("server: a handler that throws gets ERROR internal and closes only its connection") {
+    auto reg = otpkv::registry::start();
+    auto plain = otpkv::registry_handler(reg);
+    auto srv = otpkv::server::start(
+                   [plain](const otpkv::command& cmd, std::string& out, otpkv::session& s) {
+                       if (cmd.bucket == "boom") {
+                           out += "half a reply"; // dropped: the error replaces it
+                           throw std::runtime_error("handler failed");
+                       }
+                       return plain(cmd, out, s);
+                   },
+                   loopback())
+                   .value();
+    kv_client victim(srv->port());
+    kv_client bystander(srv->port());
+    CHECK(bystander.exchange("CREATE b\nPUT b k v\n", 8) == "OK\r\nOK\r\n");
+    // The line after the failing one is never run: its PUT leaves k2 absent.
+    CHECK(victim.send_all("GET b k\nGET boom k\nPUT b k2 v2\n"));
+    CHECK(victim.read_to_eof() == "v\r\nOK\r\nERROR internal\r\n");
+    CHECK(victim.end() == kv_client::ending::eof);
+    CHECK(bystander.exchange("GET b k2\nGET b k\n", 13) == "\r\nOK\r\nv\r\nOK\r\n");
+    CHECK(srv->alive());
+}
+
+TEST_CASE("server: a taken port or a bad address fails start with the system error") {
+    auto reg = otpkv::registry::start();
+    auto first = start(reg, loopback());
+    auto o = loopback();
+    o.port = first->port();
+    auto second = otpkv::server::start(reg, o);
+    REQUIRE_FALSE(second.has_value());
+    CHECK(second.error().code == otpkv::errc::start_failed);
+    const std::string text = otpkv::to_string(second.error().reason);
+    CHECK(text.find("127.0.0.1:" + std::to_string(first->port())) != std::string::npos);
+    try {
+        std::rethrow_exception(second.error().reason.exception());
+    } catch (const std::system_error& e) {
+        CHECK(e.code() == std::errc::address_in_use);
+    }
+    o.bind = "localhost"; // a name, not an address: never resolved behind the user's back
+    auto third = otpkv::server::start(reg, o);
+    REQUIRE_FALSE(third.has_value());
+    CHECK(otpkv::to_string(third.error().reason).find("not an IP address") != std::string::npos);
+    // The first one was not disturbed.
+    kv_client c(first->port());
+    CHECK(c.exchange("CREATE x\n", 4) == "OK\r\n");
+}
+
+TEST_CASE("server: stop closes every connection, records the reason once, tells monitors") {
+    auto reg = otpkv::registry::start();
+    auto srv = start(reg, loopback());
+    std::atomic<int> told{0};
+    auto m = srv->monitor([&](const otpkv::exit_reason& r) {
+        CHECK(r == otpkv::exit_reason::shutdown("bye"));
+        ++told;
+    });
+    kv_client a(srv->port());
+    kv_client b(srv->port());
+    CHECK(a.exchange("CREATE b\n", 4) == "OK\r\n");
+    CHECK(b.send_all("PUT b k")); // a partial line, never run
+    CHECK(srv->stop(otpkv::exit_reason::shutdown("bye")) == otpkv::exit_reason::shutdown("bye"));
+    CHECK(srv->stop() == otpkv::exit_reason::shutdown("bye"));
+    CHECK(a.read_to_eof().empty());
+    CHECK(b.read_to_eof().empty());
+    CHECK(told == 1);
+    CHECK(reg->with("b", [](auto& bucket) { return bucket.size(); }) == std::size_t{0});
+}
+
+TEST_CASE("server: a subscriber's stream ends when its bucket exits") {
+    auto reg = otpkv::registry::start();
+    auto srv = start(reg, loopback());
+    kv_client sub(srv->port());
+    kv_client pub(srv->port());
+    CHECK(pub.exchange("CREATE b\n", 4) == "OK\r\n");
+    CHECK(sub.send_all("SUBSCRIBE b\n"));
+    // SUBSCRIBE is answered by silence; wait until the subscription is in place.
+    CHECK(eventually([&] { return srv->stats().requests == 2; }));
+    CHECK(pub.exchange("PUT b k v\n", 4) == "OK\r\n");
+    CHECK(sub.read_exact(12) == "k SET TO v\r\n");
+    reg->lookup("b")->stop(otpkv::exit_reason::error("crash"));
+    CHECK(sub.read_to_eof().empty());
+    CHECK(sub.end() == kv_client::ending::eof);
+    CHECK(pub.exchange("PUT b k v\n", 11) == "NOT FOUND\r\n");
+}
+
+TEST_CASE("server: a client that does not read stops being read, then gets every reply") {
+    auto reg = otpkv::registry::start();
+    auto o = loopback();
+    o.max_output = 64 * 1024;
+    auto srv = start(reg, o);
+    const std::string value(1000, 'v');
+    kv_client setup(srv->port());
+    CHECK(setup.exchange("CREATE b\nPUT b k " + value + "\n", 8) == "OK\r\nOK\r\n");
+
+    constexpr std::size_t requests = 20'000; // 20 MB of replies
+    std::string batch;
+    for (std::size_t i = 0; i < requests; ++i) {
+        batch += i % 2 == 0 ? "GET b k\n" : "GET b nothing\n";
+    }
+    kv_client flood(srv->port(), 64 * 1024);
+    std::thread writer([&] { CHECK(flood.send_only(batch, 20s)); });
+    // The server pulls requests until 64 KiB of replies are unsent, plus what the kernel's
+    // buffers swallow: far fewer than all of them.
+    std::this_thread::sleep_for(500ms);
+    const std::size_t handled = srv->stats().requests;
+    CHECK(handled < requests / 2);
+    // Meanwhile another client is served at once.
+    kv_client other(srv->port());
+    CHECK(other.exchange("GET b nothing\n", 6, 2s) == "\r\nOK\r\n");
+
+    const std::string found = value + "\r\nOK\r\n";
+    std::size_t exact = 0;
+    for (std::size_t i = 0; i < requests; ++i) {
+        const std::string want = i % 2 == 0 ? found : "\r\nOK\r\n";
+        if (flood.read_exact(want.size(), 20s) == want) {
+            ++exact;
+        } else {
+            break;
+        }
+    }
+    writer.join();
+    CHECK(exact == requests);
+}
+
+TEST_CASE("server: a subscriber past its cap is disconnected; publishers never wait") {
+    auto reg = otpkv::registry::start();
+    auto o = loopback();
+    o.max_subscriber_output = 256 * 1024;
+    auto srv = start(reg, o);
+    kv_client pub(srv->port());
+    CHECK(pub.exchange("CREATE b\n", 4) == "OK\r\n");
+    kv_client sub(srv->port(), 16 * 1024);
+    CHECK(sub.send_all("SUBSCRIBE b\n"));
+    CHECK(eventually([&] { return srv->stats().requests == 2; }));
+
+    const std::string put = "PUT b k " + std::string(4000, 'x') + "\n";
+    constexpr int puts = 5000; // 20 MB of events, far past the cap and the kernel's buffers
+    std::string batch;
+    for (int i = 0; i < puts; ++i) {
+        batch += put;
+    }
+    std::string oks;
+    for (int i = 0; i < puts; ++i) {
+        oks += "OK\r\n";
+    }
+    CHECK(pub.exchange(batch, oks.size(), 20s) == oks);
+    CHECK(eventually([&] { return srv->stats().connections == 1; }));
+    const std::string got = sub.read_to_eof(10s);
+    CHECK(got.size() < std::size_t{puts} * 4012);
+    CHECK(sub.end() != kv_client::ending::timeout);
+}
+
+TEST_CASE("node: the tree restarts a crashed server on its port, and the registry with it") {
+    otpkv::node_config config;
+    config.node = "n1";
+    config.port = 0;
+    config.threads = 1;
+    auto n = otpkv::node::start(config).value();
+    const std::uint16_t port = n->port();
+    REQUIRE(port != 0);
+    CHECK(n->ready_line() == "otpkv node n1 listening on 127.0.0.1:" + std::to_string(port));
+    {
+        kv_client c(port);
+        CHECK(c.exchange("CREATE b\nPUT b k v\n", 8) == "OK\r\nOK\r\n");
+    }
+
+    // A crashed server alone is restarted, on the same port, with the data untouched.
+    const auto first_server = n->server()->id();
+    n->server()->stop(otpkv::exit_reason::error("crash"));
+    CHECK(eventually([&] {
+        auto s = n->server();
+        return s != nullptr && s->id() != first_server;
+    }));
+    CHECK(n->port() == port);
+    {
+        kv_client c(port);
+        CHECK(c.exchange("GET b k\n", 7) == "v\r\nOK\r\n");
+    }
+
+    // A crashed registry takes the server after it down too (rest_for_one): both return,
+    // the buckets are gone.
+    const auto second_server = n->server()->id();
+    const auto first_registry = n->registry()->id();
+    n->registry()->stop(otpkv::exit_reason::error("crash"));
+    CHECK(eventually([&] {
+        auto s = n->server();
+        auto r = n->registry();
+        return s != nullptr && r != nullptr && s->id() != second_server &&
+               r->id() != first_registry;
+    }));
+    {
+        kv_client c(port);
+        CHECK(c.exchange("GET b k\n", 11) == "NOT FOUND\r\n");
+    }
+    CHECK(n->tasks() != nullptr);
+
+    CHECK(n->stop() == otpkv::exit_reason::shutdown());
+    CHECK_FALSE(n->alive());
+}
