@@ -241,6 +241,8 @@ struct server_core {
 /// Lingering connections at most (closing ones that drain input, refused ones included);
 /// past it a closing connection is closed at once.
 inline constexpr std::size_t max_lingering = 4096;
+/// How often a loop with lingering connections looks for expired ones.
+inline constexpr std::chrono::milliseconds linger_scan_every{100};
 /// Bytes asked of the framer for one read.
 inline constexpr std::size_t read_size = 16384;
 /// Reads per connection per turn of the loop, so a flooding client cannot hold its loop.
@@ -306,6 +308,7 @@ class event_loop {
     std::vector<std::unique_ptr<connection>> graveyard_; // freed after each batch of events
     std::vector<io_event> events_;
     std::size_t lingering_here_ = 0;
+    std::chrono::steady_clock::time_point next_linger_scan_{};
     std::atomic<std::size_t> requests_{0};
 
     std::mutex mailbox_mutex_;
@@ -347,7 +350,8 @@ inline void server_core::loop_finished() {
 
 inline void event_loop::run() {
     while (!core_.stopping.load(std::memory_order_acquire)) {
-        poller_.wait(events_, lingering_here_ > 0 ? 100 : -1);
+        poller_.wait(events_,
+                     lingering_here_ > 0 ? static_cast<int>(linger_scan_every.count()) : -1);
         for (const io_event& ev : events_) {
             if (ev.tag == &wake_) {
                 wake_.drain();
@@ -515,7 +519,13 @@ inline void event_loop::pull_requests(connection& c) {
         const std::size_t before = c.out.size();
         session s(c, *this);
         try {
+            // The command's views point into the framer's buffer: it is left alone until
+            // the handler returns.
             const reply_kind kind = core_.handler(parse(f.line), c.out, s);
+            if (c.subscribed) {
+                c.framer.reset(); // what follows SUBSCRIBE is ignored
+                c.framer.shrink_to_fit();
+            }
             if (kind == reply_kind::error &&
                 ends_with(std::string_view(c.out).substr(before), "ERROR internal\r\n")) {
                 c.begin_close();
@@ -624,7 +634,12 @@ inline void event_loop::take_mail() {
 }
 
 inline void event_loop::expire_lingering() {
+    // A scan of every connection, so at most one per `linger_scan_every`.
     const auto now = std::chrono::steady_clock::now();
+    if (now < next_linger_scan_) {
+        return;
+    }
+    next_linger_scan_ = now + linger_scan_every;
     for (std::size_t i = 0; i < conns_.size();) {
         connection& c = *conns_[i];
         if (c.state == connection::phase::lingering && now >= c.linger_until) {
@@ -689,9 +704,7 @@ inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
     link->conn = &c;
     link->unsent.store(c.unsent(), std::memory_order_relaxed);
     c.link = link;
-    c.subscribed = true;
-    c.framer.reset();
-    c.framer.shrink_to_fit();
+    c.subscribed = true; // the caller drops the buffered input once the handler is done
     const auto post_if_first = [](const std::shared_ptr<subscriber_link>& l,
                                   std::unique_lock<std::mutex>& lock) {
         if (!l->queued) {
