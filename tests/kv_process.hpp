@@ -59,6 +59,12 @@ inline int millis_left(steady::time_point deadline) {
     return static_cast<int>(std::clamp<long long>(left, 0, 1'000'000'000));
 }
 
+/// The time left until `deadline`, for a call that takes a limit: loops over many clients
+/// share one deadline, so a dead server fails them in bounded time, not one wait each.
+inline millis until(steady::time_point deadline) {
+    return millis(millis_left(deadline));
+}
+
 /// Seconds since `start`.
 inline double seconds_since(steady::time_point start) {
     return std::chrono::duration<double>(steady::now() - start).count();
@@ -141,6 +147,14 @@ inline std::string difference(std::string_view got, std::string_view expected) {
     do {                                                                                           \
         const std::string otpkv_reply_(reply);                                                     \
         OTPKV_CHECK_BYTES((client).exchange(request, otpkv_reply_.size()), otpkv_reply_);          \
+    } while (false)
+
+/// CHECKs that the next bytes `client` receives are exactly `expected` (reading as many).
+#define OTPKV_CHECK_RECEIVES(client, expected)                                                     \
+    do {                                                                                           \
+        const std::string otpkv_expected_bytes_(expected);                                         \
+        OTPKV_CHECK_BYTES((client).read_exact(otpkv_expected_bytes_.size()),                       \
+                          otpkv_expected_bytes_);                                                  \
     } while (false)
 
 namespace otpkv_test {
@@ -385,7 +399,7 @@ class kv_process {
         err_ = child.err;
         const std::string failure = read_ready_line(start + 5s);
         if (!failure.empty()) {
-            const exit_status st = detail::wait_for_exit(pid_, out_, err_, 0ms, start);
+            const exit_status st = detail::wait_for_exit(pid_, out_, err_, 1s, start);
             pid_ = -1;
             FAIL("kv_server did not become ready: " << failure << "; the server " << st.describe());
         }
@@ -523,6 +537,7 @@ class kv_client {
             buffer_ = std::move(other.buffer_);
             pos_ = other.pos_;
             end_ = other.end_;
+            error_ = other.error_;
         }
         return *this;
     }
@@ -532,6 +547,8 @@ class kv_client {
     [[nodiscard]] int fd() const noexcept { return fd_; }
     /// How the last read that came back short ended (`open` if none did).
     [[nodiscard]] ending end() const noexcept { return end_; }
+    /// The errno of the failure that ended the connection (with `end()` == reset), or 0.
+    [[nodiscard]] int error() const noexcept { return error_; }
     /// Bytes received and not yet taken by a read.
     [[nodiscard]] std::size_t buffered() const noexcept { return buffer_.size() - pos_; }
 
@@ -689,6 +706,7 @@ class kv_client {
         const std::size_t had = buffer_.size();
         buffer_.resize(had + chunk);
         const ssize_t n = ::recv(fd_, buffer_.data() + had, chunk, 0);
+        const int error = errno;
         buffer_.resize(had + (n > 0 ? static_cast<std::size_t>(n) : 0));
         if (n > 0) {
             return true;
@@ -697,10 +715,11 @@ class kv_client {
             end_ = ending::eof;
             return false;
         }
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        if (error == EAGAIN || error == EWOULDBLOCK || error == EINTR) {
             return true;
         }
         end_ = ending::reset;
+        error_ = error;
         return false;
     }
 
@@ -709,6 +728,7 @@ class kv_client {
         for (;;) {
             if (fd_ < 0) {
                 end_ = ending::reset;
+                error_ = EBADF; // closed by this side
                 return false;
             }
             const std::size_t had = buffered();
@@ -742,10 +762,11 @@ class kv_client {
     std::string buffer_;
     std::size_t pos_ = 0;
     ending end_ = ending::open;
+    int error_ = 0;
 };
 
 /// The name of an `ending`, for messages.
-inline const char* to_string(kv_client::ending e) {
+inline std::string to_string(kv_client::ending e) {
     switch (e) {
     case kv_client::ending::open:
         return "open";

@@ -1,0 +1,820 @@
+// SPDX-License-Identifier: MIT
+// Integration tests of protocol.md's "Errors beyond the guide" and "Limits and behaviour
+// under load", against the real kv_server process (OTPKV_KV_SERVER) on an ephemeral loopback
+// port: over-long lines, binary garbage, connection floods, slowloris clients, clients that
+// never read, connection and bucket limits, slow subscribers. Each checks exact bytes, and
+// that other clients keep being served meanwhile.
+#include "kv_process.hpp"
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+using namespace std::string_literals;
+using namespace std::chrono_literals;
+using otpkv_test::escaped;
+using otpkv_test::kv_client;
+using otpkv_test::kv_process;
+using otpkv_test::millis;
+using otpkv_test::percentile;
+using otpkv_test::steady;
+using otpkv_test::stop_cleanly;
+
+namespace {
+
+const std::string ok = "OK\r\n";
+const std::string not_found = "NOT FOUND\r\n";
+const std::string unknown = "UNKNOWN COMMAND\r\n";
+const std::string too_long = "ERROR line too long\r\n";
+
+// Milliseconds since `start`.
+double ms_since(steady::time_point start) {
+    return std::chrono::duration<double, std::milli>(steady::now() - start).count();
+}
+
+// Another client, on its own thread and connection, doing PUT/GET round trips into its own
+// bucket while a test abuses the server: it counts its exchanges, keeps every latency and
+// the first wrong reply, and stops at the first one (a dead server must not make it wait
+// for every later exchange).
+class bystander {
+  public:
+    struct report {
+        int exchanges = 0;
+        std::string wrong; // the first wrong reply, described; empty if none
+        std::vector<double> latencies_ms;
+    };
+
+    explicit bystander(std::uint16_t port, std::string bucket, millis pause = 1ms)
+        : client_(port), bucket_(std::move(bucket)), pause_(pause) {
+        OTPKV_CHECK_EXCHANGE(client_, "CREATE " + bucket_ + "\r\n", ok);
+        thread_ = std::thread([this] { run(); });
+    }
+    ~bystander() { stop(); }
+    bystander(const bystander&) = delete;
+    bystander& operator=(const bystander&) = delete;
+
+    // Stops it and returns what it saw.
+    report finish() {
+        stop();
+        return std::move(report_);
+    }
+
+  private:
+    void stop() {
+        stop_ = true;
+        if (thread_.joinable()) {
+            thread_.join();
+        }
+    }
+    void run() {
+        for (int i = 0; !stop_; ++i) {
+            const std::string key = "k" + std::to_string(i % 10);
+            const std::string value = "v" + std::to_string(i);
+            const std::string requests[] = {"PUT " + bucket_ + " " + key + " " + value + "\r\n",
+                                            "GET " + bucket_ + " " + key + "\r\n"};
+            const std::string replies[] = {ok, value + "\r\nOK\r\n"};
+            for (int r = 0; r < 2; ++r) {
+                const auto start = steady::now();
+                const std::string got = client_.exchange(requests[r], replies[r].size());
+                report_.latencies_ms.push_back(ms_since(start));
+                if (got != replies[r]) {
+                    report_.wrong = "request \"" + escaped(requests[r]) +
+                                    "\": " + otpkv_test::difference(got, replies[r]);
+                    return;
+                }
+                ++report_.exchanges;
+            }
+            std::this_thread::sleep_for(pause_);
+        }
+    }
+
+    kv_client client_;
+    std::string bucket_;
+    millis pause_;
+    std::atomic<bool> stop_{false};
+    report report_;
+    std::thread thread_;
+};
+
+// Checks that a bystander was served throughout: some exchanges, all exact.
+void check_served(bystander& b) {
+    const bystander::report r = b.finish();
+    CHECK_MESSAGE(r.wrong.empty(), "the other client got a wrong reply: " << r.wrong);
+    CHECK(r.exchanges > 0);
+}
+
+// `n` copies of `s`.
+std::string repeat(std::string_view s, std::size_t n) {
+    std::string out;
+    out.reserve(s.size() * n);
+    for (std::size_t i = 0; i < n; ++i) {
+        out += s;
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("kv_server: an over-long line gets ERROR line too long, then EOF; none of it runs") {
+    kv_process server({"--max-line", "100"});
+    kv_client other(server.port());
+    OTPKV_CHECK_EXCHANGE(other, "CREATE b\r\n", ok);
+    // "PUT b k " is 8 bytes: a 92-byte value makes a line of exactly 100 bytes.
+    const std::string v92(92, 'x');
+    const std::string v93(93, 'y');
+
+    SUBCASE("a line of exactly max-line bytes is served, however its terminator comes") {
+        kv_client c(server.port());
+        OTPKV_CHECK_EXCHANGE(c, "PUT b k " + v92 + "\r\n", ok);
+        OTPKV_CHECK_EXCHANGE(c, "GET b k\n", v92 + "\r\nOK\r\n");
+        OTPKV_CHECK_EXCHANGE(c, "PUT b k " + v92 + "\n", ok);
+        // The CR (not counted) and the LF in separate segments.
+        c.set_nodelay();
+        REQUIRE(c.send_all("PUT b c " + v92 + "\r"));
+        CHECK(c.read_for(100ms).empty());
+        OTPKV_CHECK_EXCHANGE(c, "\n", ok);
+        OTPKV_CHECK_EXCHANGE(other, "GET b c\r\n", v92 + "\r\nOK\r\n");
+    }
+    SUBCASE("one byte more: the lines before it run, it and the lines after it do not") {
+        kv_client c(server.port());
+        REQUIRE(c.send_all("PUT b before 1\r\nGET b before\r\nPUT b k " + v93 +
+                           "\r\nPUT b after 1\r\nGET b before\r\n"));
+        OTPKV_CHECK_BYTES(c.read_to_eof(), ok + "1\r\nOK\r\n" + too_long);
+        CHECK(c.end() == kv_client::ending::eof);
+        OTPKV_CHECK_EXCHANGE(other, "GET b k\r\n", "\r\nOK\r\n");
+        OTPKV_CHECK_EXCHANGE(other, "GET b after\r\n", "\r\nOK\r\n");
+        OTPKV_CHECK_EXCHANGE(other, "GET b before\r\n", "1\r\nOK\r\n");
+    }
+    SUBCASE("a line with no LF at all is answered once it is past the limit") {
+        kv_client c(server.port());
+        REQUIRE(c.send_all("PUT b nolf " + std::string(150, 'z')));
+        OTPKV_CHECK_BYTES(c.read_to_eof(), too_long);
+        CHECK(c.end() == kv_client::ending::eof);
+        OTPKV_CHECK_EXCHANGE(other, "GET b nolf\r\n", "\r\nOK\r\n");
+    }
+    SUBCASE("the reply survives a client that keeps sending 4 MiB more") {
+        kv_client c(server.port());
+        REQUIRE(c.send_all("PUT b big " + std::string(4 << 20, 'w') + "\r\nCREATE late\r\n"));
+        OTPKV_CHECK_BYTES(c.read_to_eof(), too_long);
+        CHECK(c.end() == kv_client::ending::eof);
+        OTPKV_CHECK_EXCHANGE(other, "GET b big\r\nGET late k\r\n", "\r\nOK\r\n" + not_found);
+    }
+    SUBCASE("the default limit is 65536 bytes") {
+        kv_process dflt;
+        kv_client c(dflt.port());
+        kv_client bystander_client(dflt.port());
+        OTPKV_CHECK_EXCHANGE(c, "CREATE b\r\n", ok);
+        const std::string fits(65536 - 8, 'f'); // "PUT b k " + value: 65536 bytes
+        OTPKV_CHECK_EXCHANGE(c, "PUT b k " + fits + "\r\n", ok);
+        OTPKV_CHECK_EXCHANGE(c, "GET b k\r\n", fits + "\r\nOK\r\n");
+        REQUIRE(c.send_all("PUT b k " + fits + "g\r\nGET b k\r\n"));
+        OTPKV_CHECK_BYTES(c.read_to_eof(), too_long);
+        CHECK(c.end() == kv_client::ending::eof);
+        OTPKV_CHECK_EXCHANGE(bystander_client, "GET b k\r\n", fits + "\r\nOK\r\n");
+        stop_cleanly(dflt);
+    }
+    // Whatever the abuse, the other connection was not disturbed.
+    OTPKV_CHECK_EXCHANGE(other, "PUT b still 1\r\nGET b still\r\n", ok + "1\r\nOK\r\n");
+    stop_cleanly(server);
+}
+
+TEST_CASE("kv_server: 10 MiB of random bytes: UNKNOWN COMMAND per line, other clients served") {
+    kv_process server;
+    bystander other(server.port(), "calm");
+
+    // Random bytes (a fixed seed), ending with an LF. An LF is one byte in 256, so every
+    // line is far below the 65536-byte limit, and none is a valid request: each line gets
+    // exactly one UNKNOWN COMMAND (checked below, before relying on it).
+    std::mt19937 random(20240601);
+    std::string garbage(10 << 20, '\0');
+    for (char& ch : garbage) {
+        ch = static_cast<char>(random() & 0xff);
+    }
+    garbage.back() = '\n';
+    std::size_t lines = 0;
+    std::size_t longest = 0;
+    std::size_t line_start = 0;
+    const std::vector<std::string_view> verbs = {"CREATE", "PUT", "GET", "DELETE", "SUBSCRIBE"};
+    std::size_t valid_verbs = 0;
+    for (std::size_t i = 0; i < garbage.size(); ++i) {
+        if (garbage[i] != '\n') {
+            continue;
+        }
+        const std::string_view line = std::string_view(garbage).substr(line_start, i - line_start);
+        const std::size_t first = line.find_first_not_of(" \t\r\v\f");
+        if (first != std::string_view::npos) {
+            const std::size_t last = line.find_first_of(" \t\r\v\f", first);
+            const std::string_view verb = line.substr(first, last - first);
+            valid_verbs += static_cast<std::size_t>(std::count(verbs.begin(), verbs.end(), verb));
+        }
+        longest = std::max(longest, line.size());
+        ++lines;
+        line_start = i + 1;
+    }
+    REQUIRE(valid_verbs == 0);
+    REQUIRE(longest < 65536);
+    MESSAGE(lines << " random lines, the longest " << longest << " bytes");
+
+    kv_client c(server.port());
+    const auto start = steady::now();
+    REQUIRE(c.send_all(garbage, 60s));
+    const std::string replies = repeat(unknown, lines);
+    OTPKV_CHECK_BYTES(c.read_exact(replies.size(), 60s), replies);
+    MESSAGE("10 MiB of garbage answered in " << ms_since(start) << " ms");
+    // Then a run of 70,000 random bytes without an LF: too long, and the connection ends.
+    std::string run(70'000, 'x');
+    for (char& ch : run) {
+        ch = static_cast<char>(random() & 0xff);
+        if (ch == '\n') {
+            ch = 'n';
+        }
+    }
+    REQUIRE(c.send_all(run));
+    OTPKV_CHECK_BYTES(c.read_to_eof(), too_long);
+    CHECK(c.end() == kv_client::ending::eof);
+    check_served(other);
+
+    SUBCASE("NUL bytes inside tokens are stored and returned exactly") {
+        kv_client n(server.port());
+        OTPKV_CHECK_EXCHANGE(n, "CREATE b\r\nPUT b k a\0b\r\nGET b k\r\n"s,
+                             ok + ok + "a\0b\r\nOK\r\n"s);
+        OTPKV_CHECK_EXCHANGE(n, "CREATE \0\r\nPUT \0 \0 \0\0\r\nGET \0 \0\r\n"s,
+                             ok + ok + "\0\0\r\nOK\r\n"s);
+        OTPKV_CHECK_EXCHANGE(n, "GET b a\r\nGET b k\0\r\n"s, "\r\nOK\r\n\r\nOK\r\n");
+    }
+    stop_cleanly(server);
+}
+
+TEST_CASE("kv_server: 500 concurrent clients each create, put and read back their own keys") {
+    kv_process server;
+    constexpr int clients = 500;
+    constexpr int threads = 4;
+    constexpr int keys = 10;
+    {
+        kv_client setup(server.port());
+        OTPKV_CHECK_EXCHANGE(setup, "CREATE shared\r\n", ok);
+    }
+    std::vector<kv_client> conns;
+    conns.reserve(clients);
+    for (int i = 0; i < clients; ++i) {
+        conns.emplace_back(server.port());
+    }
+    // Client i's script: request r and its reply.
+    const auto script = [](int i) {
+        const std::string b = "c" + std::to_string(i);
+        std::vector<std::pair<std::string, std::string>> steps;
+        steps.emplace_back("CREATE " + b + "\r\n", ok);
+        for (int j = 0; j < keys; ++j) {
+            steps.emplace_back("PUT " + b + " k" + std::to_string(j) + " v" + std::to_string(i) +
+                                   "_" + std::to_string(j) + "\r\n",
+                               ok);
+        }
+        steps.emplace_back(
+            "PUT shared client" + std::to_string(i) + " " + std::to_string(i) + "\r\n", ok);
+        for (int j = 0; j < keys; ++j) {
+            steps.emplace_back("GET " + b + " k" + std::to_string(j) + "\r\n",
+                               "v" + std::to_string(i) + "_" + std::to_string(j) + "\r\nOK\r\n");
+        }
+        steps.emplace_back("DELETE " + b + " k0\r\n", ok);
+        steps.emplace_back("GET " + b + " k0\r\n", "\r\nOK\r\n");
+        steps.emplace_back("GET " + b + " k1\r\n", "v" + std::to_string(i) + "_1\r\nOK\r\n");
+        return steps;
+    };
+    const std::size_t steps = script(0).size();
+
+    // Each thread drives its share of the clients in lock step: request r on every one of
+    // them, then every reply r; so all 500 have a request in flight at once.
+    std::vector<std::vector<std::string>> failures(threads);
+    std::vector<int> served(threads, 0);
+    std::vector<std::thread> workers;
+    const auto start = steady::now();
+    for (int t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t] {
+            std::vector<std::vector<std::pair<std::string, std::string>>> scripts;
+            for (int i = t; i < clients; i += threads) {
+                scripts.push_back(script(i));
+            }
+            for (std::size_t r = 0; r < steps && failures[static_cast<std::size_t>(t)].empty();
+                 ++r) {
+                const auto deadline = steady::now() + otpkv_test::default_wait;
+                std::size_t n = 0;
+                for (int i = t; i < clients; i += threads, ++n) {
+                    if (!conns[static_cast<std::size_t>(i)].send_all(scripts[n][r].first)) {
+                        failures[static_cast<std::size_t>(t)].push_back(
+                            "client " + std::to_string(i) + " cannot send");
+                    }
+                }
+                n = 0;
+                for (int i = t; i < clients; i += threads, ++n) {
+                    const std::string& want = scripts[n][r].second;
+                    const std::string got = conns[static_cast<std::size_t>(i)].read_exact(
+                        want.size(), otpkv_test::until(deadline));
+                    if (got == want) {
+                        ++served[static_cast<std::size_t>(t)];
+                    } else {
+                        failures[static_cast<std::size_t>(t)].push_back(
+                            "client " + std::to_string(i) + " request \"" +
+                            escaped(scripts[n][r].first) +
+                            "\": " + otpkv_test::difference(got, want));
+                    }
+                }
+            }
+        });
+    }
+    for (std::thread& w : workers) {
+        w.join();
+    }
+    MESSAGE(clients << " clients x " << steps << " requests in " << ms_since(start) << " ms");
+    int total = 0;
+    for (int t = 0; t < threads; ++t) {
+        const auto& f = failures[static_cast<std::size_t>(t)];
+        CHECK_MESSAGE(f.empty(), f.size() << " failures, the first: " << (f.empty() ? "" : f[0]));
+        total += served[static_cast<std::size_t>(t)];
+    }
+    CHECK(total == clients * static_cast<int>(steps));
+
+    // Every client's write to the shared bucket is there.
+    std::string requests;
+    std::string replies;
+    for (int i = 0; i < clients; ++i) {
+        requests += "GET shared client" + std::to_string(i) + "\r\n";
+        replies += std::to_string(i) + "\r\nOK\r\n";
+    }
+    OTPKV_CHECK_EXCHANGE(conns[0], requests, replies);
+    conns.clear();
+    stop_cleanly(server);
+}
+
+TEST_CASE("kv_server: 1,000 clients that close or reset at once, some mid-line") {
+    kv_process server;
+    kv_client control(server.port());
+    OTPKV_CHECK_EXCHANGE(control, "CREATE flood\r\n", ok);
+    bystander other(server.port(), "calm");
+
+    // Kinds of client, by i % 6: 0 connect and close; 1 connect and reset; 2 a partial line,
+    // then close; 3 a partial line, then reset; 4 a complete line, then close at once;
+    // 5 a complete line and a partial one, then a half-close, then read the reply and EOF.
+    constexpr int total = 1000;
+    constexpr int batch = 100;
+    std::vector<std::string> half_closed_replies;
+    for (int first = 0; first < total; first += batch) {
+        std::vector<kv_client> batch_clients;
+        batch_clients.reserve(batch);
+        for (int i = first; i < first + batch; ++i) {
+            batch_clients.emplace_back(server.port());
+        }
+        for (int i = first; i < first + batch; ++i) {
+            kv_client& c = batch_clients[static_cast<std::size_t>(i - first)];
+            const std::string n = std::to_string(i);
+            switch (i % 6) {
+            case 0:
+                c.close();
+                break;
+            case 1:
+                c.reset();
+                break;
+            case 2:
+                c.send_all("PUT flood p" + n + " x");
+                c.close();
+                break;
+            case 3:
+                c.send_all("PUT flood p" + n + " x");
+                c.reset();
+                break;
+            case 4:
+                c.send_all("PUT flood c" + n + " x" + n + "\n");
+                c.close();
+                break;
+            default:
+                c.send_all("PUT flood c" + n + " y" + n + "\r\nPUT flood p" + n + " y");
+                c.shutdown_write();
+                break;
+            }
+        }
+        for (int i = first; i < first + batch; ++i) {
+            if (i % 6 != 5) {
+                continue;
+            }
+            kv_client& c = batch_clients[static_cast<std::size_t>(i - first)];
+            std::string reply = c.read_to_eof();
+            half_closed_replies.push_back(reply + "<" + otpkv_test::to_string(c.end()) + ">");
+        }
+    }
+    for (const std::string& r : half_closed_replies) {
+        OTPKV_CHECK_BYTES(r, ok + "<eof>");
+    }
+
+    // Every complete line ran (the server may still be on the last ones: wait for them);
+    // no partial line did.
+    std::string complete_requests;
+    std::string complete_replies;
+    std::string partial_requests;
+    std::string partial_replies;
+    for (int i = 0; i < total; ++i) {
+        const std::string n = std::to_string(i);
+        if (i % 6 == 4 || i % 6 == 5) {
+            complete_requests += "GET flood c" + n + "\r\n";
+            complete_replies += (i % 6 == 4 ? "x" : "y") + n + "\r\nOK\r\n";
+        }
+        if (i % 6 == 2 || i % 6 == 3 || i % 6 == 5) {
+            partial_requests += "GET flood p" + n + "\r\n";
+            partial_replies += "\r\nOK\r\n";
+        }
+    }
+    const std::size_t complete_lines =
+        2 * static_cast<std::size_t>(
+                std::count(complete_requests.begin(), complete_requests.end(), '\n'));
+    std::string got;
+    const bool all_ran = otpkv_test::eventually(
+        [&] {
+            // Two lines per GET reply, found or not: the stream stays aligned either way.
+            got = control.send_all(complete_requests) ? control.read_lines(complete_lines) : "";
+            return got == complete_replies;
+        },
+        5s);
+    CHECK_MESSAGE(all_ran, otpkv_test::difference(got, complete_replies));
+    OTPKV_CHECK_EXCHANGE(control, partial_requests, partial_replies);
+
+    // It still accepts and serves: 200 new connections at once.
+    std::vector<kv_client> fresh;
+    for (int i = 0; i < 200; ++i) {
+        fresh.emplace_back(server.port());
+    }
+    for (int i = 0; i < 200; ++i) {
+        REQUIRE(fresh[static_cast<std::size_t>(i)].send_all("GET flood c4\r\n"));
+    }
+    const auto deadline = steady::now() + otpkv_test::default_wait;
+    for (kv_client& c : fresh) {
+        OTPKV_CHECK_BYTES(c.read_exact(8, otpkv_test::until(deadline)), "x4\r\nOK\r\n");
+    }
+    check_served(other);
+    stop_cleanly(server);
+}
+
+TEST_CASE("kv_server: 50 slowloris clients do not delay a fast client (p99 under 50 ms)") {
+    kv_process server;
+    kv_client control(server.port());
+    OTPKV_CHECK_EXCHANGE(control, "CREATE slow\r\nCREATE fast\r\n", ok + ok);
+
+    // 50 clients send their line "PUT slow s<i> v<i>" over and over, one byte per client
+    // every 50 ms, from one thread. It counts the lines each one completed.
+    constexpr std::size_t slow_clients = 50;
+    std::vector<kv_client> slow;
+    std::vector<std::string> lines;
+    for (std::size_t i = 0; i < slow_clients; ++i) {
+        slow.emplace_back(server.port());
+        slow.back().set_nodelay();
+        lines.push_back("PUT slow s" + std::to_string(i) + " v" + std::to_string(i) + "\r\n");
+    }
+    std::vector<std::size_t> sent_bytes(slow_clients, 0);
+    std::atomic<bool> stop{false};
+    std::atomic<int> ticks{0};
+    std::atomic<bool> send_failed{false};
+    std::thread dripper([&] {
+        while (!stop) {
+            for (std::size_t i = 0; i < slow_clients; ++i) {
+                const std::string& line = lines[i];
+                if (!slow[i].send_only(
+                        std::string_view(line).substr(sent_bytes[i] % line.size(), 1), 1s)) {
+                    send_failed = true;
+                }
+                ++sent_bytes[i];
+            }
+            ++ticks;
+            std::this_thread::sleep_for(50ms);
+        }
+    });
+
+    // Meanwhile: sequential round trips, at least 1000, and until every slow client has
+    // completed its line at least once (its lines are ~20 bytes: about 1.3 s).
+    kv_client fast(server.port());
+    std::vector<double> latencies;
+    std::string wrong;
+    const auto start = steady::now();
+    for (int i = 0; wrong.empty() && (i < 1000 || ticks < 25); ++i) {
+        const std::string req =
+            i % 2 == 0 ? "PUT fast k v" + std::to_string(i) + "\r\n" : "GET fast k\r\n";
+        const std::string want = i % 2 == 0 ? ok : "v" + std::to_string(i - 1) + "\r\nOK\r\n";
+        const auto t0 = steady::now();
+        const std::string got = fast.exchange(req, want.size());
+        latencies.push_back(ms_since(t0));
+        if (got != want) {
+            wrong = otpkv_test::difference(got, want);
+        }
+        if (ms_since(start) > 20'000) {
+            break;
+        }
+        std::this_thread::sleep_for(1ms); // a client with a request every millisecond or so
+    }
+    stop = true;
+    dripper.join();
+    CHECK_MESSAGE(wrong.empty(), "fast client: " << wrong);
+    CHECK_FALSE(send_failed);
+    const double p50 = percentile(latencies, 50);
+    const double p99 = percentile(latencies, 99);
+    const double worst = percentile(latencies, 100);
+    MESSAGE(latencies.size() << " round trips beside 50 slowloris clients (" << ticks.load()
+                             << " bytes each): p50 " << p50 << " ms, p99 " << p99 << " ms, max "
+                             << worst << " ms");
+    CHECK(latencies.size() >= 1000);
+    CHECK(p99 < 50.0);
+
+    // Each slow client got one OK per line it completed, and nothing for its partial one.
+    const auto deadline = steady::now() + otpkv_test::default_wait;
+    for (std::size_t i = 0; i < slow_clients; ++i) {
+        CAPTURE(i);
+        const std::size_t completed = sent_bytes[i] / lines[i].size();
+        CHECK(completed >= 1);
+        OTPKV_CHECK_BYTES(slow[i].read_exact(completed * ok.size(), otpkv_test::until(deadline)),
+                          repeat(ok, completed));
+        OTPKV_CHECK_EXCHANGE(control, "GET slow s" + std::to_string(i) + "\r\n",
+                             "v" + std::to_string(i) + "\r\nOK\r\n");
+    }
+    CHECK(slow[0].read_for(20ms).empty());
+    stop_cleanly(server);
+}
+
+TEST_CASE("kv_server: a client that pipelines 100 MB of replies without reading is throttled, "
+          "loses nothing, and does not slow others") {
+    kv_process server;
+    kv_client control(server.port());
+    std::string value(1024, 'a');
+    for (std::size_t i = 0; i < value.size(); ++i) {
+        value[i] = static_cast<char>('!' + i % 90);
+    }
+    OTPKV_CHECK_EXCHANGE(control, "CREATE big\r\nPUT big k " + value + "\r\n", ok + ok);
+    const std::string reply = value + "\r\nOK\r\n";
+    constexpr std::size_t requests = 100'000;
+    const std::string stream = repeat("GET big k\r\n", requests);
+    const long rss_before = server.resident_kib().value_or(0);
+
+    // The writer runs on its own thread: its sends block once the server stops reading.
+    kv_client hog(server.port());
+    std::atomic<bool> sent_all{false};
+    // It half-closes after its last request: every reply must still come, then the EOF.
+    std::thread writer([&] {
+        sent_all = hog.send_only(stream, 60s);
+        hog.shutdown_write();
+    });
+
+    // For 3 s the hog reads nothing; another client is served as usual meanwhile.
+    std::vector<double> latencies;
+    std::string wrong;
+    const auto stall_start = steady::now();
+    for (int i = 0; ms_since(stall_start) < 3000 && wrong.empty(); ++i) {
+        const std::string want = i % 2 == 0 ? ok : "v" + std::to_string(i - 1) + "\r\nOK\r\n";
+        const auto t0 = steady::now();
+        const std::string got = control.exchange(
+            i % 2 == 0 ? "PUT big other v" + std::to_string(i) + "\r\n" : "GET big other\r\n",
+            want.size());
+        latencies.push_back(ms_since(t0));
+        if (got != want) {
+            wrong = otpkv_test::difference(got, want);
+        }
+        std::this_thread::sleep_for(2ms);
+    }
+    const std::optional<long> rss_stalled = server.resident_kib();
+    CHECK_MESSAGE(wrong.empty(), "the other client: " << wrong);
+    const double p99 = percentile(latencies, 99);
+    MESSAGE(latencies.size() << " round trips while the hog stalled: p50 "
+                             << percentile(latencies, 50) << " ms, p99 " << p99 << " ms, max "
+                             << percentile(latencies, 100) << " ms");
+    CHECK(p99 < 50.0);
+    // Throttled: the server holds a few MiB for the hog, not the ~100 MB it asked for
+    // (under AddressSanitizer its quarantine of freed blocks adds some 20 MiB).
+    if (rss_stalled) {
+        const long grown = *rss_stalled - rss_before;
+        MESSAGE("server resident memory grew by " << grown / 1024 << " MiB during the stall");
+        CHECK(grown < 64 * 1024);
+    }
+
+    // Now the hog reads: every reply, exact, in order, then the end (it half-closed).
+    const std::size_t per_block = 1024;
+    const std::string block = repeat(reply, per_block);
+    std::size_t replies_ok = 0;
+    std::string mismatch;
+    const auto read_start = steady::now();
+    const auto read_deadline = read_start + 60s;
+    while (replies_ok < requests && mismatch.empty()) {
+        const std::size_t n = std::min(per_block, requests - replies_ok);
+        const std::string want = n == per_block ? block : repeat(reply, n);
+        const std::string got = hog.read_exact(want.size(), otpkv_test::until(read_deadline));
+        if (got != want) {
+            mismatch = "after " + std::to_string(replies_ok) +
+                       " good replies: " + otpkv_test::difference(got, want) +
+                       " (connection: " + otpkv_test::to_string(hog.end()) + ")";
+        } else {
+            replies_ok += n;
+        }
+    }
+    CHECK_MESSAGE(mismatch.empty(), mismatch);
+    CHECK(replies_ok == requests);
+    if (!mismatch.empty()) {
+        ::shutdown(hog.fd(), SHUT_RDWR); // unblocks the writer if the server stopped reading
+    }
+    MESSAGE(replies_ok << " replies (" << replies_ok * reply.size() / (1 << 20) << " MiB) read in "
+                       << ms_since(read_start) << " ms");
+    writer.join();
+    CHECK(sent_all);
+    CHECK(hog.read_to_eof().empty());
+    CHECK(hog.end() == kv_client::ending::eof);
+    stop_cleanly(server);
+}
+
+TEST_CASE("kv_server: --max-connections 5: the 6th gets ERROR too many connections, then EOF") {
+    kv_process server({"--max-connections", "5"});
+    std::vector<kv_client> five;
+    for (int i = 0; i < 5; ++i) {
+        five.emplace_back(server.port());
+        OTPKV_CHECK_EXCHANGE(five.back(), "CREATE m" + std::to_string(i) + "\r\n", ok);
+    }
+    const std::string refused = "ERROR too many connections\r\n";
+    {
+        kv_client sixth(server.port());
+        OTPKV_CHECK_BYTES(sixth.read_to_eof(), refused);
+        CHECK(sixth.end() == kv_client::ending::eof);
+    }
+    {
+        // A refused client's requests do not run.
+        kv_client seventh(server.port());
+        REQUIRE(seventh.send_all("CREATE refused\r\n"));
+        OTPKV_CHECK_BYTES(seventh.read_to_eof(), refused);
+    }
+    for (kv_client& c : five) {
+        OTPKV_CHECK_EXCHANGE(c, "GET refused k\r\n", not_found);
+    }
+
+    // Once one of the five closes, a new client is served (the server sees the close a
+    // little later: until then a new client is still refused).
+    five.erase(five.begin());
+    {
+        kv_client probe(server.port());
+        std::string got;
+        const bool served = otpkv_test::eventually(
+            [&] {
+                probe = kv_client(server.port());
+                got = probe.exchange("CREATE back\r\n", 4, 5s);
+                if (got == "ERRO") {
+                    got += probe.read_to_eof();
+                }
+                return got == ok;
+            },
+            5s);
+        CHECK_MESSAGE(served, "last reply: \"" << escaped(got) << "\"");
+        OTPKV_CHECK_EXCHANGE(probe, "PUT back k v\r\nGET back k\r\n", ok + "v\r\nOK\r\n");
+    }
+    // When all close, five new ones are served: nothing was left counted.
+    five.clear();
+    for (int i = 0; i < 5; ++i) {
+        std::string got;
+        const bool served = otpkv_test::eventually(
+            [&] {
+                five.emplace_back(server.port());
+                got = five.back().exchange("GET back k\r\n", 7, 5s);
+                if (got == "v\r\nOK\r\n") {
+                    return true;
+                }
+                five.pop_back();
+                return false;
+            },
+            5s);
+        CHECK_MESSAGE(served, "client " << i << ", last reply: \"" << escaped(got) << "\"");
+    }
+    for (kv_client& c : five) {
+        OTPKV_CHECK_EXCHANGE(c, "GET back k\r\n", "v\r\nOK\r\n");
+    }
+    stop_cleanly(server);
+}
+
+TEST_CASE("kv_server: 100,000 CREATEs; --max-buckets 10 refuses the 11th, the connection goes on") {
+    SUBCASE("100,000 random names, pipelined") {
+        kv_process server;
+        kv_client c(server.port());
+        std::mt19937 random(7);
+        const std::string_view alphabet =
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
+        std::vector<std::string> names;
+        for (int i = 0; i < 100'000; ++i) {
+            std::string name(12, 'x');
+            for (char& ch : name) {
+                ch = alphabet[random() % alphabet.size()];
+            }
+            names.push_back(std::move(name));
+        }
+        const auto start = steady::now();
+        constexpr std::size_t batch = 10'000;
+        for (std::size_t first = 0; first < names.size(); first += batch) {
+            std::string requests;
+            for (std::size_t i = first; i < first + batch; ++i) {
+                requests += "CREATE " + names[i] + "\r\n";
+            }
+            OTPKV_CHECK_EXCHANGE(c, requests, repeat(ok, batch));
+        }
+        MESSAGE("100,000 CREATEs in " << ms_since(start) << " ms");
+        // Every one exists: a GET finds the bucket (and no key).
+        for (std::size_t first = 0; first < names.size(); first += batch) {
+            std::string requests;
+            for (std::size_t i = first; i < first + batch; ++i) {
+                requests += "GET " + names[i] + " k\r\n";
+            }
+            OTPKV_CHECK_EXCHANGE(c, requests, repeat("\r\nOK\r\n", batch));
+        }
+        OTPKV_CHECK_EXCHANGE(c, "GET never-created k\r\n", not_found);
+        stop_cleanly(server);
+    }
+    SUBCASE("--max-buckets 10") {
+        kv_process server({"--max-buckets", "10"});
+        kv_client c(server.port());
+        std::string requests;
+        for (int i = 0; i < 10; ++i) {
+            requests += "CREATE b" + std::to_string(i) + "\r\n";
+        }
+        OTPKV_CHECK_EXCHANGE(c, requests, repeat(ok, 10));
+        const std::string refused = "ERROR too many buckets\r\n";
+        OTPKV_CHECK_EXCHANGE(c, "CREATE b10\r\n", refused);
+        // The connection goes on; the 10 buckets work; an existing name is still OK.
+        OTPKV_CHECK_EXCHANGE(c, "GET b10 k\r\n", not_found);
+        OTPKV_CHECK_EXCHANGE(c, "CREATE b3\r\n", ok);
+        OTPKV_CHECK_EXCHANGE(c, "PUT b9 k v\r\nGET b9 k\r\n", ok + "v\r\nOK\r\n");
+        OTPKV_CHECK_EXCHANGE(c, "CREATE other\r\nGET b0 k\r\n", refused + "\r\nOK\r\n");
+        kv_client d(server.port());
+        OTPKV_CHECK_EXCHANGE(d, "CREATE b11\r\nGET b9 k\r\n", refused + "v\r\nOK\r\n");
+        stop_cleanly(server);
+    }
+}
+
+TEST_CASE(
+    "kv_server: a subscriber that never reads is cut off past 32 MiB; publishers never wait") {
+    kv_process server;
+    kv_client pub(server.port());
+    OTPKV_CHECK_EXCHANGE(pub, "CREATE s\r\n", ok);
+    int counter = 0;
+    // A small receive buffer, so the kernel holds little of what the server sends it.
+    kv_client slow(server.port(), 16 * 1024);
+    otpkv_test::subscribe_synced(slow, pub, "s", counter);
+    kv_client fast(server.port());
+    otpkv_test::subscribe_synced(fast, pub, "s", counter);
+    // The slow one saw the fast one's sync events; from here on both streams are the same.
+    otpkv_test::read_through(slow, "sync SET TO " + std::to_string(counter) + "\r\n");
+
+    // 48 MiB of events, in PUTs of 60,000-byte values.
+    constexpr int puts = 840;
+    std::string events;
+    std::vector<std::string> requests;
+    for (int i = 0; i < puts; ++i) {
+        const std::string value(60'000, static_cast<char>('A' + i % 26));
+        requests.push_back("PUT s k" + std::to_string(i) + " " + value + "\r\n");
+        events += "k" + std::to_string(i) + " SET TO " + value + "\r\n";
+    }
+    // The fast subscriber reads everything, on its own thread.
+    std::string fast_got;
+    std::thread reader([&] { fast_got = fast.read_exact(events.size(), 30s); });
+
+    std::vector<double> latencies;
+    std::string wrong;
+    for (const std::string& r : requests) {
+        const auto t0 = steady::now();
+        const std::string got = pub.exchange(r, ok.size());
+        latencies.push_back(ms_since(t0));
+        if (got != ok) {
+            wrong = otpkv_test::difference(got, ok);
+            break;
+        }
+    }
+    CHECK_MESSAGE(wrong.empty(), "publisher: " << wrong);
+    const double p99 = percentile(latencies, 99);
+    const double worst = percentile(latencies, 100);
+    MESSAGE(puts << " PUTs of 60,000 bytes: p50 " << percentile(latencies, 50) << " ms, p99 " << p99
+                 << " ms, max " << worst << " ms");
+    CHECK(p99 < 50.0);
+    CHECK(worst < 1000.0);
+
+    reader.join();
+    const bool fast_complete = fast_got == events;
+    CHECK_MESSAGE(fast_complete, "fast subscriber: " << otpkv_test::difference(fast_got, events));
+
+    // The slow one was disconnected: it gets a prefix of the events, then the end.
+    const std::string slow_got = slow.read_to_eof(30s);
+    CHECK(slow.end() != kv_client::ending::timeout);
+    CHECK(slow_got.size() < events.size());
+    const bool prefix = events.compare(0, slow_got.size(), slow_got) == 0;
+    CHECK_MESSAGE(prefix,
+                  "the slow subscriber's bytes are not a prefix of the events: "
+                      << otpkv_test::difference(slow_got, events.substr(0, slow_got.size())));
+    MESSAGE("the slow subscriber got " << slow_got.size() / (1 << 20) << " MiB of "
+                                       << events.size() / (1 << 20) << " MiB, then "
+                                       << otpkv_test::to_string(slow.end()));
+    // And the bucket and its publisher go on.
+    OTPKV_CHECK_EXCHANGE(pub, "PUT s after 1\r\nGET s after\r\n", ok + "1\r\nOK\r\n");
+    OTPKV_CHECK_RECEIVES(fast, "after SET TO 1\r\n");
+    stop_cleanly(server);
+}
