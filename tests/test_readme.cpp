@@ -3,6 +3,7 @@
 // block of the README appears here line for line, so the README cannot drift from code
 // that builds and works.
 #include <otpkv/command.hpp>
+#include <otpkv/node.hpp>
 #include <otpkv/registry.hpp>
 #include <otpkv/supervisor.hpp>
 #include <otpkv/task.hpp>
@@ -79,4 +80,16 @@ TEST_CASE("README: Buckets and the registry") {
         CHECK(registry->size() == 0);
         CHECK_FALSE(shopping->put("milk", "4"));
     }
+}
+
+TEST_CASE("README: A node in your own program") {
+    otpkv::node_config config; // or otpkv::load_config(argc, argv, environ).config
+    config.node = "n1";
+    config.port = 0; // any free port
+    auto node = otpkv::node::start(config).value();
+    auto line = node->ready_line();       // "otpkv node n1 listening on 127.0.0.1:<port>"
+    node->registry()->create("shopping"); // the buckets its clients see
+    node->stop();                         // server, tasks, then registry and buckets
+    CHECK(line == "otpkv node n1 listening on 127.0.0.1:" + std::to_string(node->port()));
+    CHECK_FALSE(node->alive());
 }

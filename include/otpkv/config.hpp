@@ -913,7 +913,7 @@ inline std::string usage(std::string_view program) {
     option("--bind ADDR", "IPv4 or IPv6 address to listen on (default: " + defaults.bind + ")");
     option("--port N",
            "TCP port, 0 for an ephemeral one (default: " + std::to_string(defaults.port) + ")");
-    option("--threads N", "worker threads, 1 to 256 (default: the hardware threads)");
+    option("--threads N", "event-loop threads, 1 to 256 (default: the hardware threads)");
     option("--route FIRST-LAST=NAME@HOST:PORT",
            "buckets whose name starts with a byte from FIRST to LAST live on node\n" +
                std::string(24, ' ') +
