@@ -139,6 +139,8 @@ TEST_CASE("server: stop closes every connection, records the reason once, tells 
     CHECK(srv->stop() == otpkv::exit_reason::shutdown("bye"));
     CHECK(a.read_to_eof().empty());
     CHECK(b.read_to_eof().empty());
+    // stop() returns once the exit is recorded; the monitors run on the last loop's thread.
+    srv->wait();
     CHECK(told == 1);
     CHECK(reg->with("b", [](auto& bucket) { return bucket.size(); }) == std::size_t{0});
 }
