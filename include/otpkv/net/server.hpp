@@ -252,7 +252,8 @@ inline constexpr int reads_per_turn = 4;
 /// subscriber links posted from other threads.
 class event_loop {
   public:
-    event_loop(server_core& core, poller_kind kind) : core_(core), poller_(kind) {
+    event_loop(server_core& core, poller_kind kind)
+        : core_(core), poller_(kind), spare_framer_(core.options.max_line) {
         poller_.add(wake_.read_fd(), &wake_, io_read);
         poller_.add(core_.listener.get(), &core_.listener, io_read, true);
     }
@@ -307,6 +308,7 @@ class event_loop {
     std::vector<std::unique_ptr<connection>> conns_;
     std::vector<std::unique_ptr<connection>> graveyard_; // freed after each batch of events
     std::vector<io_event> events_;
+    line_framer spare_framer_; // lent to the connection being read (see read_requests)
     std::size_t lingering_here_ = 0;
     std::chrono::steady_clock::time_point next_linger_scan_{};
     std::atomic<std::size_t> requests_{0};
@@ -437,6 +439,13 @@ inline void event_loop::handle(connection& c, std::uint32_t events) {
 }
 
 inline void event_loop::read_requests(connection& c) {
+    // A connection with nothing buffered (the usual case: requests arrive whole) borrows
+    // the loop's framer and its buffer for this turn, and gives them back if it again has
+    // nothing pending: no allocation per read, and an idle connection holds no buffer.
+    const bool borrowed = c.framer.capacity() == 0 && !c.framer.overflowed();
+    if (borrowed) {
+        c.framer.swap(spare_framer_);
+    }
     for (int i = 0; i < reads_per_turn && c.fd && c.state == connection::phase::open && !c.paused &&
                     !c.subscribed;
          ++i) {
@@ -465,10 +474,14 @@ inline void event_loop::read_requests(connection& c) {
         }
     }
     if (!c.fd) {
-        return;
+        return; // destroyed: the buffer goes with it if it was borrowed
     }
-    if (c.framer.pending() == 0) {
+    if (borrowed && c.framer.pending() == 0 && !c.framer.overflowed()) {
+        c.framer.swap(spare_framer_);
+    } else if (c.framer.pending() == 0) {
         c.framer.shrink_to_fit(); // an idle connection holds no input buffer
+    } else if (borrowed) {
+        c.framer.shrink_to_fit(); // a partial line keeps only what it needs
     }
     flush(c);
 }
