@@ -226,6 +226,22 @@ struct results {
 
 std::atomic<std::uint64_t> sink{0}; // keeps lookups from being optimised away
 
+// Runs `body(thread, rep)`, which does `ops` operations and returns a checksum, on 1 thread
+// and then on 2, `reps` times each, and records the median Mops/s of each thread count.
+template <class Body>
+void on_1_and_2_threads(results& out, const std::string& workload, const std::string& who, int reps,
+                        std::uint64_t ops, Body body) {
+    for (int threads = 1; threads <= 2; ++threads) {
+        std::vector<double> runs;
+        for (int r = 0; r < reps; ++r) {
+            const double s = timed(
+                threads, [&](int t) { sink.fetch_add(body(t, r), std::memory_order_relaxed); });
+            runs.push_back(static_cast<double>(ops) * threads / s / 1e6);
+        }
+        out.add(workload, who, threads, median(runs));
+    }
+}
+
 template <class Map> void mix_1m(results& out, int reps, double scale) {
     constexpr std::uint64_t keys = 1'000'000;
     const auto ops = static_cast<std::uint64_t>(2'000'000 * scale);
@@ -234,35 +250,27 @@ template <class Map> void mix_1m(results& out, int reps, double scale) {
     for (std::uint64_t i = 0; i < keys; ++i) {
         map->put(key_of(i), i);
     }
-    for (int threads = 1; threads <= 2; ++threads) {
-        std::vector<double> runs;
-        for (int r = 0; r < reps; ++r) {
-            const double s = timed(threads, [&](int t) {
-                Map::thread_start();
-                std::uint64_t seed = std::uint64_t{0x12345678} +
-                                     static_cast<std::uint64_t>(t) * 977 +
-                                     static_cast<std::uint64_t>(r) * 131;
-                std::uint64_t local = 0;
-                for (std::uint64_t i = 0; i < ops; ++i) {
-                    const std::uint64_t x = next(seed);
-                    const key_t k = key_of(x % keys);
-                    if ((x >> 40) % 10 == 0) {
-                        map->put(k, x);
-                    } else {
-                        std::uint64_t v = 0;
-                        local += map->get(k, v) ? v : 1;
-                    }
-                    if ((i & 1023) == 0) {
-                        Map::quiescent();
-                    }
-                }
-                sink.fetch_add(local, std::memory_order_relaxed);
-                Map::thread_end();
-            });
-            runs.push_back(static_cast<double>(ops) * threads / s / 1e6);
+    on_1_and_2_threads(out, "1M keys 90/10", Map::name, reps, ops, [&](int t, int r) {
+        Map::thread_start();
+        std::uint64_t seed = std::uint64_t{0x12345678} + static_cast<std::uint64_t>(t) * 977 +
+                             static_cast<std::uint64_t>(r) * 131;
+        std::uint64_t local = 0;
+        for (std::uint64_t i = 0; i < ops; ++i) {
+            const std::uint64_t x = next(seed);
+            const key_t k = key_of(x % keys);
+            if ((x >> 40) % 10 == 0) {
+                map->put(k, x);
+            } else {
+                std::uint64_t v = 0;
+                local += map->get(k, v) ? v : 1;
+            }
+            if ((i & 1023) == 0) {
+                Map::quiescent();
+            }
         }
-        out.add("1M keys 90/10", Map::name, threads, median(runs));
-    }
+        Map::thread_end();
+        return local;
+    });
     Map::thread_end();
 }
 
@@ -273,28 +281,21 @@ template <class Map> void hot_16(results& out, int reps, double scale) {
     for (std::uint64_t i = 0; i < 16; ++i) {
         map->put(key_of(i), i);
     }
-    for (int threads = 1; threads <= 2; ++threads) {
-        std::vector<double> runs;
-        for (int r = 0; r < reps; ++r) {
-            const double s = timed(threads, [&](int t) {
-                Map::thread_start();
-                std::uint64_t seed = std::uint64_t{0x9876} + static_cast<std::uint64_t>(t) * 31 +
-                                     static_cast<std::uint64_t>(r);
-                std::uint64_t local = 0;
-                for (std::uint64_t i = 0; i < ops; ++i) {
-                    std::uint64_t v = 0;
-                    local += map->get(key_of(next(seed) & 15), v) ? v : 1;
-                    if ((i & 1023) == 0) {
-                        Map::quiescent();
-                    }
-                }
-                sink.fetch_add(local, std::memory_order_relaxed);
-                Map::thread_end();
-            });
-            runs.push_back(static_cast<double>(ops) * threads / s / 1e6);
+    on_1_and_2_threads(out, "16 hot keys, reads", Map::name, reps, ops, [&](int t, int r) {
+        Map::thread_start();
+        std::uint64_t seed = std::uint64_t{0x9876} + static_cast<std::uint64_t>(t) * 31 +
+                             static_cast<std::uint64_t>(r);
+        std::uint64_t local = 0;
+        for (std::uint64_t i = 0; i < ops; ++i) {
+            std::uint64_t v = 0;
+            local += map->get(key_of(next(seed) & 15), v) ? v : 1;
+            if ((i & 1023) == 0) {
+                Map::quiescent();
+            }
         }
-        out.add("16 hot keys, reads", Map::name, threads, median(runs));
-    }
+        Map::thread_end();
+        return local;
+    });
     Map::thread_end();
 }
 
@@ -308,29 +309,23 @@ void registry_lookups(results& out, int reps, double scale, std::size_t count) {
     }
     const std::string workload = "registry " + std::to_string(count) + " names";
     for (const bool refcounted : {false, true}) {
-        for (int threads = 1; threads <= 2; ++threads) {
-            std::vector<double> runs;
-            for (int r = 0; r < reps; ++r) {
-                const double s = timed(threads, [&](int t) {
-                    std::uint64_t seed = std::uint64_t{0x5151} + static_cast<std::uint64_t>(t) * 7 +
-                                         static_cast<std::uint64_t>(r);
-                    std::uint64_t local = 0;
-                    for (std::uint64_t i = 0; i < ops; ++i) {
-                        const std::string& name = names[next(seed) % count];
-                        if (refcounted) {
-                            local += reg->lookup(name) ? 1U : 0U;
-                        } else {
-                            local +=
-                                reg->with(name, [](auto& b) { return b.id().value(); }).value_or(0);
-                        }
+        on_1_and_2_threads(
+            out, workload, refcounted ? "lookup (shared_ptr copy)" : "with (no refcount)", reps,
+            ops, [&](int t, int r) {
+                std::uint64_t seed = std::uint64_t{0x5151} + static_cast<std::uint64_t>(t) * 7 +
+                                     static_cast<std::uint64_t>(r);
+                std::uint64_t local = 0;
+                for (std::uint64_t i = 0; i < ops; ++i) {
+                    const std::string& name = names[next(seed) % count];
+                    if (refcounted) {
+                        local += reg->lookup(name) ? 1U : 0U;
+                    } else {
+                        local +=
+                            reg->with(name, [](auto& b) { return b.id().value(); }).value_or(0);
                     }
-                    sink.fetch_add(local, std::memory_order_relaxed);
-                });
-                runs.push_back(static_cast<double>(ops) * threads / s / 1e6);
-            }
-            out.add(workload, refcounted ? "lookup (shared_ptr copy)" : "with (no refcount)",
-                    threads, median(runs));
-        }
+                }
+                return local;
+            });
     }
 }
 
