@@ -84,7 +84,7 @@ TEST_CASE("server: a handler that throws gets ERROR internal and closes only its
                            out += "half a reply"; // dropped: the error replaces it
                            throw std::runtime_error("handler failed");
                        }
-                       return plain(cmd, out, s);
+                       plain(cmd, out, s);
                    },
                    loopback())
                    .value();
@@ -97,6 +97,19 @@ TEST_CASE("server: a handler that throws gets ERROR internal and closes only its
     CHECK(victim.end() == kv_client::ending::eof);
     CHECK(bystander.exchange("GET b k2\nGET b k\n", 13) == "\r\nOK\r\nv\r\nOK\r\n");
     CHECK(srv->alive());
+}
+
+TEST_CASE("server: a CREATE the stopping registry refuses gets ERROR internal and a close") {
+    auto reg = otpkv::registry::start();
+    auto srv = start(reg, loopback());
+    kv_client c(srv->port());
+    CHECK(c.exchange("CREATE b\n", 4) == "OK\r\n");
+    reg->stop();
+    CHECK(c.send_all("CREATE b\nGET b k\n"));
+    CHECK(c.read_to_eof() == "ERROR internal\r\n");
+    CHECK(c.end() == kv_client::ending::eof);
+    kv_client other(srv->port()); // the server itself goes on
+    CHECK(other.exchange("GET b k\n", 11) == "NOT FOUND\r\n");
 }
 
 TEST_CASE("server: a taken port or a bad address fails start with the system error") {

@@ -107,11 +107,12 @@ class session {
     detail::event_loop& loop_;
 };
 
-/// Handles one parsed request: appends the exact reply bytes to `out` and says what kind of
-/// reply it was (`subscribed` switches the connection to streaming). An exception thrown
-/// from it becomes `ERROR internal` and closes that connection only. It runs on an
-/// event-loop thread: it must not block for long (it delays that loop's connections).
-using request_handler = std::function<reply_kind(const command&, std::string& out, session&)>;
+/// Handles one parsed request: appends the exact reply bytes to `out`. Through `session`
+/// it may switch the connection to streaming a bucket's events (SUBSCRIBE) or have it
+/// closed after the reply. An exception thrown from it becomes `ERROR internal` and closes
+/// that connection only. It runs on an event-loop thread: it must not block for long (it
+/// delays that loop's connections).
+using request_handler = std::function<void(const command&, std::string& out, session&)>;
 
 /// The handler that runs every request with `run` against `reg`; SUBSCRIBE subscribes the
 /// connection.
@@ -317,10 +318,6 @@ class event_loop {
     std::vector<std::shared_ptr<subscriber_link>> mailbox_;
     std::vector<std::shared_ptr<subscriber_link>> taken_;
 };
-
-inline bool ends_with(std::string_view text, std::string_view tail) noexcept {
-    return text.size() >= tail.size() && text.substr(text.size() - tail.size()) == tail;
-}
 
 inline void server_core::request_stop(const exit_reason& why) {
     {
@@ -534,14 +531,10 @@ inline void event_loop::pull_requests(connection& c) {
         try {
             // The command's views point into the framer's buffer: it is left alone until
             // the handler returns.
-            const reply_kind kind = core_.handler(parse(f.line), c.out, s);
+            core_.handler(parse(f.line), c.out, s);
             if (c.subscribed) {
                 c.framer.reset(); // what follows SUBSCRIBE is ignored
                 c.framer.shrink_to_fit();
-            }
-            if (kind == reply_kind::error &&
-                ends_with(std::string_view(c.out).substr(before), "ERROR internal\r\n")) {
-                c.begin_close();
             }
         } catch (...) {
             // Contained: this connection gets the error and is closed; nothing else is.
@@ -731,9 +724,9 @@ inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
         if (link->overflowed || link->conn == nullptr) {
             return;
         }
-        const std::size_t before = link->pending.size();
         if (e.kind == bucket_event_kind::put) {
-            append_set_event(link->pending, e.key, e.value ? *e.value : std::string());
+            append_set_event(link->pending, e.key,
+                             e.value ? std::string_view(*e.value) : std::string_view());
         } else {
             append_deleted_event(link->pending, e.key);
         }
@@ -742,10 +735,8 @@ inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
         if (link->pending.size() + link->unsent.load(std::memory_order_relaxed) > link->cap) {
             link->overflowed = true;
             std::string().swap(link->pending);
-        } else if (before > 0) {
-            return; // already posted, not yet taken
         }
-        post_if_first(link, lock);
+        post_if_first(link, lock); // once per batch: a link already posted is left alone
     });
     // A bucket that exits (stopped, or gone already: `noproc`) ends the stream.
     c.bucket_monitor = b.monitor([link, post_if_first](const exit_reason&) {
@@ -767,7 +758,15 @@ inline void session::close_after_reply() noexcept {
 
 inline request_handler registry_handler(std::shared_ptr<registry> reg) {
     return [reg = std::move(reg)](const command& cmd, std::string& out, session& s) {
-        return run(cmd, *reg, out, [&](registry::bucket_type& b) { s.subscribe(b); });
+        const std::size_t before = out.size();
+        const reply_kind kind =
+            run(cmd, *reg, out, [&](registry::bucket_type& b) { s.subscribe(b); });
+        // run()'s one reply after which protocol.md closes the connection: `ERROR internal`
+        // (a CREATE the registry refuses while it stops).
+        if (kind == reply_kind::error &&
+            std::string_view(out).substr(before).starts_with("ERROR internal")) {
+            s.close_after_reply();
+        }
     };
 }
 
