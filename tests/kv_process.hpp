@@ -9,6 +9,8 @@
 // connections open after the test closed them).
 #pragma once
 
+#include <otpkv/command.hpp>
+
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -65,46 +67,19 @@ inline millis until(steady::time_point deadline) {
     return millis(millis_left(deadline));
 }
 
-/// Seconds since `start`.
-inline double seconds_since(steady::time_point start) {
-    return std::chrono::duration<double>(steady::now() - start).count();
+/// Milliseconds since `start`.
+inline double ms_since(steady::time_point start) {
+    return std::chrono::duration<double, std::milli>(steady::now() - start).count();
 }
 
-/// `bytes` as a C-like string literal body: printable ASCII as is, the rest escaped.
-inline std::string escaped(std::string_view bytes) {
-    std::string out;
-    out.reserve(bytes.size() + 16);
-    for (const char ch : bytes) {
-        const auto b = static_cast<unsigned char>(ch);
-        switch (ch) {
-        case '\r':
-            out += "\\r";
-            break;
-        case '\n':
-            out += "\\n";
-            break;
-        case '\t':
-            out += "\\t";
-            break;
-        case '\\':
-            out += "\\\\";
-            break;
-        case '"':
-            out += "\\\"";
-            break;
-        default:
-            if (b >= 0x20 && b < 0x7f) {
-                out += ch;
-            } else {
-                static constexpr char hex[] = "0123456789abcdef";
-                out += "\\x";
-                out += hex[b >> 4];
-                out += hex[b & 0xf];
-            }
-        }
-    }
-    return out;
-}
+/// `bytes` as a C-like string literal body (otpkv's own, from command.hpp).
+using otpkv::escaped;
+
+/// The protocol's fixed replies, as bytes on the wire.
+inline const std::string ok = "OK\r\n";
+inline const std::string not_found = "NOT FOUND\r\n";
+inline const std::string unknown = "UNKNOWN COMMAND\r\n";
+inline const std::string too_long = "ERROR line too long\r\n";
 
 /// Why two byte strings differ, for a failure message: both sizes, the first differing
 /// offset, and the bytes around it (whole strings when they are short).
@@ -356,7 +331,7 @@ inline exit_status wait_for_exit(pid_t pid, int& out, int& err, millis limit,
             wait_pipes(out, err, millis(millis_left(deadline)));
         }
     }
-    st.seconds = seconds_since(since);
+    st.seconds = ms_since(since) / 1000;
     drain_pipe(out, st.out);
     drain_pipe(err, st.err);
     close_fd(out);

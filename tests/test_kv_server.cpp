@@ -23,20 +23,41 @@ using namespace std::chrono_literals;
 using otpkv_test::kv_client;
 using otpkv_test::kv_process;
 using otpkv_test::millis;
+using otpkv_test::not_found;
+using otpkv_test::ok;
 using otpkv_test::read_through;
 using otpkv_test::stop_cleanly;
 using otpkv_test::subscribe_synced;
+using otpkv_test::too_long;
+using otpkv_test::unknown;
 
 namespace {
-
-const std::string ok = "OK\r\n";
-const std::string not_found = "NOT FOUND\r\n";
-const std::string unknown = "UNKNOWN COMMAND\r\n";
 
 struct row {
     std::string request;
     std::string reply;
 };
+
+// Sends each row and checks its reply, one exchange at a time; then nothing more comes.
+void exchange_each(kv_client& c, const std::vector<row>& rows) {
+    for (const row& r : rows) {
+        CAPTURE(otpkv_test::escaped(r.request));
+        OTPKV_CHECK_EXCHANGE(c, r.request, r.reply);
+    }
+    CHECK(c.read_for(50ms).empty());
+}
+
+// Sends every row in one write and checks all the replies, in order; then nothing more.
+void exchange_pipelined(kv_client& c, const std::vector<row>& rows) {
+    std::string requests;
+    std::string replies;
+    for (const row& r : rows) {
+        requests += r.request;
+        replies += r.reply;
+    }
+    OTPKV_CHECK_EXCHANGE(c, requests, replies);
+    CHECK(c.read_for(50ms).empty());
+}
 
 // Every row of protocol.md's command table, in an order whose replies depend only on the
 // rows before it (so running them on a fresh server always gives these replies).
@@ -186,22 +207,11 @@ TEST_CASE("kv_server: the guide's integration test, byte for byte") {
     };
     SUBCASE("one request at a time") {
         kv_client c(server.port());
-        for (const row& r : guide) {
-            CAPTURE(r.request);
-            OTPKV_CHECK_EXCHANGE(c, r.request, r.reply);
-        }
-        CHECK(c.read_for(50ms).empty());
+        exchange_each(c, guide);
     }
     SUBCASE("all in one write") {
         kv_client c(server.port());
-        std::string requests;
-        std::string replies;
-        for (const row& r : guide) {
-            requests += r.request;
-            replies += r.reply;
-        }
-        OTPKV_CHECK_EXCHANGE(c, requests, replies);
-        CHECK(c.read_for(50ms).empty());
+        exchange_pipelined(c, guide);
     }
     stop_cleanly(server);
 }
@@ -211,11 +221,7 @@ TEST_CASE("kv_server: every row of the command table") {
     SUBCASE("one request at a time") {
         kv_process server;
         kv_client c(server.port());
-        for (const row& r : rows) {
-            CAPTURE(otpkv_test::escaped(r.request));
-            OTPKV_CHECK_EXCHANGE(c, r.request, r.reply);
-        }
-        CHECK(c.read_for(50ms).empty());
+        exchange_each(c, rows);
         // Another connection sees the same data.
         kv_client other(server.port());
         OTPKV_CHECK_EXCHANGE(other, "GET b spaced\r\n", "3\r\nOK\r\n");
@@ -224,14 +230,7 @@ TEST_CASE("kv_server: every row of the command table") {
     SUBCASE("all pipelined in one write") {
         kv_process server;
         kv_client c(server.port());
-        std::string requests;
-        std::string replies;
-        for (const row& r : rows) {
-            requests += r.request;
-            replies += r.reply;
-        }
-        OTPKV_CHECK_EXCHANGE(c, requests, replies);
-        CHECK(c.read_for(50ms).empty());
+        exchange_pipelined(c, rows);
         stop_cleanly(server);
     }
 }
@@ -505,7 +504,6 @@ TEST_CASE("kv_server: configuration from OTPKV_* variables and from --config FIL
         kv_client c(server.port());
         OTPKV_CHECK_EXCHANGE(c, "CREATE a\r\nGET a 0123456789\r\n", ok + "\r\nOK\r\n");
         // 17 bytes is past the file's max-line.
-        const std::string too_long = "ERROR line too long\r\n";
         OTPKV_CHECK_EXCHANGE(c, "GET a 01234567890\r\n", too_long);
         CHECK(c.read_to_eof(3s).empty());
         CHECK(c.end() == kv_client::ending::eof);

@@ -25,21 +25,16 @@ using otpkv_test::escaped;
 using otpkv_test::kv_client;
 using otpkv_test::kv_process;
 using otpkv_test::millis;
+using otpkv_test::ms_since;
+using otpkv_test::not_found;
+using otpkv_test::ok;
 using otpkv_test::percentile;
 using otpkv_test::steady;
 using otpkv_test::stop_cleanly;
+using otpkv_test::too_long;
+using otpkv_test::unknown;
 
 namespace {
-
-const std::string ok = "OK\r\n";
-const std::string not_found = "NOT FOUND\r\n";
-const std::string unknown = "UNKNOWN COMMAND\r\n";
-const std::string too_long = "ERROR line too long\r\n";
-
-// Milliseconds since `start`.
-double ms_since(steady::time_point start) {
-    return std::chrono::duration<double, std::milli>(steady::now() - start).count();
-}
 
 // Another client, on its own thread and connection, doing PUT/GET round trips into its own
 // bucket while a test abuses the server: it counts its exchanges, keeps every latency and
