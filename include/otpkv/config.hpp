@@ -67,6 +67,7 @@
 /// other thread is writing.
 #pragma once
 
+#include <otpkv/command.hpp>
 #include <otpkv/version.hpp>
 
 #include <array>
@@ -149,7 +150,7 @@ struct node_config {
     /// `--route ...`, in the order given; empty: every bucket is local.
     std::vector<route_entry> routes;
     /// `--max-line BYTES`: longest request line, terminator not counted; at least 1.
-    std::size_t max_line = 65536;
+    std::size_t max_line = default_max_line;
     /// `--max-connections N`: most connections open at once; at least 1.
     std::size_t max_connections = 10000;
     /// `--max-buckets N`: most buckets at once; at least 1.
