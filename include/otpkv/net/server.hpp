@@ -475,10 +475,9 @@ inline void event_loop::read_requests(connection& c) {
     }
     if (borrowed && c.framer.pending() == 0 && !c.framer.overflowed()) {
         c.framer.swap(spare_framer_);
-    } else if (c.framer.pending() == 0) {
-        c.framer.shrink_to_fit(); // an idle connection holds no input buffer
-    } else if (borrowed) {
-        c.framer.shrink_to_fit(); // a partial line keeps only what it needs
+    } else if (borrowed || c.framer.pending() == 0) {
+        // An idle connection holds no input buffer; a partial line keeps only what it needs.
+        c.framer.shrink_to_fit();
     }
     flush(c);
 }
