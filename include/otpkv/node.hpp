@@ -6,20 +6,23 @@
 /// ```
 /// root (rest_for_one)
 ///  ├── registry          the buckets' names, over its own dynamic supervisor of buckets
-///  ├── tasks             a task_supervisor for the host program's (and the router's) work
-///  └── server            the TCP line server, serving the registry above
+///  ├── tasks             a task_supervisor for the host program's work
+///  ├── router            the routing table and the connections to the other nodes
+///  └── server            the TCP line server, its requests handled by the router
 /// ```
 ///
-/// `rest_for_one`, as in the guide: a registry that crashes takes the server started after
-/// it down too, and both are restarted in order, so the server never serves a dead
-/// registry; a server that crashes is restarted alone, on the same port (also when the
-/// config asked for port 0: the port first bound is kept).
+/// `rest_for_one`, as in the guide: a registry that crashes takes the router and the server
+/// started after it down too, and all are restarted in order, so the server never serves a
+/// dead registry; a router that fails takes the server with it; a server that crashes is
+/// restarted alone, on the same port (also when the config asked for port 0: the port first
+/// bound is kept). With no routes in the config, every bucket is local.
 #pragma once
 
 #include <otpkv/config.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/registry.hpp>
+#include <otpkv/router.hpp>
 #include <otpkv/supervisor.hpp>
 #include <otpkv/task.hpp>
 
@@ -38,8 +41,9 @@ class node : public process {
     /// Starts the tree. Errors: `start_failed` with the failing child's reason (a port in
     /// use: an `error` reason whose exception is the `std::system_error`, EADDRINUSE, and
     /// whose message names the address).
-    [[nodiscard]] static result<std::shared_ptr<node>> start(node_config config,
-                                                             supervisor_options root_options = {});
+    /// `client` sets the timeouts, retries and pool of the connections to other nodes.
+    [[nodiscard]] static result<std::shared_ptr<node>>
+    start(node_config config, supervisor_options root_options = {}, client_options client = {});
     /// Stops the tree if it still runs.
     ~node() override;
     node(const node&) = delete;
@@ -56,6 +60,8 @@ class node : public process {
 
     /// The running registry (a new one after a restart); null while it is being restarted.
     [[nodiscard]] std::shared_ptr<otpkv::registry> registry() const;
+    /// The running router; null while it is being restarted.
+    [[nodiscard]] std::shared_ptr<otpkv::router> router() const;
     /// The running server; null while it is being restarted.
     [[nodiscard]] std::shared_ptr<otpkv::server> server() const;
     /// The running task supervisor; null while it is being restarted.
@@ -73,6 +79,7 @@ class node : public process {
         std::mutex mutex;
         std::shared_ptr<otpkv::registry> registry;
         std::shared_ptr<task_supervisor> tasks;
+        std::shared_ptr<otpkv::router> router;
         std::shared_ptr<otpkv::server> server;
         std::uint16_t port = 0;
         std::string address;
@@ -90,8 +97,8 @@ class node : public process {
 // Implementation
 // =======================================================================================
 
-inline result<std::shared_ptr<node>> node::start(node_config config,
-                                                 supervisor_options root_options) {
+inline result<std::shared_ptr<node>>
+node::start(node_config config, supervisor_options root_options, client_options client) {
     std::shared_ptr<node> n(new node(std::move(config)));
     const std::shared_ptr<children> kids = n->children_;
     kids->port = n->config_.port;
@@ -113,19 +120,38 @@ inline result<std::shared_ptr<node>> node::start(node_config config,
                               return tasks;
                           },
                           restart::permanent, infinity, child_type::supervisor};
+    child_spec router_spec{"router",
+                           [kids, options = router_options{cfg.node, cfg.routes, client}] {
+                               std::shared_ptr<otpkv::registry> reg;
+                               {
+                                   const std::lock_guard lock(kids->mutex);
+                                   reg = kids->registry;
+                               }
+                               auto started = otpkv::router::start(reg, options);
+                               if (!started) {
+                                   if (auto e = started.error().reason.exception()) {
+                                       std::rethrow_exception(e);
+                                   }
+                               }
+                               auto r = std::move(started).value();
+                               const std::lock_guard lock(kids->mutex);
+                               kids->router = r;
+                               return r;
+                           }};
     server_options options{.bind = cfg.bind,
                            .port = 0,
                            .threads = cfg.threads,
                            .max_line = cfg.max_line,
                            .max_connections = cfg.max_connections};
     child_spec server_spec{"server", [kids, options]() mutable {
-                               std::shared_ptr<otpkv::registry> reg;
+                               std::shared_ptr<otpkv::router> r;
                                {
                                    const std::lock_guard lock(kids->mutex);
-                                   reg = kids->registry;
+                                   r = kids->router;
                                    options.port = kids->port;
                                }
-                               auto started = otpkv::server::start(reg, options);
+                               auto started =
+                                   otpkv::server::start(router_handler(std::move(r)), options);
                                if (!started) {
                                    // The system_error itself (EADDRINUSE, ...) is the reason.
                                    if (auto e = started.error().reason.exception()) {
@@ -141,7 +167,8 @@ inline result<std::shared_ptr<node>> node::start(node_config config,
                            }};
 
     root_options.strategy = strategy::rest_for_one;
-    auto root = supervisor::start({registry_spec, tasks_spec, server_spec}, root_options);
+    auto root =
+        supervisor::start({registry_spec, tasks_spec, router_spec, server_spec}, root_options);
     if (!root) {
         n->notify_exit(root.error().reason);
         return root.error();
@@ -176,6 +203,11 @@ inline std::string node::ready_line() const {
 inline std::shared_ptr<otpkv::registry> node::registry() const {
     const std::lock_guard lock(children_->mutex);
     return children_->registry && children_->registry->alive() ? children_->registry : nullptr;
+}
+
+inline std::shared_ptr<otpkv::router> node::router() const {
+    const std::lock_guard lock(children_->mutex);
+    return children_->router && children_->router->alive() ? children_->router : nullptr;
 }
 
 inline std::shared_ptr<otpkv::server> node::server() const {

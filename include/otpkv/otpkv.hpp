@@ -7,10 +7,12 @@
 #include <otpkv/bucket.hpp>
 #include <otpkv/command.hpp>
 #include <otpkv/config.hpp>
+#include <otpkv/net/client.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/node.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/registry.hpp>
+#include <otpkv/router.hpp>
 #include <otpkv/supervisor.hpp>
 #include <otpkv/task.hpp>
 #include <otpkv/version.hpp>

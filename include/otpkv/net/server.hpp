@@ -39,6 +39,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -71,6 +72,9 @@ struct server_options {
     std::chrono::milliseconds linger = std::chrono::seconds(2);
     /// The readiness mechanism.
     poller_kind poller = poller_kind::automatic;
+    /// Deferred replies (`session::defer`) outstanding per connection at most; past it the
+    /// connection's requests stop being read until some complete.
+    std::size_t max_deferred = 1024;
 };
 
 /// Counters of a running server (each read on its own, so together only roughly
@@ -85,8 +89,12 @@ struct server_stats {
 namespace detail {
 struct connection;
 struct server_core;
+struct subscriber_link;
 class event_loop;
 } // namespace detail
+
+class deferred_reply;
+class event_stream;
 
 /// One connection, as a request handler sees it while it handles a request.
 /// Thread safety: only on the event-loop thread running the handler, during the call.
@@ -98,13 +106,33 @@ class session {
     void subscribe(registry::bucket_type& b);
     /// Closes the connection once the replies written so far are delivered.
     void close_after_reply() noexcept;
+    /// Answers this request later, from any thread (the router's forwarded requests): the
+    /// handler writes nothing for it, and returns at once. Replies to later requests are
+    /// held back until this one is complete, so the client still sees request order; the
+    /// connection goes on running its requests meanwhile (pipelining), up to
+    /// `max_deferred` outstanding ones.
+    [[nodiscard]] deferred_reply defer();
+    /// Like `defer`, but no later request runs until this one completes, because its
+    /// completion may turn the connection into an event stream (`deferred_reply::stream`:
+    /// a SUBSCRIBE answered by another node).
+    [[nodiscard]] deferred_reply defer_stream();
+    /// The request line being handled, terminator excluded (for verbs `parse` does not
+    /// know, such as the router's peer greeting).
+    [[nodiscard]] std::string_view line() const noexcept { return line_; }
+    /// This connection's number, unique within its server (from 1).
+    [[nodiscard]] std::uint64_t id() const noexcept;
+    /// A word the handler may keep per connection (0 on a new connection); the router marks
+    /// its peers' connections with it.
+    [[nodiscard]] std::uint64_t& context() noexcept;
 
     /// For the server only.
-    session(detail::connection& c, detail::event_loop& loop) noexcept : conn_(c), loop_(loop) {}
+    session(detail::connection& c, detail::event_loop& loop, std::string_view line) noexcept
+        : conn_(c), loop_(loop), line_(line) {}
 
   private:
     detail::connection& conn_;
     detail::event_loop& loop_;
+    std::string_view line_;
 };
 
 /// Handles one parsed request: appends the exact reply bytes to `out`. Through `session`
@@ -114,9 +142,75 @@ class session {
 /// delays that loop's connections).
 using request_handler = std::function<void(const command&, std::string& out, session&)>;
 
+namespace detail {
+struct deferred_state;
+} // namespace detail
+
+/// A stream of event bytes into a connection that a deferred SUBSCRIBE turned into a
+/// subscriber (`deferred_reply::stream`): the router relays another node's events through
+/// it. The same cap as for local subscribers applies (`max_subscriber_output`): a
+/// connection that does not read is disconnected, and `push` then returns false.
+///
+/// Thread safety: any thread, one at a time. Movable, not copyable; dropping it without
+/// `end()` leaves the connection subscribed until the client closes it.
+class event_stream {
+  public:
+    event_stream() = default;
+    /// Appends `bytes` (whole event lines) to the connection's output. False once the
+    /// connection is gone (closed by its client, disconnected for the cap, server stopped).
+    bool push(std::string_view bytes);
+    /// Ends the stream: the connection is closed once what was pushed is delivered.
+    void end();
+    /// For the server only.
+    explicit event_stream(std::shared_ptr<detail::subscriber_link> link) noexcept
+        : link_(std::move(link)) {}
+
+  private:
+    std::shared_ptr<detail::subscriber_link> link_;
+};
+
+/// The promise of one request's reply (`session::defer`), completed from any thread.
+/// A reply dropped without being completed answers `ERROR internal` and closes its
+/// connection, so a request is never left without a reply. Completing after the
+/// connection has gone, or after the server stopped, does nothing.
+///
+/// Thread safety: any thread, one at a time. Movable, not copyable.
+class deferred_reply {
+  public:
+    deferred_reply() = default;
+    deferred_reply(deferred_reply&&) noexcept = default;
+    deferred_reply& operator=(deferred_reply&& other) noexcept;
+    deferred_reply(const deferred_reply&) = delete;
+    deferred_reply& operator=(const deferred_reply&) = delete;
+    ~deferred_reply();
+
+    /// Delivers the reply's exact bytes (in request order with the connection's others).
+    void complete(std::string bytes);
+    /// For a `defer_stream` reply: the connection becomes a subscriber, as after a local
+    /// SUBSCRIBE (it runs no more requests and ignores its input), and receives what is
+    /// pushed into the returned stream. `on_close` runs once, on the server's thread, when
+    /// the connection goes away (closed, disconnected for the cap, server stopped), so the
+    /// source can stop; it must not block.
+    event_stream stream(std::function<void()> on_close);
+    /// True until completed (or moved from).
+    [[nodiscard]] bool pending() const noexcept { return state_ != nullptr; }
+
+    /// For the server only.
+    explicit deferred_reply(std::shared_ptr<detail::deferred_state> s) noexcept
+        : state_(std::move(s)) {}
+
+  private:
+    std::shared_ptr<detail::deferred_state> state_;
+};
+
 /// The handler that runs every request with `run` against `reg`; SUBSCRIBE subscribes the
 /// connection.
 [[nodiscard]] request_handler registry_handler(std::shared_ptr<registry> reg);
+
+/// What `registry_handler` does for one request: `run` against `reg`, SUBSCRIBE
+/// subscribing the session, and the connection closed after `ERROR internal`. Returns the
+/// reply's shape.
+reply_kind run_in_session(const command& cmd, registry& reg, std::string& out, session& s);
 
 /// The TCP line server, a process: it exits when stopped, or with an `error` reason when an
 /// event loop fails (a supervisor then restarts it).
@@ -169,6 +263,9 @@ class event_loop;
 /// callback in progress) before the connection, and so before the loop, goes away.
 struct subscriber_link {
     std::mutex mutex;
+    std::function<void()> on_detach;    // an event_stream's source: the connection went away
+    std::weak_ptr<server_core> core;    // an event_stream's: keeps `loop` alive to post
+    bool detached = false;              // the connection went away (or never came)
     std::string pending;                // events not yet handed to the loop
     bool queued = false;                // posted to the loop and not yet taken
     bool overflowed = false;            // passed the cap: disconnect
@@ -176,7 +273,21 @@ struct subscriber_link {
     std::atomic<std::size_t> unsent{0}; // the connection's unsent bytes, as its loop saw last
     std::size_t cap = 0;
     event_loop* loop = nullptr;
-    connection* conn = nullptr; // the loop thread's alone; null once the connection is gone
+    connection* conn = nullptr; // set and cleared by the loop thread (under `mutex`)
+};
+
+/// One deferred reply (`session::defer`). The completing thread fills `reply`, `close` and
+/// `stream` and posts the state to the loop; everything else is the loop thread's.
+struct deferred_state {
+    std::weak_ptr<server_core> core;
+    event_loop* loop = nullptr;
+    connection* conn = nullptr; // null once the connection is gone
+    bool barrier = false;       // no request runs after it until it is done
+    bool done = false;          // completed, and taken by the loop
+    std::string after;          // replies of later requests, held back until this one is sent
+    std::string reply;
+    bool close = false; // dropped without a reply: `ERROR internal`, then close
+    std::shared_ptr<subscriber_link> stream;
 };
 
 /// One client connection. Owned by its loop; touched only by the loop's thread.
@@ -199,12 +310,24 @@ struct connection {
     bool counted = false;    // counts against max_connections
     std::size_t index = 0;   // position in the loop's list
     std::chrono::steady_clock::time_point linger_until{};
+    std::uint64_t id = 0;      // session::id
+    std::uint64_t context = 0; // session::context
     std::shared_ptr<subscriber_link> link;
     subscription events;
     monitor_handle bucket_monitor;
+    std::deque<std::shared_ptr<deferred_state>> waiting; // deferred replies, request order
+    std::size_t held = 0; // bytes held in `waiting`'s `after` buffers
 
     connection(int socket, std::size_t max_line) : fd(socket), framer(max_line) {}
     [[nodiscard]] std::size_t unsent() const noexcept { return out.size() - sent; }
+    /// Where the next reply goes: the output, or behind the last deferred reply.
+    [[nodiscard]] std::string& reply_target() noexcept {
+        return waiting.empty() ? out : waiting.back()->after;
+    }
+    /// A deferred reply that may become a stream is outstanding: nothing more runs.
+    [[nodiscard]] bool barred() const noexcept {
+        return !waiting.empty() && waiting.back()->barrier;
+    }
     /// No more requests: the connection closes once its output is sent.
     void begin_close() noexcept {
         if (state == phase::open) {
@@ -215,7 +338,7 @@ struct connection {
 };
 
 /// Everything a server's threads share; kept alive by each of them.
-struct server_core {
+struct server_core : std::enable_shared_from_this<server_core> {
     server_options options;
     request_handler handler;
     unique_fd listener;
@@ -234,6 +357,7 @@ struct server_core {
     std::atomic<std::size_t> accepted{0};
     std::atomic<std::size_t> rejected{0};
     std::atomic<std::size_t> lingering{0};
+    std::atomic<std::uint64_t> next_id{1};
 
     void request_stop(const exit_reason& why);
     void loop_finished();
@@ -249,8 +373,15 @@ inline constexpr std::size_t read_size = 16384;
 /// Reads per connection per turn of the loop, so a flooding client cannot hold its loop.
 inline constexpr int reads_per_turn = 4;
 
+/// What other threads post to a loop: a subscriber link with events (or news), or a
+/// completed deferred reply.
+struct mail {
+    std::shared_ptr<subscriber_link> link;
+    std::shared_ptr<deferred_state> reply;
+};
+
 /// One event-loop thread's state: its poller, its connections, and its mailbox for
-/// subscriber links posted from other threads.
+/// subscriber links and deferred replies posted from other threads.
 class event_loop {
   public:
     event_loop(server_core& core, poller_kind kind)
@@ -271,13 +402,14 @@ class event_loop {
     void run();
     void wake() const noexcept { wake_.notify(); }
 
-    /// From any thread: `link` has events (or news) for its connection.
-    void post(std::shared_ptr<subscriber_link> link) {
+    /// From any thread: a link has events (or news) for its connection, or a deferred reply
+    /// is complete.
+    void post(mail m) {
         bool first = false;
         {
             const std::lock_guard lock(mailbox_mutex_);
             first = mailbox_.empty();
-            mailbox_.push_back(std::move(link));
+            mailbox_.push_back(std::move(m));
         }
         if (first) {
             wake_.notify();
@@ -285,6 +417,7 @@ class event_loop {
     }
 
     void subscribe(connection& c, registry::bucket_type& b);
+    [[nodiscard]] std::shared_ptr<deferred_state> defer(connection& c, bool barrier);
     [[nodiscard]] std::size_t requests() const noexcept {
         return requests_.load(std::memory_order_relaxed);
     }
@@ -298,6 +431,9 @@ class event_loop {
     void flush(connection& c);
     void set_interest(connection& c);
     void take_mail();
+    void settle(deferred_state& d);
+    void attach(connection& c, const std::shared_ptr<subscriber_link>& link);
+    [[nodiscard]] bool may_resume(const connection& c) const noexcept;
     void expire_lingering();
     void adopt(int fd, bool counted);
     void destroy(connection& c);
@@ -315,8 +451,8 @@ class event_loop {
     std::atomic<std::size_t> requests_{0};
 
     std::mutex mailbox_mutex_;
-    std::vector<std::shared_ptr<subscriber_link>> mailbox_;
-    std::vector<std::shared_ptr<subscriber_link>> taken_;
+    std::vector<mail> mailbox_;
+    std::vector<mail> taken_;
 };
 
 inline void server_core::request_stop(const exit_reason& why) {
@@ -411,6 +547,7 @@ inline void event_loop::adopt(int fd, bool counted) {
     auto c = std::make_unique<connection>(fd, core_.options.max_line);
     c->counted = counted;
     c->index = conns_.size();
+    c->id = core_.next_id.fetch_add(1, std::memory_order_relaxed);
     try {
         poller_.add(fd, c.get(), io_read);
     } catch (...) {
@@ -510,7 +647,8 @@ inline void event_loop::discard_input(connection& c) {
 
 inline void event_loop::pull_requests(connection& c) {
     while (c.state == connection::phase::open && !c.subscribed) {
-        if (c.unsent() > core_.options.max_output) {
+        if (c.unsent() + c.held > core_.options.max_output ||
+            c.waiting.size() >= core_.options.max_deferred || c.barred()) {
             c.paused = true;
             return;
         }
@@ -519,27 +657,38 @@ inline void event_loop::pull_requests(connection& c) {
             return;
         }
         if (f.status == frame_status::too_long) {
-            append_reply(c.out, reply::error(error_code::line_too_long));
+            append_reply(c.reply_target(), reply::error(error_code::line_too_long));
             c.begin_close();
             return;
         }
         // One writer: a plain increment, no read-modify-write shared between loops.
         requests_.store(requests_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        const std::size_t before = c.out.size();
-        session s(c, *this);
+        std::string& out = c.reply_target();
+        const bool holding = &out != &c.out;
+        const std::size_t before = out.size();
+        const std::size_t deferred_before = c.waiting.size();
+        session s(c, *this, f.line);
         try {
             // The command's views point into the framer's buffer: it is left alone until
             // the handler returns.
-            core_.handler(parse(f.line), c.out, s);
+            core_.handler(parse(f.line), out, s);
             if (c.subscribed) {
                 c.framer.reset(); // what follows SUBSCRIBE is ignored
                 c.framer.shrink_to_fit();
             }
         } catch (...) {
             // Contained: this connection gets the error and is closed; nothing else is.
-            c.out.resize(before);
-            append_reply(c.out, reply::error(error_code::internal));
+            // A reply the handler deferred before it threw is dropped with it.
+            while (c.waiting.size() > deferred_before) {
+                c.waiting.back()->conn = nullptr;
+                c.waiting.pop_back();
+            }
+            out.resize(before);
+            append_reply(out, reply::error(error_code::internal));
             c.begin_close();
+        }
+        if (holding) {
+            c.held += out.size() - before;
         }
     }
 }
@@ -568,7 +717,7 @@ inline void event_loop::flush(connection& c) {
     if (c.link) {
         c.link->unsent.store(c.unsent(), std::memory_order_relaxed);
     }
-    if (c.paused && c.unsent() <= core_.options.max_output / 2) {
+    if (c.paused && may_resume(c)) {
         // Drained enough: run what is buffered, then read again. Pulling may fill the
         // output again, so flush once more (a recursion of at most one level per drain).
         c.paused = false;
@@ -578,7 +727,7 @@ inline void event_loop::flush(connection& c) {
             return;
         }
     }
-    if (c.state == connection::phase::closing && c.unsent() == 0) {
+    if (c.state == connection::phase::closing && c.unsent() == 0 && c.waiting.empty()) {
         if (c.peer_done || core_.lingering.load(std::memory_order_relaxed) >= max_lingering) {
             destroy(c);
             return;
@@ -603,12 +752,22 @@ inline void event_loop::set_interest(connection& c) {
     }
 }
 
+inline bool event_loop::may_resume(const connection& c) const noexcept {
+    return c.unsent() + c.held <= core_.options.max_output / 2 &&
+           c.waiting.size() < core_.options.max_deferred && !c.barred();
+}
+
 inline void event_loop::take_mail() {
     {
         const std::lock_guard lock(mailbox_mutex_);
         taken_.swap(mailbox_);
     }
-    for (const auto& link : taken_) {
+    for (const mail& m : taken_) {
+        if (m.reply != nullptr) {
+            settle(*m.reply);
+            continue;
+        }
+        const auto& link = m.link;
         connection* c = nullptr;
         bool overflowed = false;
         bool ended = false;
@@ -621,7 +780,9 @@ inline void event_loop::take_mail() {
             if (c != nullptr && !overflowed) {
                 c->out.append(link->pending);
             }
-            link->pending.clear();
+            if (c != nullptr) {
+                link->pending.clear();
+            }
         }
         if (c == nullptr) {
             continue;
@@ -636,6 +797,68 @@ inline void event_loop::take_mail() {
         flush(*c);
     }
     taken_.clear();
+}
+
+inline void event_loop::settle(deferred_state& d) {
+    connection* const c = d.conn;
+    if (c == nullptr) {
+        // The connection went away first: a stream that was to feed it is told so.
+        if (d.stream != nullptr) {
+            std::function<void()> detached;
+            {
+                const std::lock_guard lock(d.stream->mutex);
+                d.stream->detached = true;
+                detached = std::move(d.stream->on_detach);
+            }
+            if (detached) {
+                detached();
+            }
+        }
+        return;
+    }
+    d.done = true;
+    // Deliver every reply now complete at the front, with what was held behind each.
+    while (!c->waiting.empty() && c->waiting.front()->done) {
+        const std::shared_ptr<deferred_state> front = std::move(c->waiting.front());
+        c->waiting.pop_front();
+        front->conn = nullptr;
+        c->held -= front->after.size();
+        if (front->close) {
+            // A reply dropped unanswered: the connection ends here, like after a handler
+            // that threw.
+            append_reply(c->out, reply::error(error_code::internal));
+            for (const auto& later : c->waiting) {
+                later->conn = nullptr;
+            }
+            c->waiting.clear();
+            c->held = 0;
+            c->begin_close();
+            break;
+        }
+        c->out.append(front->reply);
+        if (front->stream != nullptr) {
+            attach(*c, front->stream); // a barrier: nothing was held behind it
+            break;
+        }
+        c->out.append(front->after);
+    }
+    flush(*c);
+}
+
+inline void event_loop::attach(connection& c, const std::shared_ptr<subscriber_link>& link) {
+    {
+        const std::lock_guard lock(link->mutex);
+        link->conn = &c;
+        link->cap = core_.options.max_subscriber_output;
+        link->unsent.store(c.unsent(), std::memory_order_relaxed);
+    }
+    c.link = link;
+    c.subscribed = true;
+    c.paused = false;
+    c.framer.reset(); // what follows SUBSCRIBE is ignored
+    c.framer.shrink_to_fit();
+    // Events pushed before the connection took the stream wait in the link: take them.
+    post({link, nullptr});
 }
 
 inline void event_loop::expire_lingering() {
@@ -661,13 +884,26 @@ inline void event_loop::destroy(connection& c) {
     }
     poller_.remove(c.fd.get());
     c.fd.reset();
+    for (const auto& d : c.waiting) {
+        d->conn = nullptr; // completed later, they are dropped
+    }
+    c.waiting.clear();
+    c.held = 0;
     if (c.link) {
         // Cancelling waits for a publisher running on another thread; after it, nobody
         // but this loop touches the link.
         c.events.cancel();
         c.bucket_monitor.cancel();
-        const std::lock_guard lock(c.link->mutex);
-        c.link->conn = nullptr;
+        std::function<void()> detached;
+        {
+            const std::lock_guard lock(c.link->mutex);
+            c.link->conn = nullptr;
+            c.link->detached = true;
+            detached = std::move(c.link->on_detach);
+        }
+        if (detached) {
+            detached(); // an event_stream's source: stop sending
+        }
     }
     if (c.counted) {
         core_.connections.fetch_sub(1, std::memory_order_relaxed);
@@ -704,23 +940,19 @@ inline void event_loop::shut_down_all() {
 
 inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
     auto link = std::make_shared<subscriber_link>();
-    link->cap = core_.options.max_subscriber_output;
     link->loop = this;
-    link->conn = &c;
-    link->unsent.store(c.unsent(), std::memory_order_relaxed);
     c.link = link;
-    c.subscribed = true; // the caller drops the buffered input once the handler is done
     const auto post_if_first = [](const std::shared_ptr<subscriber_link>& l,
                                   std::unique_lock<std::mutex>& lock) {
         if (!l->queued) {
             l->queued = true;
             lock.unlock();
-            l->loop->post(l);
+            l->loop->post({l, nullptr});
         }
     };
     c.events = b.subscribe([link, post_if_first](const registry::bucket_type::event& e) {
         std::unique_lock lock(link->mutex);
-        if (link->overflowed || link->conn == nullptr) {
+        if (link->overflowed || link->detached) {
             return;
         }
         if (e.kind == bucket_event_kind::put) {
@@ -731,7 +963,8 @@ inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
         }
         // relaxed on `unsent`: a loop's figure a moment old only moves the cut-off by
         // what one flush sent.
-        if (link->pending.size() + link->unsent.load(std::memory_order_relaxed) > link->cap) {
+        if (link->cap != 0 &&
+            link->pending.size() + link->unsent.load(std::memory_order_relaxed) > link->cap) {
             link->overflowed = true;
             std::string().swap(link->pending);
         }
@@ -743,6 +976,15 @@ inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
         link->ended = true;
         post_if_first(link, lock);
     });
+    if (c.waiting.empty()) {
+        attach(c, link);
+    } else {
+        // Replies to earlier requests are still to come: the events wait in the link (and
+        // no request runs) until those are sent.
+        const auto d = defer(c, true);
+        d->stream = link;
+        d->done = true;
+    }
 }
 
 } // namespace detail
@@ -755,17 +997,142 @@ inline void session::close_after_reply() noexcept {
     conn_.begin_close();
 }
 
+inline deferred_reply session::defer() {
+    return deferred_reply(loop_.defer(conn_, false));
+}
+
+inline deferred_reply session::defer_stream() {
+    return deferred_reply(loop_.defer(conn_, true));
+}
+
+inline std::uint64_t session::id() const noexcept {
+    return conn_.id;
+}
+
+inline std::uint64_t& session::context() noexcept {
+    return conn_.context;
+}
+
+namespace detail {
+
+inline std::shared_ptr<deferred_state> event_loop::defer(connection& c, bool barrier) {
+    auto d = std::make_shared<deferred_state>();
+    d->core = core_.weak_from_this();
+    d->loop = this;
+    d->conn = &c;
+    d->barrier = barrier;
+    c.waiting.push_back(d);
+    return d;
+}
+
+/// Hands a completed deferred reply to its loop (nothing if the server is gone).
+inline void post_completed(std::shared_ptr<deferred_state> d) {
+    if (const auto core = d->core.lock()) {
+        event_loop* const loop = d->loop;
+        loop->post({nullptr, std::move(d)});
+    }
+}
+
+} // namespace detail
+
+inline deferred_reply& deferred_reply::operator=(deferred_reply&& other) noexcept {
+    if (this != &other) {
+        deferred_reply dropped(std::move(*this));
+        state_ = std::move(other.state_);
+    }
+    return *this;
+}
+
+inline deferred_reply::~deferred_reply() {
+    if (state_ != nullptr) {
+        state_->close = true;
+        try {
+            detail::post_completed(std::move(state_));
+        } catch (...) {
+            // Out of memory while posting: the connection keeps waiting until it closes.
+        }
+    }
+}
+
+inline void deferred_reply::complete(std::string bytes) {
+    if (state_ == nullptr) {
+        return;
+    }
+    state_->reply = std::move(bytes);
+    detail::post_completed(std::move(state_));
+}
+
+inline event_stream deferred_reply::stream(std::function<void()> on_close) {
+    if (state_ == nullptr) {
+        return {};
+    }
+    auto link = std::make_shared<detail::subscriber_link>();
+    link->on_detach = std::move(on_close);
+    link->core = state_->core;
+    link->loop = state_->loop;
+    state_->stream = link;
+    detail::post_completed(std::move(state_));
+    return event_stream(std::move(link));
+}
+
+inline bool event_stream::push(std::string_view bytes) {
+    if (link_ == nullptr) {
+        return false;
+    }
+    const auto core = link_->core.lock();
+    if (core == nullptr) {
+        return false;
+    }
+    std::unique_lock lock(link_->mutex);
+    if (link_->detached || link_->overflowed) {
+        return false;
+    }
+    link_->pending.append(bytes);
+    if (link_->cap != 0 &&
+        link_->pending.size() + link_->unsent.load(std::memory_order_relaxed) > link_->cap) {
+        link_->overflowed = true;
+        std::string().swap(link_->pending);
+    }
+    if (!link_->queued) {
+        link_->queued = true;
+        lock.unlock();
+        link_->loop->post({link_, nullptr});
+    }
+    return true;
+}
+
+inline void event_stream::end() {
+    if (link_ == nullptr) {
+        return;
+    }
+    const auto core = link_->core.lock();
+    if (core == nullptr) {
+        return;
+    }
+    std::unique_lock lock(link_->mutex);
+    link_->ended = true;
+    if (!link_->queued) {
+        link_->queued = true;
+        lock.unlock();
+        link_->loop->post({link_, nullptr});
+    }
+}
+
+inline reply_kind run_in_session(const command& cmd, registry& reg, std::string& out, session& s) {
+    const std::size_t before = out.size();
+    const reply_kind kind = run(cmd, reg, out, [&](registry::bucket_type& b) { s.subscribe(b); });
+    // run()'s one reply after which protocol.md closes the connection: `ERROR internal`
+    // (a CREATE the registry refuses while it stops).
+    if (kind == reply_kind::error &&
+        std::string_view(out).substr(before).starts_with("ERROR internal")) {
+        s.close_after_reply();
+    }
+    return kind;
+}
+
 inline request_handler registry_handler(std::shared_ptr<registry> reg) {
     return [reg = std::move(reg)](const command& cmd, std::string& out, session& s) {
-        const std::size_t before = out.size();
-        const reply_kind kind =
-            run(cmd, *reg, out, [&](registry::bucket_type& b) { s.subscribe(b); });
-        // run()'s one reply after which protocol.md closes the connection: `ERROR internal`
-        // (a CREATE the registry refuses while it stops).
-        if (kind == reply_kind::error &&
-            std::string_view(out).substr(before).starts_with("ERROR internal")) {
-            s.close_after_reply();
-        }
+        run_in_session(cmd, *reg, out, s);
     };
 }
 
