@@ -192,6 +192,23 @@ inline constexpr std::uint64_t peer_connection_mark = 0x70656572; // "peer"
     return true;
 }
 
+/// True for a relayed reply after which protocol.md closes the client's connection
+/// (`ERROR internal`, `ERROR line too long`): the relaying node closes it too.
+[[nodiscard]] inline bool closes_after(std::string_view reply) noexcept {
+    if (!reply.starts_with("ERROR ")) {
+        return false;
+    }
+    reply.remove_prefix(6);
+    for (const error_code code : {error_code::internal, error_code::line_too_long}) {
+        const std::string_view text = error_text(code);
+        if (reply.starts_with(text) &&
+            reply.substr(text.size()).find_first_not_of("\r\n") == std::string_view::npos) {
+            return true;
+        }
+    }
+    return false;
+}
+
 inline std::string_view strip_line_end(std::string_view line) noexcept {
     if (!line.empty() && line.back() == '\n') {
         line.remove_suffix(1);
@@ -384,7 +401,8 @@ inline void router::forward(const command& cmd, std::size_t node, std::string& o
         node, request_line(cmd), cmd.kind, s.id(),
         [d = s.defer(), name](std::optional<std::string> reply) mutable {
             if (reply) {
-                d.complete(std::move(*reply));
+                const bool closes = detail::closes_after(*reply);
+                d.complete(std::move(*reply), closes);
             } else {
                 d.complete(format_reply(otpkv::reply::error(error_code::node_unavailable, name)));
             }

@@ -148,6 +148,11 @@ struct client_options {
     std::chrono::milliseconds retry_min{50};
     /// ...and each next one twice as long after the last, up to this.
     std::chrono::milliseconds retry_max{1000};
+    /// An open connection that has carried nothing for this long sends a heartbeat (an empty
+    /// line, which any node answers `UNKNOWN COMMAND`), so that a node that froze is noticed
+    /// (within `heartbeat` + `request_timeout`) even when nobody asks it anything, as
+    /// Erlang's net_ticktime does. Zero: no heartbeats.
+    std::chrono::milliseconds heartbeat{1000};
     /// Pooled connections per node (at least 1).
     unsigned connections = 2;
     /// A reply longer than this is a broken peer (its connection is dropped): a value is at
@@ -324,7 +329,8 @@ struct peer_connection {
     std::size_t sent = 0;
     std::string backlog; // requests that wait for the greeting's answer
     std::string in;
-    std::deque<awaited> waiting; // replies owed, in order (the greeting's first)
+    std::deque<awaited> waiting;          // replies owed, in order (the greeting's first)
+    client_clock::time_point last_used{}; // a request sent or a reply received
 
     // A stream's (SUBSCRIBE) only.
     std::uint64_t stream_id = 0;
@@ -510,6 +516,7 @@ inline void client_loop::take_mail() {
             c.waiting.push_back({m.command, std::move(m.done), m.deadline});
             if (c.state == peer_connection::phase::ready) {
                 c.out.append(m.line);
+                c.last_used = client_clock::now();
                 flush(c);
             } else {
                 c.backlog.append(m.line);
@@ -703,6 +710,7 @@ inline bool client_loop::deliver(peer_connection& c) {
         }
         awaited front = std::move(c.waiting.front());
         c.waiting.pop_front();
+        c.last_used = client_clock::now();
         const std::string_view bytes = rest.substr(0, size);
         used += size;
         if (!front.done) {
@@ -888,6 +896,21 @@ inline int client_loop::check_timers() {
                     break;
                 }
                 consider(deadline);
+            } else if (c->state == peer_connection::phase::ready &&
+                       options_.heartbeat.count() > 0) {
+                const auto due = c->last_used + options_.heartbeat;
+                if (now >= due) {
+                    c->out.append("\r\n"); // answered `UNKNOWN COMMAND` by any node
+                    c->waiting.push_back({command_kind::unknown, [](std::optional<std::string>) {},
+                                          now + options_.request_timeout});
+                    c->last_used = now;
+                    flush(*c);
+                    if (c->fd) {
+                        consider(c->waiting.front().deadline);
+                    }
+                } else {
+                    consider(due);
+                }
             }
         }
         if (down) {

@@ -184,8 +184,10 @@ class deferred_reply {
     deferred_reply& operator=(const deferred_reply&) = delete;
     ~deferred_reply();
 
-    /// Delivers the reply's exact bytes (in request order with the connection's others).
-    void complete(std::string bytes);
+    /// Delivers the reply's exact bytes (in request order with the connection's others);
+    /// with `then_close`, the connection is closed once they are delivered, and replies to
+    /// later requests are dropped (as after a local `ERROR internal`).
+    void complete(std::string bytes, bool then_close = false);
     /// For a `defer_stream` reply: the connection becomes a subscriber, as after a local
     /// SUBSCRIBE (it runs no more requests and ignores its input), and receives what is
     /// pushed into the returned stream. `on_close` runs once, on the server's thread, when
@@ -276,8 +278,8 @@ struct subscriber_link {
     connection* conn = nullptr; // set and cleared by the loop thread (under `mutex`)
 };
 
-/// One deferred reply (`session::defer`). The completing thread fills `reply`, `close` and
-/// `stream` and posts the state to the loop; everything else is the loop thread's.
+/// One deferred reply (`session::defer`). The completing thread fills `reply`, `dropped`,
+/// `then_close` and `stream` and posts the state to the loop; everything else is the loop thread's.
 struct deferred_state {
     std::weak_ptr<server_core> core;
     event_loop* loop = nullptr;
@@ -286,7 +288,8 @@ struct deferred_state {
     bool done = false;          // completed, and taken by the loop
     std::string after;          // replies of later requests, held back until this one is sent
     std::string reply;
-    bool close = false; // dropped without a reply: `ERROR internal`, then close
+    bool dropped = false;    // dropped without a reply: `ERROR internal`, then close
+    bool then_close = false; // close after `reply`
     std::shared_ptr<subscriber_link> stream;
 };
 
@@ -823,10 +826,14 @@ inline void event_loop::settle(deferred_state& d) {
         c->waiting.pop_front();
         front->conn = nullptr;
         c->held -= front->after.size();
-        if (front->close) {
+        if (front->dropped) {
             // A reply dropped unanswered: the connection ends here, like after a handler
             // that threw.
             append_reply(c->out, reply::error(error_code::internal));
+        } else {
+            c->out.append(front->reply);
+        }
+        if (front->dropped || front->then_close) {
             for (const auto& later : c->waiting) {
                 later->conn = nullptr;
             }
@@ -835,7 +842,6 @@ inline void event_loop::settle(deferred_state& d) {
             c->begin_close();
             break;
         }
-        c->out.append(front->reply);
         if (front->stream != nullptr) {
             attach(*c, front->stream); // a barrier: nothing was held behind it
             break;
@@ -1045,7 +1051,7 @@ inline deferred_reply& deferred_reply::operator=(deferred_reply&& other) noexcep
 
 inline deferred_reply::~deferred_reply() {
     if (state_ != nullptr) {
-        state_->close = true;
+        state_->dropped = true;
         try {
             detail::post_completed(std::move(state_));
         } catch (...) {
@@ -1054,11 +1060,12 @@ inline deferred_reply::~deferred_reply() {
     }
 }
 
-inline void deferred_reply::complete(std::string bytes) {
+inline void deferred_reply::complete(std::string bytes, bool then_close) {
     if (state_ == nullptr) {
         return;
     }
     state_->reply = std::move(bytes);
+    state_->then_close = then_close;
     detail::post_completed(std::move(state_));
 }
 
