@@ -331,6 +331,7 @@ struct peer_connection {
     std::string in;
     std::deque<awaited> waiting;          // replies owed, in order (the greeting's first)
     client_clock::time_point last_used{}; // a request sent or a reply received
+    bool dirty = false;                   // requests appended, to be sent once the mail is taken
 
     // A stream's (SUBSCRIBE) only.
     std::uint64_t stream_id = 0;
@@ -452,6 +453,7 @@ class client_loop {
     bool closed_ = false;
     std::vector<client_mail> mailbox_;
     std::vector<client_mail> taken_;
+    std::vector<peer_connection*> dirty_;
 };
 
 /// Resolves `host:port` (a literal at once; a host name through getaddrinfo, which may
@@ -516,8 +518,10 @@ inline void client_loop::take_mail() {
             c.waiting.push_back({m.command, std::move(m.done), m.deadline});
             if (c.state == peer_connection::phase::ready) {
                 c.out.append(m.line);
-                c.last_used = client_clock::now();
-                flush(c);
+                if (!c.dirty) {
+                    c.dirty = true;
+                    dirty_.push_back(&c);
+                }
             } else {
                 c.backlog.append(m.line);
                 if (c.state == peer_connection::phase::closed) {
@@ -562,6 +566,16 @@ inline void client_loop::take_mail() {
         }
     }
     taken_.clear();
+    // One send per connection for all the requests this batch of mail brought it.
+    const auto now = client_clock::now();
+    for (peer_connection* c : dirty_) {
+        c->dirty = false;
+        if (c->state == peer_connection::phase::ready) {
+            c->last_used = now;
+            flush(*c);
+        }
+    }
+    dirty_.clear();
 }
 
 inline void client_loop::open(peer_connection& c) {

@@ -311,6 +311,7 @@ struct connection {
     bool subscribed = false; // streaming events; input is discarded
     bool peer_done = false;  // the peer closed its side: no lingering needed
     bool counted = false;    // counts against max_connections
+    bool dirty = false;      // in the loop's list of connections to flush after the mail
     std::size_t index = 0;   // position in the loop's list
     std::chrono::steady_clock::time_point linger_until{};
     std::uint64_t id = 0;      // session::id
@@ -435,6 +436,7 @@ class event_loop {
     void set_interest(connection& c);
     void take_mail();
     void settle(deferred_state& d);
+    void to_flush(connection& c);
     void attach(connection& c, const std::shared_ptr<subscriber_link>& link);
     [[nodiscard]] bool may_resume(const connection& c) const noexcept;
     void expire_lingering();
@@ -456,6 +458,7 @@ class event_loop {
     std::mutex mailbox_mutex_;
     std::vector<mail> mailbox_;
     std::vector<mail> taken_;
+    std::vector<connection*> dirty_; // to flush once the mail is taken
 };
 
 inline void server_core::request_stop(const exit_reason& why) {
@@ -797,9 +800,24 @@ inline void event_loop::take_mail() {
         if (ended) {
             c->begin_close();
         }
-        flush(*c);
+        to_flush(*c);
     }
     taken_.clear();
+    // One send per connection for everything this batch of mail brought it.
+    for (connection* c : dirty_) {
+        c->dirty = false;
+        if (c->fd) { // not destroyed meanwhile (its object lives until the batch is over)
+            flush(*c);
+        }
+    }
+    dirty_.clear();
+}
+
+inline void event_loop::to_flush(connection& c) {
+    if (!c.dirty) {
+        c.dirty = true;
+        dirty_.push_back(&c);
+    }
 }
 
 inline void event_loop::settle(deferred_state& d) {
@@ -848,7 +866,7 @@ inline void event_loop::settle(deferred_state& d) {
         }
         c->out.append(front->after);
     }
-    flush(*c);
+    to_flush(*c);
 }
 
 inline void event_loop::attach(connection& c, const std::shared_ptr<subscriber_link>& link) {
