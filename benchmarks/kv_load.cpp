@@ -6,13 +6,16 @@
 // and prints the numbers and their ratios, so a comparison never depends on two tools or two
 // runs agreeing. Redis carries the same workload as inline HSET/HGET, one hash per bucket.
 //
-//   kv_load [--sweep] [--idle N] [--fill N] [--only kv|redis] [--kv-server PATH] ...
+//   kv_load [--sweep] [--forward] [--idle N] [--fill N] [--only kv|redis] [--kv-server PATH] ...
 //   (kv_load --help lists every option; with no mode given, --sweep runs.)
 //
 // Modes (several may be given; each starts fresh servers):
 //   --sweep   C connections (50) keep P requests in flight each, P = 1 and then 16, a 90:10
 //             GET:PUT mix over K keys (100000, prefilled) for 1 s of warm-up and 5 s measured:
 //             ops/s and p50/p99/p999 latency per server, then the kv_server/redis ratios.
+//   --forward the --sweep workload on a cluster of two kv_server nodes whose routes make n1
+//             the owner of every bucket it uses: through n1 directly and through n2, which
+//             forwards to n1, alternating; then the forwarded/direct ratios.
 //   --idle N  N connections per server, each checked with one request and then left idle:
 //             the server's RSS before and after, per connection.
 //   --fill N  N entries (10-byte keys, 8-byte values) into one bucket/hash: RSS per entry.
@@ -452,6 +455,7 @@ struct connection {
 // or, for keys nobody writes, by anyone.
 struct workload {
     server_kind kind = server_kind::kv;
+    const char* name = nullptr; // in messages; nullptr: the server's label
     const keyspace* keys = nullptr;
     std::vector<std::uint64_t>* expected = nullptr; // value code every key must hold now
     std::uint32_t depth = 1;                        // requests in flight per connection
@@ -570,7 +574,7 @@ class driver {
                 for (connection* c : conns) {
                     if (!c->finished) {
                         issue("%s: connection %u: no reply within the deadline (%zu in flight)",
-                              label(w_.kind), c->number, c->count);
+                              who(), c->number, c->count);
                         ++s_.protocol_errors;
                         drop(*c);
                         check_finished(*c);
@@ -585,6 +589,7 @@ class driver {
     static constexpr std::size_t max_carry = std::size_t{64} * 1024;
 
     bool stopping() const noexcept { return w_.timed && now_ >= w_.window_end; }
+    const char* who() const noexcept { return w_.name != nullptr ? w_.name : label(w_.kind); }
 
     static bool exhausted(const connection& c) noexcept {
         return c.src == connection::source::sequence && c.seq_next >= c.seq_end;
@@ -708,8 +713,7 @@ class driver {
                 }
                 return;
             } else {
-                issue("%s: connection %u: send: %s", label(w_.kind), c.number,
-                      std::strerror(errno));
+                issue("%s: connection %u: send: %s", who(), c.number, std::strerror(errno));
                 ++s_.protocol_errors;
                 drop(c);
                 return;
@@ -738,7 +742,7 @@ class driver {
             return;
         }
         if (n <= 0) {
-            issue("%s: connection %u: %s with %zu requests in flight", label(w_.kind), c.number,
+            issue("%s: connection %u: %s with %zu requests in flight", who(), c.number,
                   n == 0 ? "closed by the server" : std::strerror(errno), c.count);
             ++s_.protocol_errors;
             drop(c);
@@ -756,7 +760,7 @@ class driver {
                 break;
             }
             if (r.v == verdict::protocol_error) {
-                issue("%s: connection %u: unexpected reply %s to %s", label(w_.kind), c.number,
+                issue("%s: connection %u: unexpected reply %s to %s", who(), c.number,
                       printable(r.got).c_str(), describe(p).c_str());
                 ++s_.protocol_errors;
                 drop(c);
@@ -768,15 +772,14 @@ class driver {
             --c.count;
         }
         if (at < have && c.count == 0) {
-            issue("%s: connection %u: %zu bytes nobody asked for: %s", label(w_.kind), c.number,
-                  have - at, printable(in.substr(at)).c_str());
+            issue("%s: connection %u: %zu bytes nobody asked for: %s", who(), c.number, have - at,
+                  printable(in.substr(at)).c_str());
             ++s_.protocol_errors;
             drop(c);
             return;
         }
         if (have - at > max_carry) {
-            issue("%s: connection %u: a reply longer than %zu bytes", label(w_.kind), c.number,
-                  max_carry);
+            issue("%s: connection %u: a reply longer than %zu bytes", who(), c.number, max_carry);
             ++s_.protocol_errors;
             drop(c);
             return;
@@ -789,11 +792,11 @@ class driver {
         ++s_.replies;
         if (r.v == verdict::mismatch) {
             ++s_.mismatches;
-            issue("%s: connection %u: MISMATCH: %s returned %s, expected \"%.8s\"", label(w_.kind),
-                  c.number, describe(p).c_str(), printable(r.got).c_str(), p.value.data());
+            issue("%s: connection %u: MISMATCH: %s returned %s, expected \"%.8s\"", who(), c.number,
+                  describe(p).c_str(), printable(r.got).c_str(), p.value.data());
         } else if (r.v == verdict::error_reply) {
             ++s_.error_replies;
-            issue("%s: connection %u: error reply %s to %s", label(w_.kind), c.number,
+            issue("%s: connection %u: error reply %s to %s", who(), c.number,
                   printable(r.got).c_str(), describe(p).c_str());
         }
         if (!w_.timed || (now_ >= w_.window_begin && now_ < w_.window_end)) {
@@ -1135,6 +1138,7 @@ struct options {
     bool want_kv = true;
     bool want_redis = true;
     bool sweep = false;
+    bool forward = false;
     std::size_t idle = 0;
     std::size_t fill = 0;
     double seconds = 5.0;
@@ -1151,15 +1155,17 @@ struct options {
 constexpr const char* usage_text = R"(usage: kv_load [modes] [options]
 modes (default --sweep; several may be given, each starts fresh servers):
   --sweep               C connections, P in flight each, for each P of --pipeline
+  --forward             the --sweep workload on two kv_server nodes, n1 owning the buckets:
+                        through n1 directly and through n2 (forwarded), alternating
   --idle N              N idle connections per server: RSS before/after, per connection
   --fill N              N entries (10-byte keys, 8-byte values): RSS bytes per entry
 options:
   --only kv|redis       run one server only
   --kv-server PATH      kv_server binary (default: ../examples/kv_server next to kv_load)
   --redis-server PATH   redis-server binary (default /usr/bin/redis-server; skipped if absent)
-  --threads N           passed to kv_server as --threads N
+  --threads N           passed to every kv_server as --threads N
   --client-threads N    client threads, each with its own epoll (default 1)
-  --connections C       connections for --sweep (default 50)
+  --connections C       connections for --sweep and --forward (default 50)
   --pipeline P[,P...]   requests in flight per connection (default 1,16)
   --get-ratio G:P|F     GET:PUT mix, e.g. 90:10 or 0.9 (default 90:10)
   --keys K              keys per bucket, prefilled (default 100000)
@@ -1224,6 +1230,9 @@ std::optional<options> parse_options(int argc, char** argv) {
             std::exit(0);
         } else if (arg == "--sweep") {
             o.sweep = any_mode = true;
+            used_value = false;
+        } else if (arg == "--forward") {
+            o.forward = any_mode = true;
             used_value = false;
         } else if (arg == "--idle") {
             ok = parse_number(value, o.idle) && o.idle > 0;
@@ -1297,10 +1306,26 @@ std::optional<options> parse_options(int argc, char** argv) {
 // ------------------------------------------------------------------------------------------
 // Starting the servers
 
-// kv_server on port 0; it announces its port with one line on stdout:
+// A node of a cluster (--forward): its name, its port (chosen beforehand, as every node's
+// routes name every node's port) and the routes. The default is a lone node on port 0.
+struct node_spec {
+    std::string name;
+    int port = 0;
+    std::vector<std::string> routes;
+};
+
+// kv_server; it announces its port with one line on stdout:
 //   otpkv node NAME listening on 127.0.0.1:PORT
-std::optional<server> start_kv(const options& o, std::size_t max_connections) {
-    std::vector<std::string> args{o.kv_path, "--port", "0", "--bind", "127.0.0.1"};
+std::optional<server> start_kv(const options& o, std::size_t max_connections,
+                               const node_spec& spec) {
+    std::vector<std::string> args{o.kv_path, "--port", std::to_string(spec.port), "--bind",
+                                  "127.0.0.1"};
+    if (!spec.name.empty()) {
+        args.insert(args.end(), {"--node", spec.name});
+    }
+    for (const auto& r : spec.routes) {
+        args.insert(args.end(), {"--route", r});
+    }
     if (o.kv_threads > 0) {
         args.insert(args.end(), {"--threads", std::to_string(o.kv_threads)});
     }
@@ -1353,7 +1378,8 @@ std::optional<server> start_kv(const options& o, std::size_t max_connections) {
     const std::size_t colon = line.rfind(':');
     if (!line.starts_with("otpkv node ") || line.find(" listening on ") == std::string::npos ||
         colon == std::string::npos ||
-        !parse_number(std::string_view(line).substr(colon + 1), s.port) || s.port <= 0) {
+        !parse_number(std::string_view(line).substr(colon + 1), s.port) || s.port <= 0 ||
+        (spec.port != 0 && s.port != spec.port)) {
         issue("kv_server's ready line is not understood: %s", printable(line).c_str());
         stop(s);
         return std::nullopt;
@@ -1361,20 +1387,33 @@ std::optional<server> start_kv(const options& o, std::size_t max_connections) {
     return s;
 }
 
-// A port nobody is listening on right now (the kernel's choice for port 0).
-int free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr = loopback(0);
-    socklen_t len = sizeof addr;
-    int port = 0;
-    if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-        port = ntohs(addr.sin_port);
+// n distinct ports nobody is listening on right now (the kernel's choices for port 0, all
+// bound at once so they differ); 0 for one the kernel would not give.
+std::vector<int> free_ports(std::size_t n) {
+    std::vector<int> fds;
+    std::vector<int> ports;
+    for (std::size_t i = 0; i < n; ++i) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in addr = loopback(0);
+        socklen_t len = sizeof addr;
+        int port = 0;
+        if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+            port = ntohs(addr.sin_port);
+        }
+        if (fd >= 0) {
+            fds.push_back(fd);
+        }
+        ports.push_back(port);
     }
-    if (fd >= 0) {
+    for (const int fd : fds) {
         ::close(fd);
     }
-    return port;
+    return ports;
+}
+
+int free_port() {
+    return free_ports(1).front();
 }
 
 // redis-server on a free port, with no persistence; ready when it answers PING. Another
@@ -1422,9 +1461,11 @@ std::optional<server> start_redis(const options& o) {
     return std::nullopt;
 }
 
-std::optional<server> start(server_kind kind, const options& o, std::size_t max_connections) {
+// `spec` applies to kv_server only.
+std::optional<server> start(server_kind kind, const options& o, std::size_t max_connections,
+                            const node_spec& spec = {}) {
     std::fprintf(stderr, "kv_load: starting %s\n", label(kind));
-    auto s = kind == server_kind::kv ? start_kv(o, max_connections) : start_redis(o);
+    auto s = kind == server_kind::kv ? start_kv(o, max_connections, spec) : start_redis(o);
     if (s) {
         std::fprintf(stderr, "kv_load: %s pid %d on 127.0.0.1:%d: %s\n", label(kind),
                      static_cast<int>(s->pid), s->port, s->command.c_str());
@@ -1455,10 +1496,19 @@ struct outcome {
     double client_cpu = 0;
 };
 
+// CPU seconds used so far by all of these processes together.
+double servers_cpu_seconds(const std::vector<pid_t>& pids) {
+    double sum = 0;
+    for (const pid_t pid : pids) {
+        sum += proc_cpu_seconds(pid);
+    }
+    return sum;
+}
+
 // Runs the connections on `threads` client threads; for a timed run, the calling thread
-// samples the server's and the client's CPU time at the window's edges.
+// samples the servers' (summed) and the client's CPU time at the window's edges.
 outcome drive(const workload& w, std::vector<connection>& conns, unsigned threads,
-              pid_t server_pid) {
+              const std::vector<pid_t>& server_pids) {
     threads = std::max(1U, std::min<unsigned>(threads, static_cast<unsigned>(conns.size())));
     std::vector<std::vector<connection*>> parts(threads);
     for (std::size_t i = 0; i < conns.size(); ++i) {
@@ -1476,11 +1526,11 @@ outcome drive(const workload& w, std::vector<connection>& conns, unsigned thread
     }
     if (w.timed) {
         sleep_until_ns(w.window_begin);
-        const double server0 = proc_cpu_seconds(server_pid);
+        const double server0 = servers_cpu_seconds(server_pids);
         const double client0 = self_cpu_seconds();
         sleep_until_ns(w.window_end);
         out.seconds = static_cast<double>(w.window_end - w.window_begin) / 1e9;
-        out.server_cpu = (proc_cpu_seconds(server_pid) - server0) / out.seconds;
+        out.server_cpu = (servers_cpu_seconds(server_pids) - server0) / out.seconds;
         out.client_cpu = (self_cpu_seconds() - client0) / out.seconds;
     }
     for (auto& t : pool) {
@@ -1536,7 +1586,7 @@ std::optional<outcome> run_sequence(const server& s, const keyspace& ks,
     w.expected = &expected;
     w.depth = depth;
     w.deadline = now_ns() + 60'000'000'000 + static_cast<std::int64_t>(total / step) * 20'000;
-    outcome out = drive(w, conns, threads, s.pid);
+    outcome out = drive(w, conns, threads, {s.pid});
     close_all(conns);
     return out;
 }
@@ -1588,64 +1638,75 @@ std::string mib(long kib) {
 }
 
 struct sweep_row {
-    server_kind kind;
+    std::string name;
     std::uint32_t depth;
     double ops_per_s;
     double p99;
 };
 
-// A server under the sweep: its process, its data, and the value each key must hold.
-struct sweep_target {
-    server srv;
+// The keys of a sweep and the value each must hold now. Targets that reach the same data
+// (--forward: n1 directly and through n2) share one: their runs take turns, and each
+// connection still writes only its own keys, so every expected value stays known.
+struct sweep_data {
     keyspace ks;
     std::vector<std::uint64_t> expected;
+};
+
+// One way into a server under the sweep, a row of the table: where the client connects, the
+// processes that serve it (all must stay up; their CPU is summed) and the data behind it.
+struct sweep_target {
+    std::string name;
+    server_kind kind = server_kind::kv;
+    int port = 0;
+    std::vector<server*> servers;
+    sweep_data* data = nullptr;
     bool usable = false;
 };
 
-// Starts the server, creates the buckets and prefills every key (4 pipelined connections).
-void sweep_prepare(session& ss, sweep_target& t) {
+// kv_server's own connection limit (10000 by default) is raised only when the run needs more.
+std::size_t sweep_max_connections(const options& o) {
+    return o.connections + 16 > 10000 ? o.connections + 16 : 0;
+}
+
+// Creates the buckets through `via` and prefills every key (4 pipelined connections).
+bool sweep_prefill(session& ss, const server& via, sweep_data& d) {
     const options& o = ss.opt;
-    const server_kind kind = t.srv.kind;
-    // kv_server's own limit (10000 by default) is raised only when the run needs more.
-    auto srv = start(kind, o, o.connections + 16 > 10000 ? o.connections + 16 : 0);
-    if (!srv) {
-        ++ss.errors;
-        return;
-    }
-    t.srv = *srv;
     for (std::uint32_t b = 0; b < o.buckets; ++b) {
-        t.ks.buckets.push_back(o.buckets == 1 ? std::string("bench") : "bench" + std::to_string(b));
+        d.ks.buckets.push_back(o.buckets == 1 ? std::string("bench") : "bench" + std::to_string(b));
     }
-    t.ks.prefix = "key";
-    t.ks.digits = std::max<std::size_t>(6, decimal_digits(o.keys - 1));
-    t.ks.keys = o.keys;
-    t.expected.assign(t.ks.size(), 0);
-    if (!create_buckets(t.srv, t.ks)) {
+    d.ks.prefix = "key";
+    d.ks.digits = std::max<std::size_t>(6, decimal_digits(o.keys - 1));
+    d.ks.keys = o.keys;
+    d.expected.assign(d.ks.size(), 0);
+    if (!create_buckets(via, d.ks)) {
         ++ss.errors;
-        return;
+        return false;
     }
-    const auto prefill = run_sequence(t.srv, t.ks, t.expected, op::put, 1, 4, o.client_threads);
+    const auto prefill = run_sequence(via, d.ks, d.expected, op::put, 1, 4, o.client_threads);
     if (!prefill || prefill->s.errors() > 0) {
-        issue("%s: the prefill failed", label(kind));
+        issue("%s: the prefill failed", label(via.kind));
         ss.errors += prefill ? prefill->s.errors() : 1;
-        return;
+        return false;
     }
-    std::fprintf(stderr, "kv_load: %s prefilled %s entries in %.2f s\n", label(kind),
-                 with_commas(static_cast<double>(t.ks.size())).c_str(), prefill->seconds);
-    t.usable = true;
+    std::fprintf(stderr, "kv_load: %s prefilled %s entries in %.2f s\n", label(via.kind),
+                 with_commas(static_cast<double>(d.ks.size())).c_str(), prefill->seconds);
+    return true;
 }
 
 // One timed run: C fresh connections with P in flight each, warm-up, then the window.
 void sweep_run(session& ss, sweep_target& t, std::uint32_t depth, std::vector<sweep_row>& rows) {
     const options& o = ss.opt;
-    const server_kind kind = t.srv.kind;
-    if (!alive(t.srv)) {
-        ++ss.errors;
-        t.usable = false;
-        return;
+    std::vector<pid_t> pids;
+    for (server* s : t.servers) {
+        if (!alive(*s)) {
+            ++ss.errors;
+            t.usable = false;
+            return;
+        }
+        pids.push_back(s->pid);
     }
     std::vector<int> fds;
-    if (!connect_many(t.srv.port, o.connections, fds)) {
+    if (!connect_many(t.port, o.connections, fds)) {
         for (const int fd : fds) {
             ::close(fd);
         }
@@ -1658,7 +1719,7 @@ void sweep_run(session& ss, sweep_target& t, std::uint32_t depth, std::vector<sw
     std::vector<connection> conns(o.connections);
     for (std::size_t i = 0; i < conns.size(); ++i) {
         connection& c = conns[i];
-        prepare(c, fds[i], static_cast<std::uint32_t>(i), depth, t.ks);
+        prepare(c, fds[i], static_cast<std::uint32_t>(i), depth, t.data->ks);
         c.src = connection::source::mix;
         c.writer = ss.take_writer();
         c.rng = c.writer * 0x9e3779b97f4a7c15U + depth;
@@ -1666,9 +1727,10 @@ void sweep_run(session& ss, sweep_target& t, std::uint32_t depth, std::vector<sw
         c.own_hi = read_only + static_cast<std::uint32_t>(writable * (i + 1) / conns.size());
     }
     workload w;
-    w.kind = kind;
-    w.keys = &t.ks;
-    w.expected = &t.expected;
+    w.kind = t.kind;
+    w.name = t.name.c_str();
+    w.keys = &t.data->ks;
+    w.expected = &t.data->expected;
     w.depth = depth;
     w.read_only = read_only;
     w.get_threshold = static_cast<std::uint64_t>(std::llround(o.get_ratio * 4294967296.0));
@@ -1676,29 +1738,27 @@ void sweep_run(session& ss, sweep_target& t, std::uint32_t depth, std::vector<sw
     w.window_begin = now_ns() + static_cast<std::int64_t>(o.warmup * 1e9);
     w.window_end = w.window_begin + static_cast<std::int64_t>(o.seconds * 1e9);
     w.deadline = w.window_end + 10'000'000'000;
-    std::fprintf(stderr, "kv_load: %s, %zu connections, P=%u: %.1f s + %.1f s\n", label(kind),
+    std::fprintf(stderr, "kv_load: %s, %zu connections, P=%u: %.1f s + %.1f s\n", t.name.c_str(),
                  o.connections, depth, o.warmup, o.seconds);
-    const outcome r = drive(w, conns, o.client_threads, t.srv.pid);
+    const outcome r = drive(w, conns, o.client_threads, pids);
     close_all(conns);
     const double ops = static_cast<double>(r.s.ops) / r.seconds;
     const histogram& h = r.s.latency;
     std::printf(
         "| %s | %zu | %u | %s | %.1f | %.1f | %.1f | %.1f | %s | %llu | %.0f%% | %.0f%% |\n",
-        label(kind), o.connections, depth, with_commas(ops).c_str(), h.percentile_us(0.50),
+        t.name.c_str(), o.connections, depth, with_commas(ops).c_str(), h.percentile_us(0.50),
         h.percentile_us(0.99), h.percentile_us(0.999), h.max_us(),
         with_commas(static_cast<double>(r.s.replies)).c_str(),
         static_cast<unsigned long long>(r.s.errors()), r.server_cpu * 100, r.client_cpu * 100);
     std::fflush(stdout);
     ss.errors += r.s.errors();
     if (r.s.errors() == 0) {
-        rows.push_back({kind, depth, ops, h.percentile_us(0.99)});
+        rows.push_back({t.name, depth, ops, h.percentile_us(0.99)});
     }
 }
 
-void run_sweep(session& ss) {
-    const options& o = ss.opt;
-    std::printf("\n## sweep: %zu connections, P requests in flight each, GET:PUT %.0f:%.0f\n\n",
-                o.connections, o.get_ratio * 100, (1 - o.get_ratio) * 100);
+// The workload's description and the table's head (--sweep and --forward).
+void print_sweep_head(const options& o, const char* first_column) {
     std::printf("%u bucket(s) x %s keys (%zu-byte keys, 8-byte values), prefilled; half the keys\n"
                 "read-only, half split between the connections, which alone write their own;\n"
                 "%.1f s warm-up + %.1f s measured per run; %u client thread(s); every reply "
@@ -1706,44 +1766,145 @@ void run_sweep(session& ss) {
                 o.buckets, with_commas(o.keys).c_str(),
                 std::max<std::size_t>(6, decimal_digits(o.keys - 1)) + 3, o.warmup, o.seconds,
                 o.client_threads);
-    std::printf("| server | conns | P | ops/s | p50 us | p99 us | p999 us | max us | replies "
-                "verified | errors | server CPU | client CPU |\n");
+    std::printf("| %s | conns | P | ops/s | p50 us | p99 us | p999 us | max us | replies "
+                "verified | errors | server CPU | client CPU |\n",
+                first_column);
     std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     std::fflush(stdout);
-    // Both servers are up and prefilled first; then the runs alternate between them (kv P=1,
-    // redis P=1, kv P=16, ...), so a change in the machine's background load falls on both
-    // sides of a ratio rather than on one server. The idle one costs nothing meanwhile.
-    std::vector<sweep_target> targets;
-    for (const server_kind kind : ss.servers()) {
-        targets.emplace_back().srv.kind = kind;
-        sweep_prepare(ss, targets.back());
-    }
+}
+
+// Every P of --pipeline on every usable target. The targets are all up and prefilled first;
+// then the runs alternate between them (A P=1, B P=1, A P=16, ...), so a change in the
+// machine's background load falls on both sides of a ratio rather than on one target. The
+// idle one costs nothing meanwhile.
+std::vector<sweep_row> sweep_runs(session& ss, std::vector<sweep_target>& targets) {
     std::vector<sweep_row> rows;
-    for (const std::uint32_t depth : o.pipelines) {
+    for (const std::uint32_t depth : ss.opt.pipelines) {
         for (auto& t : targets) {
             if (t.usable) {
                 sweep_run(ss, t, depth, rows);
             }
         }
     }
-    for (auto& t : targets) {
-        stop(t.srv);
-    }
+    return rows;
+}
+
+// `top` over `bottom` at every P both were measured at without errors.
+void print_ratios(const std::vector<sweep_row>& rows, const std::string& top,
+                  const std::string& bottom, const char* title) {
     bool header = false;
-    for (const auto& kv : rows) {
-        for (const auto& redis : rows) {
-            if (kv.kind == server_kind::kv && redis.kind == server_kind::redis &&
-                kv.depth == redis.depth) {
+    for (const auto& a : rows) {
+        for (const auto& b : rows) {
+            if (a.name == top && b.name == bottom && a.depth == b.depth) {
                 if (!header) {
-                    std::printf("\nkv_server / redis, same client, same run:\n");
+                    std::printf("\n%s\n", title);
                     header = true;
                 }
-                std::printf("- P=%u: ops/s %.2fx, p99 latency %.2fx (below 1 is better)\n",
-                            kv.depth, kv.ops_per_s / redis.ops_per_s, kv.p99 / redis.p99);
+                std::printf("- P=%u: ops/s %.2fx, p99 latency %.2fx (below 1 is better)\n", a.depth,
+                            a.ops_per_s / b.ops_per_s, a.p99 / b.p99);
             }
         }
     }
     std::fflush(stdout);
+}
+
+void run_sweep(session& ss) {
+    const options& o = ss.opt;
+    std::printf("\n## sweep: %zu connections, P requests in flight each, GET:PUT %.0f:%.0f\n\n",
+                o.connections, o.get_ratio * 100, (1 - o.get_ratio) * 100);
+    print_sweep_head(o, "server");
+    const std::vector<server_kind> kinds = ss.servers();
+    std::vector<server> procs(kinds.size()); // never resized: the targets point into both
+    std::vector<sweep_data> data(kinds.size());
+    std::vector<sweep_target> targets;
+    for (std::size_t i = 0; i < kinds.size(); ++i) {
+        auto srv = start(kinds[i], o, sweep_max_connections(o));
+        if (!srv) {
+            ++ss.errors;
+            continue;
+        }
+        procs[i] = *srv;
+        sweep_target& t = targets.emplace_back();
+        t.name = label(kinds[i]);
+        t.kind = kinds[i];
+        t.port = procs[i].port;
+        t.servers = {&procs[i]};
+        t.data = &data[i];
+        t.usable = sweep_prefill(ss, procs[i], data[i]);
+    }
+    const std::vector<sweep_row> rows = sweep_runs(ss, targets);
+    for (auto& p : procs) {
+        stop(p);
+    }
+    print_ratios(rows, label(server_kind::kv), label(server_kind::redis),
+                 "kv_server / redis, same client, same run:");
+}
+
+// Two kv_server nodes with the same routes: n1 owns the bucket names starting with a
+// lower-case letter (every bucket of the workload: "bench..."), n2 those starting with an
+// upper-case one (none of the workload's). The --sweep workload runs through n1 directly and
+// through n2, which forwards each request to n1 over its pooled peer connections and relays
+// the reply, alternating; the ratios are the cost of the extra hop.
+void run_forward(session& ss) {
+    const options& o = ss.opt;
+    std::printf("\n## forward: n1 directly and through n2 (forwarding to n1), %zu connections, "
+                "P requests in\nflight each, GET:PUT %.0f:%.0f\n\n",
+                o.connections, o.get_ratio * 100, (1 - o.get_ratio) * 100);
+    std::fflush(stdout);
+    // Every node's routes name every node's port, so both ports are chosen before either node
+    // starts. Another process may take one in between: a failed start is retried on new ports.
+    server n1;
+    server n2;
+    for (int attempt = 0; attempt < 3 && n2.pid < 0; ++attempt) {
+        if (attempt > 0) {
+            note("retrying the two nodes on new ports");
+        }
+        const std::vector<int> ports = free_ports(2);
+        if (ports[0] == 0 || ports[1] == 0) {
+            continue;
+        }
+        const std::vector<std::string> routes{"a-z=n1@127.0.0.1:" + std::to_string(ports[0]),
+                                              "A-Z=n2@127.0.0.1:" + std::to_string(ports[1])};
+        auto first = start(server_kind::kv, o, sweep_max_connections(o), {"n1", ports[0], routes});
+        if (!first) {
+            continue;
+        }
+        n1 = *first;
+        auto second = start(server_kind::kv, o, sweep_max_connections(o), {"n2", ports[1], routes});
+        if (!second) {
+            stop(n1);
+            continue;
+        }
+        n2 = *second;
+    }
+    if (n2.pid < 0) {
+        issue("the two kv_server nodes did not start (3 attempts)");
+        ++ss.errors;
+        return;
+    }
+    std::printf("- n1: `%s`\n- n2: `%s`\n\n", n1.command.c_str(), n2.command.c_str());
+    std::printf("The buckets are created and prefilled through n1, so a request n2 served itself\n"
+                "instead of forwarding would find no bucket and count as an error. Server CPU: "
+                "both nodes.\n\n");
+    print_sweep_head(o, "path");
+    sweep_data data;
+    std::vector<sweep_target> targets(2);
+    targets[0].name = "n1 (direct)";
+    targets[0].port = n1.port;
+    targets[1].name = "n2 -> n1 (forwarded)";
+    targets[1].port = n2.port;
+    const bool prefilled = sweep_prefill(ss, n1, data);
+    for (auto& t : targets) {
+        t.kind = server_kind::kv;
+        t.servers = {&n1, &n2};
+        t.data = &data;
+        t.usable = prefilled;
+    }
+    const std::vector<sweep_row> rows = sweep_runs(ss, targets);
+    stop(n2);
+    stop(n1);
+    print_ratios(rows, targets[1].name, targets[0].name,
+                 "forwarded / direct, same client, same run:");
 }
 
 // Sends one GET on each of conns[lo, hi) and verifies every reply.
@@ -2019,6 +2180,13 @@ int main(int argc, char** argv) {
 
     if (o.sweep) {
         run_sweep(ss);
+    }
+    if (o.forward) {
+        if (ss.have_kv) {
+            run_forward(ss);
+        } else {
+            note("--forward needs kv_server; skipped");
+        }
     }
     if (o.idle > 0) {
         run_idle(ss);
