@@ -233,9 +233,10 @@ inline routed_reply parse_routed_reply(command_kind kind, std::string bytes) {
         r.kind = reply_kind::unknown_command;
     } else if (first.starts_with("ERROR ")) {
         const std::string_view reason = first.substr(6);
-        constexpr std::array codes{error_code::line_too_long, error_code::no_route,
-                                   error_code::too_many_buckets, error_code::too_many_connections,
-                                   error_code::internal};
+        // `node unavailable` too: what `format_reply` writes when it knows no node name.
+        constexpr std::array codes{error_code::line_too_long,        error_code::no_route,
+                                   error_code::node_unavailable,     error_code::too_many_buckets,
+                                   error_code::too_many_connections, error_code::internal};
         for (const error_code code : codes) {
             if (reason == error_text(code)) {
                 r.error = code;
@@ -263,22 +264,27 @@ inline result<std::shared_ptr<router>> router::start(std::shared_ptr<otpkv::regi
                                                      router_options options) {
     std::shared_ptr<router> r(new router());
     try {
+        // The other nodes, each once, in order of first appearance; then the table, walked
+        // backwards so that the first entry covering a byte is the one left standing.
         std::vector<peer_node> nodes;
-        r->table_.fill(options.routes.empty() ? local_slot : no_route_slot);
-        // Walk backwards, so that the first entry covering a byte is the one left standing.
-        for (auto e = options.routes.rbegin(); e != options.routes.rend(); ++e) {
+        std::vector<std::uint32_t> slots;
+        for (const auto& e : options.routes) {
             std::uint32_t slot = local_slot;
-            if (e->node != options.self) {
+            if (e.node != options.self) {
                 slot = 0;
-                while (slot < nodes.size() && nodes[slot].name != e->node) {
+                while (slot < nodes.size() && nodes[slot].name != e.node) {
                     ++slot;
                 }
                 if (slot == nodes.size()) {
-                    nodes.push_back({e->node, e->host, e->port});
+                    nodes.push_back({e.node, e.host, e.port});
                 }
             }
-            for (unsigned b = e->first; b <= e->last; ++b) {
-                r->table_[b] = slot;
+            slots.push_back(slot);
+        }
+        r->table_.fill(options.routes.empty() ? local_slot : no_route_slot);
+        for (std::size_t i = options.routes.size(); i-- > 0;) {
+            for (unsigned b = options.routes[i].first; b <= options.routes[i].last; ++b) {
+                r->table_[b] = slots[i];
             }
         }
         // Two addresses for one node is a mistake in the table, not something to guess at.
@@ -322,8 +328,10 @@ inline const std::vector<peer_node>& router::nodes() const noexcept {
 }
 
 inline route_target router::route(std::string_view bucket) const noexcept {
-    const std::uint32_t slot =
-        bucket.empty() ? no_route_slot : table_[static_cast<unsigned char>(bucket.front())];
+    if (bucket.empty()) { // never from the protocol (a token is never empty)
+        return {options_.routes.empty() ? route_target::kind::local : route_target::kind::none, 0};
+    }
+    const std::uint32_t slot = table_[static_cast<unsigned char>(bucket.front())];
     if (slot == local_slot) {
         return {route_target::kind::local, 0};
     }
