@@ -72,8 +72,8 @@ struct server_options {
     std::chrono::milliseconds linger = std::chrono::seconds(2);
     /// The readiness mechanism.
     poller_kind poller = poller_kind::automatic;
-    /// Deferred replies (`session::defer`) outstanding per connection at most; past it the
-    /// connection's requests stop being read until some complete.
+    /// Deferred replies (`session::defer`) outstanding per connection at most (0 is taken as
+    /// 1); past it the connection's requests stop being read until some complete.
     std::size_t max_deferred = 1024;
 };
 
@@ -157,7 +157,8 @@ class event_stream {
   public:
     event_stream() = default;
     /// Appends `bytes` (whole event lines) to the connection's output. False once the
-    /// connection is gone (closed by its client, disconnected for the cap, server stopped).
+    /// connection is gone (closed by its client, disconnected for the cap, server stopped)
+    /// or after `end()`.
     bool push(std::string_view bytes);
     /// Ends the stream: the connection is closed once what was pushed is delivered.
     void end();
@@ -192,7 +193,9 @@ class deferred_reply {
     /// SUBSCRIBE (it runs no more requests and ignores its input), and receives what is
     /// pushed into the returned stream. `on_close` runs once, on the server's thread, when
     /// the connection goes away (closed, disconnected for the cap, server stopped), so the
-    /// source can stop; it must not block.
+    /// source can stop; it must not block. When the server has already stopped, or the reply
+    /// came from plain `defer` (which cannot become a stream: it completes as an empty
+    /// reply), `on_close` runs at once, on the calling thread.
     event_stream stream(std::function<void()> on_close);
     /// True until completed (or moved from).
     [[nodiscard]] bool pending() const noexcept { return state_ != nullptr; }
@@ -277,6 +280,9 @@ struct subscriber_link {
     event_loop* loop = nullptr;
     connection* conn = nullptr; // set and cleared by the loop thread (under `mutex`)
 };
+
+/// Marks a link's connection gone and tells an event_stream's source, once.
+void detach(const std::shared_ptr<subscriber_link>& link);
 
 /// One deferred reply (`session::defer`). The completing thread fills `reply`, `dropped`,
 /// `then_close` and `stream` and posts the state to the loop; everything else is the loop thread's.
@@ -407,17 +413,21 @@ class event_loop {
     void wake() const noexcept { wake_.notify(); }
 
     /// From any thread: a link has events (or news) for its connection, or a deferred reply
-    /// is complete.
-    void post(mail m) {
+    /// is complete. False once the loop has finished (the mail is not taken).
+    bool post(mail m) {
         bool first = false;
         {
             const std::lock_guard lock(mailbox_mutex_);
+            if (mailbox_closed_) {
+                return false;
+            }
             first = mailbox_.empty();
             mailbox_.push_back(std::move(m));
         }
         if (first) {
             wake_.notify();
         }
+        return true;
     }
 
     void subscribe(connection& c, registry::bucket_type& b);
@@ -437,6 +447,7 @@ class event_loop {
     void take_mail();
     void settle(deferred_state& d);
     void to_flush(connection& c);
+    void orphan(deferred_state& d);
     void attach(connection& c, const std::shared_ptr<subscriber_link>& link);
     [[nodiscard]] bool may_resume(const connection& c) const noexcept;
     void expire_lingering();
@@ -457,6 +468,7 @@ class event_loop {
 
     std::mutex mailbox_mutex_;
     std::vector<mail> mailbox_;
+    bool mailbox_closed_ = false;
     std::vector<mail> taken_;
     std::vector<connection*> dirty_; // to flush once the mail is taken
 };
@@ -566,6 +578,13 @@ inline void event_loop::adopt(int fd, bool counted) {
 }
 
 inline void event_loop::handle(connection& c, std::uint32_t events) {
+    if ((events & io_error) != 0 && c.state == connection::phase::open && !c.subscribed &&
+        c.paused && c.unsent() == 0) {
+        // Reset (or hung up) while it reads nothing and has nothing to send (waiting for
+        // deferred replies): nothing would notice, and the poller would report it for ever.
+        destroy(c);
+        return;
+    }
     if ((events & (io_read | io_error)) != 0) {
         if (c.state == connection::phase::open && !c.subscribed) {
             read_requests(c);
@@ -686,7 +705,7 @@ inline void event_loop::pull_requests(connection& c) {
             // Contained: this connection gets the error and is closed; nothing else is.
             // A reply the handler deferred before it threw is dropped with it.
             while (c.waiting.size() > deferred_before) {
-                c.waiting.back()->conn = nullptr;
+                orphan(*c.waiting.back());
                 c.waiting.pop_back();
             }
             out.resize(before);
@@ -823,18 +842,7 @@ inline void event_loop::to_flush(connection& c) {
 inline void event_loop::settle(deferred_state& d) {
     connection* const c = d.conn;
     if (c == nullptr) {
-        // The connection went away first: a stream that was to feed it is told so.
-        if (d.stream != nullptr) {
-            std::function<void()> detached;
-            {
-                const std::lock_guard lock(d.stream->mutex);
-                d.stream->detached = true;
-                detached = std::move(d.stream->on_detach);
-            }
-            if (detached) {
-                detached();
-            }
-        }
+        detach(d.stream); // the connection went away first: a stream's source is told
         return;
     }
     d.done = true;
@@ -853,7 +861,7 @@ inline void event_loop::settle(deferred_state& d) {
         }
         if (front->dropped || front->then_close) {
             for (const auto& later : c->waiting) {
-                later->conn = nullptr;
+                orphan(*later);
             }
             c->waiting.clear();
             c->held = 0;
@@ -867,6 +875,33 @@ inline void event_loop::settle(deferred_state& d) {
         c->out.append(front->after);
     }
     to_flush(*c);
+}
+
+inline void detach(const std::shared_ptr<subscriber_link>& link) {
+    if (link == nullptr) {
+        return;
+    }
+    std::function<void()> detached;
+    {
+        const std::lock_guard lock(link->mutex);
+        link->conn = nullptr;
+        if (link->detached) {
+            return;
+        }
+        link->detached = true;
+        detached = std::move(link->on_detach);
+    }
+    if (detached) {
+        detached();
+    }
+}
+
+inline void event_loop::orphan(deferred_state& d) {
+    d.conn = nullptr;
+    if (d.done) {
+        detach(d.stream); // a stream already made (not yet attached) is told now
+    }
+    // Not yet done: `settle` tells its stream, if it gets one, when it comes.
 }
 
 inline void event_loop::attach(connection& c, const std::shared_ptr<subscriber_link>& link) {
@@ -909,7 +944,7 @@ inline void event_loop::destroy(connection& c) {
     poller_.remove(c.fd.get());
     c.fd.reset();
     for (const auto& d : c.waiting) {
-        d->conn = nullptr; // completed later, they are dropped
+        orphan(*d); // completed later, they are dropped
     }
     c.waiting.clear();
     c.held = 0;
@@ -918,16 +953,7 @@ inline void event_loop::destroy(connection& c) {
         // but this loop touches the link.
         c.events.cancel();
         c.bucket_monitor.cancel();
-        std::function<void()> detached;
-        {
-            const std::lock_guard lock(c.link->mutex);
-            c.link->conn = nullptr;
-            c.link->detached = true;
-            detached = std::move(c.link->on_detach);
-        }
-        if (detached) {
-            detached(); // an event_stream's source: stop sending
-        }
+        detach(c.link); // an event_stream's source: stop sending
     }
     if (c.counted) {
         core_.connections.fetch_sub(1, std::memory_order_relaxed);
@@ -959,12 +985,20 @@ inline void event_loop::shut_down_all() {
         }
         destroy(c);
     }
+    // Mail that came meanwhile, and any that comes later (refused by `post`): deferred
+    // replies find their connection gone, and their streams are told.
+    {
+        const std::lock_guard lock(mailbox_mutex_);
+        mailbox_closed_ = true;
+    }
+    take_mail();
     graveyard_.clear();
 }
 
 inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
     auto link = std::make_shared<subscriber_link>();
     link->loop = this;
+    link->cap = core_.options.max_subscriber_output; // also while it waits to be attached
     c.link = link;
     const auto post_if_first = [](const std::shared_ptr<subscriber_link>& l,
                                   std::unique_lock<std::mutex>& lock) {
@@ -1049,12 +1083,17 @@ inline std::shared_ptr<deferred_state> event_loop::defer(connection& c, bool bar
     return d;
 }
 
-/// Hands a completed deferred reply to its loop (nothing if the server is gone).
+/// Hands a completed deferred reply to its loop; when the server is gone or stopped, a
+/// stream it carries is told at once.
 inline void post_completed(std::shared_ptr<deferred_state> d) {
+    std::shared_ptr<subscriber_link> stream = d->stream;
     if (const auto core = d->core.lock()) {
         event_loop* const loop = d->loop;
-        loop->post({nullptr, std::move(d)});
+        if (loop->post({nullptr, std::move(d)})) {
+            return;
+        }
     }
+    detach(stream);
 }
 
 } // namespace detail
@@ -1095,6 +1134,16 @@ inline event_stream deferred_reply::stream(std::function<void()> on_close) {
     link->on_detach = std::move(on_close);
     link->core = state_->core;
     link->loop = state_->loop;
+    if (const auto core = state_->core.lock()) {
+        link->cap = core->options.max_subscriber_output; // also before it is attached
+    }
+    if (!state_->barrier) {
+        // Not a `defer_stream` reply: replies held behind it would be lost in a stream.
+        // It completes as an empty reply, and the stream is gone from the start.
+        complete({});
+        detail::detach(link);
+        return event_stream(std::move(link));
+    }
     state_->stream = link;
     detail::post_completed(std::move(state_));
     return event_stream(std::move(link));
@@ -1109,7 +1158,7 @@ inline bool event_stream::push(std::string_view bytes) {
         return false;
     }
     std::unique_lock lock(link_->mutex);
-    if (link_->detached || link_->overflowed) {
+    if (link_->detached || link_->overflowed || link_->ended) {
         return false;
     }
     link_->pending.append(bytes);
@@ -1185,6 +1234,7 @@ inline result<std::shared_ptr<server>> server::start(request_handler handler,
         if (options.threads == 0) {
             options.threads = std::max(1U, std::thread::hardware_concurrency());
         }
+        options.max_deferred = std::max<std::size_t>(1, options.max_deferred);
         core->options = std::move(options);
         for (unsigned i = 0; i < core->options.threads; ++i) {
             core->loops.push_back(

@@ -1,0 +1,920 @@
+// SPDX-License-Identifier: MIT
+// Integration tests of a cluster (design.md, "Router and cluster"): three real kv_server
+// processes (OTPKV_KV_SERVER) on loopback, every one given the same routing table: n1 owns
+// the buckets whose name starts with a-i, n2 j-r, n3 s-z; any other first byte has no route.
+// Checked byte for byte against protocol.md: every command through every node with the
+// owner's reply relayed unchanged and in order, the data on the owner only, `ERROR no
+// route`, a killed and a frozen node (`ERROR node n3 unavailable`, quickly, other buckets
+// unharmed, service back by itself), read-your-writes under 20 concurrent clients, routing
+// tables that disagree (no loops), SUBSCRIBE through a node that does not own the bucket,
+// and the peer greeting.
+#include "kv_process.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+using namespace std::string_literals;
+using namespace std::chrono_literals;
+using otpkv_test::escaped;
+using otpkv_test::exit_status;
+using otpkv_test::kv_client;
+using otpkv_test::kv_process;
+using otpkv_test::millis;
+using otpkv_test::ms_since;
+using otpkv_test::not_found;
+using otpkv_test::ok;
+using otpkv_test::read_through;
+using otpkv_test::steady;
+using otpkv_test::stop_cleanly;
+using otpkv_test::subscribe_synced;
+using otpkv_test::unknown;
+using otpkv_test::until;
+
+namespace {
+
+const std::string no_route = "ERROR no route\r\n";
+
+// The reply to a request for a bucket of the node `name` while that node is down.
+std::string unavailable(const std::string& name) {
+    return "ERROR node " + name + " unavailable\r\n";
+}
+
+// A GET's reply carrying `value` (empty: the key is absent).
+std::string value_reply(const std::string& value) {
+    return value + "\r\nOK\r\n";
+}
+
+// `n` distinct loopback ports that nothing uses now, for nodes that must know each other's
+// ports before any of them starts. They are taken below the kernel's ephemeral range
+// (ip_local_port_range), where neither a `--port 0` server of a test running next to this
+// one nor any outgoing connection is ever given a port: so a node's port stays free while
+// the node is down and restarted on it, and a node retrying a dead peer's port can never
+// connect to itself (TCP's self-connect, possible only inside the ephemeral range). Each is
+// checked by binding it (without SO_REUSEADDR, so a port with connections lingering in
+// TIME_WAIT is passed over too); all are held until all are found. Where the range cannot
+// be read or leaves no room below it, the kernel picks them (bind to port 0).
+std::vector<std::uint16_t> unused_ports(std::size_t n) {
+    unsigned long low = 0;
+    unsigned long high = 0;
+    std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> low >> high;
+    constexpr unsigned long lowest = 10'000;
+    const bool below_range = low > lowest + 1'000 && low <= 65'536;
+    std::mt19937 random(std::random_device{}());
+    std::vector<int> held;
+    std::vector<std::uint16_t> ports;
+    for (int attempt = 0; ports.size() < n && attempt < 1'000; ++attempt) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        REQUIRE(fd >= 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (below_range) {
+            addr.sin_port = htons(static_cast<std::uint16_t>(
+                lowest +
+                std::uniform_int_distribution<unsigned long>(0, low - lowest - 1)(random)));
+        }
+        socklen_t size = sizeof addr;
+        if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 &&
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &size) == 0) {
+            held.push_back(fd);
+            ports.push_back(ntohs(addr.sin_port));
+        } else {
+            ::close(fd);
+        }
+    }
+    for (const int fd : held) {
+        ::close(fd);
+    }
+    REQUIRE_MESSAGE(ports.size() == n, "found only " << ports.size() << " free ports");
+    return ports;
+}
+
+// One node of a test cluster: its name, its port, and its --route list.
+struct node_spec {
+    std::string name;
+    std::uint16_t port = 0;
+    std::vector<std::string> routes; // FIRST-LAST=NAME@127.0.0.1:PORT each
+};
+
+// A route entry as kv_server's --route takes it.
+std::string route(std::string_view range, const std::string& name, std::uint16_t port) {
+    return std::string(range) + "=" + name + "@127.0.0.1:" + std::to_string(port);
+}
+
+// The cluster of most tests: n1, n2 and n3 on free ports, each with the same table (n1 owns
+// a-i, n2 j-r, n3 s-z).
+std::vector<node_spec> three_nodes() {
+    const std::vector<std::uint16_t> ports = unused_ports(3);
+    const std::vector<std::string> table = {
+        route("a-i", "n1", ports[0]), route("j-r", "n2", ports[1]), route("s-z", "n3", ports[2])};
+    return {{"n1", ports[0], table}, {"n2", ports[1], table}, {"n3", ports[2], table}};
+}
+
+// Real kv_server processes, one per spec, started in order (each waits for its ready line).
+// A node can be killed (SIGKILL), frozen (SIGSTOP) and thawed (SIGCONT), and restarted with
+// the same flags on the same port. Only the processes it started are ever signalled, each by
+// its own pid. `stop` ends every node with SIGTERM and checks that it exits cleanly (a crash
+// or a sanitizer report in a server shows there); the destructor kills what still runs.
+//
+// Thread safety: `port` from any thread; the rest from the thread that made it (the test's
+// main thread, which the servers' PR_SET_PDEATHSIG is tied to).
+class cluster {
+  public:
+    explicit cluster(std::vector<node_spec> specs) : specs_(std::move(specs)) {
+        nodes_.resize(specs_.size());
+        frozen_.assign(specs_.size(), false);
+        for (std::size_t i = 0; i < specs_.size(); ++i) {
+            start(i);
+        }
+    }
+    ~cluster() {
+        for (std::size_t i = 0; i < nodes_.size(); ++i) {
+            if (frozen_[i] && nodes_[i] != nullptr && nodes_[i]->pid() > 0) {
+                ::kill(nodes_[i]->pid(), SIGCONT); // then kv_process kills it
+            }
+        }
+    }
+    cluster(const cluster&) = delete;
+    cluster& operator=(const cluster&) = delete;
+
+    [[nodiscard]] const std::string& name(std::size_t i) const { return specs_.at(i).name; }
+    [[nodiscard]] std::uint16_t port(std::size_t i) const { return specs_.at(i).port; }
+    [[nodiscard]] pid_t pid(std::size_t i) const { return nodes_.at(i)->pid(); }
+    [[nodiscard]] bool running(std::size_t i) const {
+        return nodes_.at(i) != nullptr && nodes_[i]->running();
+    }
+
+    // A client connection to node i.
+    [[nodiscard]] kv_client client(std::size_t i) const { return kv_client(port(i)); }
+
+    // A connection to node i that has greeted it as another node would (`OTPKV-PEER 1
+    // test`): its requests run on node i whatever the table says, so it shows what node i
+    // itself holds.
+    [[nodiscard]] kv_client peer(std::size_t i) const {
+        kv_client c(port(i));
+        OTPKV_CHECK_EXCHANGE(c, "OTPKV-PEER 1 test\r\n", "OTPKV-PEER 1 " + name(i) + "\r\n");
+        return c;
+    }
+
+    // kill -9 node i; returns once it has been reaped.
+    exit_status kill(std::size_t i) {
+        REQUIRE(running(i));
+        frozen_[i] = false;
+        return nodes_[i]->stop(SIGKILL);
+    }
+
+    // SIGSTOP node i; returns once the kernel reports it stopped.
+    void freeze(std::size_t i) {
+        REQUIRE(running(i));
+        REQUIRE(::kill(pid(i), SIGSTOP) == 0);
+        frozen_[i] = true;
+        const auto deadline = steady::now() + 5s;
+        for (;;) {
+            siginfo_t info{};
+            const int rc =
+                ::waitid(P_PID, static_cast<id_t>(pid(i)), &info, WSTOPPED | WNOHANG | WNOWAIT);
+            if (rc == 0 && info.si_pid == pid(i) && info.si_code == CLD_STOPPED) {
+                return;
+            }
+            REQUIRE_MESSAGE(steady::now() < deadline, name(i) << " did not stop within 5 s");
+            std::this_thread::sleep_for(1ms);
+        }
+    }
+
+    // SIGCONT node i.
+    void thaw(std::size_t i) {
+        REQUIRE(frozen_[i]);
+        REQUIRE(::kill(pid(i), SIGCONT) == 0);
+        frozen_[i] = false;
+    }
+
+    // Starts node i again, with the same flags and port, after `kill`.
+    void restart(std::size_t i) {
+        REQUIRE(!running(i));
+        start(i);
+    }
+
+    // Stops every running node with SIGTERM (thawing it first); each must exit cleanly.
+    void stop() {
+        for (std::size_t i = 0; i < nodes_.size(); ++i) {
+            if (running(i)) {
+                if (frozen_[i]) {
+                    thaw(i);
+                }
+                INFO("stopping " << name(i));
+                stop_cleanly(*nodes_[i]);
+            }
+        }
+    }
+
+  private:
+    void start(std::size_t i) {
+        const node_spec& s = specs_[i];
+        std::vector<std::string> args = {"--node", s.name, "--port", std::to_string(s.port)};
+        for (const std::string& r : s.routes) {
+            args.push_back("--route");
+            args.push_back(r);
+        }
+        nodes_[i].reset();
+        nodes_[i] = std::make_unique<kv_process>(args, std::vector<std::string>{}, false);
+        REQUIRE(nodes_[i]->port() == s.port);
+        CHECK(nodes_[i]->ready_line() ==
+              "otpkv node " + s.name + " listening on 127.0.0.1:" + std::to_string(s.port));
+    }
+
+    std::vector<node_spec> specs_;
+    std::vector<std::unique_ptr<kv_process>> nodes_;
+    std::vector<bool> frozen_;
+};
+
+struct row {
+    std::string request;
+    std::string reply;
+};
+
+// Sends each row and checks its reply, one exchange at a time; then nothing more comes.
+void exchange_each(kv_client& c, const std::vector<row>& rows) {
+    for (const row& r : rows) {
+        INFO("request \"" << escaped(r.request) << "\"");
+        OTPKV_CHECK_EXCHANGE(c, r.request, r.reply);
+    }
+    CHECK(c.read_for(20ms).empty());
+}
+
+// Sends every row in one write and checks all the replies, in order; then nothing more.
+void exchange_pipelined(kv_client& c, const std::vector<row>& rows) {
+    std::string requests;
+    std::string replies;
+    for (const row& r : rows) {
+        requests += r.request;
+        replies += r.reply;
+    }
+    OTPKV_CHECK_EXCHANGE(c, requests, replies);
+    CHECK(c.read_for(20ms).empty());
+}
+
+// The guide's integration test on bucket `b` (a fresh one).
+std::vector<row> guide_session(const std::string& b) {
+    return {
+        {"UNKNOWN " + b + "\r\n", unknown},
+        {"GET " + b + " eggs\r\n", not_found},
+        {"CREATE " + b + "\r\n", ok},
+        {"PUT " + b + " eggs 3\r\n", ok},
+        {"GET " + b + " eggs\r\n", value_reply("3")},
+        {"DELETE " + b + " eggs\r\n", ok},
+        {"GET " + b + " eggs\r\n", value_reply("")},
+    };
+}
+
+// Every command on the fresh bucket `b`, ending with `kept` stored under the key "kept".
+std::vector<row> every_command(const std::string& b, const std::string& kept) {
+    std::vector<row> rows = {
+        {"PUT " + b + " k v\r\n", not_found},
+        {"DELETE " + b + " k\r\n", not_found},
+        {"GET " + b + " k\r\n", not_found},
+        {"CREATE " + b + "\r\n", ok},
+        {"CREATE " + b + "\r\n", ok}, // idempotent
+        {"GET " + b + " k\r\n", value_reply("")},
+        {"DELETE " + b + " k\r\n", ok}, // an absent key
+        {"PUT " + b + " k v\r\n", ok},
+        {"GET " + b + " k\r\n", value_reply("v")},
+        {"PUT " + b + " k w\r\n", ok},
+        {"GET " + b + " k\r\n", value_reply("w")},
+        {"DELETE " + b + " k\r\n", ok},
+        {"GET " + b + " k\r\n", value_reply("")},
+        // Bytes that are not text, relayed exactly both ways.
+        {"PUT " + b + " \x80k\x01 \xff\x00v\x7f\r\n"s, ok},
+        {"GET " + b + " \x80k\x01\r\n"s, value_reply("\xff\x00v\x7f"s)},
+        // Separators and terminators of every kind (the forwarded line is rebuilt).
+        {" \tPUT\t" + b + "  spaced \v 1 \f\n", ok},
+        {"GET " + b + " spaced\n", value_reply("1")},
+        // Wrong numbers of tokens, unknown and lower-case verbs: never forwarded.
+        {"GET " + b + "\r\n", unknown},
+        {"PUT " + b + " k hello world\r\n", unknown},
+        {"get " + b + " k\r\n", unknown},
+        {"FETCH " + b + " k\r\n", unknown},
+        {"\r\n", unknown},
+        {"PUT " + b + " kept " + kept + "\r\n", ok},
+    };
+    return rows;
+}
+
+// How a poll of a node that is coming back ended.
+struct polled {
+    bool reached = false; // `want` came back
+    double ms = 0;        // from the start of the poll to its end
+    int attempts = 0;
+    std::string last; // the last reply
+};
+
+// Sends `request` on `c` again and again (every 10 ms) while the reply is an `ERROR` line
+// (the owner is still unavailable), until it is `want` or `limit` passes. A reply that is
+// neither ends the poll too: that is a wrong answer, not "not yet".
+polled poll_until(kv_client& c, const std::string& request, const std::string& want,
+                  millis limit = 5s) {
+    polled p;
+    const auto start = steady::now();
+    const auto deadline = start + limit;
+    while (steady::now() < deadline) {
+        ++p.attempts;
+        if (!c.send_all(request)) {
+            p.last = "(cannot send)";
+            break;
+        }
+        p.last = c.read_lines(1);
+        if (p.last.starts_with("ERROR ") && p.last.ends_with("\r\n")) {
+            std::this_thread::sleep_for(10ms);
+            continue;
+        }
+        if (p.last != want && want.starts_with(p.last) && p.last.ends_with("\r\n")) {
+            p.last += c.read_exact(want.size() - p.last.size()); // a GET's second line
+        }
+        p.reached = p.last == want;
+        break;
+    }
+    p.ms = ms_since(start);
+    return p;
+}
+
+// Checks that a poll reached its reply; else says how it ended.
+void check_polled(const polled& p, const std::string& what) {
+    CHECK_MESSAGE(p.reached, what << ": after " << p.attempts << " attempts in " << p.ms
+                                  << " ms, the last reply was \"" << escaped(p.last) << "\"");
+}
+
+// The first letters of a bucket of n1, n2 and n3 under three_nodes()' table.
+constexpr std::array<char, 3> owner_letter = {'a', 'k', 't'};
+
+} // namespace
+
+TEST_CASE("cluster: every command through every node, for buckets of every node; data only on "
+          "the owner") {
+    cluster c(three_nodes());
+    // bucket(owner, via): a fresh bucket of node `owner`, used through node `via`.
+    const auto bucket = [](std::size_t owner, std::size_t via) {
+        return owner_letter[owner] + "bucket"s + std::to_string(via + 1);
+    };
+    const auto kept = [](std::size_t owner, std::size_t via) {
+        return "from-n" + std::to_string(via + 1) + "-to-n" + std::to_string(owner + 1);
+    };
+    for (std::size_t via = 0; via < 3; ++via) {
+        kv_client client = c.client(via);
+        for (std::size_t owner = 0; owner < 3; ++owner) {
+            INFO("through " << c.name(via) << ", a bucket of " << c.name(owner));
+            exchange_each(client,
+                          guide_session(owner_letter[owner] + "shop"s + std::to_string(via + 1)));
+            exchange_each(client, every_command(bucket(owner, via), kept(owner, via)));
+        }
+    }
+    {
+        // The guide's literal session (shopping is n3's) through n1, in one write.
+        kv_client client = c.client(0);
+        exchange_pipelined(client, guide_session("shopping"));
+    }
+
+    // Every node reads the same data (its own directly, the others' through their owners);
+    // peer connections show that each bucket lives on its owner and nowhere else.
+    std::array<kv_client, 3> plain = {c.client(0), c.client(1), c.client(2)};
+    std::array<kv_client, 3> peers = {c.peer(0), c.peer(1), c.peer(2)};
+    for (std::size_t owner = 0; owner < 3; ++owner) {
+        for (std::size_t via = 0; via < 3; ++via) {
+            const std::string get = "GET " + bucket(owner, via) + " kept\r\n";
+            const std::string stored = value_reply(kept(owner, via));
+            INFO("bucket " << bucket(owner, via) << " of " << c.name(owner));
+            for (std::size_t at = 0; at < 3; ++at) {
+                INFO("asking " << c.name(at));
+                OTPKV_CHECK_EXCHANGE(plain[at], get, stored);
+                OTPKV_CHECK_EXCHANGE(peers[at], get, at == owner ? stored : not_found);
+            }
+        }
+    }
+    for (std::size_t at = 0; at < 3; ++at) {
+        OTPKV_CHECK_EXCHANGE(peers[at], "GET shopping eggs\r\n",
+                             at == 2 ? value_reply("") : not_found);
+    }
+
+    {
+        // Pipelined: 1,500 requests for buckets of all three nodes in one write, through each
+        // node; the replies come back exact and in order.
+        for (std::size_t via = 0; via < 3; ++via) {
+            INFO("through " << c.name(via));
+            kv_client client = c.client(via);
+            std::map<std::string, std::string> model; // "bucket key" -> value
+            std::vector<row> rows;
+            std::vector<std::string> buckets;
+            for (std::size_t owner = 0; owner < 3; ++owner) {
+                buckets.push_back(owner_letter[owner] + "pipe"s + std::to_string(via + 1));
+                rows.push_back({"CREATE " + buckets.back() + "\r\n", ok});
+            }
+            for (int i = 0; i < 1'500; ++i) {
+                const std::string& b = buckets[static_cast<std::size_t>(i * 7 % 3)];
+                const std::string key = "k" + std::to_string(i % 11);
+                if (i % 50 == 49) {
+                    rows.push_back({"NOPE " + b + "\r\n", unknown});
+                } else if (i % 50 == 24) {
+                    rows.push_back({"GET 0" + b + " " + key + "\r\n", no_route});
+                } else if (i % 3 == 0) {
+                    const std::string value = "v" + std::to_string(i) + "\xfe";
+                    rows.push_back({"PUT " + b + " " + key + " " + value + "\r\n", ok});
+                    model[b + " " + key] = value;
+                } else if (i % 10 == 7) {
+                    rows.push_back({"DELETE " + b + " " + key + "\n", ok});
+                    model.erase(b + " " + key);
+                } else {
+                    const auto found = model.find(b + " " + key);
+                    rows.push_back({"GET " + b + " " + key + "\r\n",
+                                    value_reply(found == model.end() ? "" : found->second)});
+                }
+            }
+            exchange_pipelined(client, rows);
+        }
+    }
+    c.stop();
+}
+
+TEST_CASE("cluster: a bucket no route covers gets ERROR no route; the connection goes on") {
+    cluster c(three_nodes());
+    for (std::size_t via = 0; via < 3; ++via) {
+        INFO("through " << c.name(via));
+        kv_client client = c.client(via);
+        const std::string mine = owner_letter[via] + "mine"s;
+        exchange_each(client, {
+                                  {"CREATE 0abc\r\n", no_route},
+                                  {"CREATE " + mine + "\r\n", ok},
+                                  {"PUT Zed k v\r\n", no_route},
+                                  {"PUT " + mine + " k v\r\n", ok},
+                                  {"GET Apple k\r\n", no_route}, // names are case-sensitive
+                                  {"GET " + mine + " k\r\n", value_reply("v")},
+                                  {"DELETE ~x k\r\n", no_route},
+                                  {"GET \x80\xff k\r\n", no_route},
+                                  {"SUBSCRIBE 9lives\r\n", no_route},
+                                  {"DELETE " + mine + " k\r\n", ok},
+                                  {"GET " + mine + " k\r\n", value_reply("")},
+                              });
+        // Pipelined, between requests for every node's buckets.
+        exchange_pipelined(client, {
+                                       {"CREATE abc\r\n", ok},
+                                       {"GET 0abc k\r\n", no_route},
+                                       {"CREATE kilo\r\n", ok},
+                                       {"CREATE Zulu\r\n", no_route},
+                                       {"CREATE tango\r\n", ok},
+                                       {"PUT {x k v\r\n", no_route},
+                                       {"GET tango k\r\n", value_reply("")},
+                                   });
+    }
+    c.stop();
+}
+
+TEST_CASE("cluster: kill -9 a node: its buckets get ERROR node n3 unavailable within 2 s, the "
+          "others keep working; restarted on its port, it serves again") {
+    cluster c(three_nodes());
+    kv_client via1 = c.client(0);
+    kv_client via2 = c.client(1);
+    // n1 has talked to n3 (its pooled connections are open); n2 never has.
+    exchange_pipelined(via1,
+                       {
+                           {"CREATE alpha\r\nCREATE kilo\r\nCREATE sierra\r\n", ok + ok + ok},
+                           {"PUT alpha k a1\r\nPUT kilo k k1\r\nPUT sierra k s1\r\n", ok + ok + ok},
+                           {"GET sierra k\r\n", value_reply("s1")},
+                       });
+    const pid_t pid1 = c.pid(0);
+    const pid_t pid2 = c.pid(1);
+
+    const auto killed_at = steady::now();
+    const exit_status st = c.kill(2);
+    CHECK_MESSAGE(st.signal == SIGKILL, "n3 " << st.describe());
+    for (kv_client* via : {&via1, &via2}) {
+        OTPKV_CHECK_EXCHANGE(*via, "GET sierra k\r\n", unavailable("n3"));
+        const double ms = ms_since(killed_at);
+        MESSAGE("ERROR node n3 unavailable " << ms << " ms after the kill");
+        CHECK(ms < 2'000);
+    }
+
+    // Now known down: every request for n3's buckets fails at once, on both nodes; the
+    // connection goes on (a refused SUBSCRIBE too).
+    for (kv_client* via : {&via1, &via2}) {
+        for (const std::string request :
+             {"GET sierra k\r\n", "PUT sierra k x\r\n", "DELETE sierra k\r\n", "CREATE tango\r\n",
+              "SUBSCRIBE sierra\r\n", "GET sierra k\r\n"}) {
+            INFO("request \"" << escaped(request) << "\"");
+            const auto asked = steady::now();
+            OTPKV_CHECK_EXCHANGE(*via, request, unavailable("n3"));
+            CHECK(ms_since(asked) < 500);
+        }
+        // The other nodes' buckets are served meanwhile, also between n3's in one write.
+        exchange_pipelined(*via, {
+                                     {"GET alpha k\r\n", value_reply("a1")},
+                                     {"GET sierra k\r\n", unavailable("n3")},
+                                     {"GET kilo k\r\n", value_reply("k1")},
+                                 });
+    }
+    exchange_each(via2, {
+                            {"PUT alpha k a2\r\n", ok},
+                            {"PUT kilo k k2\r\n", ok},
+                        });
+    exchange_each(via1, {
+                            {"GET alpha k\r\n", value_reply("a2")},
+                            {"GET kilo k\r\n", value_reply("k2")},
+                        });
+
+    // Back on its port, empty (its buckets died with it): both nodes find it by themselves.
+    c.restart(2);
+    const polled back1 = poll_until(via1, "CREATE sierra\r\n", ok);
+    check_polled(back1, "n1 reaching the restarted n3");
+    const polled back2 = poll_until(via2, "GET sierra k\r\n", value_reply(""));
+    check_polled(back2, "n2 reaching the restarted n3");
+    MESSAGE("service back " << back1.ms << " ms (through n1) and " << back2.ms
+                            << " ms (through n2) after the restart");
+    exchange_each(via2, {
+                            {"PUT sierra k s2\r\n", ok},
+                            {"GET sierra k\r\n", value_reply("s2")},
+                            {"GET alpha k\r\n", value_reply("a2")},
+                        });
+    exchange_each(via1, {
+                            {"GET sierra k\r\n", value_reply("s2")},
+                            {"GET kilo k\r\n", value_reply("k2")},
+                        });
+    kv_client owner = c.client(2);
+    OTPKV_CHECK_EXCHANGE(owner, "GET sierra k\r\n", value_reply("s2"));
+    // The others were never restarted.
+    CHECK(c.pid(0) == pid1);
+    CHECK(c.pid(1) == pid2);
+    CHECK(c.running(0));
+    CHECK(c.running(1));
+    c.stop();
+}
+
+TEST_CASE("cluster: SIGSTOP a node: ERROR node n3 unavailable within 2 s, then at once; the "
+          "others keep working; after SIGCONT it serves again, its data intact") {
+    cluster c(three_nodes());
+    kv_client via1 = c.client(0);
+    kv_client via2 = c.client(1);
+    exchange_pipelined(via1,
+                       {
+                           {"CREATE alpha\r\nCREATE kilo\r\nCREATE sierra\r\n", ok + ok + ok},
+                           {"PUT alpha k a1\r\nPUT kilo k k1\r\nPUT sierra k s1\r\n", ok + ok + ok},
+                           {"GET sierra k\r\n", value_reply("s1")},
+                       });
+    c.freeze(2);
+
+    // Through n1, whose connections to n3 are open: the request goes out and is never
+    // answered. While it waits, other clients' requests for other buckets are not held up.
+    const auto asked = steady::now();
+    REQUIRE(via1.send_all("GET sierra k\r\n"));
+    {
+        kv_client other = c.client(0);
+        for (const row& r : std::vector<row>{{"GET alpha k\r\n", value_reply("a1")},
+                                             {"GET kilo k\r\n", value_reply("k1")},
+                                             {"PUT kilo k k2\r\n", ok}}) {
+            const auto start = steady::now();
+            OTPKV_CHECK_EXCHANGE(other, r.request, r.reply);
+            CHECK(ms_since(start) < 500);
+        }
+    }
+    OTPKV_CHECK_RECEIVES(via1, unavailable("n3"));
+    const double first1 = ms_since(asked);
+    // Through n2, which has no connection to n3: connecting works (the kernel accepts for
+    // the frozen process), the greeting is never answered.
+    const auto asked2 = steady::now();
+    OTPKV_CHECK_EXCHANGE(via2, "GET sierra k\r\n", unavailable("n3"));
+    const double first2 = ms_since(asked2);
+    MESSAGE("first ERROR node n3 unavailable after " << first1 << " ms (n1) and " << first2
+                                                     << " ms (n2)");
+    CHECK(first1 < 2'000);
+    CHECK(first2 < 2'000);
+
+    // Known down now: every later request fails fast.
+    for (kv_client* via : {&via1, &via2}) {
+        for (int i = 0; i < 5; ++i) {
+            const auto start = steady::now();
+            OTPKV_CHECK_EXCHANGE(*via, "GET sierra k\r\n", unavailable("n3"));
+            CHECK(ms_since(start) < 500);
+        }
+        exchange_pipelined(*via, {
+                                     {"GET alpha k\r\n", value_reply("a1")},
+                                     {"GET sierra k\r\n", unavailable("n3")},
+                                     {"GET kilo k\r\n", value_reply("k2")},
+                                 });
+    }
+
+    // SIGCONT: both nodes use it again by themselves; what it held is still there.
+    c.thaw(2);
+    const polled back1 = poll_until(via1, "GET sierra k\r\n", value_reply("s1"));
+    check_polled(back1, "n1 reaching the thawed n3");
+    const polled back2 = poll_until(via2, "GET sierra k\r\n", value_reply("s1"));
+    check_polled(back2, "n2 reaching the thawed n3");
+    MESSAGE("service back " << back1.ms << " ms (through n1) and " << back2.ms
+                            << " ms (through n2) after SIGCONT");
+    exchange_each(via2, {
+                            {"PUT sierra k s2\r\n", ok},
+                            {"GET alpha k\r\n", value_reply("a1")},
+                        });
+    exchange_each(via1, {{"GET sierra k\r\n", value_reply("s2")}});
+    kv_client owner = c.client(2);
+    OTPKV_CHECK_EXCHANGE(owner, "GET sierra k\r\n", value_reply("s2"));
+    c.stop();
+}
+
+TEST_CASE("cluster: 20 clients over the 3 nodes, 2,000 mixed operations each: every client "
+          "reads its own writes") {
+    cluster c(three_nodes());
+    const std::vector<std::string> buckets = {"alpha", "juliet", "sierra"}; // n1, n2, n3
+    {
+        kv_client setup = c.client(0);
+        exchange_pipelined(setup,
+                           {{"CREATE alpha\r\nCREATE juliet\r\nCREATE sierra\r\n", ok + ok + ok}});
+    }
+    constexpr int clients = 20;
+    constexpr int operations = 2'000;
+    constexpr int keys = 8;
+    std::vector<kv_client> conns;
+    for (int i = 0; i < clients; ++i) {
+        conns.push_back(c.client(static_cast<std::size_t>(i % 3)));
+    }
+
+    // Client i's keys are its own ("c<i>.<j>", in all three buckets), so its model of them
+    // is exact: a GET must return what it last PUT there, or nothing after a DELETE or before
+    // any PUT. It sends its operations in batches of 1 to 16 in one write (the replies must
+    // come back in order too), and stops at its first wrong reply (the stream after it may
+    // be out of step).
+    struct outcome {
+        int done = 0;
+        int mismatches = 0;
+        std::string first;
+    };
+    std::vector<outcome> outcomes(clients);
+    std::vector<std::thread> threads;
+    const auto start = steady::now();
+    for (int i = 0; i < clients; ++i) {
+        threads.emplace_back([&, i] {
+            kv_client& conn = conns[static_cast<std::size_t>(i)];
+            outcome& out = outcomes[static_cast<std::size_t>(i)];
+            std::mt19937 random(static_cast<unsigned>(i) * 7919U + 17U);
+            std::map<std::string, std::string> model;
+            int n = 0;
+            while (n < operations && out.mismatches == 0) {
+                const int batch =
+                    std::min(operations - n, std::uniform_int_distribution<int>(1, 16)(random));
+                std::string requests;
+                std::vector<std::pair<std::string, std::string>> expected; // request, reply
+                for (int b = 0; b < batch; ++b, ++n) {
+                    const std::string& bucket =
+                        buckets[std::uniform_int_distribution<std::size_t>(0, 2)(random)];
+                    const std::string key =
+                        "c" + std::to_string(i) + "." +
+                        std::to_string(std::uniform_int_distribution<int>(0, keys - 1)(random));
+                    const int op = std::uniform_int_distribution<int>(0, 99)(random);
+                    std::string request;
+                    std::string reply;
+                    if (op < 40) {
+                        const std::string value = "v" + std::to_string(i) + "." + std::to_string(n);
+                        request = "PUT " + bucket + " " + key + " " + value + "\r\n";
+                        reply = ok;
+                        model[bucket + " " + key] = value;
+                    } else if (op < 80) {
+                        request = "GET " + bucket + " " + key + "\r\n";
+                        const auto found = model.find(bucket + " " + key);
+                        reply = value_reply(found == model.end() ? "" : found->second);
+                    } else {
+                        request = "DELETE " + bucket + " " + key + "\r\n";
+                        reply = ok;
+                        model.erase(bucket + " " + key);
+                    }
+                    requests += request;
+                    expected.emplace_back(std::move(request), std::move(reply));
+                }
+                const auto deadline = steady::now() + otpkv_test::default_wait;
+                if (!conn.send_all(requests, until(deadline))) {
+                    ++out.mismatches;
+                    out.first = "client " + std::to_string(i) + " cannot send";
+                    break;
+                }
+                for (const auto& [request, reply] : expected) {
+                    const std::string got = conn.read_exact(reply.size(), until(deadline));
+                    if (got != reply) {
+                        ++out.mismatches;
+                        out.first = "client " + std::to_string(i) + " (through n" +
+                                    std::to_string(i % 3 + 1) + ") request \"" + escaped(request) +
+                                    "\": " + otpkv_test::difference(got, reply);
+                        break;
+                    }
+                    ++out.done;
+                }
+            }
+        });
+    }
+    for (std::thread& t : threads) {
+        t.join();
+    }
+    const double ms = ms_since(start);
+    int done = 0;
+    int mismatches = 0;
+    for (const outcome& o : outcomes) {
+        done += o.done;
+        mismatches += o.mismatches;
+        CHECK_MESSAGE(o.mismatches == 0, o.first);
+    }
+    MESSAGE(done << " operations by " << clients << " clients in " << ms << " ms");
+    CHECK(mismatches == 0);
+    CHECK(done == clients * operations);
+    c.stop();
+}
+
+TEST_CASE("cluster: routing tables that disagree: a forwarded request runs where it lands, "
+          "never forwarded again") {
+    SUBCASE("n1 says a-z is n2's, n2 says a-z is n1's") {
+        const std::vector<std::uint16_t> ports = unused_ports(2);
+        cluster c({{"n1", ports[0], {route("a-z", "n2", ports[1])}},
+                   {"n2", ports[1], {route("a-z", "n1", ports[0])}}});
+        kv_client via1 = c.client(0);
+        kv_client via2 = c.client(1);
+        // Through n1: forwarded once, to n2, and run there (the bucket does not exist yet).
+        const auto asked = steady::now();
+        OTPKV_CHECK_EXCHANGE(via1, "GET apple k\r\n", not_found);
+        const double first = ms_since(asked);
+        MESSAGE("first forwarded reply after " << first << " ms");
+        CHECK(first < 1'000);
+        exchange_each(via1, {
+                                {"CREATE apple\r\n", ok},
+                                {"PUT apple k from-n1\r\n", ok},
+                                {"GET apple k\r\n", value_reply("from-n1")},
+                            });
+        // It lives on n2 only.
+        kv_client peer1 = c.peer(0);
+        kv_client peer2 = c.peer(1);
+        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", value_reply("from-n1"));
+        OTPKV_CHECK_EXCHANGE(peer1, "GET apple k\r\n", not_found);
+        // Through n2 the same name goes to n1, where it does not exist; created through n2 it
+        // lives on n1. Two buckets of one name, one per node, each reached from the other.
+        exchange_each(via2, {
+                                {"GET apple k\r\n", not_found},
+                                {"CREATE apple\r\n", ok},
+                                {"PUT apple k from-n2\r\n", ok},
+                                {"GET apple k\r\n", value_reply("from-n2")},
+                            });
+        OTPKV_CHECK_EXCHANGE(peer1, "GET apple k\r\n", value_reply("from-n2"));
+        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", value_reply("from-n1"));
+        // Both still serve, promptly, many times over (pipelined, no loop piles up).
+        std::string requests;
+        std::string replies;
+        for (int i = 0; i < 200; ++i) {
+            requests += "GET apple k\r\n";
+            replies += value_reply("from-n1");
+        }
+        const auto batch = steady::now();
+        OTPKV_CHECK_EXCHANGE(via1, requests, replies);
+        OTPKV_CHECK_EXCHANGE(via2, "GET apple k\r\n", value_reply("from-n2"));
+        CHECK(ms_since(batch) < 1'000);
+        c.stop();
+    }
+
+    SUBCASE("a node's own entry names another node's address; the other node follows it to "
+            "itself and is answered with the wrong name") {
+        // Both nodes: a-m is n1's at n2's port, n-z is n2's (at n2's port, rightly).
+        const std::vector<std::uint16_t> ports = unused_ports(2);
+        const std::vector<std::string> table = {route("a-m", "n1", ports[1]),
+                                                route("n-z", "n2", ports[1])};
+        cluster c({{"n1", ports[0], table}, {"n2", ports[1], table}});
+        kv_client via1 = c.client(0);
+        kv_client via2 = c.client(1);
+        // n1 knows its entries by its name: a-m runs on n1, whatever address the entry has.
+        exchange_each(via1, {
+                                {"CREATE apple\r\n", ok},
+                                {"PUT apple k v\r\n", ok},
+                                {"GET apple k\r\n", value_reply("v")},
+                                {"CREATE november\r\n", ok}, // n2's, forwarded there
+                                {"PUT november k w\r\n", ok},
+                            });
+        kv_client peer1 = c.peer(0);
+        kv_client peer2 = c.peer(1);
+        OTPKV_CHECK_EXCHANGE(peer1, "GET apple k\r\n", value_reply("v"));
+        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", not_found);
+        OTPKV_CHECK_EXCHANGE(peer2, "GET november k\r\n", value_reply("w"));
+        OTPKV_CHECK_EXCHANGE(peer1, "GET november k\r\n", not_found);
+        // n2 sends a-m to "n1" at its own port: it answers the greeting as n2, not n1, so
+        // "n1" is down for n2. Promptly, and no request runs twice or loops.
+        const auto asked = steady::now();
+        OTPKV_CHECK_EXCHANGE(via2, "GET apple k\r\n", unavailable("n1"));
+        const double first = ms_since(asked);
+        MESSAGE("ERROR node n1 unavailable after " << first << " ms");
+        CHECK(first < 2'000);
+        for (int i = 0; i < 3; ++i) {
+            const auto start = steady::now();
+            OTPKV_CHECK_EXCHANGE(via2, "PUT apple k x\r\n", unavailable("n1"));
+            CHECK(ms_since(start) < 500);
+        }
+        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", not_found); // still none on n2
+        // Both still serve everything else.
+        exchange_each(via2, {
+                                {"GET november k\r\n", value_reply("w")},
+                                {"CREATE zulu\r\n", ok},
+                                {"PUT zulu k z\r\n", ok},
+                            });
+        exchange_each(via1, {
+                                {"GET zulu k\r\n", value_reply("z")},
+                                {"GET apple k\r\n", value_reply("v")},
+                            });
+        c.stop();
+    }
+}
+
+TEST_CASE("cluster: SUBSCRIBE through a node that does not own the bucket") {
+    cluster c(three_nodes());
+    std::array<kv_client, 3> pub = {c.client(0), c.client(1), c.client(2)};
+    exchange_pipelined(pub[1], {{"CREATE subs\r\n", ok}, {"CREATE sother\r\n", ok}}); // n3's
+    int counter = 0;
+
+    // Subscribed through n1 and through n2 (n3 owns the bucket).
+    kv_client sub1 = c.client(0);
+    kv_client sub2 = c.client(1);
+    subscribe_synced(sub1, pub[1], "subs", counter);
+    subscribe_synced(sub2, pub[0], "subs", counter);
+    const std::string last_sync = "sync SET TO " + std::to_string(counter) + "\r\n";
+    CHECK(read_through(sub1, last_sync).ends_with(last_sync)); // sub2's sync events
+
+    // Events of writes made through every node, the owner included, in order.
+    exchange_each(pub[0], {{"PUT subs k v1\r\n", ok}});
+    exchange_each(pub[1], {{"PUT sother k x\r\n", ok}}); // another bucket of n3: no event
+    exchange_each(pub[2], {{"PUT subs k v2\r\n", ok}});
+    exchange_each(pub[1], {{"DELETE subs k\r\n", ok}});
+    exchange_each(pub[2], {{"DELETE subs absent\r\n", ok}});
+    exchange_each(pub[0], {{"PUT subs bin \xff\x00\x80\r\n"s, ok}});
+    const std::string events =
+        "k SET TO v1\r\nk SET TO v2\r\nk DELETED\r\nabsent DELETED\r\nbin SET TO \xff\x00\x80\r\n"s;
+    OTPKV_CHECK_RECEIVES(sub1, events);
+    OTPKV_CHECK_RECEIVES(sub2, events);
+    CHECK(sub1.read_for(100ms).empty());
+    CHECK(sub2.read_for(1ms).empty());
+
+    // A missing remote bucket: NOT FOUND, and the connection stays an ordinary one.
+    for (std::size_t via = 0; via < 2; ++via) {
+        INFO("through " << c.name(via));
+        kv_client probe = c.client(via);
+        exchange_each(probe, {
+                                 {"SUBSCRIBE snothing\r\n", not_found},
+                                 {"GET subs bin\r\n", value_reply("\xff\x00\x80"s)},
+                                 {"PUT subs after " + std::to_string(via) + "\r\n", ok},
+                                 {"CREATE alpha\r\n", ok},
+                             });
+        const std::string after = "after SET TO " + std::to_string(via) + "\r\n";
+        OTPKV_CHECK_RECEIVES(sub1, after);
+        OTPKV_CHECK_RECEIVES(sub2, after);
+        CHECK(probe.read_for(50ms).empty()); // no events for it
+    }
+
+    // The owner dies: the relayed streams end (EOF), promptly.
+    const auto killed_at = steady::now();
+    c.kill(2);
+    for (kv_client* sub : {&sub1, &sub2}) {
+        OTPKV_CHECK_BYTES(sub->read_to_eof(5s), "");
+        CHECK_MESSAGE(sub->end() == kv_client::ending::eof,
+                      "the stream ended with " << otpkv_test::to_string(sub->end()));
+    }
+    const double ms = ms_since(killed_at);
+    MESSAGE("both relayed streams ended " << ms << " ms after the owner was killed");
+    CHECK(ms < 3'000);
+    // The publishers' nodes go on.
+    exchange_each(pub[0], {{"GET subs k\r\n", unavailable("n3")}, {"CREATE alpha\r\n", ok}});
+    c.stop();
+}
+
+TEST_CASE("cluster: the peer greeting is answered with the node's name; that connection's "
+          "requests run on that node") {
+    cluster c(three_nodes());
+    for (std::size_t i = 0; i < 3; ++i) {
+        INFO("node " << c.name(i));
+        kv_client client = c.client(i);
+        // Not greetings: unknown commands, as protocol.md says of any unknown verb.
+        exchange_each(client, {
+                                  {"OTPKV-PEER 2 x\r\n", unknown},
+                                  {"OTPKV-PEER 1\r\n", unknown},
+                                  {"OTPKV-PEER 1 x y\r\n", unknown},
+                                  {"OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 " + c.name(i) + "\r\n"},
+                                  // A bucket of n3's name (of n1's for n3), run right here.
+                                  {i == 2 ? "CREATE apeer\r\n" : "CREATE tpeer\r\n", ok},
+                              });
+    }
+    // Those buckets were made where the greeted connections were, not on their owners.
+    kv_client via3 = c.client(2);
+    kv_client via1 = c.client(0);
+    OTPKV_CHECK_EXCHANGE(via3, "GET tpeer k\r\n", not_found);
+    OTPKV_CHECK_EXCHANGE(via1, "GET apeer k\r\n", not_found);
+    for (std::size_t i = 0; i < 3; ++i) {
+        kv_client peer = c.peer(i);
+        OTPKV_CHECK_EXCHANGE(peer, i == 2 ? "GET apeer k\r\n" : "GET tpeer k\r\n", value_reply(""));
+    }
+    c.stop();
+}
