@@ -217,6 +217,30 @@ inline ssize_t send_some(int fd, const char* data, std::size_t size) noexcept {
 }
 
 /// Interest in readiness, and what a wait reports.
+/// Sends what `out` holds past `sent`, as much as the socket takes now; once all is sent,
+/// empties `out` (and gives back its memory when more than `keep` bytes were reserved).
+/// False when the connection is broken (reset, closed): nothing more can be delivered.
+inline bool send_pending(int fd, std::string& out, std::size_t& sent, std::size_t keep) {
+    while (sent < out.size()) {
+        const ssize_t n = send_some(fd, out.data() + sent, out.size() - sent);
+        if (n > 0) {
+            sent += static_cast<std::size_t>(n);
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return true;
+        } else {
+            return false;
+        }
+    }
+    sent = 0;
+    out.clear();
+    if (out.capacity() > keep) {
+        std::string().swap(out); // a burst is over: give its memory back
+    }
+    return true;
+}
+
 enum io_events : std::uint32_t { io_none = 0, io_read = 1, io_write = 2, io_error = 4 };
 
 /// One readiness report: the pointer registered with the descriptor, and its events.

@@ -646,25 +646,9 @@ inline void client_loop::handle(peer_connection& c, std::uint32_t events) {
 }
 
 inline void client_loop::flush(peer_connection& c) {
-    while (c.sent < c.out.size()) {
-        const ssize_t n = send_some(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent);
-        if (n > 0) {
-            c.sent += static_cast<std::size_t>(n);
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            break;
-        } else {
-            broken(c);
-            return;
-        }
-    }
-    if (c.sent == c.out.size()) {
-        c.sent = 0;
-        c.out.clear();
-        if (c.out.capacity() > 65536) {
-            std::string().swap(c.out);
-        }
+    if (!send_pending(c.fd.get(), c.out, c.sent, 65536)) {
+        broken(c);
+        return;
     }
     set_interest(c, c.out.empty() ? io_read : io_read | io_write);
 }

@@ -719,25 +719,9 @@ inline void event_loop::pull_requests(connection& c) {
 }
 
 inline void event_loop::flush(connection& c) {
-    while (c.sent < c.out.size()) {
-        const ssize_t n = send_some(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent);
-        if (n > 0) {
-            c.sent += static_cast<std::size_t>(n);
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            break;
-        } else {
-            destroy(c);
-            return;
-        }
-    }
-    if (c.sent == c.out.size()) {
-        c.sent = 0;
-        c.out.clear();
-        if (c.out.capacity() > 4096) {
-            std::string().swap(c.out); // a burst is over: give its memory back
-        }
+    if (!send_pending(c.fd.get(), c.out, c.sent, 4096)) {
+        destroy(c);
+        return;
     }
     if (c.link) {
         c.link->unsent.store(c.unsent(), std::memory_order_relaxed);
