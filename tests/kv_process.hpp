@@ -10,6 +10,7 @@
 #pragma once
 
 #include <otpkv/command.hpp>
+#include <otpkv/net/server.hpp>
 
 #include <doctest/doctest.h>
 
@@ -818,6 +819,58 @@ inline void stop_cleanly(kv_process& server) {
     const exit_status st = server.stop();
     CHECK_MESSAGE(st.clean(), "kv_server " << st.describe());
     CHECK_MESSAGE(st.seconds < 5.0, "kv_server took " << st.seconds << " s to stop");
+}
+
+/// One request and the exact reply it must get.
+struct row {
+    std::string request;
+    std::string reply;
+};
+
+/// Sends each row and checks its reply, one exchange at a time; then nothing more comes.
+inline void exchange_each(kv_client& c, const std::vector<row>& rows) {
+    for (const row& r : rows) {
+        CAPTURE(escaped(r.request));
+        OTPKV_CHECK_EXCHANGE(c, r.request, r.reply);
+    }
+    CHECK(c.read_for(millis(50)).empty());
+}
+
+/// Sends every row in one write and checks all the replies, in order; then nothing more.
+inline void exchange_pipelined(kv_client& c, const std::vector<row>& rows) {
+    std::string requests;
+    std::string replies;
+    for (const row& r : rows) {
+        requests += r.request;
+        replies += r.reply;
+    }
+    OTPKV_CHECK_EXCHANGE(c, requests, replies);
+    CHECK(c.read_for(millis(50)).empty());
+}
+
+/// A loopback port nothing listens on right now (bound to 0 and released): connecting to it
+/// is refused, and a test may name it in an environment variable or a file.
+inline std::uint16_t free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t size = sizeof addr;
+    const bool bound = ::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 &&
+                       ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &size) == 0;
+    ::close(fd);
+    REQUIRE(bound);
+    return ntohs(addr.sin_port);
+}
+
+/// A server's options for an in-process test: loopback, an ephemeral port, 2 loops.
+inline otpkv::server_options loopback(otpkv::poller_kind poller = otpkv::poller_kind::automatic) {
+    otpkv::server_options o;
+    o.port = 0;
+    o.threads = 2;
+    o.poller = poller;
+    return o;
 }
 
 } // namespace otpkv_test

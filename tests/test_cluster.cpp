@@ -29,6 +29,8 @@
 using namespace std::string_literals;
 using namespace std::chrono_literals;
 using otpkv_test::escaped;
+using otpkv_test::exchange_each;
+using otpkv_test::exchange_pipelined;
 using otpkv_test::exit_status;
 using otpkv_test::kv_client;
 using otpkv_test::kv_process;
@@ -37,6 +39,7 @@ using otpkv_test::ms_since;
 using otpkv_test::not_found;
 using otpkv_test::ok;
 using otpkv_test::read_through;
+using otpkv_test::row;
 using otpkv_test::steady;
 using otpkv_test::stop_cleanly;
 using otpkv_test::subscribe_synced;
@@ -239,32 +242,6 @@ class cluster {
     std::vector<std::unique_ptr<kv_process>> nodes_;
     std::vector<bool> frozen_;
 };
-
-struct row {
-    std::string request;
-    std::string reply;
-};
-
-// Sends each row and checks its reply, one exchange at a time; then nothing more comes.
-void exchange_each(kv_client& c, const std::vector<row>& rows) {
-    for (const row& r : rows) {
-        INFO("request \"" << escaped(r.request) << "\"");
-        OTPKV_CHECK_EXCHANGE(c, r.request, r.reply);
-    }
-    CHECK(c.read_for(20ms).empty());
-}
-
-// Sends every row in one write and checks all the replies, in order; then nothing more.
-void exchange_pipelined(kv_client& c, const std::vector<row>& rows) {
-    std::string requests;
-    std::string replies;
-    for (const row& r : rows) {
-        requests += r.request;
-        replies += r.reply;
-    }
-    OTPKV_CHECK_EXCHANGE(c, requests, replies);
-    CHECK(c.read_for(20ms).empty());
-}
 
 // The guide's integration test on bucket `b` (a fresh one).
 std::vector<row> guide_session(const std::string& b) {

@@ -20,44 +20,22 @@
 
 using namespace std::string_literals;
 using namespace std::chrono_literals;
+using otpkv_test::exchange_each;
+using otpkv_test::exchange_pipelined;
+using otpkv_test::free_port;
 using otpkv_test::kv_client;
 using otpkv_test::kv_process;
 using otpkv_test::millis;
 using otpkv_test::not_found;
 using otpkv_test::ok;
 using otpkv_test::read_through;
+using otpkv_test::row;
 using otpkv_test::stop_cleanly;
 using otpkv_test::subscribe_synced;
 using otpkv_test::too_long;
 using otpkv_test::unknown;
 
 namespace {
-
-struct row {
-    std::string request;
-    std::string reply;
-};
-
-// Sends each row and checks its reply, one exchange at a time; then nothing more comes.
-void exchange_each(kv_client& c, const std::vector<row>& rows) {
-    for (const row& r : rows) {
-        CAPTURE(otpkv_test::escaped(r.request));
-        OTPKV_CHECK_EXCHANGE(c, r.request, r.reply);
-    }
-    CHECK(c.read_for(50ms).empty());
-}
-
-// Sends every row in one write and checks all the replies, in order; then nothing more.
-void exchange_pipelined(kv_client& c, const std::vector<row>& rows) {
-    std::string requests;
-    std::string replies;
-    for (const row& r : rows) {
-        requests += r.request;
-        replies += r.reply;
-    }
-    OTPKV_CHECK_EXCHANGE(c, requests, replies);
-    CHECK(c.read_for(50ms).empty());
-}
 
 // Every row of protocol.md's command table, in an order whose replies depend only on the
 // rows before it (so running them on a fresh server always gives these replies).
@@ -172,22 +150,6 @@ class temp_dir {
   private:
     std::filesystem::path path_;
 };
-
-// A port nothing listens on right now (bound to 0 and released), for the tests that must
-// name a port in the environment or a file.
-std::uint16_t free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t size = sizeof addr;
-    const bool bound = ::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 &&
-                       ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &size) == 0;
-    ::close(fd);
-    REQUIRE(bound);
-    return ntohs(addr.sin_port);
-}
 
 } // namespace
 

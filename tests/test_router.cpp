@@ -124,22 +124,6 @@ std::map<std::string, int> owners_by_first_byte(const otpkv::router& r) {
     return count;
 }
 
-// A loopback port nobody listens on (bound, then closed: connecting to it is refused).
-std::uint16_t closed_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
-    socklen_t size = sizeof addr;
-    const bool bound = ::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 &&
-                       ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &size) == 0;
-    ::close(fd);
-    REQUIRE(bound);
-    return ntohs(addr.sin_port);
-}
-
 std::function<void(const otpkv::node_event&)> record_into(journal& events) {
     return [&events](const otpkv::node_event& e) { events.add(e.node + (e.up ? " up" : " down")); };
 }
@@ -699,7 +683,7 @@ TEST_CASE("node_client: an idle connection's heartbeat notices a frozen peer wit
 }
 
 TEST_CASE("node_client: a refused connection is down at once, well within the timeouts") {
-    const std::uint16_t port = closed_port();
+    const std::uint16_t port = otpkv_test::free_port();
     journal events;
     auto client = start_client({{"n2", "127.0.0.1", port}}, quick(5000ms));
     auto watch = client->monitor_nodes(record_into(events));

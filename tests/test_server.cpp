@@ -18,17 +18,10 @@
 
 using otpkv_test::eventually;
 using otpkv_test::kv_client;
+using otpkv_test::loopback;
 using namespace std::chrono_literals;
 
 namespace {
-
-otpkv::server_options loopback(otpkv::poller_kind poller = otpkv::poller_kind::automatic) {
-    otpkv::server_options o;
-    o.port = 0;
-    o.threads = 2;
-    o.poller = poller;
-    return o;
-}
 
 std::shared_ptr<otpkv::server> start(std::shared_ptr<otpkv::registry> reg,
                                      otpkv::server_options o) {

@@ -30,17 +30,10 @@
 
 using otpkv_test::eventually;
 using otpkv_test::kv_client;
+using otpkv_test::loopback;
 using namespace std::chrono_literals;
 
 namespace {
-
-otpkv::server_options loopback(otpkv::poller_kind poller = otpkv::poller_kind::automatic) {
-    otpkv::server_options o;
-    o.port = 0;
-    o.threads = 2;
-    o.poller = poller;
-    return o;
-}
 
 std::shared_ptr<otpkv::server> start(otpkv::request_handler handler, otpkv::server_options o) {
     auto s = otpkv::server::start(std::move(handler), std::move(o));
