@@ -8,7 +8,8 @@
 /// wins. Entries naming this node (`router_options::self`) are run here, against the
 /// registry; others are forwarded to their node over `node_client`'s pooled connections and
 /// the owner's reply is relayed byte for byte. An empty table makes every bucket local (a
-/// single node); a non-empty one that covers no entry for a name answers `ERROR no route`.
+/// single node); in a non-empty one, a name whose first byte no entry covers gets
+/// `ERROR no route`.
 /// An owner that is down, unreachable or does not answer within the request timeout gives
 /// `ERROR node <name> unavailable`, quickly once it is known to be down, and only for its
 /// buckets; it is retried in the background and used again once it is back.

@@ -761,8 +761,8 @@ inline bool client_loop::deliver(peer_connection& c) {
             c.out.append(c.backlog);
             std::string().swap(c.backlog);
             flush(c);
-            if (!c.fd) {
-                return false;
+            if (!c.fd || c.state != peer_connection::phase::ready) {
+                return false; // broken at once (and perhaps reopened: `in` starts afresh)
             }
             continue;
         }
