@@ -285,7 +285,7 @@ struct subscriber_link {
 void detach(const std::shared_ptr<subscriber_link>& link);
 
 /// One deferred reply (`session::defer`). The completing thread fills `reply`, `dropped`,
-/// `then_close` and `stream` and posts the state to the loop; everything else is the loop thread's.
+/// `then_close` and `stream` and posts the state to the loop; the rest is the loop thread's.
 struct deferred_state {
     std::weak_ptr<server_core> core;
     event_loop* loop = nullptr;
