@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -413,6 +414,46 @@ class wake_pipe {
   private:
     unique_fd read_;
     unique_fd write_;
+};
+
+/// What other threads hand an I/O thread, woken through its `wake_pipe` when the first item
+/// arrives (one wake-up for a burst). The thread takes everything at once.
+template <class T> class mailbox {
+  public:
+    explicit mailbox(const wake_pipe& wake) noexcept : wake_(wake) {}
+
+    /// From any thread. False once closed (the item is left with the caller).
+    bool post(T&& item) {
+        bool first = false;
+        {
+            const std::lock_guard lock(mutex_);
+            if (closed_) {
+                return false;
+            }
+            first = items_.empty();
+            items_.push_back(std::move(item));
+        }
+        if (first) {
+            wake_.notify();
+        }
+        return true;
+    }
+    /// Moves everything posted into `into` (which the caller has emptied).
+    void take(std::vector<T>& into) {
+        const std::lock_guard lock(mutex_);
+        into.swap(items_);
+    }
+    /// Refuses every later `post`; what was posted before is still there to take.
+    void close() {
+        const std::lock_guard lock(mutex_);
+        closed_ = true;
+    }
+
+  private:
+    const wake_pipe& wake_;
+    std::mutex mutex_;
+    bool closed_ = false;
+    std::vector<T> items_;
 };
 
 } // namespace detail

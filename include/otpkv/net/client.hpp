@@ -395,21 +395,7 @@ class client_loop {
     std::shared_ptr<event_hub<node_event>> hub() const noexcept { return hub_; }
 
     /// From any thread. False when the loop has finished (the mail is not taken).
-    bool post(client_mail&& m) {
-        bool first = false;
-        {
-            const std::lock_guard lock(mailbox_mutex_);
-            if (closed_) {
-                return false;
-            }
-            first = mailbox_.empty();
-            mailbox_.push_back(std::move(m));
-        }
-        if (first) {
-            wake_.notify();
-        }
-        return true;
-    }
+    bool post(client_mail&& m) { return mailbox_.post(std::move(m)); }
     std::uint64_t next_stream_id() noexcept {
         return next_stream_id_.fetch_add(1, std::memory_order_relaxed);
     }
@@ -451,9 +437,7 @@ class client_loop {
     std::atomic<bool> stopping_{false};
     std::atomic<std::uint64_t> next_stream_id_{1};
 
-    std::mutex mailbox_mutex_;
-    bool closed_ = false;
-    std::vector<client_mail> mailbox_;
+    mailbox<client_mail> mailbox_{wake_};
     std::vector<client_mail> taken_;
     std::vector<peer_connection*> dirty_;
 };
@@ -501,10 +485,7 @@ inline void client_loop::run() {
 }
 
 inline void client_loop::take_mail() {
-    {
-        const std::lock_guard lock(mailbox_mutex_);
-        taken_.swap(mailbox_);
-    }
+    mailbox_.take(taken_);
     const bool stopping = stopping_.load(std::memory_order_acquire);
     for (client_mail& m : taken_) {
         peer_state* const p = m.node < peers_.size() ? peers_[m.node].get() : nullptr;
@@ -949,10 +930,7 @@ inline int client_loop::check_timers() {
 }
 
 inline void client_loop::shut_down() {
-    {
-        const std::lock_guard lock(mailbox_mutex_);
-        closed_ = true;
-    }
+    mailbox_.close();
     take_mail(); // what came before the close; nothing comes after it
     for (const auto& p : peers_) {
         for (const auto& c : p->pool) {

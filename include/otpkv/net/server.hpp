@@ -414,21 +414,7 @@ class event_loop {
 
     /// From any thread: a link has events (or news) for its connection, or a deferred reply
     /// is complete. False once the loop has finished (the mail is not taken).
-    bool post(mail m) {
-        bool first = false;
-        {
-            const std::lock_guard lock(mailbox_mutex_);
-            if (mailbox_closed_) {
-                return false;
-            }
-            first = mailbox_.empty();
-            mailbox_.push_back(std::move(m));
-        }
-        if (first) {
-            wake_.notify();
-        }
-        return true;
-    }
+    bool post(mail m) { return mailbox_.post(std::move(m)); }
 
     void subscribe(connection& c, registry::bucket_type& b);
     [[nodiscard]] std::shared_ptr<deferred_state> defer(connection& c, bool barrier);
@@ -466,9 +452,7 @@ class event_loop {
     std::chrono::steady_clock::time_point next_linger_scan_{};
     std::atomic<std::size_t> requests_{0};
 
-    std::mutex mailbox_mutex_;
-    std::vector<mail> mailbox_;
-    bool mailbox_closed_ = false;
+    mailbox<mail> mailbox_{wake_};
     std::vector<mail> taken_;
     std::vector<connection*> dirty_; // to flush once the mail is taken
 };
@@ -767,10 +751,7 @@ inline bool event_loop::may_resume(const connection& c) const noexcept {
 }
 
 inline void event_loop::take_mail() {
-    {
-        const std::lock_guard lock(mailbox_mutex_);
-        taken_.swap(mailbox_);
-    }
+    mailbox_.take(taken_);
     for (const mail& m : taken_) {
         if (m.reply != nullptr) {
             settle(*m.reply);
@@ -971,10 +952,7 @@ inline void event_loop::shut_down_all() {
     }
     // Mail that came meanwhile, and any that comes later (refused by `post`): deferred
     // replies find their connection gone, and their streams are told.
-    {
-        const std::lock_guard lock(mailbox_mutex_);
-        mailbox_closed_ = true;
-    }
+    mailbox_.close();
     take_mail();
     graveyard_.clear();
 }
