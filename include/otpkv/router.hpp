@@ -152,8 +152,8 @@ class router : public process {
     struct handler_state;
     router() = default;
     void run_local(const command& cmd, std::string& out, session& s, bool peer);
-    void forward(const command& cmd, std::size_t node, std::string& out, session& s);
-    void forward_subscribe(const command& cmd, std::size_t node, std::string& out, session& s);
+    void forward(const command& cmd, std::size_t node, session& s);
+    void forward_subscribe(const command& cmd, std::size_t node, session& s);
     [[nodiscard]] routed_reply operation(const command& cmd);
 
     router_options options_;
@@ -208,6 +208,13 @@ inline constexpr std::uint64_t peer_connection_mark = 0x70656572; // "peer"
         }
     }
     return false;
+}
+
+/// A forwarded request's reply as relayed: the owner's bytes, or `ERROR node <name>
+/// unavailable` when it gave none.
+[[nodiscard]] inline std::string relayed(std::optional<std::string> reply, std::string_view node) {
+    return reply ? std::move(*reply)
+                 : format_reply(otpkv::reply::error(error_code::node_unavailable, node));
 }
 
 inline std::string_view strip_line_end(std::string_view line) noexcept {
@@ -383,10 +390,14 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
             append_reply(out, reply::error(error_code::no_route));
             return;
         case route_target::kind::remote:
-            if (cmd.kind == command_kind::subscribe) {
-                self->forward_subscribe(cmd, to.node, out, s);
+            if (self->client_->status(to.node) == node_status::down) {
+                // Known down: answered here, without deferring or waking the client.
+                append_reply(out, reply::error(error_code::node_unavailable,
+                                               self->client_->nodes()[to.node].name));
+            } else if (cmd.kind == command_kind::subscribe) {
+                self->forward_subscribe(cmd, to.node, s);
             } else {
-                self->forward(cmd, to.node, out, s);
+                self->forward(cmd, to.node, s);
             }
             return;
         }
@@ -400,22 +411,14 @@ inline void router::run_local(const command& cmd, std::string& out, session& s, 
     }
 }
 
-inline void router::forward(const command& cmd, std::size_t node, std::string& out, session& s) {
+inline void router::forward(const command& cmd, std::size_t node, session& s) {
     const std::string_view name = client_->nodes()[node].name;
-    if (client_->status(node) == node_status::down) {
-        append_reply(out, reply::error(error_code::node_unavailable, name));
-        return;
-    }
-    client_->request(
-        node, request_line(cmd), cmd.kind, s.id(),
-        [d = s.defer(), name](std::optional<std::string> reply) mutable {
-            if (reply) {
-                const bool closes = detail::closes_after(*reply);
-                d.complete(std::move(*reply), closes);
-            } else {
-                d.complete(format_reply(otpkv::reply::error(error_code::node_unavailable, name)));
-            }
-        });
+    client_->request(node, request_line(cmd), cmd.kind, s.id(),
+                     [d = s.defer(), name](std::optional<std::string> reply) mutable {
+                         std::string bytes = detail::relayed(std::move(reply), name);
+                         const bool closes = detail::closes_after(bytes);
+                         d.complete(std::move(bytes), closes);
+                     });
 }
 
 /// What a relayed SUBSCRIBE's callbacks share (all on the client's thread).
@@ -424,20 +427,13 @@ struct router::handler_state {
     event_stream stream;
 };
 
-inline void router::forward_subscribe(const command& cmd, std::size_t node, std::string& out,
-                                      session& s) {
+inline void router::forward_subscribe(const command& cmd, std::size_t node, session& s) {
     const std::string_view name = client_->nodes()[node].name;
-    if (client_->status(node) == node_status::down) {
-        append_reply(out, reply::error(error_code::node_unavailable, name));
-        return;
-    }
     auto state = std::make_shared<handler_state>();
     state->reply = s.defer_stream();
     stream_callbacks callbacks;
     callbacks.refused = [state, name](std::optional<std::string> reply) {
-        state->reply.complete(
-            reply ? std::move(*reply)
-                  : format_reply(otpkv::reply::error(error_code::node_unavailable, name)));
+        state->reply.complete(detail::relayed(std::move(reply), name));
     };
     callbacks.subscribed = [state, client = std::weak_ptr<node_client>(client_)](std::uint64_t id) {
         // The client's connection closing (or the server stopping) closes the relay.
@@ -472,29 +468,15 @@ inline void router::send(const command& cmd, std::function<void(std::string repl
         return;
     }
     const std::string_view name = client_->nodes()[to.node].name;
-    client_->request(
-        to.node, request_line(cmd), cmd.kind, affinity,
-        [done = std::move(done), name](std::optional<std::string> reply) {
-            done(reply ? std::move(*reply)
-                       : format_reply(otpkv::reply::error(error_code::node_unavailable, name)));
-        });
+    client_->request(to.node, request_line(cmd), cmd.kind, affinity,
+                     [done = std::move(done), name](std::optional<std::string> reply) {
+                         done(detail::relayed(std::move(reply), name));
+                     });
 }
 
 inline std::string router::call(const command& cmd, std::uint64_t affinity) {
-    std::mutex mutex;
-    std::condition_variable ready;
-    std::optional<std::string> reply;
-    send(
-        cmd,
-        [&](std::string r) {
-            const std::lock_guard lock(mutex);
-            reply = std::move(r);
-            ready.notify_one();
-        },
-        affinity);
-    std::unique_lock lock(mutex);
-    ready.wait(lock, [&] { return reply.has_value(); });
-    return std::move(*reply);
+    return detail::wait_for_callback<std::string>(
+        [&](auto done) { send(cmd, std::move(done), affinity); });
 }
 
 inline routed_reply router::operation(const command& cmd) {

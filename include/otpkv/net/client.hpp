@@ -311,6 +311,22 @@ namespace detail {
 
 using client_clock = std::chrono::steady_clock;
 
+/// Calls `start` with a callback taking a `T`, and blocks until that callback has run (on
+/// any thread, or inside `start`); returns what it was given.
+template <class T, class Start> T wait_for_callback(Start&& start) {
+    std::mutex mutex;
+    std::condition_variable ready;
+    std::optional<T> result;
+    std::forward<Start>(start)([&](T value) {
+        const std::lock_guard lock(mutex); // notified under the lock: the waiter's frame lives
+        result.emplace(std::move(value));
+        ready.notify_one();
+    });
+    std::unique_lock lock(mutex);
+    ready.wait(lock, [&] { return result.has_value(); });
+    return std::move(*result);
+}
+
 /// One request sent (or queued) on a connection, waiting for its reply.
 struct awaited {
     command_kind kind = command_kind::unknown;
@@ -1025,19 +1041,8 @@ inline void node_client::request(std::size_t node, std::string line, command_kin
 
 inline std::optional<std::string> node_client::call(std::size_t node, const command& cmd,
                                                     std::uint64_t affinity) {
-    std::mutex mutex;
-    std::condition_variable ready;
-    bool done = false;
-    std::optional<std::string> reply;
-    request(node, request_line(cmd), cmd.kind, affinity, [&](std::optional<std::string> r) {
-        const std::lock_guard lock(mutex);
-        reply = std::move(r);
-        done = true;
-        ready.notify_one();
-    });
-    std::unique_lock lock(mutex);
-    ready.wait(lock, [&] { return done; });
-    return reply;
+    return detail::wait_for_callback<std::optional<std::string>>(
+        [&](auto done) { request(node, request_line(cmd), cmd.kind, affinity, std::move(done)); });
 }
 
 inline std::uint64_t node_client::subscribe(std::size_t node, std::string bucket,
