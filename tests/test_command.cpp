@@ -21,6 +21,7 @@ using otpkv::frame_status;
 using otpkv::line_framer;
 using otpkv::parse;
 using otpkv::reply;
+using otpkv::reply_kind;
 
 namespace {
 
@@ -518,6 +519,13 @@ TEST_CASE("reply bytes: the ERROR extensions, and which close the connection") {
         CAPTURE(x.bytes);
         CHECK(bytes_of(x.r) == x.bytes);
         CHECK(otpkv::closes_connection(x.r.code) == x.closes);
+        CHECK(otpkv::closes_connection(otpkv::reply_outcome::of(x.r)) == x.closes);
+        // Read back by a client: the same outcome, so it closes after the same replies.
+        const otpkv::reply_view read = otpkv::read_reply(command_kind::get, x.bytes);
+        CHECK(read.known);
+        CHECK(read.size == x.bytes.size());
+        CHECK(read.outcome == otpkv::reply_outcome::of(x.r));
+        CHECK(read.node == x.r.node);
         CHECK(bytes_of(x.r).starts_with("ERROR")); // clients of the guide match the prefix
     }
 }
@@ -600,7 +608,7 @@ namespace {
 struct session {
     std::shared_ptr<otpkv::registry> reg;
     std::string out;
-    otpkv::reply_kind last = otpkv::reply_kind::ok;
+    otpkv::reply_outcome last{};
 
     explicit session(otpkv::registry_options options = {}) : reg(otpkv::registry::start(options)) {}
     std::string operator()(std::string_view line) {
@@ -615,7 +623,7 @@ struct session {
 TEST_CASE("run: CREATE gives OK, also when the bucket exists") {
     session s;
     CHECK(s("CREATE shopping") == "OK\r\n");
-    CHECK(s.last == otpkv::reply_kind::ok);
+    CHECK(s.last.kind == otpkv::reply_kind::ok);
     s.reg->lookup("shopping")->put("eggs", "3");
     CHECK(s("CREATE shopping") == "OK\r\n");
     CHECK(s.reg->lookup("shopping")->get("eggs") == "3"); // the same bucket
@@ -628,7 +636,7 @@ TEST_CASE("run: PUT, GET and DELETE on an existing bucket") {
     CHECK(s("PUT b k v") == "OK\r\n");
     CHECK(s.reg->lookup("b")->get("k") == "v");
     CHECK(s("GET b k") == "v\r\nOK\r\n");
-    CHECK(s.last == otpkv::reply_kind::value);
+    CHECK(s.last.kind == otpkv::reply_kind::value);
     CHECK(s("GET b absent") == "\r\nOK\r\n");
     CHECK(s("DELETE b k") == "OK\r\n");
     CHECK(s("DELETE b k") == "OK\r\n"); // also when absent
@@ -642,7 +650,7 @@ TEST_CASE("run: NOT FOUND for every command on a missing bucket, and nothing is 
     session s;
     CHECK(s("PUT nope k v") == "NOT FOUND\r\n");
     CHECK(s("GET nope k") == "NOT FOUND\r\n");
-    CHECK(s.last == otpkv::reply_kind::not_found);
+    CHECK(s.last.kind == otpkv::reply_kind::not_found);
     CHECK(s("DELETE nope k") == "NOT FOUND\r\n");
     CHECK(s("SUBSCRIBE nope") == "NOT FOUND\r\n");
     CHECK(s.reg->size() == 0);
@@ -654,7 +662,7 @@ TEST_CASE("run: unknown verbs, wrong arity and blank lines are UNKNOWN COMMAND")
     for (const char* line : {"UNKNOWN shopping", "PUT b k", "PUT b k hello world", "GET b",
                              "CREATE", "create b", "", "   "}) {
         CHECK(s(line) == "UNKNOWN COMMAND\r\n");
-        CHECK(s.last == otpkv::reply_kind::unknown_command);
+        CHECK(s.last.kind == otpkv::reply_kind::unknown_command);
     }
     CHECK(s.reg->lookup("b")->size() == 0); // nothing was written
 }
@@ -674,7 +682,7 @@ TEST_CASE("run: SUBSCRIBE sends no bytes and hands over the bucket") {
             }
         });
     });
-    CHECK(kind == otpkv::reply_kind::subscribed);
+    CHECK(kind.kind == otpkv::reply_kind::subscribed);
     CHECK(out.empty());
     s("PUT b milk 3");
     s("DELETE b milk");
@@ -689,7 +697,8 @@ TEST_CASE("run: CREATE past max_buckets gives ERROR too many buckets and keeps t
     CHECK(s("CREATE b") == "OK\r\n");
     CHECK(s("PUT a k 1") == "OK\r\n");
     CHECK(s("CREATE c") == "ERROR too many buckets\r\n");
-    CHECK(s.last == otpkv::reply_kind::error);
+    CHECK(s.last == otpkv::reply_outcome{reply_kind::error, error_code::too_many_buckets});
+    CHECK_FALSE(otpkv::closes_connection(s.last));
     CHECK(s("GET c k") == "NOT FOUND\r\n");
     CHECK(s("GET a k") == "1\r\nOK\r\n");
     CHECK(s("CREATE a") == "OK\r\n"); // existing names still work
@@ -699,7 +708,10 @@ TEST_CASE("run: a CREATE on a stopped registry is ERROR internal") {
     session s;
     s.reg->stop();
     CHECK(s("CREATE b") == "ERROR internal\r\n");
+    CHECK(s.last == otpkv::reply_outcome{reply_kind::error, error_code::internal});
+    CHECK(otpkv::closes_connection(s.last)); // the server closes after it
     CHECK(s("GET b k") == "NOT FOUND\r\n");
+    CHECK_FALSE(otpkv::closes_connection(s.last));
 }
 
 TEST_CASE("run: the guide's integration test, byte for byte") {
@@ -711,4 +723,156 @@ TEST_CASE("run: the guide's integration test, byte for byte") {
         all += s(line);
     }
     CHECK(all == "UNKNOWN COMMAND\r\nNOT FOUND\r\nOK\r\nOK\r\n3\r\nOK\r\nOK\r\n\r\nOK\r\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// The other direction: request lines, replies as a client reads them, the peer greeting
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("read_reply: every reply shape is whole only with its last byte") {
+    struct shape {
+        command_kind kind;
+        std::string_view bytes;
+    };
+    const shape shapes[] = {
+        {command_kind::create, "OK\r\n"},
+        {command_kind::put, "OK\r\n"},
+        {command_kind::erase, "OK\r\n"},
+        {command_kind::put, "NOT FOUND\r\n"},
+        {command_kind::erase, "UNKNOWN COMMAND\r\n"},
+        {command_kind::create, "ERROR too many buckets\r\n"},
+        {command_kind::get, "3\r\nOK\r\n"},
+        {command_kind::get, "\r\nOK\r\n"},      // a missing key
+        {command_kind::get, "OK\r\nOK\r\n"},    // the value "OK"
+        {command_kind::get, "ERROR\r\nOK\r\n"}, // the value "ERROR" (no reason: a value)
+        {command_kind::get, "NOT FOUND\r\n"},
+        {command_kind::get, "UNKNOWN COMMAND\r\n"},
+        {command_kind::get, "ERROR node n2 unavailable\r\n"},
+        {command_kind::get, "ERROR no route\r\n"},
+        {command_kind::get, "ERROR internal\r\n"},
+        {command_kind::create, "OK\n"}, // bare LF
+        {command_kind::get, "v\nOK\n"},
+        {command_kind::get, "\nOK\n"},
+        {command_kind::get, "NOT FOUND\n"},
+        {command_kind::get, "ERROR no route\n"},
+        {command_kind::subscribe, "SUBSCRIBED\r\n"},
+        {command_kind::unknown, "OTPKV-PEER 1 n2\r\n"},
+        {command_kind::get, "\x80\xff\x00v\r\nOK\r\n"sv},
+    };
+    for (const shape& s : shapes) {
+        CAPTURE(otpkv::escaped(s.bytes));
+        CAPTURE(static_cast<int>(s.kind));
+        for (std::size_t n = 0; n < s.bytes.size(); ++n) {
+            CHECK(otpkv::read_reply(s.kind, s.bytes.substr(0, n)).size == 0); // incomplete
+        }
+        CHECK(otpkv::read_reply(s.kind, s.bytes).size == s.bytes.size());
+        // What follows is the next reply's, never this one's.
+        CHECK(otpkv::read_reply(s.kind, std::string(s.bytes) + "OK\r\n").size == s.bytes.size());
+        CHECK(otpkv::read_reply(s.kind, std::string(s.bytes) + "NOT FOUND\r\nx").size ==
+              s.bytes.size());
+    }
+    // One line for anything but a GET, even when it reads like a value.
+    CHECK(otpkv::read_reply(command_kind::put, "3\r\nOK\r\n").size == 3);
+    // A GET's "OK" line alone is a value still waiting for its OK.
+    CHECK(otpkv::read_reply(command_kind::get, "OK\r\n").size == 0);
+}
+
+TEST_CASE("parse_peer_greeting and peer_greeting_line: the greeting and nothing else") {
+    CHECK(otpkv::peer_greeting_line("n1") == "OTPKV-PEER 1 n1\r\n");
+    CHECK(otpkv::parse_peer_greeting("OTPKV-PEER 1 n2") == "n2");
+    CHECK(otpkv::parse_peer_greeting("OTPKV-PEER 1 n2\r\n") == "n2");
+    CHECK(otpkv::parse_peer_greeting("OTPKV-PEER 1 n2\n") == "n2");
+    CHECK(otpkv::parse_peer_greeting("  OTPKV-PEER\t1 \v node.b-2_x \r\n") == "node.b-2_x");
+    for (const std::string_view name : {"a", "n1", "kv.example-1_2"}) {
+        CHECK(otpkv::parse_peer_greeting(otpkv::peer_greeting_line(name)) == name);
+    }
+    for (const std::string_view bad :
+         {""sv, "\r\n"sv, "OTPKV-PEER"sv, "OTPKV-PEER 1"sv, "OTPKV-PEER 1 \r\n"sv,
+          "OTPKV-PEER 2 n2"sv, "OTPKV-PEER 1 n2 n3"sv, "OTPKV-PEER 1 n2 n3 n4 n5"sv,
+          "otpkv-peer 1 n2"sv, "OTPKV-PEERS 1 n2"sv, "PEER 1 n2"sv, "GET b k"sv,
+          "OTPKV-PEER 10 n2"sv}) {
+        CAPTURE(otpkv::escaped(bad));
+        CHECK_FALSE(otpkv::parse_peer_greeting(bad).has_value());
+    }
+}
+
+TEST_CASE("request_line: a command's canonical line, which parses back to the same command") {
+    struct example {
+        std::string_view line;
+        std::string_view wire;
+    };
+    const example examples[] = {
+        {"CREATE shopping", "CREATE shopping\r\n"},
+        {"PUT shopping eggs 3\r\n", "PUT shopping eggs 3\r\n"},
+        {"GET shopping eggs\n", "GET shopping eggs\r\n"},
+        {"DELETE shopping eggs", "DELETE shopping eggs\r\n"},
+        {"SUBSCRIBE shopping", "SUBSCRIBE shopping\r\n"},
+        {"  PUT\tb \v k \f v \r\n", "PUT b k v\r\n"},
+        {"PUT \x80\xff k\0ey v\x01"sv, "PUT \x80\xff k\0ey v\x01\r\n"sv},
+        {"GET OK OK", "GET OK OK\r\n"},
+    };
+    for (const example& e : examples) {
+        CAPTURE(otpkv::escaped(e.line));
+        const otpkv::command cmd = parse(e.line);
+        REQUIRE(cmd.kind != command_kind::unknown);
+        const std::string wire = otpkv::request_line(cmd);
+        CHECK(wire == e.wire);
+        CHECK(parse(wire) == cmd);
+    }
+}
+
+TEST_CASE("parse_routed_reply: every reply shape, its fields and its exact bytes") {
+    const auto check = [](command_kind kind, std::string bytes, reply_kind shape,
+                          std::string value = {}, error_code error = error_code::internal,
+                          std::string node = {}) {
+        CAPTURE(otpkv::escaped(bytes));
+        const otpkv::routed_reply r = otpkv::parse_routed_reply(kind, bytes);
+        CHECK(r.kind == shape);
+        CHECK(r.bytes == bytes);
+        CHECK(r.ok() == (shape == reply_kind::ok || shape == reply_kind::value));
+        if (shape == reply_kind::value) {
+            CHECK(r.value == value);
+        }
+        if (shape == reply_kind::error) {
+            CHECK(static_cast<int>(r.error) == static_cast<int>(error));
+            CHECK(r.node == node);
+        }
+    };
+    check(command_kind::create, "OK\r\n", reply_kind::ok);
+    check(command_kind::put, "OK\r\n", reply_kind::ok);
+    check(command_kind::erase, "OK\n", reply_kind::ok);
+    check(command_kind::get, "3\r\nOK\r\n", reply_kind::value, "3");
+    check(command_kind::get, "\r\nOK\r\n", reply_kind::value, "");
+    check(command_kind::get, "OK\r\nOK\r\n", reply_kind::value, "OK");
+    check(command_kind::get, "ERROR\r\nOK\r\n", reply_kind::value, "ERROR");
+    check(command_kind::get, "\x80\x00v\r\nOK\r\n"s, reply_kind::value, "\x80\x00v"s);
+    check(command_kind::get, "v\nOK\n", reply_kind::value, "v");
+    check(command_kind::get, "NOT FOUND\r\n", reply_kind::not_found);
+    check(command_kind::put, "NOT FOUND\r\n", reply_kind::not_found);
+    check(command_kind::get, "UNKNOWN COMMAND\r\n", reply_kind::unknown_command);
+    check(command_kind::create, "UNKNOWN COMMAND\r\n", reply_kind::unknown_command);
+    check(command_kind::get, "ERROR node n2 unavailable\r\n", reply_kind::error, {},
+          error_code::node_unavailable, "n2");
+    check(command_kind::put, "ERROR node kv.b-1 unavailable\r\n", reply_kind::error, {},
+          error_code::node_unavailable, "kv.b-1");
+    check(command_kind::get, "ERROR no route\r\n", reply_kind::error, {}, error_code::no_route);
+    check(command_kind::create, "ERROR too many buckets\r\n", reply_kind::error, {},
+          error_code::too_many_buckets);
+    check(command_kind::get, "ERROR line too long\r\n", reply_kind::error, {},
+          error_code::line_too_long);
+    check(command_kind::get, "ERROR too many connections\r\n", reply_kind::error, {},
+          error_code::too_many_connections);
+    check(command_kind::put, "ERROR internal\r\n", reply_kind::error, {}, error_code::internal);
+    // Something no node says is an internal error, its bytes kept.
+    check(command_kind::put, "HELLO\r\n", reply_kind::error, {}, error_code::internal);
+    check(command_kind::put, "ERROR who knows\r\n", reply_kind::error, {}, error_code::internal);
+    // What format_reply writes parses back to the same error, also without a node name.
+    for (const error_code code :
+         {error_code::line_too_long, error_code::no_route, error_code::node_unavailable,
+          error_code::too_many_buckets, error_code::too_many_connections, error_code::internal}) {
+        const std::string bytes = otpkv::format_reply(otpkv::reply::error(code));
+        CAPTURE(bytes);
+        CHECK(static_cast<int>(otpkv::parse_routed_reply(command_kind::get, bytes).error) ==
+              static_cast<int>(code));
+    }
 }

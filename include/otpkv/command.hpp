@@ -21,6 +21,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -96,6 +97,15 @@ struct command {
 /// Bytes made printable for logs and examples: printable ASCII stays, except `\` and `"`
 /// which get a backslash; CR, LF and tab become `\r`, `\n`, `\t`; any other byte `\xHH`.
 [[nodiscard]] std::string escaped(std::string_view bytes);
+
+/// The request line for `cmd`, as a client (or a node forwarding it) sends it: its tokens
+/// separated by single spaces, then CRLF; `parse` gives `cmd` back. Not for
+/// `command_kind::unknown`, and every token must be one (`is_token`).
+[[nodiscard]] std::string request_line(const command& cmd);
+
+/// True when `token` can be sent as one token of a request line: not empty, and no byte of
+/// it is a separator.
+[[nodiscard]] constexpr bool is_token(std::string_view token) noexcept;
 
 // ---------------------------------------------------------------------------------------
 // Framing
@@ -228,7 +238,8 @@ enum class error_code : std::uint8_t {
 /// The reason text after `ERROR ` (`"node unavailable"` when no node name is known).
 [[nodiscard]] constexpr std::string_view error_text(error_code code) noexcept;
 
-/// True for the errors after which the server closes the connection (protocol.md).
+/// True for the errors after which the server closes the connection (protocol.md). The one
+/// place that decides it: servers and relaying nodes ask this, never the reply's text.
 [[nodiscard]] constexpr bool closes_connection(error_code code) noexcept;
 
 /// The shapes of reply in protocol.md's command table.
@@ -276,6 +287,26 @@ struct reply {
     friend constexpr bool operator==(const reply&, const reply&) = default;
 };
 
+/// What a reply says, without its bytes: its shape and, for an error, which one. `run`
+/// returns it for the reply it wrote, and `read_reply` finds it in a reply read off the wire,
+/// so whether a connection closes after a reply is decided from it (`closes_connection`),
+/// never from the reply's text.
+struct reply_outcome {
+    reply_kind kind = reply_kind::ok;       ///< the shape
+    error_code code = error_code::internal; ///< `error`: which error (else left at its default)
+
+    /// The outcome of a reply made by one of `reply`'s factories.
+    static constexpr reply_outcome of(const reply& r) noexcept {
+        return {r.kind, r.kind == reply_kind::error ? r.code : error_code::internal};
+    }
+    /// Equal when both fields are.
+    friend constexpr bool operator==(const reply_outcome&, const reply_outcome&) = default;
+};
+
+/// True when protocol.md closes the connection after a reply with this outcome: an error
+/// for which `closes_connection(error_code)` holds.
+[[nodiscard]] constexpr bool closes_connection(const reply_outcome& outcome) noexcept;
+
 /// Anything bytes can be appended to: `std::string`, or a buffer with `append(ptr, n)`.
 template <class Out>
 concept byte_sink = requires(Out& out, const char* data, std::size_t size) {
@@ -309,7 +340,8 @@ struct ignore_subscribe {
 
 /// Executes `cmd` against `reg` (a `basic_registry`, or anything with its `create` and
 /// `with`) and appends protocol.md's exact reply bytes to `out`: `OK`, the two-line GET,
-/// `NOT FOUND`, `UNKNOWN COMMAND`, `ERROR too many buckets`. Returns the shape of the reply.
+/// `NOT FOUND`, `UNKNOWN COMMAND`, `ERROR too many buckets`. Returns the reply's outcome
+/// (its shape and error code: `closes_connection` tells a server to close after it).
 ///
 /// SUBSCRIBE appends nothing: it calls `on_subscribe(bucket&)` while the bucket is held by
 /// the lookup (the server subscribes the connection there) and returns `subscribed`, or
@@ -320,7 +352,78 @@ struct ignore_subscribe {
 /// (a GET appends the value straight from the bucket; a PUT of a small entry stores it in
 /// place).
 template <class Registry, byte_sink Out, class OnSubscribe = ignore_subscribe>
-reply_kind run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_subscribe = {});
+reply_outcome run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_subscribe = {});
+
+// ---------------------------------------------------------------------------------------
+// Replies, as a client reads them
+// ---------------------------------------------------------------------------------------
+
+/// A reply found at the start of a stream of reply bytes (`read_reply`). The views point
+/// into the bytes read.
+struct reply_view {
+    /// Bytes of the whole reply; 0 while it is not all there yet.
+    std::size_t size = 0;
+    /// Its shape and error code. A reply protocol.md does not define is an `internal` error.
+    reply_outcome outcome{reply_kind::error, error_code::internal};
+    /// False for a line protocol.md does not define as a reply to such a request (a peer's
+    /// greeting or `SUBSCRIBED`, or garbage): it is still framed as one line.
+    bool known = false;
+    /// `value`: the value; empty when the key is absent.
+    std::string_view value{};
+    /// `error`/`node_unavailable`: the node named (empty in `ERROR node unavailable`).
+    std::string_view node{};
+};
+
+/// Reads the reply to a `kind` request at the start of `in` (which may hold more replies
+/// after it, or only part of this one). Every reply is one line, except a GET's value, which
+/// is two (`v`, `OK`; with another second line it is framed the same, but not `known`). A GET's
+/// first line is a value unless it is `NOT FOUND`, `UNKNOWN COMMAND` or `ERROR <reason>`: a value
+/// is one token, so it can be none of those. Lines end at LF, with or without CR, as the framer's
+/// do. Complexity: one pass over the reply's bytes. Thread safety: a pure function.
+[[nodiscard]] constexpr reply_view read_reply(command_kind kind, std::string_view in) noexcept;
+
+/// A reply a host program got (through the router, say), parsed, with its bytes kept.
+struct routed_reply {
+    reply_kind kind = reply_kind::error;     ///< its shape
+    std::string value;                       ///< `value`: the value (empty: key absent)
+    error_code error = error_code::internal; ///< `error`: which
+    std::string node;                        ///< `error`/`node_unavailable`: the node
+    std::string bytes;                       ///< exactly as on the wire
+
+    /// True for `OK` and a GET's value.
+    [[nodiscard]] bool ok() const noexcept {
+        return kind == reply_kind::ok || kind == reply_kind::value;
+    }
+};
+
+/// Parses the bytes of one whole reply to a `kind` request (`read_reply`); bytes that are
+/// not one (a reply protocol.md does not define, or not all of one) are an `internal` error.
+[[nodiscard]] routed_reply parse_routed_reply(command_kind kind, std::string bytes);
+
+// ---------------------------------------------------------------------------------------
+// Between nodes
+// ---------------------------------------------------------------------------------------
+//
+// Every connection a node opens to another node starts with a greeting line,
+// `OTPKV-PEER 1 <own name>`; the other node answers `OTPKV-PEER 1 <its name>` and from then
+// on runs every request of that connection locally, never forwarding it again. On such a
+// connection a SUBSCRIBE that succeeds is acknowledged with a `SUBSCRIBED` line, so that
+// the node relaying the events knows the subscription took. These lines are internal to
+// otpkv: protocol.md's clients never see them.
+
+/// The first token of the greeting on a connection between nodes.
+inline constexpr std::string_view peer_greeting = "OTPKV-PEER";
+/// The version of the peer greeting.
+inline constexpr std::string_view peer_version = "1";
+/// A peer's acknowledgement of a SUBSCRIBE that took (peer connections only).
+inline constexpr std::string_view peer_subscribed = "SUBSCRIBED";
+
+/// The greeting line for `name`, terminator included: `OTPKV-PEER 1 <name>\r\n`.
+[[nodiscard]] std::string peer_greeting_line(std::string_view name);
+
+/// The name in a greeting line (terminator optional), or nullopt when `line` is not one.
+[[nodiscard]] constexpr std::optional<std::string_view>
+parse_peer_greeting(std::string_view line) noexcept;
 
 // =======================================================================================
 // Implementation
@@ -341,11 +444,22 @@ inline constexpr std::array<verb_spec, 5> verbs{{
     {command_kind::erase, "DELETE", 3},
     {command_kind::subscribe, "SUBSCRIBE", 2},
 }};
-} // namespace detail
 
-constexpr command parse(std::string_view line) noexcept {
-    // No verb takes more than 4 tokens, so a 5th settles the matter without looking on.
-    std::array<std::string_view, 4> tok{};
+/// The fixed words of replies, spelled once for writing them and reading them.
+inline constexpr std::string_view ok_line = "OK";
+inline constexpr std::string_view not_found_line = "NOT FOUND";
+inline constexpr std::string_view unknown_command_line = "UNKNOWN COMMAND";
+inline constexpr std::string_view error_prefix = "ERROR ";
+inline constexpr std::string_view node_prefix = "node ";        // ERROR node <name> unavailable
+inline constexpr std::string_view node_suffix = " unavailable"; // ERROR node <name> unavailable
+inline constexpr std::string_view line_end = "\r\n";
+
+/// Splits `line` into its tokens (runs of bytes that are not `is_token_separator`) and
+/// returns how many it has, or `N + 1` as soon as it has more than `N` (the rest is not
+/// looked at). Tokens past the count are left empty.
+template <std::size_t N>
+constexpr std::size_t split_tokens(std::string_view line,
+                                   std::array<std::string_view, N>& tokens) noexcept {
     std::size_t count = 0;
     std::size_t i = 0;
     const std::size_t size = line.size();
@@ -354,18 +468,25 @@ constexpr command parse(std::string_view line) noexcept {
             ++i;
         }
         if (i == size) {
-            break;
+            return count;
         }
-        if (count == tok.size()) {
-            return {};
+        if (count == N) {
+            return N + 1;
         }
         const std::size_t start = i;
         while (i < size && !is_token_separator(line[i])) {
             ++i;
         }
-        tok[count++] = line.substr(start, i - start);
+        tokens[count++] = line.substr(start, i - start);
     }
-    if (count == 0) {
+}
+} // namespace detail
+
+constexpr command parse(std::string_view line) noexcept {
+    // No verb takes more than 4 tokens, so a 5th settles the matter without looking on.
+    std::array<std::string_view, 4> tok{};
+    const std::size_t count = detail::split_tokens(line, tok);
+    if (count == 0 || count > tok.size()) {
         return {};
     }
     for (const detail::verb_spec& verb : detail::verbs) {
@@ -419,6 +540,32 @@ inline std::string escaped(std::string_view bytes) {
         }
     }
     return out;
+}
+
+constexpr bool is_token(std::string_view token) noexcept {
+    if (token.empty()) {
+        return false;
+    }
+    for (const char c : token) {
+        if (is_token_separator(c)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+inline std::string request_line(const command& cmd) {
+    std::string line;
+    line.reserve(verb_name(cmd.kind).size() + cmd.bucket.size() + cmd.key.size() +
+                 cmd.value.size() + 5);
+    line.append(verb_name(cmd.kind)).append(" ").append(cmd.bucket);
+    for (const std::string_view tok : {cmd.key, cmd.value}) {
+        if (!tok.empty()) {
+            line.append(" ").append(tok);
+        }
+    }
+    line.append(detail::line_end);
+    return line;
 }
 
 inline std::string to_string(const command& cmd) {
@@ -585,8 +732,21 @@ constexpr std::string_view error_text(error_code code) noexcept {
 }
 
 constexpr bool closes_connection(error_code code) noexcept {
-    return code == error_code::line_too_long || code == error_code::too_many_connections ||
-           code == error_code::internal;
+    switch (code) {
+    case error_code::line_too_long:
+    case error_code::too_many_connections:
+    case error_code::internal:
+        return true;
+    case error_code::no_route:
+    case error_code::node_unavailable:
+    case error_code::too_many_buckets:
+        break;
+    }
+    return false;
+}
+
+constexpr bool closes_connection(const reply_outcome& outcome) noexcept {
+    return outcome.kind == reply_kind::error && closes_connection(outcome.code);
 }
 
 namespace detail {
@@ -598,32 +758,33 @@ template <byte_sink Out> void append(Out& out, std::string_view bytes) {
 template <byte_sink Out> void append_reply(Out& out, const reply& r) {
     switch (r.kind) {
     case reply_kind::ok:
-        detail::append(out, "OK\r\n");
-        return;
+        detail::append(out, detail::ok_line);
+        break;
     case reply_kind::value:
         detail::append(out, r.value);
-        detail::append(out, "\r\nOK\r\n");
-        return;
+        detail::append(out, detail::line_end);
+        detail::append(out, detail::ok_line);
+        break;
     case reply_kind::not_found:
-        detail::append(out, "NOT FOUND\r\n");
-        return;
+        detail::append(out, detail::not_found_line);
+        break;
     case reply_kind::unknown_command:
-        detail::append(out, "UNKNOWN COMMAND\r\n");
-        return;
+        detail::append(out, detail::unknown_command_line);
+        break;
     case reply_kind::subscribed:
         return;
     case reply_kind::error:
-        detail::append(out, "ERROR ");
+        detail::append(out, detail::error_prefix);
         if (r.code == error_code::node_unavailable && !r.node.empty()) {
-            detail::append(out, "node ");
+            detail::append(out, detail::node_prefix);
             detail::append(out, r.node);
-            detail::append(out, " unavailable");
+            detail::append(out, detail::node_suffix);
         } else {
             detail::append(out, error_text(r.code));
         }
-        detail::append(out, "\r\n");
-        return;
+        break;
     }
+    detail::append(out, detail::line_end);
 }
 
 inline std::string format_reply(const reply& r) {
@@ -646,7 +807,7 @@ template <byte_sink Out> void append_deleted_event(Out& out, std::string_view ke
 }
 
 template <class Registry, byte_sink Out, class OnSubscribe>
-reply_kind run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_subscribe) {
+reply_outcome run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_subscribe) {
     reply r = reply::not_found();
     switch (cmd.kind) {
     case command_kind::create:
@@ -671,7 +832,7 @@ reply_kind run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_sub
                     append_reply(out, reply::missing());
                 }
             })) {
-            return reply_kind::value;
+            return {reply_kind::value};
         }
         break;
     case command_kind::erase:
@@ -681,7 +842,7 @@ reply_kind run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_sub
         break;
     case command_kind::subscribe:
         if (reg.with(cmd.bucket, [&](auto& b) { on_subscribe(b); })) {
-            return reply_kind::subscribed;
+            return {reply_kind::subscribed};
         }
         break;
     case command_kind::unknown:
@@ -689,7 +850,107 @@ reply_kind run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_sub
         break;
     }
     append_reply(out, r);
-    return r.kind;
+    return reply_outcome::of(r);
+}
+
+namespace detail {
+/// `line` without the CR of its terminator.
+constexpr std::string_view without_cr(std::string_view line) noexcept {
+    if (!line.empty() && line.back() == '\r') {
+        line.remove_suffix(1);
+    }
+    return line;
+}
+
+/// The error an `ERROR <reason>` line's reason names, with the node of
+/// `node <name> unavailable`; `known` false for a reason no node gives.
+constexpr void read_error_reason(std::string_view reason, reply_view& r) noexcept {
+    r.outcome = {reply_kind::error, error_code::internal};
+    // `node unavailable` too: what `append_reply` writes when it knows no node name.
+    constexpr std::array codes{error_code::line_too_long,        error_code::no_route,
+                               error_code::node_unavailable,     error_code::too_many_buckets,
+                               error_code::too_many_connections, error_code::internal};
+    for (const error_code code : codes) {
+        if (reason == error_text(code)) {
+            r.outcome.code = code;
+            r.known = true;
+            return;
+        }
+    }
+    if (reason.size() > node_prefix.size() + node_suffix.size() &&
+        reason.starts_with(node_prefix) && reason.ends_with(node_suffix)) {
+        r.outcome.code = error_code::node_unavailable;
+        r.node = reason.substr(node_prefix.size(),
+                               reason.size() - node_prefix.size() - node_suffix.size());
+        r.known = true;
+    }
+}
+} // namespace detail
+
+constexpr reply_view read_reply(command_kind kind, std::string_view in) noexcept {
+    reply_view r;
+    const std::size_t first_end = in.find('\n');
+    if (first_end == std::string_view::npos) {
+        return r;
+    }
+    const std::string_view first = detail::without_cr(in.substr(0, first_end));
+    r.size = first_end + 1;
+    if (first == detail::not_found_line) {
+        r.outcome = {reply_kind::not_found};
+        r.known = true;
+    } else if (first == detail::unknown_command_line) {
+        r.outcome = {reply_kind::unknown_command};
+        r.known = true;
+    } else if (first.starts_with(detail::error_prefix)) {
+        detail::read_error_reason(first.substr(detail::error_prefix.size()), r);
+    } else if (kind == command_kind::get) {
+        // A value (one token, or nothing for an absent key), then `OK`.
+        const std::size_t second_end = in.find('\n', first_end + 1);
+        if (second_end == std::string_view::npos) {
+            return reply_view{};
+        }
+        r.size = second_end + 1;
+        if (detail::without_cr(in.substr(first_end + 1, second_end - first_end - 1)) ==
+            detail::ok_line) {
+            r.outcome = {reply_kind::value};
+            r.value = first;
+            r.known = true;
+        }
+    } else if (first == detail::ok_line) {
+        r.outcome = {reply_kind::ok};
+        r.known = true;
+    }
+    return r;
+}
+
+inline routed_reply parse_routed_reply(command_kind kind, std::string bytes) {
+    routed_reply r;
+    const reply_view v = read_reply(kind, bytes);
+    if (v.known && v.size == bytes.size()) {
+        r.kind = v.outcome.kind;
+        r.error = v.outcome.code;
+        r.value = v.value;
+        r.node = v.node;
+    }
+    r.bytes = std::move(bytes);
+    return r;
+}
+
+inline std::string peer_greeting_line(std::string_view name) {
+    std::string line;
+    line.reserve(peer_greeting.size() + peer_version.size() + name.size() + 4);
+    line.append(peer_greeting).append(" ").append(peer_version).append(" ");
+    line.append(name).append(detail::line_end);
+    return line;
+}
+
+constexpr std::optional<std::string_view> parse_peer_greeting(std::string_view line) noexcept {
+    std::array<std::string_view, 3> tokens{};
+    if (detail::split_tokens(line, tokens) != tokens.size() || tokens[0] != peer_greeting ||
+        tokens[1] != peer_version) {
+        return std::nullopt;
+    }
+    return tokens[2];
 }
 
 } // namespace v0

@@ -15,7 +15,7 @@
 /// buckets; it is retried in the background and used again once it is back.
 ///
 /// Requests arriving on a peer connection (one that greeted with `OTPKV-PEER`, see
-/// net/client.hpp) are run here whatever the table says: a forwarded request is never
+/// command.hpp) are run here whatever the table says: a forwarded request is never
 /// forwarded again, so nodes whose tables disagree cannot loop; the bucket is simply looked
 /// up where the request landed. A SUBSCRIBE to another node's bucket is relayed through a
 /// connection of its own to the owner: the client gets the owner's events through the node
@@ -69,24 +69,6 @@ struct route_target {
     /// Equal when both fields are.
     friend bool operator==(const route_target&, const route_target&) = default;
 };
-
-/// A reply a host program got through the router, parsed (its bytes kept too).
-struct routed_reply {
-    reply_kind kind = reply_kind::error;     ///< its shape
-    std::string value;                       ///< `value`: the value (empty: key absent)
-    error_code error = error_code::internal; ///< `error`: which
-    std::string node;                        ///< `error`/`node_unavailable`: the node
-    std::string bytes;                       ///< exactly as on the wire
-
-    /// True for `OK` and a GET's value.
-    [[nodiscard]] bool ok() const noexcept {
-        return kind == reply_kind::ok || kind == reply_kind::value;
-    }
-};
-
-/// Parses the bytes of a reply to a `kind` request (`OK`, a GET's two lines, `NOT FOUND`,
-/// `UNKNOWN COMMAND`, `ERROR <reason>`); a reply it does not know is an `internal` error.
-[[nodiscard]] routed_reply parse_routed_reply(command_kind kind, std::string bytes);
 
 /// The routing table and the way to the owner of every bucket.
 ///
@@ -180,36 +162,6 @@ namespace detail {
 /// The `session::context` mark of a peer's connection.
 inline constexpr std::uint64_t peer_connection_mark = 0x70656572; // "peer"
 
-/// True when `token` can be sent as one token of a request line.
-[[nodiscard]] inline bool is_token(std::string_view token) noexcept {
-    if (token.empty()) {
-        return false;
-    }
-    for (const char c : token) {
-        if (is_token_separator(c)) {
-            return false;
-        }
-    }
-    return true;
-}
-
-/// True for a relayed reply after which protocol.md closes the client's connection
-/// (`ERROR internal`, `ERROR line too long`): the relaying node closes it too.
-[[nodiscard]] inline bool closes_after(std::string_view reply) noexcept {
-    if (!reply.starts_with("ERROR ")) {
-        return false;
-    }
-    reply.remove_prefix(6);
-    for (const error_code code : {error_code::internal, error_code::line_too_long}) {
-        const std::string_view text = error_text(code);
-        if (reply.starts_with(text) &&
-            reply.substr(text.size()).find_first_not_of("\r\n") == std::string_view::npos) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /// A forwarded request's reply as relayed: the owner's bytes, or `ERROR node <name>
 /// unavailable` when it gave none.
 [[nodiscard]] inline std::string relayed(std::optional<std::string> reply, std::string_view node) {
@@ -217,56 +169,7 @@ inline constexpr std::uint64_t peer_connection_mark = 0x70656572; // "peer"
                  : format_reply(otpkv::reply::error(error_code::node_unavailable, node));
 }
 
-inline std::string_view strip_line_end(std::string_view line) noexcept {
-    if (!line.empty() && line.back() == '\n') {
-        line.remove_suffix(1);
-    }
-    if (!line.empty() && line.back() == '\r') {
-        line.remove_suffix(1);
-    }
-    return line;
-}
 } // namespace detail
-
-inline routed_reply parse_routed_reply(command_kind kind, std::string bytes) {
-    routed_reply r;
-    const std::size_t first_end = bytes.find('\n');
-    const std::string_view first =
-        detail::strip_line_end(std::string_view(bytes).substr(0, first_end));
-    const bool two_lines =
-        first_end != std::string::npos && bytes.find('\n', first_end + 1) != std::string::npos;
-    if (first == "NOT FOUND") {
-        r.kind = reply_kind::not_found;
-    } else if (first == "UNKNOWN COMMAND") {
-        r.kind = reply_kind::unknown_command;
-    } else if (first.starts_with("ERROR ")) {
-        const std::string_view reason = first.substr(6);
-        // `node unavailable` too: what `format_reply` writes when it knows no node name.
-        constexpr std::array codes{error_code::line_too_long,        error_code::no_route,
-                                   error_code::node_unavailable,     error_code::too_many_buckets,
-                                   error_code::too_many_connections, error_code::internal};
-        for (const error_code code : codes) {
-            if (reason == error_text(code)) {
-                r.error = code;
-            }
-        }
-        constexpr std::string_view node_prefix = "node ";
-        constexpr std::string_view node_suffix = " unavailable";
-        if (reason.size() > node_prefix.size() + node_suffix.size() &&
-            reason.starts_with(node_prefix) && reason.ends_with(node_suffix)) {
-            r.error = error_code::node_unavailable;
-            r.node = reason.substr(node_prefix.size(),
-                                   reason.size() - node_prefix.size() - node_suffix.size());
-        }
-    } else if (kind == command_kind::get && two_lines) {
-        r.kind = reply_kind::value; // a value is one token: none of the lines above
-        r.value = first;
-    } else if (first == "OK") {
-        r.kind = reply_kind::ok;
-    }
-    r.bytes = std::move(bytes);
-    return r;
-}
 
 inline result<std::shared_ptr<router>> router::start(std::shared_ptr<otpkv::registry> reg,
                                                      router_options options) {
@@ -405,20 +308,22 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
 }
 
 inline void router::run_local(const command& cmd, std::string& out, session& s, bool peer) {
-    const reply_kind kind = run_in_session(cmd, *registry_, out, s);
-    if (peer && kind == reply_kind::subscribed) {
+    const reply_outcome outcome = run_in_session(cmd, *registry_, out, s);
+    if (peer && outcome.kind == reply_kind::subscribed) {
         out.append(peer_subscribed).append("\r\n"); // the relaying node waits for it
     }
 }
 
 inline void router::forward(const command& cmd, std::size_t node, session& s) {
     const std::string_view name = client_->nodes()[node].name;
-    client_->request(node, request_line(cmd), cmd.kind, s.id(),
-                     [d = s.defer(), name](std::optional<std::string> reply) mutable {
-                         std::string bytes = detail::relayed(std::move(reply), name);
-                         const bool closes = detail::closes_after(bytes);
-                         d.complete(std::move(bytes), closes);
-                     });
+    client_->request(
+        node, request_line(cmd), cmd.kind, s.id(),
+        [d = s.defer(), name, kind = cmd.kind](std::optional<std::string> reply) mutable {
+            std::string bytes = detail::relayed(std::move(reply), name);
+            // protocol.md's closing errors close the client's connection too.
+            const bool closes = closes_connection(read_reply(kind, bytes).outcome);
+            d.complete(std::move(bytes), closes);
+        });
 }
 
 /// What a relayed SUBSCRIBE's callbacks share (all on the client's thread).
@@ -480,9 +385,8 @@ inline std::string router::call(const command& cmd, std::uint64_t affinity) {
 }
 
 inline routed_reply router::operation(const command& cmd) {
-    if (!detail::is_token(cmd.bucket) ||
-        (cmd.kind != command_kind::create && !detail::is_token(cmd.key)) ||
-        (cmd.kind == command_kind::put && !detail::is_token(cmd.value))) {
+    if (!is_token(cmd.bucket) || (cmd.kind != command_kind::create && !is_token(cmd.key)) ||
+        (cmd.kind == command_kind::put && !is_token(cmd.value))) {
         // Not sendable as a line: it would be read as other tokens.
         return parse_routed_reply(cmd.kind, format_reply(reply::unknown_command()));
     }

@@ -14,6 +14,11 @@
 //  4. a parsed command's tokens are non-empty views into the line with no separator, the
 //     command written back as a request parses to the same command, and a terminator
 //     added to the line changes nothing.
+//  5. the input read as a stream of replies, to each kind of request: each reply read ends
+//     with an LF and is no longer than the input, has as many lines as its shape, is not
+//     whole one byte earlier, reads the same alone; a reply read as `known` is written back
+//     by `format_reply` with the same bytes (up to the CR before each LF), and
+//     `parse_routed_reply` gives the same fields.
 // Input layout: byte 0 picks max_line (1..96, small so that limits are hit often), byte 1
 // seeds the chunk sizes, the rest is the byte stream.
 #include <otpkv/command.hpp>
@@ -152,6 +157,61 @@ void check_parse(std::string_view line) {
     check(otpkv::parse(request) == cmd, "written back, the command parses differently");
 }
 
+// The bytes with the CR before each LF removed: a reader accepts both line ends.
+std::string bare_lf(std::string_view bytes) {
+    std::string out;
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        if (!(bytes[i] == '\r' && i + 1 < bytes.size() && bytes[i + 1] == '\n')) {
+            out += bytes[i];
+        }
+    }
+    return out;
+}
+
+void check_replies(std::string_view in) {
+    using otpkv::command_kind;
+    for (const command_kind kind :
+         {command_kind::create, command_kind::put, command_kind::get, command_kind::erase,
+          command_kind::subscribe, command_kind::unknown}) {
+        for (std::string_view rest = in;;) {
+            const otpkv::reply_view r = otpkv::read_reply(kind, rest);
+            if (r.size == 0) {
+                break;
+            }
+            check(r.size <= rest.size() && rest[r.size - 1] == '\n', "a reply ends past its LF");
+            const std::string_view bytes = rest.substr(0, r.size);
+            const auto lines =
+                static_cast<std::size_t>(std::count(bytes.begin(), bytes.end(), '\n'));
+            const bool two_lines = kind == command_kind::get &&
+                                   r.outcome.kind != otpkv::reply_kind::not_found &&
+                                   r.outcome.kind != otpkv::reply_kind::unknown_command &&
+                                   !bytes.starts_with("ERROR ");
+            check(lines == (two_lines ? 2U : 1U), "a reply has the wrong number of lines");
+            check(otpkv::read_reply(kind, bytes.substr(0, r.size - 1)).size == 0,
+                  "a reply is whole before its last byte");
+            const otpkv::reply_view alone = otpkv::read_reply(kind, bytes);
+            check(alone.size == r.size && alone.outcome == r.outcome && alone.known == r.known &&
+                      alone.value == r.value && alone.node == r.node,
+                  "a reply reads differently alone");
+            const otpkv::routed_reply parsed = otpkv::parse_routed_reply(kind, std::string(bytes));
+            if (r.known) {
+                otpkv::reply back{r.outcome.kind, r.value, r.outcome.code, r.node};
+                check(bare_lf(otpkv::format_reply(back)) == bare_lf(bytes),
+                      "a reply read does not write back to its bytes");
+                check(parsed.kind == r.outcome.kind && parsed.error == r.outcome.code &&
+                          parsed.value == r.value && parsed.node == r.node,
+                      "parse_routed_reply disagrees with read_reply");
+            } else {
+                check(parsed.kind == otpkv::reply_kind::error &&
+                          parsed.error == otpkv::error_code::internal,
+                      "an unknown reply is not an internal error");
+            }
+            check(parsed.bytes == bytes, "parse_routed_reply changed the bytes");
+            rest.remove_prefix(r.size);
+        }
+    }
+}
+
 } // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -194,5 +254,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         check_parse(rest.substr(0, lf));
         rest.remove_prefix(lf + 1);
     }
+    check_replies(in);
     return 0;
 }

@@ -5,15 +5,12 @@
 /// of its own (epoll on Linux, poll(2) elsewhere). The router (router.hpp) uses it; a host
 /// program may use it directly.
 ///
-/// Peers. Every connection a node opens to another node starts with a greeting line,
-/// `OTPKV-PEER 1 <own name>`; the other node answers `OTPKV-PEER 1 <its name>` and from
-/// then on runs every request of that connection locally, never forwarding it again (so
-/// two nodes whose routing tables disagree cannot bounce a request between them). A node
-/// that answers with another name than the routing table gives it is treated as down: it
-/// is not the node the table means. On a peer connection a SUBSCRIBE that succeeds is
-/// acknowledged with a `SUBSCRIBED` line (a client never sees it), so that the node
-/// relaying the events knows the subscription took. These lines are internal to otpkv;
-/// protocol.md's clients never need them.
+/// Peers. Every connection a node opens to another node starts with the peer greeting
+/// (command.hpp, "Between nodes"), so the other node runs its requests locally and never
+/// forwards them again (two nodes whose routing tables disagree cannot bounce a request
+/// between them). A node that answers with another name than the routing table gives it
+/// is treated as down: it is not the node the table means. A SUBSCRIBE goes over a
+/// connection of its own, and its `SUBSCRIBED` acknowledgement tells that it took.
 ///
 /// Failure. Each request has a deadline (`request_timeout`, 1 s, from the moment it is
 /// handed over) and each connection attempt one (`connect_timeout`, 1 s, greeting
@@ -60,71 +57,6 @@
 
 namespace otpkv {
 inline namespace v0 {
-
-/// The first token of the greeting on a connection between nodes.
-inline constexpr std::string_view peer_greeting = "OTPKV-PEER";
-/// The version of the peer greeting.
-inline constexpr std::string_view peer_version = "1";
-/// A peer's acknowledgement of a SUBSCRIBE that took (peer connections only).
-inline constexpr std::string_view peer_subscribed = "SUBSCRIBED";
-
-/// The greeting line for `name`, terminator included: `OTPKV-PEER 1 <name>\r\n`.
-[[nodiscard]] inline std::string peer_greeting_line(std::string_view name) {
-    std::string line;
-    line.reserve(peer_greeting.size() + peer_version.size() + name.size() + 4);
-    line.append(peer_greeting).append(" ").append(peer_version).append(" ");
-    line.append(name).append("\r\n");
-    return line;
-}
-
-/// The name in a greeting line (terminator optional), or nullopt when `line` is not one.
-[[nodiscard]] inline std::optional<std::string_view> parse_peer_greeting(std::string_view line) {
-    std::string_view tokens[4];
-    std::size_t count = 0;
-    std::size_t i = 0;
-    while (i < line.size()) {
-        while (i < line.size() && is_token_separator(line[i])) {
-            ++i;
-        }
-        const std::size_t begin = i;
-        while (i < line.size() && !is_token_separator(line[i])) {
-            ++i;
-        }
-        if (i > begin) {
-            if (count == 4) {
-                return std::nullopt;
-            }
-            tokens[count++] = line.substr(begin, i - begin);
-        }
-    }
-    if (count != 3 || tokens[0] != peer_greeting || tokens[1] != peer_version) {
-        return std::nullopt;
-    }
-    return tokens[2];
-}
-
-/// How many bytes at the start of `in` make the whole reply to a request of `kind`, or 0
-/// when it is not all there yet. Every reply is one line, except a GET's value and `OK`
-/// (two lines). A GET's first line is a value unless it is `NOT FOUND`, `UNKNOWN COMMAND`
-/// or `ERROR <reason>`: a value is one token, so it can be none of those.
-[[nodiscard]] inline std::size_t reply_size(command_kind kind, std::string_view in) noexcept {
-    const std::size_t first = in.find('\n');
-    if (first == std::string_view::npos) {
-        return 0;
-    }
-    if (kind != command_kind::get) {
-        return first + 1;
-    }
-    std::string_view line = in.substr(0, first);
-    if (!line.empty() && line.back() == '\r') {
-        line.remove_suffix(1);
-    }
-    if (line == "NOT FOUND" || line == "UNKNOWN COMMAND" || line.starts_with("ERROR ")) {
-        return first + 1;
-    }
-    const std::size_t second = in.find('\n', first + 1);
-    return second == std::string_view::npos ? 0 : second + 1;
-}
 
 /// Where another node is.
 struct peer_node {
@@ -256,7 +188,7 @@ class node_client : public process {
     [[nodiscard]] node_status status(std::size_t node) const noexcept;
 
     /// Sends `line` (one request, with its terminator) to `node` and calls `done` with the
-    /// reply. `kind` tells how long the reply is (`reply_size`). Requests with the same
+    /// reply. `kind` tells how long the reply is (`read_reply`). Requests with the same
     /// `affinity` use the same connection, so they run in order.
     void request(std::size_t node, std::string line, command_kind kind, std::uint64_t affinity,
                  reply_callback done);
@@ -284,28 +216,9 @@ class node_client : public process {
     std::thread thread_;
 };
 
-/// The request line for `cmd`, as a peer is sent it: its tokens separated by single spaces,
-/// then CRLF. Not for `command_kind::unknown`.
-[[nodiscard]] std::string request_line(const command& cmd);
-
 // =======================================================================================
 // Implementation
 // =======================================================================================
-
-inline std::string request_line(const command& cmd) {
-    std::string line;
-    line.reserve(verb_name(cmd.kind).size() + cmd.bucket.size() + cmd.key.size() +
-                 cmd.value.size() + 5);
-    line.append(verb_name(cmd.kind)).append(" ").append(cmd.bucket);
-    if (!cmd.key.empty()) {
-        line.append(" ").append(cmd.key);
-    }
-    if (!cmd.value.empty()) {
-        line.append(" ").append(cmd.value);
-    }
-    line.append("\r\n");
-    return line;
-}
 
 namespace detail {
 
@@ -697,7 +610,7 @@ inline bool client_loop::deliver(peer_connection& c) {
     std::size_t used = 0;
     while (!c.waiting.empty()) {
         const std::string_view rest = std::string_view(c.in).substr(used);
-        const std::size_t size = reply_size(c.waiting.front().kind, rest);
+        const std::size_t size = read_reply(c.waiting.front().kind, rest).size;
         if (size == 0) {
             if (rest.size() > options_.max_reply) {
                 broken(c); // no reply is that long: not a peer we understand

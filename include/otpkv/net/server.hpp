@@ -213,9 +213,9 @@ class deferred_reply {
 [[nodiscard]] request_handler registry_handler(std::shared_ptr<registry> reg);
 
 /// What `registry_handler` does for one request: `run` against `reg`, SUBSCRIBE
-/// subscribing the session, and the connection closed after `ERROR internal`. Returns the
-/// reply's shape.
-reply_kind run_in_session(const command& cmd, registry& reg, std::string& out, session& s);
+/// subscribing the session, and the connection closed after a reply that closes it
+/// (`closes_connection`). Returns the reply's outcome.
+reply_outcome run_in_session(const command& cmd, registry& reg, std::string& out, session& s);
 
 /// The TCP line server, a process: it exits when stopped, or with an `error` reason when an
 /// event loop fails (a supervisor then restarts it).
@@ -1154,16 +1154,14 @@ inline void event_stream::end() {
     }
 }
 
-inline reply_kind run_in_session(const command& cmd, registry& reg, std::string& out, session& s) {
-    const std::size_t before = out.size();
-    const reply_kind kind = run(cmd, reg, out, [&](registry::bucket_type& b) { s.subscribe(b); });
-    // run()'s one reply after which protocol.md closes the connection: `ERROR internal`
-    // (a CREATE the registry refuses while it stops).
-    if (kind == reply_kind::error &&
-        std::string_view(out).substr(before).starts_with("ERROR internal")) {
-        s.close_after_reply();
+inline reply_outcome run_in_session(const command& cmd, registry& reg, std::string& out,
+                                    session& s) {
+    const reply_outcome outcome =
+        run(cmd, reg, out, [&](registry::bucket_type& b) { s.subscribe(b); });
+    if (closes_connection(outcome)) {
+        s.close_after_reply(); // `ERROR internal`: a CREATE the registry refuses while it stops
     }
-    return kind;
+    return outcome;
 }
 
 inline request_handler registry_handler(std::shared_ptr<registry> reg) {
