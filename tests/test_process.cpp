@@ -6,7 +6,9 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <memory>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -197,4 +199,74 @@ TEST_CASE("manual_clock moves only when told") {
     CHECK(clock.function()() == t0);
     clock.advance(5s);
     CHECK(clock.now() - t0 == 5s);
+}
+
+// ---- process_threads: the one rule for letting go of a process's threads
+
+TEST_CASE("process_threads: each thread knows itself; release joins what the bodies did") {
+    detail::process_threads threads;
+    CHECK_FALSE(threads.started());
+    std::atomic<bool> go{false};
+    std::atomic<int> done{0};
+    std::atomic<int> knew_itself{0};
+    std::vector<std::thread::id> ids;
+    for (int i = 0; i < 3; ++i) {
+        ids.push_back(threads.start([&] {
+            if (threads.is_current()) {
+                ++knew_itself;
+            }
+            while (!go.load()) {
+                std::this_thread::yield();
+            }
+            for (int spin = 0; spin < 1000; ++spin) {
+                std::this_thread::yield(); // still running when release is called, mostly
+            }
+            ++done;
+        }));
+    }
+    CHECK(threads.started());
+    CHECK_FALSE(threads.is_current());
+    CHECK(std::set<std::thread::id>(ids.begin(), ids.end()).size() == 3);
+    CHECK(std::find(ids.begin(), ids.end(), std::thread::id{}) == ids.end());
+    go = true;
+    threads.release(); // joins: every body is over when it returns
+    CHECK(done == 3);
+    CHECK(knew_itself == 3);
+    threads.release(); // once only: nothing left to let go of
+}
+
+TEST_CASE("process_threads: released from one of its own threads, they are detached") {
+    auto threads = std::make_shared<detail::process_threads>();
+    auto finished = std::make_shared<std::atomic<bool>>(false);
+    // The body lets go of its own thread (joining itself would throw), then of the object.
+    threads->start([threads, finished]() mutable {
+        threads->release();
+        threads.reset();
+        finished->store(true);
+    });
+    threads.reset(); // the thread holds the last reference now
+    CHECK(eventually([&] { return finished->load(); }));
+}
+
+TEST_CASE("process_threads: abandoned, a thread still running is detached, not waited for") {
+    struct shared {
+        std::atomic<bool> go{false};
+        std::atomic<bool> done{false};
+    };
+    auto state = std::make_shared<shared>();
+    {
+        detail::process_threads threads;
+        threads.start([state] { // owns what it touches, as an abandoned thread must
+            while (!state->go.load()) {
+                std::this_thread::yield();
+            }
+            state->done = true;
+        });
+        threads.abandon();
+        CHECK(threads.abandoned());
+        threads.release(); // would wait for ever if it joined: `go` is set only below
+        CHECK_FALSE(state->done.load());
+    }
+    state->go = true;
+    CHECK(eventually([&] { return state->done.load(); }));
 }

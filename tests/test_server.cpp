@@ -12,9 +12,11 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <thread>
 
 using otpkv_test::eventually;
 using otpkv_test::kv_client;
@@ -149,6 +151,35 @@ TEST_CASE("server: stop closes every connection, records the reason once, tells 
     srv->wait();
     CHECK(told == 1);
     CHECK(reg->with("b", [](auto& bucket) { return bucket.size(); }) == std::size_t{0});
+}
+
+TEST_CASE("server: a stop that times out on a stuck handler abandons the loop, and destroying "
+          "the server does not wait for it") {
+    struct shared {
+        std::atomic<bool> inside{false};
+        std::atomic<bool> release{false};
+        std::atomic<bool> left{false};
+    };
+    auto state = std::make_shared<shared>();
+    auto srv = otpkv::server::start(
+                   [state](const otpkv::command&, std::string& out, otpkv::session&) {
+                       state->inside = true;
+                       while (!state->release.load()) {
+                           std::this_thread::yield(); // stuck until the test lets it go
+                       }
+                       out += "late\r\n";
+                       state->left = true;
+                   },
+                   loopback())
+                   .value();
+    kv_client c(srv->port());
+    CHECK(c.send_all("GET b k\n"));
+    REQUIRE(eventually([&] { return state->inside.load(); }));
+    CHECK(srv->stop(otpkv::exit_reason::shutdown(), 50ms) == otpkv::exit_reason::killed());
+    srv.reset(); // returns although the handler has not: its loop thread is detached
+    CHECK_FALSE(state->left.load());
+    state->release = true;
+    CHECK(eventually([&] { return state->left.load(); }));
 }
 
 TEST_CASE("server: a subscriber's stream ends when its bucket exits") {

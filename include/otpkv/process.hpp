@@ -10,6 +10,7 @@
 /// `killed` and abandoned (its thread is detached, never touched again).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -544,6 +545,100 @@ class exit_signal {
     std::thread::id running_thread_;
     bool delivering_ = false;
     std::thread::id delivering_thread_;
+};
+
+/// The threads of a process (one for a supervisor, a task or a node_client, one per event
+/// loop for a server), and the one rule for letting go of them: they are joined, unless
+/// they are let go of from one of those very threads (a process stopped or dropped by its
+/// own code: a thread cannot join itself) or they were abandoned (`abandon`: a stop timed
+/// out, so the thread may never finish); then they are detached. A thread that has finished
+/// is always joined, which returns at once. A detached thread must own everything it still
+/// touches: each body holds the shared state it uses, never the process object.
+///
+/// Thread safety: `start` from the owner before it shares the process; the rest from any
+/// thread. Not copyable or movable; releases on destruction.
+class process_threads {
+  public:
+    process_threads() = default;
+    process_threads(const process_threads&) = delete;
+    process_threads& operator=(const process_threads&) = delete;
+    ~process_threads() { release(); }
+
+    /// Runs `body` on a new thread of this process and returns the thread's id. Throws what
+    /// `std::thread` throws.
+    template <class F> std::thread::id start(F body) {
+        const std::lock_guard lock(mutex_);
+        // Room first: nothing may throw between the thread's start and its being kept.
+        threads_.reserve(threads_.size() + 1);
+        ids_.reserve(ids_.size() + 1);
+        running_->fetch_add(1, std::memory_order_relaxed);
+        try {
+            threads_.emplace_back([running = running_, body = std::move(body)]() mutable {
+                body();
+                // release: a joiner that sees the count drop sees everything the body did.
+                running->fetch_sub(1, std::memory_order_release);
+            });
+        } catch (...) {
+            running_->fetch_sub(1, std::memory_order_relaxed);
+            throw;
+        }
+        ids_.push_back(threads_.back().get_id());
+        return ids_.back();
+    }
+
+    /// True when called on one of these threads.
+    [[nodiscard]] bool is_current() const {
+        const std::lock_guard lock(mutex_);
+        return current_locked();
+    }
+
+    /// True once a thread was started.
+    [[nodiscard]] bool started() const {
+        const std::lock_guard lock(mutex_);
+        return !ids_.empty();
+    }
+
+    /// From now on they are not waited for: a thread still running when they are released
+    /// is detached and finishes by itself.
+    void abandon() noexcept { abandoned_.store(true, std::memory_order_release); }
+
+    /// True after `abandon`.
+    [[nodiscard]] bool abandoned() const noexcept {
+        return abandoned_.load(std::memory_order_acquire);
+    }
+
+    /// Joins or detaches every thread not yet let go of, by the rule above.
+    void release() noexcept {
+        std::vector<std::thread> taken;
+        bool detach = false;
+        {
+            // Taken out under the lock, joined outside it: a thread being joined may still
+            // ask `is_current`.
+            const std::lock_guard lock(mutex_);
+            taken.swap(threads_);
+            const bool finished = running_->load(std::memory_order_acquire) == 0;
+            detach = current_locked() || (abandoned() && !finished);
+        }
+        for (std::thread& t : taken) {
+            if (detach) {
+                t.detach();
+            } else {
+                t.join();
+            }
+        }
+    }
+
+  private:
+    [[nodiscard]] bool current_locked() const noexcept {
+        return std::find(ids_.begin(), ids_.end(), std::this_thread::get_id()) != ids_.end();
+    }
+
+    mutable std::mutex mutex_;
+    std::vector<std::thread> threads_;
+    std::vector<std::thread::id> ids_;
+    std::shared_ptr<std::atomic<std::size_t>> running_ =
+        std::make_shared<std::atomic<std::size_t>>(0);
+    std::atomic<bool> abandoned_{false};
 };
 
 } // namespace detail

@@ -160,8 +160,7 @@ class supervisor_base : public process {
 
   private:
     std::shared_ptr<supervisor_core> core_;
-    std::thread thread_;
-    std::atomic<bool> abandoned_{false}; // a stop timed out: the thread finishes alone
+    process_threads thread_; // abandoned when a stop timed out: it finishes alone
 };
 
 } // namespace detail
@@ -721,23 +720,21 @@ inline supervisor_base::supervisor_base(supervisor_options options, bool dynamic
           std::make_shared<supervisor_core>(std::move(options), dynamic, max_children, signal())) {}
 
 inline supervisor_base::~supervisor_base() {
-    if (!thread_.joinable()) {
+    if (!thread_.started()) {
         return;
     }
-    if (core_->on_own_thread() || abandoned_) {
+    if (thread_.is_current() || thread_.abandoned()) {
         // On its own thread, or abandoned by a stop that timed out: the thread owns the
-        // core and finishes the shutdown by itself.
+        // core and finishes the shutdown by itself (the release detaches it).
         core_->request_shutdown(exit_reason::shutdown());
-        thread_.detach();
-        return;
+    } else {
+        stop(exit_reason::shutdown(), infinity);
     }
-    stop(exit_reason::shutdown(), infinity);
-    thread_.join();
+    thread_.release();
 }
 
 inline result<void> supervisor_base::launch(std::vector<child_spec> children) {
-    thread_ = std::thread([core = core_] { core->loop(); });
-    core_->set_thread(thread_.get_id());
+    core_->set_thread(thread_.start([core = core_] { core->loop(); }));
     // Jobs own their arguments: a caller that gives up (it is being stopped) may be gone
     // by the time its job runs.
     auto started = core_->call([core = core_.get(), children = std::move(children)]() mutable {
@@ -757,10 +754,10 @@ inline exit_reason supervisor_base::stop(exit_reason reason, timeout wait) {
         if (core_->on_own_thread()) {
             return reason; // the shutdown runs when the current job returns
         }
-        if (!thread_.joinable()) {
+        if (!thread_.started()) {
             notify_exit(reason); // never launched
         } else if (!wait_recorded(wait) && notify_exit(exit_reason::killed())) {
-            abandoned_ = true; // the thread goes on stopping the children by itself
+            thread_.abandon(); // the thread goes on stopping the children by itself
         }
     }
     wait_recorded(infinity);

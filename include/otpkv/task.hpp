@@ -58,20 +58,17 @@ class task final : public process {
         std::stop_source stop;
         std::mutex mutex;
         std::optional<exit_reason> requested; // the reason of the first stop request
-        std::atomic<bool> finished{false};    // the thread has nothing left to do
     };
 
     task() = default;
 
-    // Lets go of the thread once, whoever gets there first: joins it when it has finished,
-    // else detaches it. After the exit is recorded it only runs monitors on state it owns,
-    // so nobody waits on other parties' callbacks (which may be waiting on them).
+    // Lets go of the thread: joined when it has finished, else detached. Nobody waits for
+    // the rest of a task's thread: once the exit is recorded it only runs monitors on state
+    // it owns, and those may be waiting on whoever lets go of it.
     void release_thread();
 
     std::shared_ptr<shared_state> state_ = std::make_shared<shared_state>();
-    std::mutex thread_mutex_;
-    std::thread thread_;
-    std::thread::id thread_id_;
+    detail::process_threads thread_;
 };
 
 namespace detail {
@@ -156,28 +153,25 @@ template <class F> std::shared_ptr<task> task::start(F f) {
     std::shared_ptr<task> t(new task());
     // The thread holds the shared state and the exit signal, never the task object.
     std::optional<F> body(std::move(f));
-    t->thread_ =
-        std::thread([state = t->state_, signal = t->signal(), body = std::move(body)]() mutable {
-            detail::current_stop_token = state->stop.get_token();
-            exit_reason reason;
-            try {
-                if constexpr (std::is_invocable_v<F&, std::stop_token>) {
-                    (*body)(state->stop.get_token());
-                } else {
-                    (*body)();
-                }
-                const std::lock_guard lock(state->mutex);
-                reason = state->requested.value_or(exit_reason::normal());
-            } catch (const process_exit& e) {
-                reason = e.reason();
-            } catch (...) {
-                reason = exit_reason::from_exception(std::current_exception());
+    t->thread_.start([state = t->state_, signal = t->signal(), body = std::move(body)]() mutable {
+        detail::current_stop_token = state->stop.get_token();
+        exit_reason reason;
+        try {
+            if constexpr (std::is_invocable_v<F&, std::stop_token>) {
+                (*body)(state->stop.get_token());
+            } else {
+                (*body)();
             }
-            body.reset(); // what the function holds is let go before anybody hears of the exit
-            signal->exit(reason);
-            state->finished.store(true, std::memory_order_release);
-        });
-    t->thread_id_ = t->thread_.get_id();
+            const std::lock_guard lock(state->mutex);
+            reason = state->requested.value_or(exit_reason::normal());
+        } catch (const process_exit& e) {
+            reason = e.reason();
+        } catch (...) {
+            reason = exit_reason::from_exception(std::current_exception());
+        }
+        body.reset(); // what the function holds is let go before anybody hears of the exit
+        signal->exit(reason);
+    });
     return t;
 }
 
@@ -190,7 +184,7 @@ inline exit_reason task::stop(exit_reason reason, timeout wait) {
             }
         }
         state_->stop.request_stop();
-        if (std::this_thread::get_id() == thread_id_) {
+        if (thread_.is_current()) {
             return reason; // we cannot wait for ourselves; the exit comes when f returns
         }
         if (wait == brutal_kill || !wait_recorded(wait)) {
@@ -209,16 +203,8 @@ inline task::~task() {
 }
 
 inline void task::release_thread() {
-    const std::lock_guard lock(thread_mutex_);
-    if (!thread_.joinable()) {
-        return;
-    }
-    if (state_->finished.load(std::memory_order_acquire) &&
-        std::this_thread::get_id() != thread_id_) {
-        thread_.join(); // returns at once: the thread is at its end
-    } else {
-        thread_.detach(); // it owns what it touches from here on
-    }
+    thread_.abandon();
+    thread_.release();
 }
 
 inline std::shared_ptr<task_supervisor> task_supervisor::start(supervisor_options options,

@@ -213,7 +213,7 @@ class node_client : public process {
   private:
     node_client() = default;
     std::shared_ptr<detail::client_loop> loop_;
-    std::thread thread_;
+    detail::process_threads thread_;
 };
 
 // =======================================================================================
@@ -882,7 +882,7 @@ inline result<std::shared_ptr<node_client>> node_client::start(std::vector<peer_
     std::shared_ptr<node_client> c(new node_client());
     try {
         c->loop_ = std::make_shared<detail::client_loop>(std::move(nodes), std::move(options));
-        c->thread_ = std::thread([loop = c->loop_, signal = c->signal()] {
+        c->thread_.start([loop = c->loop_, signal = c->signal()] {
             exit_reason why = exit_reason::shutdown();
             try {
                 loop->run();
@@ -906,13 +906,7 @@ inline node_client::~node_client() {
     if (alive()) {
         stop(exit_reason::shutdown(), default_shutdown);
     }
-    if (thread_.joinable()) {
-        if (thread_.get_id() == std::this_thread::get_id() || alive()) {
-            thread_.detach();
-        } else {
-            thread_.join();
-        }
-    }
+    thread_.release();
 }
 
 inline const std::vector<peer_node>& node_client::nodes() const noexcept {
@@ -998,11 +992,11 @@ inline subscription node_client::monitor_nodes(std::function<void(const node_eve
 
 inline exit_reason node_client::stop(exit_reason reason, timeout wait) {
     loop_->request_stop();
-    if (thread_.get_id() == std::this_thread::get_id()) {
+    if (thread_.is_current()) {
         return reason; // from a callback: the exit comes once it returns
     }
-    if (!wait_recorded(wait)) {
-        notify_exit(exit_reason::killed());
+    if (!wait_recorded(wait) && notify_exit(exit_reason::killed())) {
+        thread_.abandon(); // a callback that does not return
     }
     return *exited();
 }

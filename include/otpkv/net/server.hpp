@@ -355,7 +355,7 @@ struct server_core : std::enable_shared_from_this<server_core> {
     unique_fd spare; // a descriptor given up to accept-and-close when out of descriptors
     socket_address address;
     std::vector<std::unique_ptr<event_loop>> loops;
-    std::vector<std::thread> threads;
+    process_threads threads; // one per loop
     std::shared_ptr<exit_signal> signal;
 
     std::atomic<bool> stopping{false};
@@ -1202,7 +1202,7 @@ inline result<std::shared_ptr<server>> server::start(request_handler handler,
         }
         for (const auto& loop : core->loops) {
             core->loops_running.fetch_add(1, std::memory_order_relaxed);
-            core->threads.emplace_back([core, l = loop.get()] {
+            core->threads.start([core, l = loop.get()] {
                 try {
                     l->run();
                 } catch (...) {
@@ -1214,7 +1214,7 @@ inline result<std::shared_ptr<server>> server::start(request_handler handler,
         s->core_ = std::move(core);
     } catch (...) {
         const auto reason = exit_reason::from_exception(std::current_exception());
-        if (core != nullptr && !core->threads.empty()) {
+        if (core != nullptr && core->threads.started()) {
             core->request_stop(reason); // some loops started: they record the exit
             s->core_ = std::move(core);
         } else {
@@ -1232,16 +1232,7 @@ inline server::~server() {
     if (alive()) {
         stop(exit_reason::shutdown(), default_shutdown);
     }
-    for (auto& t : core_->threads) {
-        if (!t.joinable()) {
-            continue;
-        }
-        if (t.get_id() == std::this_thread::get_id() || alive()) {
-            t.detach(); // ourselves, or abandoned after a stop that timed out
-        } else {
-            t.join();
-        }
-    }
+    core_->threads.release();
 }
 
 inline std::uint16_t server::port() const noexcept {
@@ -1264,13 +1255,11 @@ inline server_stats server::stats() const noexcept {
 
 inline exit_reason server::stop(exit_reason reason, timeout wait) {
     core_->request_stop(reason);
-    for (const auto& t : core_->threads) {
-        if (t.get_id() == std::this_thread::get_id()) {
-            return reason; // a handler stopping its own server: the exit comes after it
-        }
+    if (core_->threads.is_current()) {
+        return reason; // a handler stopping its own server: the exit comes after it
     }
-    if (!wait_recorded(wait)) {
-        notify_exit(exit_reason::killed()); // a handler that does not return: abandoned
+    if (!wait_recorded(wait) && notify_exit(exit_reason::killed())) {
+        core_->threads.abandon(); // a handler that does not return
     }
     return *exited();
 }
