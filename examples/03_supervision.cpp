@@ -6,7 +6,7 @@
 // crashes; being permanent, it is replaced by a fresh loop, and the other 19 are left
 // alone, which the lists of children before and after show.
 //
-//   ./02_supervision
+//   ./03_supervision
 #include <otpkv/task.hpp>
 
 #include <array>

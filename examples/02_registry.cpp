@@ -8,7 +8,7 @@
 // limit on buckets, and stops the registry. A subscriber prints the registry's events; its
 // lines start with "|" and show up during the call that caused them.
 //
-//   ./04_registry
+//   ./02_registry
 #include <otpkv/registry.hpp>
 
 #include <algorithm>

@@ -3,11 +3,12 @@
 //
 // Reads requests from standard input, one per line, exactly as a node frames one
 // connection's bytes, and shows for each the parsed command and the reply bytes the node
-// sends back (escaped, so that "\r\n" is visible). The buckets are a toy std::map here;
-// later chapters put real buckets and a registry behind the same replies.
+// sends back (escaped, so that "\r\n" is visible). The buckets are a toy std::map here, so
+// that the protocol stands alone; 05_server puts the registry of 02_registry behind the same
+// replies, on a TCP server.
 //
-//   printf 'CREATE shopping\nPUT shopping eggs 3\nGET shopping eggs\n' | ./01_protocol
-//   ./01_protocol --max-line 16 < requests     (a smaller line limit than 65536)
+//   printf 'CREATE shopping\nPUT shopping eggs 3\nGET shopping eggs\n' | ./04_protocol
+//   ./04_protocol --max-line 16 < requests     (a smaller line limit than 65536)
 #include <otpkv/command.hpp>
 
 #include <cstdio>

@@ -8,7 +8,7 @@
 // with a reason, and what every call does after it. Each call is printed, then what it
 // returned; a subscriber's lines show up in between, as it runs during the write.
 //
-//   ./03_bucket
+//   ./01_bucket
 #include <otpkv/bucket.hpp>
 
 #include <algorithm>
