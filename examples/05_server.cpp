@@ -11,7 +11,6 @@
 //
 //   printf 'PUT shopping milk 1\nGET shopping milk\n' | ./05_server
 #include <otpkv/command.hpp>
-#include <otpkv/net/client.hpp> // reply_size
 #include <otpkv/net/server.hpp>
 #include <otpkv/registry.hpp>
 
@@ -72,9 +71,9 @@ class loopback_client {
     }
 
     // The whole reply to a request of `kind`: one line, or a GET's value and OK.
-    // otpkv::reply_size says how many buffered bytes make it. "" if the connection ended.
+    // otpkv::read_reply says how many buffered bytes make it. "" if the connection ended.
     std::string read_reply(otpkv::command_kind kind) {
-        return read([kind](std::string_view in) { return otpkv::reply_size(kind, in); });
+        return read([kind](std::string_view in) { return otpkv::read_reply(kind, in).size; });
     }
 
     // One line: what a subscriber receives for each write to its bucket.
