@@ -8,6 +8,7 @@
 #include <otpkv/command.hpp>
 #include <otpkv/config.hpp>
 #include <otpkv/net/client.hpp>
+#include <otpkv/net/poller.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/node.hpp>
 #include <otpkv/process.hpp>

@@ -29,6 +29,7 @@
 
 #include <otpkv/command.hpp>
 #include <otpkv/config.hpp>
+#include <otpkv/detail/callback.hpp>
 #include <otpkv/net/client.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/process.hpp>

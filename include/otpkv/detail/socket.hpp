@@ -4,9 +4,10 @@
 /// socket, a wake-up pipe, and a readiness poller with two backends: epoll on Linux and
 /// poll(2) everywhere (selectable on Linux too, so the fallback is tested there).
 ///
-/// Nothing here is public API; `net/server.hpp` is.
+/// Nothing here is public API; `net/server.hpp` and `net/client.hpp` are.
 #pragma once
 
+#include <otpkv/net/poller.hpp>
 #include <otpkv/process.hpp>
 
 #include <algorithm>
@@ -34,13 +35,6 @@
 
 namespace otpkv {
 inline namespace v0 {
-
-/// Which readiness mechanism a server's event loops use.
-enum class poller_kind : std::uint8_t {
-    automatic, ///< epoll on Linux, poll(2) elsewhere
-    epoll,     ///< Linux only; elsewhere `start` fails
-    poll       ///< poll(2): portable, O(connections) per wake-up
-};
 
 namespace detail {
 
@@ -414,46 +408,6 @@ class wake_pipe {
   private:
     unique_fd read_;
     unique_fd write_;
-};
-
-/// What other threads hand an I/O thread, woken through its `wake_pipe` when the first item
-/// arrives (one wake-up for a burst). The thread takes everything at once.
-template <class T> class mailbox {
-  public:
-    explicit mailbox(const wake_pipe& wake) noexcept : wake_(wake) {}
-
-    /// From any thread. False once closed (the item is left with the caller).
-    bool post(T&& item) {
-        bool first = false;
-        {
-            const std::lock_guard lock(mutex_);
-            if (closed_) {
-                return false;
-            }
-            first = items_.empty();
-            items_.push_back(std::move(item));
-        }
-        if (first) {
-            wake_.notify();
-        }
-        return true;
-    }
-    /// Moves everything posted into `into` (which the caller has emptied).
-    void take(std::vector<T>& into) {
-        const std::lock_guard lock(mutex_);
-        into.swap(items_);
-    }
-    /// Refuses every later `post`; what was posted before is still there to take.
-    void close() {
-        const std::lock_guard lock(mutex_);
-        closed_ = true;
-    }
-
-  private:
-    const wake_pipe& wake_;
-    std::mutex mutex_;
-    bool closed_ = false;
-    std::vector<T> items_;
 };
 
 } // namespace detail

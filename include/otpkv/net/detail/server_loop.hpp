@@ -1,0 +1,1047 @@
+// SPDX-License-Identifier: MIT
+/// @file
+/// The engine under net/server.hpp, which includes it at its end: each event loop's
+/// connections, framing, output and backpressure, lingering closes, subscriber links and
+/// deferred replies, then the members of server.hpp's public classes. How a request walks
+/// through it and how protocol.md's limits are kept is told in server.hpp.
+///
+/// Nothing here is public API. Thread safety: a loop and its connections belong to the
+/// loop's thread; other threads reach them only through the loop's mailbox (and a
+/// subscriber link's mutex), as each type below says.
+#pragma once
+
+#include <otpkv/net/server.hpp>
+
+#include <otpkv/detail/mailbox.hpp>
+#include <otpkv/detail/socket.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace otpkv {
+inline namespace v0 {
+
+namespace detail {
+
+class event_loop;
+
+/// What joins a subscribed connection and the bucket's publishers, who run on any thread.
+/// Publishers append under `mutex` and post the link to the connection's loop; the loop
+/// moves the bytes into the connection's output. `loop` is valid for as long as the
+/// subscription and the monitor that use this link: both are cancelled (cancel waits for a
+/// callback in progress) before the connection, and so before the loop, goes away.
+struct subscriber_link {
+    std::mutex mutex;
+    std::function<void()> on_detach;    // an event_stream's source: the connection went away
+    std::weak_ptr<server_core> core;    // an event_stream's: keeps `loop` alive to post
+    bool detached = false;              // the connection went away (or never came)
+    std::string pending;                // events not yet handed to the loop
+    bool queued = false;                // posted to the loop and not yet taken
+    bool overflowed = false;            // passed the cap: disconnect
+    bool ended = false;                 // the bucket exited: close after the last event
+    std::atomic<std::size_t> unsent{0}; // the connection's unsent bytes, as its loop saw last
+    std::size_t cap = 0;
+    event_loop* loop = nullptr;
+    connection* conn = nullptr; // set and cleared by the loop thread (under `mutex`)
+};
+
+/// Marks a link's connection gone and tells an event_stream's source, once.
+void detach(const std::shared_ptr<subscriber_link>& link);
+
+/// One deferred reply (`session::defer`). The completing thread fills `reply`, `dropped`,
+/// `then_close` and `stream` and posts the state to the loop; the rest is the loop thread's.
+struct deferred_state {
+    std::weak_ptr<server_core> core;
+    event_loop* loop = nullptr;
+    connection* conn = nullptr; // null once the connection is gone
+    bool barrier = false;       // no request runs after it until it is done
+    bool done = false;          // completed, and taken by the loop
+    std::string after;          // replies of later requests, held back until this one is sent
+    std::string reply;
+    bool dropped = false;    // dropped without a reply: `ERROR internal`, then close
+    bool then_close = false; // close after `reply`
+    std::shared_ptr<subscriber_link> stream;
+};
+
+/// One client connection. Owned by its loop; touched only by the loop's thread.
+struct connection {
+    enum class phase : std::uint8_t {
+        open,      // running requests
+        closing,   // no more requests; close once `out` is sent
+        lingering, // `out` sent and write side shut down; discarding input until EOF
+    };
+
+    unique_fd fd;
+    line_framer framer;
+    std::string out;
+    std::size_t sent = 0;
+    phase state = phase::open;
+    std::uint32_t interest = io_read;
+    bool paused = false;     // backpressure: requests are not pulled
+    bool subscribed = false; // streaming events; input is discarded
+    bool peer_done = false;  // the peer closed its side: no lingering needed
+    bool counted = false;    // counts against max_connections
+    bool dirty = false;      // in the loop's list of connections to flush after the mail
+    std::size_t index = 0;   // position in the loop's list
+    std::chrono::steady_clock::time_point linger_until{};
+    std::uint64_t id = 0;      // session::id
+    std::uint64_t context = 0; // session::context
+    std::shared_ptr<subscriber_link> link;
+    subscription events;
+    monitor_handle bucket_monitor;
+    std::deque<std::shared_ptr<deferred_state>> waiting; // deferred replies, request order
+    std::size_t held = 0; // bytes held in `waiting`'s `after` buffers
+
+    connection(int socket, std::size_t max_line) : fd(socket), framer(max_line) {}
+    [[nodiscard]] std::size_t unsent() const noexcept { return out.size() - sent; }
+    /// Where the next reply goes: the output, or behind the last deferred reply.
+    [[nodiscard]] std::string& reply_target() noexcept {
+        return waiting.empty() ? out : waiting.back()->after;
+    }
+    /// A deferred reply that may become a stream is outstanding: nothing more runs.
+    [[nodiscard]] bool barred() const noexcept {
+        return !waiting.empty() && waiting.back()->barrier;
+    }
+    /// No more requests: the connection closes once its output is sent.
+    void begin_close() noexcept {
+        if (state == phase::open) {
+            state = phase::closing;
+            paused = false;
+        }
+    }
+};
+
+/// Everything a server's threads share; kept alive by each of them.
+struct server_core : std::enable_shared_from_this<server_core> {
+    server_options options;
+    request_handler handler;
+    unique_fd listener;
+    unique_fd spare; // a descriptor given up to accept-and-close when out of descriptors
+    socket_address address;
+    std::vector<std::unique_ptr<event_loop>> loops;
+    process_threads threads; // one per loop
+    std::shared_ptr<exit_signal> signal;
+
+    std::atomic<bool> stopping{false};
+    std::mutex reason_mutex;
+    exit_reason reason;
+    std::atomic<std::size_t> loops_running{0};
+
+    std::atomic<std::size_t> connections{0};
+    std::atomic<std::size_t> accepted{0};
+    std::atomic<std::size_t> rejected{0};
+    std::atomic<std::size_t> lingering{0};
+    std::atomic<std::uint64_t> next_id{1};
+
+    void request_stop(const exit_reason& why);
+    void loop_finished();
+};
+
+/// Lingering connections at most (closing ones that drain input, refused ones included);
+/// past it a closing connection is closed at once.
+inline constexpr std::size_t max_lingering = 4096;
+/// How often a loop with lingering connections looks for expired ones.
+inline constexpr std::chrono::milliseconds linger_scan_every{100};
+/// Bytes asked of the framer for one read.
+inline constexpr std::size_t read_size = 16384;
+/// Reads per connection per turn of the loop, so a flooding client cannot hold its loop.
+inline constexpr int reads_per_turn = 4;
+
+/// What other threads post to a loop: a subscriber link with events (or news), or a
+/// completed deferred reply.
+struct mail {
+    std::shared_ptr<subscriber_link> link;
+    std::shared_ptr<deferred_state> reply;
+};
+
+/// One event-loop thread's state: its poller, its connections, and its mailbox for
+/// subscriber links and deferred replies posted from other threads.
+class event_loop {
+  public:
+    event_loop(server_core& core, poller_kind kind)
+        : core_(core), poller_(kind), spare_framer_(core.options.max_line) {
+        poller_.add(wake_.read_fd(), &wake_, io_read);
+        poller_.add(core_.listener.get(), &core_.listener, io_read, true);
+    }
+    event_loop(const event_loop&) = delete;
+    event_loop& operator=(const event_loop&) = delete;
+    ~event_loop() {
+        // Normally empty by now (run() closes everything); a loop that never ran, or that
+        // failed, still owns connections.
+        while (!conns_.empty()) {
+            destroy(*conns_.back());
+        }
+    }
+
+    void run();
+    void wake() const noexcept { wake_.notify(); }
+
+    /// From any thread: a link has events (or news) for its connection, or a deferred reply
+    /// is complete. False once the loop has finished (the mail is not taken).
+    bool post(mail m) { return mailbox_.post(std::move(m)); }
+
+    void subscribe(connection& c, registry::bucket_type& b);
+    [[nodiscard]] std::shared_ptr<deferred_state> defer(connection& c, bool barrier);
+    [[nodiscard]] std::size_t requests() const noexcept {
+        return requests_.load(std::memory_order_relaxed);
+    }
+
+  private:
+    void accept_all();
+    void handle(connection& c, std::uint32_t events);
+    void read_requests(connection& c);
+    void discard_input(connection& c);
+    void pull_requests(connection& c);
+    void flush(connection& c);
+    void set_interest(connection& c);
+    void take_mail();
+    void settle(deferred_state& d);
+    void to_flush(connection& c);
+    void orphan(deferred_state& d);
+    void attach(connection& c, const std::shared_ptr<subscriber_link>& link);
+    [[nodiscard]] bool may_resume(const connection& c) const noexcept;
+    void expire_lingering();
+    void adopt(int fd, bool counted);
+    void destroy(connection& c);
+    void shut_down_all();
+
+    server_core& core_;
+    poller poller_;
+    wake_pipe wake_;
+    std::vector<std::unique_ptr<connection>> conns_;
+    std::vector<std::unique_ptr<connection>> graveyard_; // freed after each batch of events
+    std::vector<io_event> events_;
+    line_framer spare_framer_; // lent to the connection being read (see read_requests)
+    std::size_t lingering_here_ = 0;
+    std::chrono::steady_clock::time_point next_linger_scan_{};
+    std::atomic<std::size_t> requests_{0};
+
+    mailbox<mail> mailbox_{wake_};
+    std::vector<mail> taken_;
+    std::vector<connection*> dirty_; // to flush once the mail is taken
+};
+
+inline void server_core::request_stop(const exit_reason& why) {
+    {
+        const std::lock_guard lock(reason_mutex);
+        if (stopping.load(std::memory_order_relaxed)) {
+            return;
+        }
+        reason = why;
+        stopping.store(true, std::memory_order_release);
+    }
+    for (const auto& loop : loops) {
+        loop->wake();
+    }
+}
+
+inline void server_core::loop_finished() {
+    if (loops_running.fetch_sub(1, std::memory_order_acq_rel) != 1) {
+        return;
+    }
+    // The last loop out: nobody uses the listener any more. Record the exit.
+    listener.reset();
+    exit_reason why;
+    {
+        const std::lock_guard lock(reason_mutex);
+        why = reason;
+    }
+    signal->exit(why);
+}
+
+inline void event_loop::run() {
+    while (!core_.stopping.load(std::memory_order_acquire)) {
+        poller_.wait(events_,
+                     lingering_here_ > 0 ? static_cast<int>(linger_scan_every.count()) : -1);
+        for (const io_event& ev : events_) {
+            if (ev.tag == &wake_) {
+                wake_.drain();
+                take_mail();
+            } else if (ev.tag == &core_.listener) {
+                accept_all();
+            } else {
+                auto& c = *static_cast<connection*>(ev.tag);
+                if (c.fd) {
+                    handle(c, ev.events);
+                }
+            }
+        }
+        graveyard_.clear();
+        if (lingering_here_ > 0) {
+            expire_lingering();
+        }
+    }
+    shut_down_all();
+}
+
+inline void event_loop::accept_all() {
+    for (int i = 0; i < 64; ++i) {
+        const int fd = accept_connection(core_.listener.get());
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) {
+                // Out of descriptors: give up the spare, take the connection off the queue
+                // and close it, so the listener does not stay readable for ever.
+                core_.spare.reset();
+                const int victim = accept_connection(core_.listener.get());
+                if (victim >= 0) {
+                    ::close(victim);
+                    core_.rejected.fetch_add(1, std::memory_order_relaxed);
+                }
+                core_.spare.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+            }
+            return; // EAGAIN: nothing more; ECONNABORTED and the like: try next time
+        }
+        const std::size_t open = core_.connections.fetch_add(1, std::memory_order_relaxed);
+        if (open >= core_.options.max_connections) {
+            core_.connections.fetch_sub(1, std::memory_order_relaxed);
+            core_.rejected.fetch_add(1, std::memory_order_relaxed);
+            adopt(fd, false);
+            connection& c = *conns_.back();
+            append_reply(c.out, reply::error(error_code::too_many_connections));
+            c.begin_close();
+            flush(c);
+            continue;
+        }
+        core_.accepted.fetch_add(1, std::memory_order_relaxed);
+        const int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        adopt(fd, true);
+    }
+}
+
+inline void event_loop::adopt(int fd, bool counted) {
+    auto c = std::make_unique<connection>(fd, core_.options.max_line);
+    c->counted = counted;
+    c->index = conns_.size();
+    c->id = core_.next_id.fetch_add(1, std::memory_order_relaxed);
+    try {
+        poller_.add(fd, c.get(), io_read);
+    } catch (...) {
+        if (counted) {
+            core_.connections.fetch_sub(1, std::memory_order_relaxed);
+        }
+        throw;
+    }
+    conns_.push_back(std::move(c));
+}
+
+inline void event_loop::handle(connection& c, std::uint32_t events) {
+    if ((events & io_error) != 0 && c.state == connection::phase::open && !c.subscribed &&
+        c.paused && c.unsent() == 0) {
+        // Reset (or hung up) while it reads nothing and has nothing to send (waiting for
+        // deferred replies): nothing would notice, and the poller would report it for ever.
+        destroy(c);
+        return;
+    }
+    if ((events & (io_read | io_error)) != 0) {
+        if (c.state == connection::phase::open && !c.subscribed) {
+            read_requests(c);
+        } else {
+            discard_input(c);
+        }
+    }
+    if (c.fd && (events & io_write) != 0) {
+        flush(c);
+    }
+}
+
+inline void event_loop::read_requests(connection& c) {
+    // A connection with nothing buffered (the usual case: requests arrive whole) borrows
+    // the loop's framer and its buffer for this turn, and gives them back if it again has
+    // nothing pending: no allocation per read, and an idle connection holds no buffer.
+    const bool borrowed = c.framer.capacity() == 0 && !c.framer.overflowed();
+    if (borrowed) {
+        c.framer.swap(spare_framer_);
+    }
+    for (int i = 0; i < reads_per_turn && c.fd && c.state == connection::phase::open && !c.paused &&
+                    !c.subscribed;
+         ++i) {
+        const std::span<char> space = c.framer.prepare(read_size);
+        const ssize_t n = ::read(c.fd.get(), space.data(), space.size());
+        if (n > 0) {
+            c.framer.commit(static_cast<std::size_t>(n));
+            pull_requests(c);
+            if (static_cast<std::size_t>(n) < space.size()) {
+                break; // drained, most likely: do not pay for a read that finds nothing
+            }
+        } else if (n == 0) {
+            // The peer is done sending: what is complete has run; a partial line is
+            // dropped. Its replies still go out (a half-closed peer may be reading).
+            c.peer_done = true;
+            c.framer.reset();
+            c.begin_close();
+            break;
+        } else if (errno == EINTR) {
+            continue;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            break;
+        } else {
+            destroy(c); // reset by the peer, or worse: nothing can be delivered
+            return;
+        }
+    }
+    if (!c.fd) {
+        return; // destroyed: the buffer goes with it if it was borrowed
+    }
+    if (borrowed && c.framer.pending() == 0 && !c.framer.overflowed()) {
+        c.framer.swap(spare_framer_);
+    } else if (borrowed || c.framer.pending() == 0) {
+        // An idle connection holds no input buffer; a partial line keeps only what it needs.
+        c.framer.shrink_to_fit();
+    }
+    flush(c);
+}
+
+inline void event_loop::discard_input(connection& c) {
+    char sink[4096];
+    for (int i = 0; i < reads_per_turn; ++i) {
+        const ssize_t n = ::read(c.fd.get(), sink, sizeof sink);
+        if (n > 0) {
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return;
+        }
+        // EOF or an error.
+        if (c.state == connection::phase::open) {
+            destroy(c); // a subscriber that went away
+        } else if (c.state == connection::phase::lingering || n < 0) {
+            destroy(c);
+        } else {
+            c.peer_done = true; // closing: send what is left, then close
+            flush(c);
+        }
+        return;
+    }
+}
+
+inline void event_loop::pull_requests(connection& c) {
+    while (c.state == connection::phase::open && !c.subscribed) {
+        if (c.unsent() + c.held > core_.options.max_output ||
+            c.waiting.size() >= core_.options.max_deferred || c.barred()) {
+            c.paused = true;
+            return;
+        }
+        const frame f = c.framer.next();
+        if (f.status == frame_status::incomplete) {
+            return;
+        }
+        if (f.status == frame_status::too_long) {
+            append_reply(c.reply_target(), reply::error(error_code::line_too_long));
+            c.begin_close();
+            return;
+        }
+        // One writer: a plain increment, no read-modify-write shared between loops.
+        requests_.store(requests_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        std::string& out = c.reply_target();
+        const bool holding = &out != &c.out;
+        const std::size_t before = out.size();
+        const std::size_t deferred_before = c.waiting.size();
+        session s(c, *this, f.line);
+        try {
+            // The command's views point into the framer's buffer: it is left alone until
+            // the handler returns.
+            core_.handler(parse(f.line), out, s);
+            if (c.subscribed) {
+                c.framer.reset(); // what follows SUBSCRIBE is ignored
+                c.framer.shrink_to_fit();
+            }
+        } catch (...) {
+            // Contained: this connection gets the error and is closed; nothing else is.
+            // A reply the handler deferred before it threw is dropped with it.
+            while (c.waiting.size() > deferred_before) {
+                orphan(*c.waiting.back());
+                c.waiting.pop_back();
+            }
+            out.resize(before);
+            append_reply(out, reply::error(error_code::internal));
+            c.begin_close();
+        }
+        if (holding) {
+            c.held += out.size() - before;
+        }
+    }
+}
+
+inline void event_loop::flush(connection& c) {
+    if (!send_pending(c.fd.get(), c.out, c.sent, 4096)) {
+        destroy(c);
+        return;
+    }
+    if (c.link) {
+        c.link->unsent.store(c.unsent(), std::memory_order_relaxed);
+    }
+    if (c.paused && may_resume(c)) {
+        // Drained enough: run what is buffered, then read again. Pulling may fill the
+        // output again, so flush once more (a recursion of at most one level per drain).
+        c.paused = false;
+        pull_requests(c);
+        if (c.unsent() > 0 || c.state != connection::phase::open) {
+            flush(c);
+            return;
+        }
+    }
+    if (c.state == connection::phase::closing && c.unsent() == 0 && c.waiting.empty()) {
+        if (c.peer_done || core_.lingering.load(std::memory_order_relaxed) >= max_lingering) {
+            destroy(c);
+            return;
+        }
+        ::shutdown(c.fd.get(), SHUT_WR);
+        c.state = connection::phase::lingering;
+        c.linger_until = std::chrono::steady_clock::now() + core_.options.linger;
+        core_.lingering.fetch_add(1, std::memory_order_relaxed);
+        ++lingering_here_;
+    }
+    set_interest(c);
+}
+
+inline void event_loop::set_interest(connection& c) {
+    std::uint32_t want = c.unsent() > 0 ? io_write : io_none;
+    if (!c.paused && !(c.state == connection::phase::closing && c.peer_done)) {
+        want |= io_read;
+    }
+    if (want != c.interest) {
+        c.interest = want;
+        poller_.modify(c.fd.get(), &c, want);
+    }
+}
+
+inline bool event_loop::may_resume(const connection& c) const noexcept {
+    return c.unsent() + c.held <= core_.options.max_output / 2 &&
+           c.waiting.size() < core_.options.max_deferred && !c.barred();
+}
+
+inline void event_loop::take_mail() {
+    mailbox_.take(taken_);
+    for (const mail& m : taken_) {
+        if (m.reply != nullptr) {
+            settle(*m.reply);
+            continue;
+        }
+        const auto& link = m.link;
+        connection* c = nullptr;
+        bool overflowed = false;
+        bool ended = false;
+        {
+            const std::lock_guard lock(link->mutex);
+            link->queued = false;
+            c = link->conn;
+            overflowed = link->overflowed;
+            ended = link->ended;
+            if (c != nullptr && !overflowed) {
+                c->out.append(link->pending);
+            }
+            if (c != nullptr) {
+                link->pending.clear();
+            }
+        }
+        if (c == nullptr) {
+            continue;
+        }
+        if (overflowed) {
+            destroy(*c); // protocol.md: a subscriber past the cap is disconnected
+            continue;
+        }
+        if (ended) {
+            c->begin_close();
+        }
+        to_flush(*c);
+    }
+    taken_.clear();
+    // One send per connection for everything this batch of mail brought it.
+    for (connection* c : dirty_) {
+        c->dirty = false;
+        if (c->fd) { // not destroyed meanwhile (its object lives until the batch is over)
+            flush(*c);
+        }
+    }
+    dirty_.clear();
+}
+
+inline void event_loop::to_flush(connection& c) {
+    if (!c.dirty) {
+        c.dirty = true;
+        dirty_.push_back(&c);
+    }
+}
+
+inline void event_loop::settle(deferred_state& d) {
+    connection* const c = d.conn;
+    if (c == nullptr) {
+        detach(d.stream); // the connection went away first: a stream's source is told
+        return;
+    }
+    d.done = true;
+    // Deliver every reply now complete at the front, with what was held behind each.
+    while (!c->waiting.empty() && c->waiting.front()->done) {
+        const std::shared_ptr<deferred_state> front = std::move(c->waiting.front());
+        c->waiting.pop_front();
+        front->conn = nullptr;
+        c->held -= front->after.size();
+        if (front->dropped) {
+            // A reply dropped unanswered: the connection ends here, like after a handler
+            // that threw.
+            append_reply(c->out, reply::error(error_code::internal));
+        } else {
+            c->out.append(front->reply);
+        }
+        if (front->dropped || front->then_close) {
+            for (const auto& later : c->waiting) {
+                orphan(*later);
+            }
+            c->waiting.clear();
+            c->held = 0;
+            c->begin_close();
+            break;
+        }
+        if (front->stream != nullptr) {
+            attach(*c, front->stream); // a barrier: nothing was held behind it
+            break;
+        }
+        c->out.append(front->after);
+    }
+    to_flush(*c);
+}
+
+inline void detach(const std::shared_ptr<subscriber_link>& link) {
+    if (link == nullptr) {
+        return;
+    }
+    std::function<void()> detached;
+    {
+        const std::lock_guard lock(link->mutex);
+        link->conn = nullptr;
+        if (link->detached) {
+            return;
+        }
+        link->detached = true;
+        detached = std::move(link->on_detach);
+    }
+    if (detached) {
+        detached();
+    }
+}
+
+inline void event_loop::orphan(deferred_state& d) {
+    d.conn = nullptr;
+    if (d.done) {
+        detach(d.stream); // a stream already made (not yet attached) is told now
+    }
+    // Not yet done: `settle` tells its stream, if it gets one, when it comes.
+}
+
+inline void event_loop::attach(connection& c, const std::shared_ptr<subscriber_link>& link) {
+    {
+        const std::lock_guard lock(link->mutex);
+        link->conn = &c;
+        link->cap = core_.options.max_subscriber_output;
+        link->unsent.store(c.unsent(), std::memory_order_relaxed);
+    }
+    c.link = link;
+    c.subscribed = true;
+    c.paused = false;
+    c.framer.reset(); // what follows SUBSCRIBE is ignored
+    c.framer.shrink_to_fit();
+    // Events pushed before the connection took the stream wait in the link: take them.
+    post({link, nullptr});
+}
+
+inline void event_loop::expire_lingering() {
+    // A scan of every connection, so at most one per `linger_scan_every`.
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_linger_scan_) {
+        return;
+    }
+    next_linger_scan_ = now + linger_scan_every;
+    for (std::size_t i = 0; i < conns_.size();) {
+        connection& c = *conns_[i];
+        if (c.state == connection::phase::lingering && now >= c.linger_until) {
+            destroy(c); // moves the last connection into slot i
+        } else {
+            ++i;
+        }
+    }
+}
+
+inline void event_loop::destroy(connection& c) {
+    if (!c.fd) {
+        return;
+    }
+    poller_.remove(c.fd.get());
+    c.fd.reset();
+    for (const auto& d : c.waiting) {
+        orphan(*d); // completed later, they are dropped
+    }
+    c.waiting.clear();
+    c.held = 0;
+    if (c.link) {
+        // Cancelling waits for a publisher running on another thread; after it, nobody
+        // but this loop touches the link.
+        c.events.cancel();
+        c.bucket_monitor.cancel();
+        detach(c.link); // an event_stream's source: stop sending
+    }
+    if (c.counted) {
+        core_.connections.fetch_sub(1, std::memory_order_relaxed);
+    }
+    if (c.state == connection::phase::lingering) {
+        core_.lingering.fetch_sub(1, std::memory_order_relaxed);
+        --lingering_here_;
+    }
+    // Swap-remove from the list; the object itself lives until the batch is over, since
+    // later events of this batch may still name it.
+    const std::size_t at = c.index;
+    std::unique_ptr<connection> owned = std::move(conns_[at]);
+    if (at + 1 != conns_.size()) {
+        conns_[at] = std::move(conns_.back());
+        conns_[at]->index = at;
+    }
+    conns_.pop_back();
+    graveyard_.push_back(std::move(owned));
+}
+
+inline void event_loop::shut_down_all() {
+    poller_.remove(core_.listener.get());
+    while (!conns_.empty()) {
+        connection& c = *conns_.back();
+        if (c.unsent() > 0) {
+            // One last attempt; a client that does not read loses the rest.
+            [[maybe_unused]] const auto n =
+                send_some(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent);
+        }
+        destroy(c);
+    }
+    // Mail that came meanwhile, and any that comes later (refused by `post`): deferred
+    // replies find their connection gone, and their streams are told.
+    mailbox_.close();
+    take_mail();
+    graveyard_.clear();
+}
+
+inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
+    auto link = std::make_shared<subscriber_link>();
+    link->loop = this;
+    link->cap = core_.options.max_subscriber_output; // also while it waits to be attached
+    c.link = link;
+    const auto post_if_first = [](const std::shared_ptr<subscriber_link>& l,
+                                  std::unique_lock<std::mutex>& lock) {
+        if (!l->queued) {
+            l->queued = true;
+            lock.unlock();
+            l->loop->post({l, nullptr});
+        }
+    };
+    c.events = b.subscribe([link, post_if_first](const registry::bucket_type::event& e) {
+        std::unique_lock lock(link->mutex);
+        if (link->overflowed || link->detached) {
+            return;
+        }
+        if (e.kind == bucket_event_kind::put) {
+            append_set_event(link->pending, e.key,
+                             e.value ? std::string_view(*e.value) : std::string_view());
+        } else {
+            append_deleted_event(link->pending, e.key);
+        }
+        // relaxed on `unsent`: a loop's figure a moment old only moves the cut-off by
+        // what one flush sent.
+        if (link->cap != 0 &&
+            link->pending.size() + link->unsent.load(std::memory_order_relaxed) > link->cap) {
+            link->overflowed = true;
+            std::string().swap(link->pending);
+        }
+        post_if_first(link, lock); // once per batch: a link already posted is left alone
+    });
+    // A bucket that exits (stopped, or gone already: `noproc`) ends the stream.
+    c.bucket_monitor = b.monitor([link, post_if_first](const exit_reason&) {
+        std::unique_lock lock(link->mutex);
+        link->ended = true;
+        post_if_first(link, lock);
+    });
+    if (c.waiting.empty()) {
+        attach(c, link);
+    } else {
+        // Replies to earlier requests are still to come: the events wait in the link (and
+        // no request runs) until those are sent.
+        const auto d = defer(c, true);
+        d->stream = link;
+        d->done = true;
+    }
+}
+
+} // namespace detail
+
+inline void session::subscribe(registry::bucket_type& b) {
+    loop_.subscribe(conn_, b);
+}
+
+inline void session::close_after_reply() noexcept {
+    conn_.begin_close();
+}
+
+inline deferred_reply session::defer() {
+    return deferred_reply(loop_.defer(conn_, false));
+}
+
+inline deferred_reply session::defer_stream() {
+    return deferred_reply(loop_.defer(conn_, true));
+}
+
+inline std::uint64_t session::id() const noexcept {
+    return conn_.id;
+}
+
+inline std::uint64_t& session::context() noexcept {
+    return conn_.context;
+}
+
+namespace detail {
+
+inline std::shared_ptr<deferred_state> event_loop::defer(connection& c, bool barrier) {
+    auto d = std::make_shared<deferred_state>();
+    d->core = core_.weak_from_this();
+    d->loop = this;
+    d->conn = &c;
+    d->barrier = barrier;
+    c.waiting.push_back(d);
+    return d;
+}
+
+/// Hands a completed deferred reply to its loop; when the server is gone or stopped, a
+/// stream it carries is told at once.
+inline void post_completed(std::shared_ptr<deferred_state> d) {
+    std::shared_ptr<subscriber_link> stream = d->stream;
+    if (const auto core = d->core.lock()) {
+        event_loop* const loop = d->loop;
+        if (loop->post({nullptr, std::move(d)})) {
+            return;
+        }
+    }
+    detach(stream);
+}
+
+} // namespace detail
+
+inline deferred_reply& deferred_reply::operator=(deferred_reply&& other) noexcept {
+    if (this != &other) {
+        deferred_reply dropped(std::move(*this));
+        state_ = std::move(other.state_);
+    }
+    return *this;
+}
+
+inline deferred_reply::~deferred_reply() {
+    if (state_ != nullptr) {
+        state_->dropped = true;
+        try {
+            detail::post_completed(std::move(state_));
+        } catch (...) {
+            // Out of memory while posting: the connection keeps waiting until it closes.
+        }
+    }
+}
+
+inline void deferred_reply::complete(std::string bytes, bool then_close) {
+    if (state_ == nullptr) {
+        return;
+    }
+    state_->reply = std::move(bytes);
+    state_->then_close = then_close;
+    detail::post_completed(std::move(state_));
+}
+
+inline event_stream deferred_reply::stream(std::function<void()> on_close) {
+    if (state_ == nullptr) {
+        return {};
+    }
+    auto link = std::make_shared<detail::subscriber_link>();
+    link->on_detach = std::move(on_close);
+    link->core = state_->core;
+    link->loop = state_->loop;
+    if (const auto core = state_->core.lock()) {
+        link->cap = core->options.max_subscriber_output; // also before it is attached
+    }
+    if (!state_->barrier) {
+        // Not a `defer_stream` reply: replies held behind it would be lost in a stream.
+        // It completes as an empty reply, and the stream is gone from the start.
+        complete({});
+        detail::detach(link);
+        return event_stream(std::move(link));
+    }
+    state_->stream = link;
+    detail::post_completed(std::move(state_));
+    return event_stream(std::move(link));
+}
+
+inline bool event_stream::push(std::string_view bytes) {
+    if (link_ == nullptr) {
+        return false;
+    }
+    const auto core = link_->core.lock();
+    if (core == nullptr) {
+        return false;
+    }
+    std::unique_lock lock(link_->mutex);
+    if (link_->detached || link_->overflowed || link_->ended) {
+        return false;
+    }
+    link_->pending.append(bytes);
+    if (link_->cap != 0 &&
+        link_->pending.size() + link_->unsent.load(std::memory_order_relaxed) > link_->cap) {
+        link_->overflowed = true;
+        std::string().swap(link_->pending);
+    }
+    if (!link_->queued) {
+        link_->queued = true;
+        lock.unlock();
+        link_->loop->post({link_, nullptr});
+    }
+    return true;
+}
+
+inline void event_stream::end() {
+    if (link_ == nullptr) {
+        return;
+    }
+    const auto core = link_->core.lock();
+    if (core == nullptr) {
+        return;
+    }
+    std::unique_lock lock(link_->mutex);
+    link_->ended = true;
+    if (!link_->queued) {
+        link_->queued = true;
+        lock.unlock();
+        link_->loop->post({link_, nullptr});
+    }
+}
+
+inline reply_outcome run_in_session(const command& cmd, registry& reg, std::string& out,
+                                    session& s) {
+    const reply_outcome outcome =
+        run(cmd, reg, out, [&](registry::bucket_type& b) { s.subscribe(b); });
+    if (closes_connection(outcome)) {
+        s.close_after_reply(); // `ERROR internal`: a CREATE the registry refuses while it stops
+    }
+    return outcome;
+}
+
+inline request_handler registry_handler(std::shared_ptr<registry> reg) {
+    return [reg = std::move(reg)](const command& cmd, std::string& out, session& s) {
+        run_in_session(cmd, *reg, out, s);
+    };
+}
+
+inline result<std::shared_ptr<server>> server::start(std::shared_ptr<registry> reg,
+                                                     server_options options) {
+    return start(registry_handler(std::move(reg)), std::move(options));
+}
+
+inline result<std::shared_ptr<server>> server::start(request_handler handler,
+                                                     server_options options) {
+    std::shared_ptr<server> s(new server());
+    std::shared_ptr<detail::server_core> core;
+    try {
+        core = std::make_shared<detail::server_core>();
+        core->handler = std::move(handler);
+        core->signal = s->signal();
+        detail::socket_address where;
+        if (!detail::socket_address::parse(options.bind, options.port, where)) {
+            throw std::system_error(EINVAL, std::generic_category(),
+                                    "not an IP address: '" + options.bind + "'");
+        }
+        core->listener = detail::listen_on(where, SOMAXCONN);
+        core->address = detail::local_address(core->listener.get());
+        core->spare.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        if (options.threads == 0) {
+            options.threads = std::max(1U, std::thread::hardware_concurrency());
+        }
+        options.max_deferred = std::max<std::size_t>(1, options.max_deferred);
+        core->options = std::move(options);
+        for (unsigned i = 0; i < core->options.threads; ++i) {
+            core->loops.push_back(
+                std::make_unique<detail::event_loop>(*core, core->options.poller));
+        }
+        for (const auto& loop : core->loops) {
+            core->loops_running.fetch_add(1, std::memory_order_relaxed);
+            core->threads.start([core, l = loop.get()] {
+                try {
+                    l->run();
+                } catch (...) {
+                    core->request_stop(exit_reason::from_exception(std::current_exception()));
+                }
+                core->loop_finished();
+            });
+        }
+        s->core_ = std::move(core);
+    } catch (...) {
+        const auto reason = exit_reason::from_exception(std::current_exception());
+        if (core != nullptr && core->threads.started()) {
+            core->request_stop(reason); // some loops started: they record the exit
+            s->core_ = std::move(core);
+        } else {
+            s->notify_exit(reason);
+        }
+        return error{errc::start_failed, {}, reason};
+    }
+    return s;
+}
+
+inline server::~server() {
+    if (core_ == nullptr) {
+        return;
+    }
+    if (alive()) {
+        stop(exit_reason::shutdown(), default_shutdown);
+    }
+    core_->threads.release();
+}
+
+inline std::uint16_t server::port() const noexcept {
+    return core_->address.port();
+}
+
+inline std::string server::address() const {
+    return core_->address.to_string();
+}
+
+inline server_stats server::stats() const noexcept {
+    std::size_t requests = 0;
+    for (const auto& loop : core_->loops) {
+        requests += loop->requests();
+    }
+    return {core_->connections.load(std::memory_order_relaxed),
+            core_->accepted.load(std::memory_order_relaxed),
+            core_->rejected.load(std::memory_order_relaxed), requests};
+}
+
+inline exit_reason server::stop(exit_reason reason, timeout wait) {
+    core_->request_stop(reason);
+    if (core_->threads.is_current()) {
+        return reason; // a handler stopping its own server: the exit comes after it
+    }
+    if (!wait_recorded(wait) && notify_exit(exit_reason::killed())) {
+        core_->threads.abandon(); // a handler that does not return
+    }
+    return *exited();
+}
+
+} // namespace v0
+} // namespace otpkv
