@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# compile_time.sh: how long it takes to compile a file that includes one public otpkv
+# header and nothing else, against a baseline file that includes only the standard and
+# system headers that header pulls in (directly or through other otpkv headers). Prints
+# a markdown table of medians, in milliseconds.
+#
+# Usage:
+#   benchmarks/compile_time.sh [-n RUNS] [-c COMPILER]... INCLUDE_DIR [INCLUDE_DIR_AFTER]
+#
+#   INCLUDE_DIR        the directory that holds otpkv/ (for this tree: include)
+#   INCLUDE_DIR_AFTER  optional second tree, e.g. before and after a change:
+#                        git worktree add --detach ../otpkv-base <commit>
+#                        benchmarks/compile_time.sh ../otpkv-base/include include
+#                      the two are measured in the same run, header by header, and the table
+#                      gets an after/before ratio per header
+#   -n RUNS            compilations per measurement, the median is reported (default 3)
+#   -c COMPILER        a compiler to time, repeatable (default: g++); e.g. -c g++ -c clang++
+#
+# Every compilation is `COMPILER -std=c++20 -O2 -c` of a one-line translation unit into
+# /dev/null. Public headers are those under otpkv/ outside any detail/ directory. The
+# baseline's header list is taken from the preprocessor (-E -dI), so headers behind an
+# #if that is false on this platform are not counted. Wall-clock times: run it on a quiet
+# machine and compare headers measured in the same run.
+set -euo pipefail
+
+runs=3
+compilers=()
+while getopts "n:c:h" opt; do
+    case "$opt" in
+    n) runs="$OPTARG" ;;
+    c) compilers+=("$OPTARG") ;;
+    h)
+        sed -n '3,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "$0"
+        exit 0
+        ;;
+    *) exit 2 ;;
+    esac
+done
+shift $((OPTIND - 1))
+if [[ $# -lt 1 || $# -gt 2 ]]; then
+    echo "usage: $0 [-n RUNS] [-c COMPILER]... INCLUDE_DIR [INCLUDE_DIR_AFTER]" >&2
+    exit 2
+fi
+if ! [[ "$runs" =~ ^[1-9][0-9]*$ ]]; then
+    echo "$0: -n wants a positive number, got '$runs'" >&2
+    exit 2
+fi
+[[ ${#compilers[@]} -gt 0 ]] || compilers=(g++)
+
+dirs=()
+for d in "$@"; do
+    if [[ ! -d "$d/otpkv" ]]; then
+        echo "$0: '$d' has no otpkv/ directory" >&2
+        exit 2
+    fi
+    dirs+=("$(cd "$d" && pwd)")
+done
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# The public headers of every tree, relative to its include dir, sorted and merged.
+mapfile -t headers < <(for d in "${dirs[@]}"; do
+    (cd "$d" && find otpkv -name '*.hpp' -not -path '*/detail/*')
+done | sort -u)
+
+# std_includes COMPILER DIR HEADER: the non-otpkv #include lines that the preprocessor
+# takes inside DIR's files when compiling a TU that includes HEADER.
+std_includes() {
+    printf '#include <%s>\n' "$3" >"$work/probe.cpp"
+    "$1" -std=c++20 -O2 -E -dI -I"$2" "$work/probe.cpp" | awk -v dir="$2/" '
+        /^# [0-9]+ "/ { file = $3; gsub(/"/, "", file); next }
+        /^#include </ && index(file, dir) == 1 && $2 !~ /^<otpkv\// && !seen[$2]++ { print "#include " $2 }
+    '
+}
+
+# time_ms COMPILER DIR TU: the median over $runs compilations, in milliseconds.
+time_ms() {
+    local i start end samples=()
+    for ((i = 0; i < runs; i++)); do
+        start=$(date +%s%N)
+        "$1" -std=c++20 -O2 -I"$2" -c "$3" -o /dev/null
+        end=$(date +%s%N)
+        samples+=($(((end - start) / 1000000)))
+    done
+    printf '%s\n' "${samples[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+
+for cxx in "${compilers[@]}"; do
+    version="$("$cxx" --version | head -n 1)"
+    echo
+    echo "$version, \`-std=c++20 -O2 -c\`, median of $runs, ms"
+    echo
+    if [[ ${#dirs[@]} -eq 1 ]]; then
+        echo "| header | standard headers alone | with the header | header's own cost |"
+        echo "|---|---:|---:|---:|"
+    else
+        echo "| header | std before | before | std after | after | after / before |"
+        echo "|---|---:|---:|---:|---:|---:|"
+    fi
+    for h in "${headers[@]}"; do
+        row="| \`$h\`"
+        cells=()
+        for i in "${!dirs[@]}"; do
+            d="${dirs[$i]}"
+            if [[ ! -f "$d/$h" ]]; then
+                cells+=("-" "-")
+                continue
+            fi
+            printf '#include <%s>\n' "$h" >"$work/header_$i.cpp"
+            std_includes "$cxx" "$d" "$h" >"$work/baseline_$i.cpp"
+            cells+=("$(time_ms "$cxx" "$d" "$work/baseline_$i.cpp")")
+            cells+=("$(time_ms "$cxx" "$d" "$work/header_$i.cpp")")
+        done
+        if [[ ${#dirs[@]} -eq 1 ]]; then
+            row+=" | ${cells[0]} | ${cells[1]} | $((cells[1] - cells[0]))"
+        else
+            row+=" | ${cells[0]} | ${cells[1]} | ${cells[2]} | ${cells[3]}"
+            if [[ "${cells[1]}" != "-" && "${cells[3]}" != "-" ]]; then
+                row+=" | $(ratio "${cells[3]}" "${cells[1]}")"
+            else
+                row+=" | -"
+            fi
+        fi
+        echo "$row |"
+    done
+done
