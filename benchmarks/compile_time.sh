@@ -7,7 +7,7 @@
 # a markdown table of medians, in milliseconds.
 #
 # Usage:
-#   benchmarks/compile_time.sh [-n RUNS] [-c COMPILER]... INCLUDE_DIR [INCLUDE_DIR_AFTER]
+#   benchmarks/compile_time.sh [-n RUNS] [-c COMPILER]... [-w] INCLUDE_DIR [INCLUDE_DIR_AFTER]
 #
 #   INCLUDE_DIR        the directory that holds otpkv/ (for this tree: include)
 #   INCLUDE_DIR_AFTER  optional second tree, e.g. before and after a change:
@@ -17,20 +17,25 @@
 #                      gets an after/before ratio per header
 #   -n RUNS            compilations per measurement, the median is reported (default 3)
 #   -c COMPILER        a compiler to time, repeatable (default: g++); e.g. -c g++ -c clang++
+#   -w                 wall-clock time instead of the compiler's CPU time (user + system)
 #
 # Every compilation is `COMPILER -std=c++20 -O2 -c` of a one-line translation unit into
 # /dev/null. Public headers are those under otpkv/ outside any detail/ directory. The
 # baseline's header list is taken from the preprocessor (-E -dI), so headers behind an
-# #if that is false on this platform are not counted. Wall-clock times: run it on a quiet
-# machine and compare headers measured in the same run.
+# #if that is false on this platform are not counted. The time is the CPU time (user +
+# system) of the compiler and its subprocesses, which other work on a shared machine
+# disturbs far less than the wall clock (it still slows caches and clocks down): run it
+# when the machine is quiet and compare trees measured in the same run.
 set -euo pipefail
 
 runs=3
 compilers=()
-while getopts "n:c:h" opt; do
+clock=cpu
+while getopts "n:c:wh" opt; do
     case "$opt" in
     n) runs="$OPTARG" ;;
     c) compilers+=("$OPTARG") ;;
+    w) clock=wall ;;
     h)
         sed -n '3,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "$0"
         exit 0
@@ -40,7 +45,7 @@ while getopts "n:c:h" opt; do
 done
 shift $((OPTIND - 1))
 if [[ $# -lt 1 || $# -gt 2 ]]; then
-    echo "usage: $0 [-n RUNS] [-c COMPILER]... INCLUDE_DIR [INCLUDE_DIR_AFTER]" >&2
+    echo "usage: $0 [-n RUNS] [-c COMPILER]... [-w] INCLUDE_DIR [INCLUDE_DIR_AFTER]" >&2
     exit 2
 fi
 if ! [[ "$runs" =~ ^[1-9][0-9]*$ ]]; then
@@ -78,14 +83,23 @@ std_includes() {
 
 # time_ms COMPILER DIR TU: the median over $runs compilations, in milliseconds.
 time_ms() {
-    local i start end samples=()
+    local i real user sys samples=()
+    local TIMEFORMAT='%3R %3U %3S'
     for ((i = 0; i < runs; i++)); do
-        start=$(date +%s%N)
-        "$1" -std=c++20 -O2 -I"$2" -c "$3" -o /dev/null
-        end=$(date +%s%N)
-        samples+=($(((end - start) / 1000000)))
+        # bash's `time` counts the command's children too (cc1plus, as).
+        if ! { time "$1" -std=c++20 -O2 -I"$2" -c "$3" -o /dev/null 2>"$work/errors"; } 2>"$work/time"; then
+            echo "$0: $1 failed on $3:" >&2
+            cat "$work/errors" "$3" >&2
+            exit 1
+        fi
+        read -r real user sys <"$work/time"
+        if [[ $clock == wall ]]; then
+            samples+=("$real")
+        else
+            samples+=("$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')")
+        fi
     done
-    printf '%s\n' "${samples[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+    printf '%s\n' "${samples[@]}" | sort -g | awk '{ v[NR] = $1 } END { printf "%d\n", v[int((NR + 1) / 2)] * 1000 + 0.5 }'
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
@@ -93,7 +107,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; els
 for cxx in "${compilers[@]}"; do
     version="$("$cxx" --version | head -n 1)"
     echo
-    echo "$version, \`-std=c++20 -O2 -c\`, median of $runs, ms"
+    what="CPU time (user + system)"
+    [[ $clock == cpu ]] || what="wall-clock time"
+    echo "$version, \`-std=c++20 -O2 -c\`, $what in ms, median of $runs"
     echo
     if [[ ${#dirs[@]} -eq 1 ]]; then
         echo "| header | standard headers alone | with the header | header's own cost |"
