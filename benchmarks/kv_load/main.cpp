@@ -52,6 +52,7 @@
 #include <csignal>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "memory.hpp"
 #include "options.hpp"
@@ -86,15 +87,12 @@ int main(int argc, char** argv) {
     ss.have_kv = o.want_kv && ::access(o.kv_path.c_str(), X_OK) == 0;
     ss.have_redis = o.want_redis && ::access(o.redis_path.c_str(), X_OK) == 0;
 
-    std::string command = "kv_load";
-    for (int i = 1; i < argc; ++i) {
-        command += ' ';
-        command += argv[i];
-    }
+    std::vector<std::string> invocation{"kv_load"};
+    invocation.insert(invocation.end(), argv + 1, argv + argc);
     utsname un{};
     ::uname(&un);
     std::printf("# kv_load\n\n");
-    std::printf("- command: `%s`\n", command.c_str());
+    std::printf("- command: `%s`\n", command_line(invocation).c_str());
     std::printf("- machine: %ld CPUs (nproc), %s, Linux %s, RLIMIT_NOFILE %llu\n",
                 ::sysconf(_SC_NPROCESSORS_ONLN), cpu_model().c_str(), un.release,
                 static_cast<unsigned long long>(lim.rlim_cur));

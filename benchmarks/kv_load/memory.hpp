@@ -77,9 +77,6 @@ inline void idle_server(session& ss, server_kind kind) {
         std::vector<int> fds;
         ok = connect_many(srv->port, hi - lo, fds);
         if (!ok) {
-            for (const int fd : fds) {
-                ::close(fd);
-            }
             ++ss.errors;
             break;
         }

@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <csignal>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -29,7 +31,55 @@
 namespace kv_load {
 
 // ------------------------------------------------------------------------------------------
+// Bounded reads: a child's output, a reply
+
+enum class read_end { enough, closed, timeout };
+
+// Reads from fd (a pipe or a socket) into `got` until `enough(got)` holds, the stream ends
+// (or fails: `closed`), or the deadline passes (`timeout`).
+template <class Enough>
+read_end read_until(int fd, std::int64_t deadline, std::string& got, Enough enough) {
+    while (!enough(got)) {
+        const int ms = ms_until(deadline);
+        if (ms <= 0) {
+            return read_end::timeout;
+        }
+        pollfd p{fd, POLLIN, 0};
+        const int ready = ::poll(&p, 1, ms);
+        if (ready <= 0) {
+            if (ready < 0 && errno != EINTR) {
+                return read_end::closed;
+            }
+            continue;
+        }
+        char buf[4096];
+        const ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return read_end::closed;
+        }
+        got.append(buf, static_cast<std::size_t>(n));
+    }
+    return read_end::enough;
+}
+
+inline bool has_line(const std::string& got) {
+    return got.find('\n') != std::string::npos;
+}
+
+// ------------------------------------------------------------------------------------------
 // Processes we own: spawn, watch, stop
+
+// A command line as printed: the arguments separated by spaces, an empty one as ''.
+inline std::string command_line(const std::vector<std::string>& args) {
+    std::string out;
+    for (const auto& a : args) {
+        out += (out.empty() ? "" : " ") + (a.empty() ? std::string("''") : a);
+    }
+    return out;
+}
 
 // The children, for the signal handler (killed if we are interrupted; the children also get
 // SIGKILL from the kernel if we die, through PR_SET_PDEATHSIG).
@@ -216,20 +266,7 @@ inline std::string version_of(const std::string& path) {
     const pid_t pid = spawn({path, "--version"}, fds[1], -1);
     ::close(fds[1]);
     std::string out;
-    const std::int64_t deadline = now_ns() + 5'000'000'000;
-    for (;;) {
-        pollfd p{fds[0], POLLIN, 0};
-        const auto ms = static_cast<int>((deadline - now_ns()) / 1'000'000);
-        if (ms <= 0 || ::poll(&p, 1, ms) <= 0) {
-            break;
-        }
-        char buf[256];
-        const ssize_t n = ::read(fds[0], buf, sizeof buf);
-        if (n <= 0) {
-            break;
-        }
-        out.append(buf, static_cast<std::size_t>(n));
-    }
+    read_until(fds[0], now_ns() + 5'000'000'000, out, has_line);
     ::close(fds[0]);
     if (pid > 0) {
         ::kill(pid, SIGKILL); // only if it is still running; it is ours

@@ -38,6 +38,11 @@ inline void sleep_until_ns(std::int64_t deadline) noexcept {
     }
 }
 
+// Whole milliseconds from now to `deadline` (as poll() takes them); 0 or less once it passed.
+inline int ms_until(std::int64_t deadline) noexcept {
+    return static_cast<int>((deadline - now_ns()) / 1'000'000);
+}
+
 inline void sleep_ms(int ms) noexcept {
     sleep_until_ns(now_ns() + std::int64_t{ms} * 1'000'000);
 }

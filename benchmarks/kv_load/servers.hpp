@@ -59,17 +59,32 @@ inline int connect_blocking(int port) {
 }
 
 // Opens n non-blocking TCP_NODELAY connections, 128 connects at a time (so the listen
-// backlog never overflows), each batch given 10 s. Appends to fds; false on a failure.
+// backlog never overflows), each batch given 10 s. Appends to fds; on a failure, closes
+// every connection it opened, leaves fds as it was and returns false.
 inline bool connect_many(int port, std::size_t n, std::vector<int>& fds) {
     constexpr std::size_t batch = 128;
     const sockaddr_in addr = loopback(port);
+    const std::size_t first = fds.size();
+    std::vector<pollfd> waiting;
+    const auto give_up = [&] {
+        for (const auto& w : waiting) {
+            if (w.fd >= 0) {
+                ::close(w.fd);
+            }
+        }
+        for (std::size_t i = first; i < fds.size(); ++i) {
+            ::close(fds[i]);
+        }
+        fds.resize(first);
+        return false;
+    };
     for (std::size_t start = 0; start < n; start += batch) {
-        std::vector<pollfd> waiting;
+        waiting.clear();
         for (std::size_t i = start; i < std::min(n, start + batch); ++i) {
             const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
             if (fd < 0) {
                 issue("socket (connection %zu): %s", i, std::strerror(errno));
-                return false;
+                return give_up();
             }
             set_nodelay(fd);
             if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
@@ -79,24 +94,19 @@ inline bool connect_many(int port, std::size_t n, std::vector<int>& fds) {
             } else {
                 issue("connect (connection %zu): %s", i, std::strerror(errno));
                 ::close(fd);
-                return false;
+                return give_up();
             }
         }
         const std::int64_t deadline = now_ns() + 10'000'000'000;
         std::size_t left = waiting.size();
         while (left > 0) {
-            const auto ms = static_cast<int>((deadline - now_ns()) / 1'000'000);
+            const int ms = ms_until(deadline);
             if (ms <= 0 || ::poll(waiting.data(), waiting.size(), ms) < 0) {
                 if (ms > 0 && errno == EINTR) {
                     continue;
                 }
                 issue("%zu connects did not complete within 10 s", left);
-                for (const auto& w : waiting) {
-                    if (w.fd >= 0) {
-                        ::close(w.fd);
-                    }
-                }
-                return false;
+                return give_up();
             }
             for (auto& w : waiting) {
                 if (w.fd < 0 || w.revents == 0) {
@@ -107,20 +117,47 @@ inline bool connect_many(int port, std::size_t n, std::vector<int>& fds) {
                 ::getsockopt(w.fd, SOL_SOCKET, SO_ERROR, &error, &len);
                 if (error != 0) {
                     issue("connect: %s", std::strerror(error));
-                    ::close(w.fd);
-                    w.fd = -1;
-                    for (const auto& other : waiting) {
-                        if (other.fd >= 0) {
-                            ::close(other.fd);
-                        }
-                    }
-                    return false;
+                    return give_up();
                 }
                 fds.push_back(w.fd);
                 w.fd = -1;
                 --left;
             }
         }
+    }
+    return true;
+}
+
+// Sends all of `bytes` on a blocking socket; false on an error.
+inline bool send_all(int fd, std::string_view bytes) {
+    while (!bytes.empty()) {
+        const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return false;
+        }
+        bytes.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+}
+
+// Sends one request on a blocking connection and checks that the reply is exactly `expected`
+// by the deadline; reports any other outcome unless `quiet`.
+inline bool exchange(int fd, std::string_view request, std::string_view expected,
+                     std::int64_t deadline, bool quiet) {
+    std::string got;
+    const bool ok =
+        send_all(fd, request) && read_until(fd, deadline, got, [&](const std::string& g) {
+                                     return g.size() >= expected.size();
+                                 }) == read_end::enough;
+    if (!ok || got != expected) {
+        if (!quiet) {
+            issue("%s got %s, expected %s", printable(request).c_str(), printable(got).c_str(),
+                  printable(expected).c_str());
+        }
+        return false;
     }
     return true;
 }
@@ -134,34 +171,9 @@ inline bool roundtrip(int port, std::string_view request, std::string_view expec
         }
         return false;
     }
-    std::string got;
-    bool ok = ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-              static_cast<ssize_t>(request.size());
-    const std::int64_t deadline = now_ns() + 5'000'000'000;
-    while (ok && got.size() < expected.size()) {
-        pollfd p{fd, POLLIN, 0};
-        const auto ms = static_cast<int>((deadline - now_ns()) / 1'000'000);
-        if (ms <= 0 || ::poll(&p, 1, ms) <= 0) {
-            ok = false;
-            break;
-        }
-        char buf[4096];
-        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) {
-            ok = false;
-            break;
-        }
-        got.append(buf, static_cast<std::size_t>(n));
-    }
+    const bool ok = exchange(fd, request, expected, now_ns() + 5'000'000'000, quiet);
     ::close(fd);
-    if (!ok || got != expected) {
-        if (!quiet) {
-            issue("%s got %s, expected %s", printable(request).c_str(), printable(got).c_str(),
-                  printable(expected).c_str());
-        }
-        return false;
-    }
-    return true;
+    return ok;
 }
 
 // n distinct ports nobody is listening on right now (the kernel's choices for port 0, all
@@ -224,9 +236,7 @@ inline std::optional<server> start_kv(const options& o, std::size_t max_connecti
     }
     server s;
     s.kind = server_kind::kv;
-    for (const auto& a : args) {
-        s.command += (s.command.empty() ? "" : " ") + a;
-    }
+    s.command = command_line(args);
     int pipe_fds[2];
     if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
         issue("pipe2: %s", std::strerror(errno));
@@ -241,28 +251,17 @@ inline std::optional<server> start_kv(const options& o, std::size_t max_connecti
         return std::nullopt;
     }
     std::string line;
-    const std::int64_t deadline = now_ns() + 15'000'000'000;
-    while (line.find('\n') == std::string::npos) {
-        pollfd p{s.stdout_fd, POLLIN, 0};
-        const auto ms = static_cast<int>((deadline - now_ns()) / 1'000'000);
-        if (ms <= 0) {
+    const read_end end = read_until(s.stdout_fd, now_ns() + 15'000'000'000, line, has_line);
+    if (end != read_end::enough) {
+        if (end == read_end::timeout) {
             issue("kv_server printed no ready line within 15 s");
-            stop(s);
-            return std::nullopt;
-        }
-        if (::poll(&p, 1, ms) <= 0) {
-            continue;
-        }
-        char buf[512];
-        const ssize_t n = ::read(s.stdout_fd, buf, sizeof buf);
-        if (n <= 0) {
+        } else {
             issue("kv_server closed its stdout before its ready line (got %s)",
                   printable(line).c_str());
             alive(s);
-            stop(s);
-            return std::nullopt;
         }
-        line.append(buf, static_cast<std::size_t>(n));
+        stop(s);
+        return std::nullopt;
     }
     line.resize(line.find('\n'));
     const std::size_t colon = line.rfind(':');
@@ -299,9 +298,7 @@ inline std::optional<server> start_redis(const options& o) {
                                             "no",
                                             "--maxclients",
                                             "20000"};
-        for (const auto& a : args) {
-            s.command += (s.command.empty() ? "" : " ") + (a.empty() ? std::string("''") : a);
-        }
+        s.command = command_line(args);
         s.pid = spawn(args, devnull, devnull);
         if (s.pid < 0) {
             issue("fork: %s", std::strerror(errno));

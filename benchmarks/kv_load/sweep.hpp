@@ -92,9 +92,6 @@ inline void sweep_run(session& ss, sweep_target& t, std::uint32_t depth,
     }
     std::vector<int> fds;
     if (!connect_many(t.port, o.connections, fds)) {
-        for (const int fd : fds) {
-            ::close(fd);
-        }
         ++ss.errors;
         return;
     }

@@ -10,8 +10,10 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdarg>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -197,10 +199,7 @@ class driver {
             if (now_ > w_.deadline) {
                 for (connection* c : conns) {
                     if (!c->finished) {
-                        issue("%s: connection %u: no reply within the deadline (%zu in flight)",
-                              who(), c->number, c->count);
-                        ++s_.protocol_errors;
-                        drop(*c);
+                        fail(*c, "no reply within the deadline (%zu in flight)", c->count);
                         check_finished(*c);
                     }
                 }
@@ -243,6 +242,18 @@ class driver {
         }
         s_.lost += c.count;
         c.count = 0;
+    }
+
+    // A connection gone wrong: reported under its name, counted as a protocol error, dropped.
+    [[gnu::format(printf, 3, 4)]] void fail(connection& c, const char* format, ...) {
+        char what[1024];
+        std::va_list args;
+        va_start(args, format);
+        std::vsnprintf(what, sizeof what, format, args);
+        va_end(args);
+        issue("%s: connection %u: %s", who(), c.number, what);
+        ++s_.protocol_errors;
+        drop(c);
     }
 
     void set_write_interest(connection& c, bool on) {
@@ -337,9 +348,7 @@ class driver {
                 }
                 return;
             } else {
-                issue("%s: connection %u: send: %s", who(), c.number, std::strerror(errno));
-                ++s_.protocol_errors;
-                drop(c);
+                fail(c, "send: %s", std::strerror(errno));
                 return;
             }
         }
@@ -366,10 +375,8 @@ class driver {
             return;
         }
         if (n <= 0) {
-            issue("%s: connection %u: %s with %zu requests in flight", who(), c.number,
-                  n == 0 ? "closed by the server" : std::strerror(errno), c.count);
-            ++s_.protocol_errors;
-            drop(c);
+            fail(c, "%s with %zu requests in flight",
+                 n == 0 ? "closed by the server" : std::strerror(errno), c.count);
             return;
         }
         now_ = now_ns();
@@ -384,10 +391,7 @@ class driver {
                 break;
             }
             if (r.v == verdict::protocol_error) {
-                issue("%s: connection %u: unexpected reply %s to %s", who(), c.number,
-                      printable(r.got).c_str(), describe(p).c_str());
-                ++s_.protocol_errors;
-                drop(c);
+                fail(c, "unexpected reply %s to %s", printable(r.got).c_str(), describe(p).c_str());
                 return;
             }
             account(c, p, r);
@@ -396,16 +400,11 @@ class driver {
             --c.count;
         }
         if (at < have && c.count == 0) {
-            issue("%s: connection %u: %zu bytes nobody asked for: %s", who(), c.number, have - at,
-                  printable(in.substr(at)).c_str());
-            ++s_.protocol_errors;
-            drop(c);
+            fail(c, "%zu bytes nobody asked for: %s", have - at, printable(in.substr(at)).c_str());
             return;
         }
         if (have - at > max_carry) {
-            issue("%s: connection %u: a reply longer than %zu bytes", who(), c.number, max_carry);
-            ++s_.protocol_errors;
-            drop(c);
+            fail(c, "a reply longer than %zu bytes", max_carry);
             return;
         }
         c.carry.assign(buf + at, have - at);
@@ -514,9 +513,6 @@ inline std::optional<outcome> run_sequence(const server& s, const keyspace& ks,
     constexpr std::uint32_t depth = 256;
     std::vector<int> fds;
     if (!connect_many(s.port, nconns, fds)) {
-        for (const int fd : fds) {
-            ::close(fd);
-        }
         return std::nullopt;
     }
     const std::uint64_t total = ks.size();
