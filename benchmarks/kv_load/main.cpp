@@ -6,7 +6,8 @@
 // and prints the numbers and their ratios, so a comparison never depends on two tools or two
 // runs agreeing. Redis carries the same workload as inline HSET/HGET, one hash per bucket.
 //
-//   kv_load [--sweep] [--forward] [--idle N] [--fill N] [--only kv|redis] [--kv-server PATH] ...
+//   kv_load [--sweep] [--forward] [--idle N] [--fill N] [--slow-subscriber] [--only kv|redis]
+//           [--kv-server PATH] ...
 //   (kv_load --help lists every option; with no mode given, --sweep runs.)
 //
 // Modes (several may be given; each starts fresh servers):
@@ -19,6 +20,11 @@
 //   --idle N  N connections per server, each checked with one request and then left idle:
 //             the server's RSS before and after, per connection.
 //   --fill N  N entries (10-byte keys, 8-byte values) into one bucket/hash: RSS per entry.
+//   --slow-subscriber
+//             one kv_server, one bucket, a publisher PUTting 840 values of 60,000 bytes one at
+//             a time: its p50/p99/max latency with one subscriber that reads every event, and
+//             with one more that reads nothing (cut off by the server past 32 MiB), in
+//             alternating passes; then the lagging/alone ratios.
 //
 // The client shares the machine with the server under test, so it is kept cheap: one thread
 // by default (--client-threads), non-blocking sockets on one epoll per thread, TCP_NODELAY,
@@ -45,6 +51,7 @@
 //   workload.hpp   connections, the epoll driver that verifies every reply, one run's state
 //   sweep.hpp      --sweep and --forward
 //   memory.hpp     --idle and --fill
+//   slow_subscriber.hpp  --slow-subscriber
 #include <sys/resource.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -58,6 +65,7 @@
 #include "options.hpp"
 #include "processes.hpp"
 #include "report.hpp"
+#include "slow_subscriber.hpp"
 #include "sweep.hpp"
 #include "workload.hpp"
 
@@ -137,6 +145,13 @@ int main(int argc, char** argv) {
     }
     if (o.fill > 0) {
         run_fill(ss);
+    }
+    if (o.slow_subscriber) {
+        if (ss.have_kv) {
+            run_slow_subscriber(ss);
+        } else {
+            note("--slow-subscriber needs kv_server; skipped");
+        }
     }
     if (ss.errors > 0) {
         std::printf("\nFAILED: %llu errors (mismatches, error replies, protocol errors, lost "

@@ -32,6 +32,10 @@ struct options {
     bool forward = false;
     std::size_t idle = 0;
     std::size_t fill = 0;
+    bool slow_subscriber = false;
+    std::size_t puts = 840;          // --slow-subscriber: PUTs per pass
+    std::size_t value_bytes = 60000; // --slow-subscriber: bytes per value
+    unsigned rounds = 3;             // --slow-subscriber: pairs of passes (alone, lagging)
     double seconds = 5.0;
     double warmup = 1.0;
     std::size_t connections = 50;
@@ -50,6 +54,8 @@ modes (default --sweep; several may be given, each starts fresh servers):
                         through n1 directly and through n2 (forwarded), alternating
   --idle N              N idle connections per server: RSS before/after, per connection
   --fill N              N entries (10-byte keys, 8-byte values): RSS bytes per entry
+  --slow-subscriber     one kv_server; a publisher's PUT latency with a fast subscriber only,
+                        and with one more that never reads, alternating; then the ratios
 options:
   --only kv|redis       run one server only
   --kv-server PATH      kv_server binary (default: ../examples/kv_server next to kv_load)
@@ -63,6 +69,9 @@ options:
   --buckets B           buckets/hashes (default 1)
   --seconds S           measured seconds per run (default 5)
   --warmup S            unmeasured seconds before each run (default 1)
+  --puts N              --slow-subscriber: PUTs per pass (default 840)
+  --value-bytes V       --slow-subscriber: bytes per value (default 60000: 48 MiB of events)
+  --rounds R            --slow-subscriber: rounds of (alone, lagging) passes (default 3)
 )";
 
 template <class T> bool parse_number(std::string_view text, T& out) {
@@ -131,6 +140,16 @@ inline std::optional<options> parse_options(int argc, char** argv) {
         } else if (arg == "--fill") {
             ok = parse_number(value, o.fill) && o.fill > 0 && o.fill < 1'000'000'000;
             any_mode = true;
+        } else if (arg == "--slow-subscriber") {
+            o.slow_subscriber = any_mode = true;
+            used_value = false;
+        } else if (arg == "--puts") {
+            ok = parse_number(value, o.puts) && o.puts > 0 && o.puts <= 1'000'000;
+        } else if (arg == "--value-bytes") {
+            ok = parse_number(value, o.value_bytes) && o.value_bytes > 0 &&
+                 o.value_bytes <= 65000; // a PUT must stay within kv_server's 64 KiB lines
+        } else if (arg == "--rounds") {
+            ok = parse_number(value, o.rounds) && o.rounds > 0 && o.rounds <= 100;
         } else if (arg == "--only") {
             ok = value == "kv" || value == "redis";
             o.want_kv = value == "kv";
@@ -186,6 +205,10 @@ inline std::optional<options> parse_options(int argc, char** argv) {
     }
     if (o.kv_path.empty()) {
         o.kv_path = default_kv_path();
+    }
+    if (o.puts * o.value_bytes > std::size_t{512} << 20) {
+        std::fputs("kv_load: --puts times --value-bytes must stay within 512 MiB\n", stderr);
+        return std::nullopt;
     }
     if (std::uint64_t{o.keys} * o.buckets >= 0xffff'ffffU) {
         std::fputs("kv_load: --keys times --buckets must stay below 2^32\n", stderr);

@@ -43,11 +43,15 @@ inline void set_nodelay(int fd) {
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-// A blocking connection (control requests), or -1.
-inline int connect_blocking(int port) {
+// A blocking connection (control requests), or -1. A receive_buffer above 0 becomes the
+// socket's SO_RCVBUF before it connects, so the window it offers is small from the start.
+inline int connect_blocking(int port, int receive_buffer = 0) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         return -1;
+    }
+    if (receive_buffer > 0) {
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
     }
     const sockaddr_in addr = loopback(port);
     if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
