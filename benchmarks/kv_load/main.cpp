@@ -133,26 +133,22 @@ int main(int argc, char** argv) {
     if (o.sweep) {
         run_sweep(ss);
     }
-    if (o.forward) {
-        if (ss.have_kv) {
-            run_forward(ss);
-        } else {
-            note("--forward needs kv_server; skipped");
+    // The modes that measure kv_server against itself need it; without it they are skipped.
+    const auto kv_mode = [&ss](bool wanted, void (*run)(session&), const char* skipped) {
+        if (wanted && ss.have_kv) {
+            run(ss);
+        } else if (wanted) {
+            note(skipped);
         }
-    }
+    };
+    kv_mode(o.forward, run_forward, "--forward needs kv_server; skipped");
     if (o.idle > 0) {
         run_idle(ss);
     }
     if (o.fill > 0) {
         run_fill(ss);
     }
-    if (o.slow_subscriber) {
-        if (ss.have_kv) {
-            run_slow_subscriber(ss);
-        } else {
-            note("--slow-subscriber needs kv_server; skipped");
-        }
-    }
+    kv_mode(o.slow_subscriber, run_slow_subscriber, "--slow-subscriber needs kv_server; skipped");
     if (ss.errors > 0) {
         std::printf("\nFAILED: %llu errors (mismatches, error replies, protocol errors, lost "
                     "replies; details on stderr)\n",

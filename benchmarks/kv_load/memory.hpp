@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "processes.hpp"
@@ -47,20 +48,38 @@ inline bool check_connections(server_kind kind, const keyspace& ks,
     return true;
 }
 
+// A fresh server of `kind` with the bucket of `ks` created; a failure is counted and stops
+// whatever started.
+inline std::optional<server> start_with_bucket(session& ss, server_kind kind,
+                                               std::size_t max_connections, const keyspace& ks) {
+    auto srv = start(kind, ss.opt, max_connections);
+    if (srv && !create_buckets(*srv, ks)) {
+        stop(*srv);
+        srv.reset();
+    }
+    if (!srv) {
+        ++ss.errors;
+    }
+    return srv;
+}
+
+inline void print_failed_row(server_kind kind, std::size_t n) {
+    std::printf("| %s | %s | failed, see the errors above | | | | |\n", label(kind),
+                with_commas(static_cast<double>(n)).c_str());
+}
+
 // N connections, opened 512 at a time; each batch is checked with one GET per connection (so
 // every connection is known to be accepted and served), then all stay open and idle while the
 // server's RSS settles; at the end every connection is checked once more (still served).
 inline void idle_server(session& ss, server_kind kind) {
     const std::size_t n = ss.opt.idle;
-    auto srv = start(kind, ss.opt, n + 16);
+    const keyspace ks{{"bench"}, "key", 6, 1};
+    auto srv = start_with_bucket(ss, kind, n + 16, ks);
     if (!srv) {
-        ++ss.errors;
         return;
     }
-    keyspace ks{{"bench"}, "key", 6, 1};
     std::vector<std::uint64_t> expected(1);
-    const auto setup = create_buckets(*srv, ks) ? run_sequence(*srv, ks, expected, op::put, 1, 1, 1)
-                                                : std::nullopt;
+    const auto setup = run_sequence(*srv, ks, expected, op::put, 1, 1, 1);
     if (!setup || setup->s.errors() > 0) {
         ++ss.errors;
         stop(*srv);
@@ -98,8 +117,7 @@ inline void idle_server(session& ss, server_kind kind) {
                     mib(at_once).c_str(), mib(after).c_str(), waited,
                     static_cast<double>(after - before) * 1024.0 / static_cast<double>(n), seconds);
     } else {
-        std::printf("| %s | %s | failed, see the errors above | | | | |\n", label(kind),
-                    with_commas(static_cast<double>(n)).c_str());
+        print_failed_row(kind, n);
     }
     std::fflush(stdout);
     close_all(conns);
@@ -124,18 +142,12 @@ inline void run_idle(session& ss) {
 // over 4 pipelined connections; RSS growth per entry; then every (N/10000)th entry read back.
 inline void fill_server(session& ss, server_kind kind) {
     const std::size_t n = ss.opt.fill;
-    auto srv = start(kind, ss.opt, 0);
+    const keyspace ks{{"bench"}, "k", 9, static_cast<std::uint32_t>(n)};
+    auto srv = start_with_bucket(ss, kind, 0, ks);
     if (!srv) {
-        ++ss.errors;
         return;
     }
-    keyspace ks{{"bench"}, "k", 9, static_cast<std::uint32_t>(n)};
     std::vector<std::uint64_t> expected(n);
-    if (!create_buckets(*srv, ks)) {
-        ++ss.errors;
-        stop(*srv);
-        return;
-    }
     double ignored = 0;
     const long before = settled_rss_kib(srv->pid, 0.0, ignored);
     const auto fill = run_sequence(*srv, ks, expected, op::put, 1, 4, ss.opt.client_threads);
@@ -153,8 +165,7 @@ inline void fill_server(session& ss, server_kind kind) {
                     with_commas(static_cast<double>(check->s.replies)).c_str());
     } else {
         ss.errors += errors;
-        std::printf("| %s | %s | failed, see the errors above | | | | |\n", label(kind),
-                    with_commas(static_cast<double>(n)).c_str());
+        print_failed_row(kind, n);
     }
     std::fflush(stdout);
     stop(*srv);
