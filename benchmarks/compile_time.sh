@@ -22,7 +22,9 @@
 # Every compilation is `COMPILER -std=c++20 -O2 -c` of a one-line translation unit into
 # /dev/null. Public headers are those under otpkv/ outside any detail/ directory. The
 # baseline's header list is taken from the preprocessor (-E -dI), so headers behind an
-# #if that is false on this platform are not counted. The time is the CPU time (user +
+# #if that is false on this platform are not counted; the last column names which of
+# <fstream>, <filesystem> and <iostream> are among them. A header that only one of two
+# trees has gets "-" on the other side. The time is the CPU time (user +
 # system) of the compiler and its subprocesses, which other work on a shared machine
 # disturbs far less than the wall clock (it still slows caches and clocks down): run it
 # when the machine is quiet and compare trees measured in the same run.
@@ -102,6 +104,15 @@ time_ms() {
     printf '%s\n' "${samples[@]}" | sort -g | awk '{ v[NR] = $1 } END { printf "%d\n", v[int((NR + 1) / 2)] * 1000 + 0.5 }'
 }
 
+# The costly standard headers the issue names, and which of them a baseline includes.
+heavy_list="\`<fstream>\`, \`<filesystem>\`, \`<iostream>\`"
+heavy_of() {
+    local found
+    # shellcheck disable=SC2016 # the backquotes are markdown's
+    found="$(grep -oE '<(fstream|filesystem|iostream)>' "$1" | sed 's/.*/`&`/' | paste -sd ' ' -)"
+    echo "${found:-none}"
+}
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
 
 for cxx in "${compilers[@]}"; do
@@ -112,36 +123,36 @@ for cxx in "${compilers[@]}"; do
     echo "$version, \`-std=c++20 -O2 -c\`, $what in ms, median of $runs"
     echo
     if [[ ${#dirs[@]} -eq 1 ]]; then
-        echo "| header | standard headers alone | with the header | header's own cost |"
-        echo "|---|---:|---:|---:|"
+        echo "| header | standard headers alone | with the header | header's own cost | of $heavy_list |"
+        echo "|---|---:|---:|---:|---|"
     else
-        echo "| header | std before | before | std after | after | after / before |"
-        echo "|---|---:|---:|---:|---:|---:|"
+        echo "| header | std before | before | std after | after | after / before | of $heavy_list, before -> after |"
+        echo "|---|---:|---:|---:|---:|---:|---|"
     fi
     for h in "${headers[@]}"; do
-        row="| \`$h\`"
         cells=()
+        heavy=()
         for i in "${!dirs[@]}"; do
             d="${dirs[$i]}"
             if [[ ! -f "$d/$h" ]]; then
                 cells+=("-" "-")
+                heavy+=("-")
                 continue
             fi
             printf '#include <%s>\n' "$h" >"$work/header_$i.cpp"
             std_includes "$cxx" "$d" "$h" >"$work/baseline_$i.cpp"
             cells+=("$(time_ms "$cxx" "$d" "$work/baseline_$i.cpp")")
             cells+=("$(time_ms "$cxx" "$d" "$work/header_$i.cpp")")
+            heavy+=("$(heavy_of "$work/baseline_$i.cpp")")
         done
         if [[ ${#dirs[@]} -eq 1 ]]; then
-            row+=" | ${cells[0]} | ${cells[1]} | $((cells[1] - cells[0]))"
+            echo "| \`$h\` | ${cells[0]} | ${cells[1]} | $((cells[1] - cells[0])) | ${heavy[0]} |"
         else
-            row+=" | ${cells[0]} | ${cells[1]} | ${cells[2]} | ${cells[3]}"
+            r="-"
             if [[ "${cells[1]}" != "-" && "${cells[3]}" != "-" ]]; then
-                row+=" | $(ratio "${cells[3]}" "${cells[1]}")"
-            else
-                row+=" | -"
+                r="$(ratio "${cells[3]}" "${cells[1]}")"
             fi
+            echo "| \`$h\` | ${cells[0]} | ${cells[1]} | ${cells[2]} | ${cells[3]} | $r | ${heavy[0]} -> ${heavy[1]} |"
         fi
-        echo "$row |"
     done
 done
