@@ -4,6 +4,7 @@
 // unsent events pass 32 MiB is disconnected); this measures how far their latency moves.
 #pragma once
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -188,6 +189,7 @@ inline pass_result publish_pass(const server& srv, const publication& pub, bool 
         const std::int64_t sent = now_ns();
         if (!exchange(publisher, request, "OK\r\n", deadline, false)) {
             ++r.errors;
+            ::shutdown(fast, SHUT_RDWR); // the reader stops now, not at its deadline
             break;
         }
         const std::int64_t took = now_ns() - sent;
