@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // kv_load: --slow-subscriber, what a subscriber that never reads costs the publishers of its
-// bucket. protocol.md promises that publishers never block on a slow subscriber (one whose
+// bucket. kv_server promises that publishers never wait for a slow subscriber (one whose
 // unsent events pass 32 MiB is disconnected); this measures how far their latency moves.
 #pragma once
 
