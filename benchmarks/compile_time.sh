@@ -79,7 +79,9 @@ std_includes() {
     printf '#include <%s>\n' "$3" >"$work/probe.cpp"
     "$1" -std=c++20 -O2 -E -dI -I"$2" "$work/probe.cpp" | awk -v dir="$2/" '
         /^# [0-9]+ "/ { file = $3; gsub(/"/, "", file); next }
-        /^#include </ && index(file, dir) == 1 && $2 !~ /^<otpkv\// && !seen[$2]++ { print "#include " $2 }
+        /^#include </ && index(file, dir) == 1 && $2 !~ /^<otpkv\// && !seen[$2]++ {
+            print "#include " $2
+        }
     '
 }
 
@@ -89,7 +91,8 @@ time_ms() {
     local TIMEFORMAT='%3R %3U %3S'
     for ((i = 0; i < runs; i++)); do
         # bash's `time` counts the command's children too (cc1plus, as).
-        if ! { time "$1" -std=c++20 -O2 -I"$2" -c "$3" -o /dev/null 2>"$work/errors"; } 2>"$work/time"; then
+        if ! { time "$1" -std=c++20 -O2 -I"$2" -c "$3" -o /dev/null 2>"$work/errors"; } \
+            2>"$work/time"; then
             echo "$0: $1 failed on $3:" >&2
             cat "$work/errors" "$3" >&2
             exit 1
@@ -101,7 +104,8 @@ time_ms() {
             samples+=("$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')")
         fi
     done
-    printf '%s\n' "${samples[@]}" | sort -g | awk '{ v[NR] = $1 } END { printf "%d\n", v[int((NR + 1) / 2)] * 1000 + 0.5 }'
+    printf '%s\n' "${samples[@]}" | sort -g |
+        awk '{ v[NR] = $1 } END { printf "%d\n", v[int((NR + 1) / 2)] * 1000 + 0.5 }'
 }
 
 # The costly standard headers the issue names, and which of them a baseline includes.
@@ -123,10 +127,12 @@ for cxx in "${compilers[@]}"; do
     echo "$version, \`-std=c++20 -O2 -c\`, $what in ms, median of $runs"
     echo
     if [[ ${#dirs[@]} -eq 1 ]]; then
-        echo "| header | standard headers alone | with the header | header's own cost | of $heavy_list |"
+        echo "| header | standard headers alone | with the header | header's own cost" \
+            "| of $heavy_list |"
         echo "|---|---:|---:|---:|---|"
     else
-        echo "| header | std before | before | std after | after | after / before | of $heavy_list, before -> after |"
+        echo "| header | std before | before | std after | after | after / before" \
+            "| of $heavy_list, before -> after |"
         echo "|---|---:|---:|---:|---:|---:|---|"
     fi
     for h in "${headers[@]}"; do
@@ -152,7 +158,8 @@ for cxx in "${compilers[@]}"; do
             if [[ "${cells[1]}" != "-" && "${cells[3]}" != "-" ]]; then
                 r="$(ratio "${cells[3]}" "${cells[1]}")"
             fi
-            echo "| \`$h\` | ${cells[0]} | ${cells[1]} | ${cells[2]} | ${cells[3]} | $r | ${heavy[0]} -> ${heavy[1]} |"
+            echo "| \`$h\` | ${cells[0]} | ${cells[1]} | ${cells[2]} | ${cells[3]} | $r" \
+                "| ${heavy[0]} -> ${heavy[1]} |"
         fi
     done
 done
