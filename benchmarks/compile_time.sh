@@ -24,10 +24,10 @@
 # baseline's header list is taken from the preprocessor (-E -dI), so headers behind an
 # #if that is false on this platform are not counted; the last column names which of
 # <fstream>, <filesystem> and <iostream> are among them. A header that only one of two
-# trees has gets "-" on the other side. The time is the CPU time (user +
-# system) of the compiler and its subprocesses, which other work on a shared machine
-# disturbs far less than the wall clock (it still slows caches and clocks down): run it
-# when the machine is quiet and compare trees measured in the same run.
+# trees has gets "-" on the other side. The time is the CPU time (user + system) of the
+# compiler and its subprocesses, which other work on a shared machine disturbs far less
+# than the wall clock (it still slows caches and clocks down): run it when the machine is
+# quiet and compare trees measured in the same run.
 set -euo pipefail
 
 runs=3
