@@ -97,6 +97,19 @@ class node : public process {
 // Implementation
 // =======================================================================================
 
+namespace detail {
+/// A child's start function's process, or, when it failed, the exception it failed with
+/// thrown again (the system_error itself, EADDRINUSE say, is then the child's reason).
+template <class T> std::shared_ptr<T> started(result<std::shared_ptr<T>> r) {
+    if (!r) {
+        if (auto e = r.error().reason.exception()) {
+            std::rethrow_exception(e);
+        }
+    }
+    return std::move(r).value();
+}
+} // namespace detail
+
 inline result<std::shared_ptr<node>>
 node::start(node_config config, supervisor_options root_options, client_options client) {
     std::shared_ptr<node> n(new node(std::move(config)));
@@ -127,13 +140,7 @@ node::start(node_config config, supervisor_options root_options, client_options 
                                    const std::lock_guard lock(kids->mutex);
                                    reg = kids->registry;
                                }
-                               auto started = otpkv::router::start(reg, options);
-                               if (!started) {
-                                   if (auto e = started.error().reason.exception()) {
-                                       std::rethrow_exception(e);
-                                   }
-                               }
-                               auto r = std::move(started).value();
+                               auto r = detail::started(otpkv::router::start(reg, options));
                                const std::lock_guard lock(kids->mutex);
                                kids->router = r;
                                return r;
@@ -150,15 +157,8 @@ node::start(node_config config, supervisor_options root_options, client_options 
                                    r = kids->router;
                                    options.port = kids->port;
                                }
-                               auto started =
-                                   otpkv::server::start(router_handler(std::move(r)), options);
-                               if (!started) {
-                                   // The system_error itself (EADDRINUSE, ...) is the reason.
-                                   if (auto e = started.error().reason.exception()) {
-                                       std::rethrow_exception(e);
-                                   }
-                               }
-                               auto s = std::move(started).value();
+                               auto s = detail::started(
+                                   otpkv::server::start(router_handler(std::move(r)), options));
                                const std::lock_guard lock(kids->mutex);
                                kids->server = s;
                                kids->port = s->port();

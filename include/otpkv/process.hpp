@@ -403,6 +403,13 @@ class process {
     /// a stopper must not wait on other parties' callbacks, which may wait on it).
     bool wait_recorded(timeout wait) const;
 
+    /// For a `start` that failed with the exception being handled: records the exit with it
+    /// (the process never ran) and returns the `start_failed` error that carries it.
+    [[nodiscard]] error start_failed(std::exception_ptr e);
+
+    /// For a destructor: stops the process (shutdown, `default_shutdown`) if it still runs.
+    void stop_if_alive();
+
     /// The exit state itself, for a thread that must record the exit without holding the
     /// process object (a task's thread).
     [[nodiscard]] const std::shared_ptr<detail::exit_signal>& signal() const noexcept {
@@ -760,6 +767,18 @@ inline bool process::notify_exit(const exit_reason& reason) {
 
 inline bool process::wait_recorded(timeout wait) const {
     return signal_->wait_recorded(wait);
+}
+
+inline error process::start_failed(std::exception_ptr e) {
+    exit_reason reason = exit_reason::from_exception(std::move(e));
+    notify_exit(reason);
+    return error{errc::start_failed, {}, std::move(reason)};
+}
+
+inline void process::stop_if_alive() {
+    if (alive()) {
+        stop(exit_reason::shutdown(), default_shutdown);
+    }
 }
 
 } // namespace v0

@@ -222,16 +222,14 @@ inline result<std::shared_ptr<router>> router::start(std::shared_ptr<otpkv::regi
         r->client_monitor_ = r->client_->monitor(
             [signal = r->signal()](const exit_reason& why) { signal->exit(why); });
     } catch (...) {
-        const auto reason = exit_reason::from_exception(std::current_exception());
-        r->notify_exit(reason);
-        return error{errc::start_failed, {}, reason};
+        return r->start_failed(std::current_exception());
     }
     return r;
 }
 
 inline router::~router() {
-    if (client_ != nullptr && alive()) {
-        stop();
+    if (client_ != nullptr) {
+        stop_if_alive();
     }
 }
 

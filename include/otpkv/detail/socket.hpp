@@ -103,23 +103,20 @@ struct socket_address {
     static bool parse(std::string_view host, std::uint16_t port, socket_address& out) {
         const std::string text(host);
         out = {};
-        sockaddr_in v4{};
-        if (::inet_pton(AF_INET, text.c_str(), &v4.sin_addr) == 1) {
-            v4.sin_family = AF_INET;
-            v4.sin_port = htons(port);
-            std::memcpy(&out.storage, &v4, sizeof v4);
-            out.length = sizeof v4;
+        const auto keep = [&out](const auto& address) {
+            std::memcpy(&out.storage, &address, sizeof address);
+            out.length = sizeof address;
             return true;
+        };
+        sockaddr_in v4{
+            .sin_family = AF_INET, .sin_port = htons(port), .sin_addr = {}, .sin_zero = {}};
+        if (::inet_pton(AF_INET, text.c_str(), &v4.sin_addr) == 1) {
+            return keep(v4);
         }
         sockaddr_in6 v6{};
-        if (::inet_pton(AF_INET6, text.c_str(), &v6.sin6_addr) == 1) {
-            v6.sin6_family = AF_INET6;
-            v6.sin6_port = htons(port);
-            std::memcpy(&out.storage, &v6, sizeof v6);
-            out.length = sizeof v6;
-            return true;
-        }
-        return false;
+        v6.sin6_family = AF_INET6;
+        v6.sin6_port = htons(port);
+        return ::inet_pton(AF_INET6, text.c_str(), &v6.sin6_addr) == 1 && keep(v6);
     }
 
     [[nodiscard]] std::uint16_t port() const noexcept {

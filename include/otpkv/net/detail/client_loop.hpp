@@ -692,21 +692,16 @@ inline result<std::shared_ptr<node_client>> node_client::start(std::vector<peer_
             signal->exit(why);
         });
     } catch (...) {
-        const auto reason = exit_reason::from_exception(std::current_exception());
-        c->notify_exit(reason);
-        return error{errc::start_failed, {}, reason};
+        return c->start_failed(std::current_exception());
     }
     return c;
 }
 
 inline node_client::~node_client() {
-    if (loop_ == nullptr) {
-        return;
+    if (loop_ != nullptr) {
+        stop_if_alive();
+        thread_.release();
     }
-    if (alive()) {
-        stop(exit_reason::shutdown(), default_shutdown);
-    }
-    thread_.release();
 }
 
 inline const std::vector<peer_node>& node_client::nodes() const noexcept {

@@ -1005,13 +1005,10 @@ inline result<std::shared_ptr<server>> server::start(request_handler handler,
 }
 
 inline server::~server() {
-    if (core_ == nullptr) {
-        return;
+    if (core_ != nullptr) {
+        stop_if_alive();
+        core_->threads.release();
     }
-    if (alive()) {
-        stop(exit_reason::shutdown(), default_shutdown);
-    }
-    core_->threads.release();
 }
 
 inline std::uint16_t server::port() const noexcept {
