@@ -526,6 +526,37 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
     static std::uint64_t tag_of(std::uint64_t h) noexcept {
         return (h >> 7) & 0x7F;
     }
+    static std::uint64_t match_full(std::uint64_t ctrl) noexcept {
+        return ~ctrl & detail::msbs;
+    }
+
+    // Reader side (no lock), the one seqlock read: copies into `images` the slots that
+    // `pick(ctrl)` selects (one high bit per slot, as `match` gives them) and retries until
+    // the group's version was even and the same before and after, so that the control word
+    // returned and the copies are one state of the group that no writer was changing.
+    template <class Pick>
+    static std::uint64_t read_group(const group& gr, Pick pick,
+                                    slot_image (&images)[detail::group_slots]) noexcept {
+        for (;;) {
+            // acquire: pairs with end_write; the words read below are at least that new.
+            const std::uint32_t v1 = gr.version.load(std::memory_order_acquire);
+            if ((v1 & 1) != 0) {
+                detail::shard_lock::pause(); // a writer is inside the group: wait for it
+                continue;
+            }
+            const std::uint64_t ctrl = gr.ctrl.load(detail::seqlock_load);
+            for (std::uint64_t m = pick(ctrl); m != 0; m &= m - 1) {
+                const std::size_t i = lowest(m);
+                load(gr, i, images[i]);
+            }
+            // acquire fence: the reads above happen before the version is read again, so
+            // an unchanged even version means no writer touched them meanwhile.
+            detail::seqlock_read_fence();
+            if (gr.version.load(std::memory_order_relaxed) == v1) {
+                return ctrl;
+            }
+        }
+    }
 
     // Writer side (under the shard lock): where `k` is, if present.
     std::optional<position> find(std::uint64_t h, key_arg k) {
@@ -687,29 +718,9 @@ bool bucket<K, V, Hash, Eq>::read(key_arg key, OnHit&& on_hit) const {
         const typename table::group& gr = t->data()[g];
         table::prefetch(gr);
         typename table::slot_image images[detail::group_slots];
-        std::uint64_t ctrl = 0;
-        std::uint64_t matches = 0;
-        for (;;) {
-            // acquire: pairs with end_write; the words read below are at least that new.
-            const std::uint32_t v1 = gr.version.load(std::memory_order_acquire);
-            if ((v1 & 1) != 0) {
-                detail::shard_lock::pause();
-                continue;
-            }
-            ctrl = gr.ctrl.load(detail::seqlock_load);
-            matches = table::match(ctrl, tag);
-            for (std::uint64_t m = matches; m != 0; m &= m - 1) {
-                const std::size_t i = table::lowest(m);
-                table::load(gr, i, images[i]);
-            }
-            // acquire fence: the reads above happen before the version is read again, so
-            // an unchanged even version means no writer touched them meanwhile.
-            detail::seqlock_read_fence();
-            if (gr.version.load(std::memory_order_relaxed) == v1) {
-                break;
-            }
-        }
-        for (std::uint64_t m = matches; m != 0; m &= m - 1) {
+        const std::uint64_t ctrl = table::read_group(
+            gr, [tag](std::uint64_t c) noexcept { return table::match(c, tag); }, images);
+        for (std::uint64_t m = table::match(ctrl, tag); m != 0; m &= m - 1) {
             const std::size_t i = table::lowest(m);
             if (table::key_matches(images[i], key)) {
                 on_hit(images[i]);
@@ -950,25 +961,9 @@ void bucket<K, V, Hash, Eq>::for_each(F&& f) const {
         for (std::size_t g = 0; g < t->groups; ++g) {
             const typename table::group& gr = t->data()[g];
             typename table::slot_image images[detail::group_slots];
-            std::uint64_t full = 0;
-            for (;;) {
-                const std::uint32_t v1 = gr.version.load(std::memory_order_acquire);
-                if ((v1 & 1) != 0) {
-                    detail::shard_lock::pause();
-                    continue;
-                }
-                full = ~gr.ctrl.load(detail::seqlock_load) & detail::msbs;
-                for (std::uint64_t m = full; m != 0; m &= m - 1) {
-                    const std::size_t i = table::lowest(m);
-                    table::load(gr, i, images[i]);
-                }
-                detail::seqlock_read_fence();
-                if (gr.version.load(std::memory_order_relaxed) == v1) {
-                    break;
-                }
-            }
+            const std::uint64_t ctrl = table::read_group(gr, table::match_full, images);
             entries.clear();
-            for (std::uint64_t m = full; m != 0; m &= m - 1) {
+            for (std::uint64_t m = table::match_full(ctrl); m != 0; m &= m - 1) {
                 const std::size_t i = table::lowest(m);
                 entries.emplace_back(table::key_of(images[i]), table::value_of(images[i]));
             }
