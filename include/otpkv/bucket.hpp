@@ -87,6 +87,14 @@ struct slot_position {
 /// given to `update` and `get_and_update` run under the key's shard lock and must not call
 /// this bucket. Subscribers run on the thread of some writer, after it released its lock;
 /// one subscriber's callbacks never run at the same time.
+///
+/// Complexity, in each member's comment: n is the number of entries, S the number of shards
+/// (at most 256), c the number of slots in the shards' tables (about 12n/7 right after a
+/// table is rebuilt; a table never shrinks, but `clear` drops it). "Expected" assumes that
+/// `Hash` spreads the keys (its result is mixed again, so integers hashed to themselves
+/// do); a lookup then probes a few 8-slot groups. Hashing and comparing a key, and copying
+/// a key or a value, cost their length on top. A lock-free read that meets a writer in the
+/// same group retries after it.
 template <class K, class V, class Hash = std::hash<K>, class Eq = std::equal_to<K>>
 class bucket : public process {
     using traits = detail::bucket_traits<K, V, Hash, Eq>;
@@ -110,55 +118,74 @@ class bucket : public process {
     using subscriber = std::function<void(const event&)>;
 
     /// An empty, running bucket. Buckets are usually held by `std::shared_ptr` (see `start`).
+    /// Complexity: O(1); no memory is taken for the shards before the first write.
     explicit bucket(bucket_options options = {});
     /// A running bucket, shared (what a supervisor's start function returns).
+    /// Complexity: O(1), one allocation.
     [[nodiscard]] static std::shared_ptr<bucket> start(bucket_options options = {}) {
         return std::make_shared<bucket>(options);
     }
     /// A bucket still running when destroyed exits with `shutdown` (its monitors run).
+    /// Complexity: O(c + S) to free the tables and the entries, plus running the monitors.
     ~bucket() override;
 
     /// The value of `key`, copied. Lock-free.
+    /// Complexity: expected O(1), plus copying the value.
     [[nodiscard]] std::optional<V> get(key_arg key) const;
     /// Calls `f(value)` with the value of `key` and returns true, or returns false when
     /// there is none. Lock-free and copy-free: for string values `f` gets a
     /// `std::string_view` valid only during the call, otherwise a `const V&`. `f` runs
     /// inside a read guard and should be short.
+    /// Complexity: expected O(1), plus `f`.
     template <class F> bool visit(key_arg key, F&& f) const;
     /// True when `key` has a value. Lock-free.
+    /// Complexity: expected O(1).
     [[nodiscard]] bool contains(key_arg key) const;
     /// Stores `value` under `key`. False after `stop` (nothing stored).
+    /// Complexity: expected O(1) amortised, plus copying the key and the value (and, when
+    /// subscribed, an event). The insert that finds its shard's table 7/8 full (entries and
+    /// deleted slots) rebuilds it under the shard's lock, about 7/12 full for its entries,
+    /// in time linear in the shard's slots.
     bool put(key_arg key, value_arg value);
     /// Deletes `key`; returns the value it had (the guide's `delete`). Nothing after `stop`.
+    /// Complexity: expected O(1), plus copying the old value.
     std::optional<V> erase(key_arg key);
     /// Atomic read-modify-write of one key (Agent.get_and_update): `f(current)`, given the
     /// current value or nothing, returns a pair {what to return, new value or nothing to
     /// delete the key}. Returns the first part; nothing after `stop`, when `f` is not
     /// called. An exception from `f` leaves the key unchanged and propagates.
+    /// Complexity: that of `put`, plus `f`, which runs under the shard's lock.
     template <class F> auto get_and_update(key_arg key, F&& f);
     /// Atomic update of one key: `f(current)` returns the new value, or nothing to delete
     /// the key. False after `stop`, when `f` is not called.
+    /// Complexity: that of `put`, plus `f`, which runs under the shard's lock.
     template <class F> bool update(key_arg key, F&& f);
     /// The number of keys: the sum of the shards' counters, each exact; a sum taken while
     /// writers run may mix moments.
+    /// Complexity: O(S).
     [[nodiscard]] std::size_t size() const noexcept;
     /// Calls `f(key, value)` for every entry. Not a snapshot (like an ETS traversal): an
     /// entry written meanwhile may or may not be seen; one that stays is seen exactly once
     /// unless the table grows meanwhile. `f` must not hold up other threads for long: it
     /// runs inside a read guard, delaying the reclamation of retired memory.
+    /// Complexity: O(c + S), every slot, plus copying each entry once and `f` for each.
     template <class F> void for_each(F&& f) const;
     /// Removes every entry. Subscribers are not told (it is not a DELETE).
+    /// Complexity: O(S), taking each shard's lock once; the tables are freed later through
+    /// epochs, in O(c), by whichever thread reclaims them.
     void clear();
 
     /// Subscribes `f` to the writes that take effect from now on: for each key, events come
     /// in the order its writes took effect. A callback that throws is dropped; the bucket and
     /// the other subscribers go on. An erase of an absent key is reported too (protocol.md:
     /// SUBSCRIBE reports every DELETE).
+    /// Complexity: O(1); every write afterwards also delivers its event to each subscriber.
     [[nodiscard]] subscription subscribe(subscriber f);
 
     /// Exits with `reason`: releases the data and runs the monitors, on this thread, before
     /// it returns (also when another thread stopped it first). `wait` is not used: a bucket
     /// has no thread and stops at once. Returns the reason it exited with.
+    /// Complexity: that of `clear`, plus running the monitors.
     exit_reason stop(exit_reason reason = exit_reason::shutdown(),
                      timeout wait = default_shutdown) override;
 
