@@ -7,6 +7,10 @@ if(NOT TARGET otpkv_warnings)
         target_compile_options(otpkv_warnings INTERFACE
             -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion
             -Wold-style-cast -Wnon-virtual-dtor -Werror)
+        # Clang checks the `///` comments against the code (\param names and the like).
+        if(CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+            target_compile_options(otpkv_warnings INTERFACE -Wdocumentation)
+        endif()
     elseif(MSVC)
         target_compile_options(otpkv_warnings INTERFACE /W4 /WX /permissive-)
     endif()

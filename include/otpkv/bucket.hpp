@@ -87,6 +87,14 @@ struct slot_position {
 /// given to `update` and `get_and_update` run under the key's shard lock and must not call
 /// this bucket. Subscribers run on the thread of some writer, after it released its lock;
 /// one subscriber's callbacks never run at the same time.
+///
+/// Complexity, in each member's comment: n is the number of entries, S the number of shards
+/// (at most 256), c the number of slots in the shards' tables (about 12n/7 right after a
+/// table is rebuilt; a table never shrinks, but `clear` drops it). "Expected" assumes that
+/// `Hash` spreads the keys (its result is mixed again, so integers hashed to themselves
+/// do); a lookup then probes a few 8-slot groups. Hashing and comparing a key, and copying
+/// a key or a value, cost their length on top. A lock-free read that meets a writer in the
+/// same group retries after it.
 template <class K, class V, class Hash = std::hash<K>, class Eq = std::equal_to<K>>
 class bucket : public process {
     using traits = detail::bucket_traits<K, V, Hash, Eq>;
@@ -110,55 +118,74 @@ class bucket : public process {
     using subscriber = std::function<void(const event&)>;
 
     /// An empty, running bucket. Buckets are usually held by `std::shared_ptr` (see `start`).
+    /// Complexity: O(1); no memory is taken for the shards before the first write.
     explicit bucket(bucket_options options = {});
     /// A running bucket, shared (what a supervisor's start function returns).
+    /// Complexity: O(1), one allocation.
     [[nodiscard]] static std::shared_ptr<bucket> start(bucket_options options = {}) {
         return std::make_shared<bucket>(options);
     }
     /// A bucket still running when destroyed exits with `shutdown` (its monitors run).
+    /// Complexity: O(c + S) to free the tables and the entries, plus running the monitors.
     ~bucket() override;
 
     /// The value of `key`, copied. Lock-free.
+    /// Complexity: expected O(1), plus copying the value.
     [[nodiscard]] std::optional<V> get(key_arg key) const;
     /// Calls `f(value)` with the value of `key` and returns true, or returns false when
     /// there is none. Lock-free and copy-free: for string values `f` gets a
     /// `std::string_view` valid only during the call, otherwise a `const V&`. `f` runs
     /// inside a read guard and should be short.
+    /// Complexity: expected O(1), plus `f`.
     template <class F> bool visit(key_arg key, F&& f) const;
     /// True when `key` has a value. Lock-free.
+    /// Complexity: expected O(1).
     [[nodiscard]] bool contains(key_arg key) const;
     /// Stores `value` under `key`. False after `stop` (nothing stored).
+    /// Complexity: expected O(1) amortised, plus copying the key and the value (and, when
+    /// subscribed, an event). The insert that finds its shard's table 7/8 full (entries and
+    /// deleted slots) rebuilds it under the shard's lock, about 7/12 full for its entries,
+    /// in time linear in the shard's slots.
     bool put(key_arg key, value_arg value);
     /// Deletes `key`; returns the value it had (the guide's `delete`). Nothing after `stop`.
+    /// Complexity: expected O(1), plus copying the old value.
     std::optional<V> erase(key_arg key);
     /// Atomic read-modify-write of one key (Agent.get_and_update): `f(current)`, given the
     /// current value or nothing, returns a pair {what to return, new value or nothing to
     /// delete the key}. Returns the first part; nothing after `stop`, when `f` is not
     /// called. An exception from `f` leaves the key unchanged and propagates.
+    /// Complexity: that of `put`, plus `f`, which runs under the shard's lock.
     template <class F> auto get_and_update(key_arg key, F&& f);
     /// Atomic update of one key: `f(current)` returns the new value, or nothing to delete
     /// the key. False after `stop`, when `f` is not called.
+    /// Complexity: that of `put`, plus `f`, which runs under the shard's lock.
     template <class F> bool update(key_arg key, F&& f);
     /// The number of keys: the sum of the shards' counters, each exact; a sum taken while
     /// writers run may mix moments.
+    /// Complexity: O(S).
     [[nodiscard]] std::size_t size() const noexcept;
     /// Calls `f(key, value)` for every entry. Not a snapshot (like an ETS traversal): an
     /// entry written meanwhile may or may not be seen; one that stays is seen exactly once
     /// unless the table grows meanwhile. `f` must not hold up other threads for long: it
     /// runs inside a read guard, delaying the reclamation of retired memory.
+    /// Complexity: O(c + S), every slot, plus copying each entry once and `f` for each.
     template <class F> void for_each(F&& f) const;
     /// Removes every entry. Subscribers are not told (it is not a DELETE).
+    /// Complexity: O(S), taking each shard's lock once; the tables are freed later through
+    /// epochs, in O(c), by whichever thread reclaims them.
     void clear();
 
     /// Subscribes `f` to the writes that take effect from now on: for each key, events come
     /// in the order its writes took effect. A callback that throws is dropped; the bucket and
     /// the other subscribers go on. An erase of an absent key is reported too (protocol.md:
     /// SUBSCRIBE reports every DELETE).
+    /// Complexity: O(1); every write afterwards also delivers its event to each subscriber.
     [[nodiscard]] subscription subscribe(subscriber f);
 
     /// Exits with `reason`: releases the data and runs the monitors, on this thread, before
     /// it returns (also when another thread stopped it first). `wait` is not used: a bucket
     /// has no thread and stops at once. Returns the reason it exited with.
+    /// Complexity: that of `clear`, plus running the monitors.
     exit_reason stop(exit_reason reason = exit_reason::shutdown(),
                      timeout wait = default_shutdown) override;
 
@@ -526,6 +553,37 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
     static std::uint64_t tag_of(std::uint64_t h) noexcept {
         return (h >> 7) & 0x7F;
     }
+    static std::uint64_t match_full(std::uint64_t ctrl) noexcept {
+        return ~ctrl & detail::msbs;
+    }
+
+    // Reader side (no lock), the one seqlock read: copies into `images` the slots that
+    // `pick(ctrl)` selects (one high bit per slot, as `match` gives them) and retries until
+    // the group's version was even and the same before and after, so that the control word
+    // returned and the copies are one state of the group that no writer was changing.
+    template <class Pick>
+    static std::uint64_t read_group(const group& gr, Pick pick,
+                                    slot_image (&images)[detail::group_slots]) noexcept {
+        for (;;) {
+            // acquire: pairs with end_write; the words read below are at least that new.
+            const std::uint32_t v1 = gr.version.load(std::memory_order_acquire);
+            if ((v1 & 1) != 0) {
+                detail::shard_lock::pause(); // a writer is inside the group: wait for it
+                continue;
+            }
+            const std::uint64_t ctrl = gr.ctrl.load(detail::seqlock_load);
+            for (std::uint64_t m = pick(ctrl); m != 0; m &= m - 1) {
+                const std::size_t i = lowest(m);
+                load(gr, i, images[i]);
+            }
+            // acquire fence: the reads above happen before the version is read again, so
+            // an unchanged even version means no writer touched them meanwhile.
+            detail::seqlock_read_fence();
+            if (gr.version.load(std::memory_order_relaxed) == v1) {
+                return ctrl;
+            }
+        }
+    }
 
     // Writer side (under the shard lock): where `k` is, if present.
     std::optional<position> find(std::uint64_t h, key_arg k) {
@@ -687,29 +745,9 @@ bool bucket<K, V, Hash, Eq>::read(key_arg key, OnHit&& on_hit) const {
         const typename table::group& gr = t->data()[g];
         table::prefetch(gr);
         typename table::slot_image images[detail::group_slots];
-        std::uint64_t ctrl = 0;
-        std::uint64_t matches = 0;
-        for (;;) {
-            // acquire: pairs with end_write; the words read below are at least that new.
-            const std::uint32_t v1 = gr.version.load(std::memory_order_acquire);
-            if ((v1 & 1) != 0) {
-                detail::shard_lock::pause();
-                continue;
-            }
-            ctrl = gr.ctrl.load(detail::seqlock_load);
-            matches = table::match(ctrl, tag);
-            for (std::uint64_t m = matches; m != 0; m &= m - 1) {
-                const std::size_t i = table::lowest(m);
-                table::load(gr, i, images[i]);
-            }
-            // acquire fence: the reads above happen before the version is read again, so
-            // an unchanged even version means no writer touched them meanwhile.
-            detail::seqlock_read_fence();
-            if (gr.version.load(std::memory_order_relaxed) == v1) {
-                break;
-            }
-        }
-        for (std::uint64_t m = matches; m != 0; m &= m - 1) {
+        const std::uint64_t ctrl = table::read_group(
+            gr, [tag](std::uint64_t c) noexcept { return table::match(c, tag); }, images);
+        for (std::uint64_t m = table::match(ctrl, tag); m != 0; m &= m - 1) {
             const std::size_t i = table::lowest(m);
             if (table::key_matches(images[i], key)) {
                 on_hit(images[i]);
@@ -950,25 +988,9 @@ void bucket<K, V, Hash, Eq>::for_each(F&& f) const {
         for (std::size_t g = 0; g < t->groups; ++g) {
             const typename table::group& gr = t->data()[g];
             typename table::slot_image images[detail::group_slots];
-            std::uint64_t full = 0;
-            for (;;) {
-                const std::uint32_t v1 = gr.version.load(std::memory_order_acquire);
-                if ((v1 & 1) != 0) {
-                    detail::shard_lock::pause();
-                    continue;
-                }
-                full = ~gr.ctrl.load(detail::seqlock_load) & detail::msbs;
-                for (std::uint64_t m = full; m != 0; m &= m - 1) {
-                    const std::size_t i = table::lowest(m);
-                    table::load(gr, i, images[i]);
-                }
-                detail::seqlock_read_fence();
-                if (gr.version.load(std::memory_order_relaxed) == v1) {
-                    break;
-                }
-            }
+            const std::uint64_t ctrl = table::read_group(gr, table::match_full, images);
             entries.clear();
-            for (std::uint64_t m = full; m != 0; m &= m - 1) {
+            for (std::uint64_t m = table::match_full(ctrl); m != 0; m &= m - 1) {
                 const std::size_t i = table::lowest(m);
                 entries.emplace_back(table::key_of(images[i]), table::value_of(images[i]));
             }

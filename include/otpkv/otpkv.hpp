@@ -13,6 +13,7 @@
 #include <otpkv/node.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/registry.hpp>
+#include <otpkv/route.hpp>
 #include <otpkv/router.hpp>
 #include <otpkv/supervisor.hpp>
 #include <otpkv/task.hpp>

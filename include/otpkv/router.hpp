@@ -3,7 +3,7 @@
 /// The router: which node owns a bucket, and getting a request there (the guide's
 /// `KV.Router`, without its failures).
 ///
-/// The routing table is a list of `route_entry`s (config.hpp: `FIRST-LAST=NAME@HOST:PORT`),
+/// The routing table is a list of `route_entry`s (route.hpp: `FIRST-LAST=NAME@HOST:PORT`),
 /// matched on a bucket name's first byte, inclusive; the first entry that contains the byte
 /// wins. Entries naming this node (`router_options::self`) are run here, against the
 /// registry; others are forwarded to their node over `node_client`'s pooled connections and
@@ -28,12 +28,12 @@
 #pragma once
 
 #include <otpkv/command.hpp>
-#include <otpkv/config.hpp>
 #include <otpkv/detail/callback.hpp>
 #include <otpkv/net/client.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/registry.hpp>
+#include <otpkv/route.hpp>
 
 #include <array>
 #include <cstddef>

@@ -20,9 +20,12 @@
 /// of liburcu's memb flavour). Where membarrier is missing, the reader fences.
 ///
 /// One domain serves the whole program (like `process_id`'s counter): a thread that reads
-/// many buckets and registries has one record. The domain is never destroyed, so objects
-/// destroyed during static destruction may still retire memory into it; memory still
-/// retired at exit is reachable from it (not a leak to LeakSanitizer).
+/// many buckets and registries has one record. Being an inline function's static, it is one
+/// per copy the linker keeps: one per shared object that keeps its own (README.md, "Shared
+/// libraries"); memory retired into one domain must only be read under its guards. The
+/// domain is never destroyed, so objects destroyed during static destruction may still
+/// retire memory into it; memory still retired at exit is reachable from it (not a leak to
+/// LeakSanitizer).
 #pragma once
 
 #include <algorithm>
