@@ -64,7 +64,7 @@ struct control {
     std::mutex mutex;
     std::condition_variable_any wake;
     std::optional<otpkv::exit_reason> order;
-    bool ignore_stop = false;         // the child will not stop when asked
+    bool ignore_stop = false;         // the child will not stop when asked (see stubborn_for)
     std::atomic<int> fail_starts{0};  // this many next starts throw
     std::atomic<bool> release{false}; // lets a child that ignored its stop finish
 
@@ -76,6 +76,10 @@ struct control {
         wake.notify_all();
     }
 };
+
+// How long a child that ignores its stop runs at most unless released. Only a supervisor
+// that wrongly waits for such a child sees it end: the test then fails instead of hanging.
+inline constexpr std::chrono::seconds stubborn_for{20};
 
 // A pool of controllable children that log "start X" and "stop X" (a stop asked for).
 class children {
@@ -100,7 +104,7 @@ class children {
             return otpkv::task::start([this, id, ctl](std::stop_token stop) {
                 std::unique_lock lock(ctl->mutex);
                 if (ctl->ignore_stop) {
-                    ctl->wake.wait(lock, [&] { return ctl->release.load(); });
+                    ctl->wake.wait_for(lock, stubborn_for, [&] { return ctl->release.load(); });
                     ++finished;
                     return;
                 }
