@@ -1,13 +1,11 @@
 // SPDX-License-Identifier: MIT
-// The server and the node in process: both pollers, containment of a failing handler,
-// start errors, stop, backpressure and the subscriber cap with small limits, and the
-// node's supervision tree restarting what crashes. (tests/test_kv_server*.cpp run the
-// real kv_server process.)
+// The server in process: both pollers, containment of a failing handler, start errors,
+// stop, backpressure and the subscriber cap with small limits. (tests/test_node.cpp tests
+// the node's tree around it; tests/test_kv_server*.cpp run the real kv_server process.)
 #include "kv_process.hpp"
 #include "support.hpp"
 
 #include <otpkv/net/server.hpp>
-#include <otpkv/node.hpp>
 
 #include <doctest/doctest.h>
 
@@ -240,52 +238,4 @@ TEST_CASE("server: a subscriber past its cap is disconnected; publishers never w
     CHECK(got.size() < all.size());
     CHECK(all.compare(0, got.size(), got) == 0);
     CHECK(sub.end() != kv_client::ending::timeout);
-}
-
-TEST_CASE("node: the tree restarts a crashed server on its port, and the registry with it") {
-    otpkv::node_config config;
-    config.node = "n1";
-    config.port = 0;
-    config.threads = 1;
-    auto n = otpkv::node::start(config).value();
-    const std::uint16_t port = n->port();
-    REQUIRE(port != 0);
-    CHECK(n->ready_line() == "otpkv node n1 listening on 127.0.0.1:" + std::to_string(port));
-    {
-        kv_client c(port);
-        CHECK(c.exchange("CREATE b\nPUT b k v\n", 8) == "OK\r\nOK\r\n");
-    }
-
-    // A crashed server alone is restarted, on the same port, with the data untouched.
-    const auto first_server = n->server()->id();
-    n->server()->stop(otpkv::exit_reason::error("crash"));
-    CHECK(eventually([&] {
-        auto s = n->server();
-        return s != nullptr && s->id() != first_server;
-    }));
-    CHECK(n->port() == port);
-    {
-        kv_client c(port);
-        CHECK(c.exchange("GET b k\n", 7) == "v\r\nOK\r\n");
-    }
-
-    // A crashed registry takes the server after it down too (rest_for_one): both return,
-    // the buckets are gone.
-    const auto second_server = n->server()->id();
-    const auto first_registry = n->registry()->id();
-    n->registry()->stop(otpkv::exit_reason::error("crash"));
-    CHECK(eventually([&] {
-        auto s = n->server();
-        auto r = n->registry();
-        return s != nullptr && r != nullptr && s->id() != second_server &&
-               r->id() != first_registry;
-    }));
-    {
-        kv_client c(port);
-        CHECK(c.exchange("GET b k\n", 11) == "NOT FOUND\r\n");
-    }
-    CHECK(n->tasks() != nullptr);
-
-    CHECK(n->stop() == otpkv::exit_reason::shutdown());
-    CHECK_FALSE(n->alive());
 }
