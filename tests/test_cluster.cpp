@@ -479,7 +479,7 @@ TEST_CASE("cluster: kill -9 a node: its buckets get ERROR node n3 unavailable, t
         MESSAGE("ERROR node n3 unavailable " << ms_since(killed_at) << " ms after the kill");
     }
 
-    // Now known down: every request for n3's buckets fails at once, on both nodes; the
+    // Now known down: every request for n3's buckets is refused, on both nodes; the
     // connection goes on (a refused SUBSCRIBE too).
     for (kv_client* via : {&via1, &via2}) {
         for (const std::string request :
