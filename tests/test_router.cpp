@@ -544,7 +544,7 @@ TEST_CASE("router: send keeps the order of one affinity's requests; a local one 
 }
 
 TEST_CASE("router: a node that goes away fails only its buckets, and is used again when back") {
-    otpkv::client_options options = quick(1000ms);
+    otpkv::client_options options = quick(60s); // nothing here waits for a timeout
     two_nodes n(options);
     auto& a = *n.router_a;
     REQUIRE(a.create("nut").kind == reply_kind::ok);
@@ -694,7 +694,7 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
 TEST_CASE("router_handler: a relayed ERROR internal closes the client's connection as well") {
     fake_peer peer("n2");
     auto r = start_router("A", {entry('a', 'm', "A", 1), entry('n', 'z', "n2", peer.port())},
-                          quick(2000ms));
+                          quick(60s));
     auto srv = serve(r);
     kv_client c(srv->port());
     OTPKV_CHECK_EXCHANGE(c, "GET nut k\r\n", "k\r\nOK\r\n");
