@@ -756,17 +756,6 @@ inline std::string to_string(kv_client::ending e) {
     return "?";
 }
 
-/// The p-th percentile (0-100) of `samples`, in milliseconds.
-inline double percentile(std::vector<double> samples, double p) {
-    if (samples.empty()) {
-        return 0;
-    }
-    std::sort(samples.begin(), samples.end());
-    const auto rank =
-        static_cast<std::size_t>(p / 100.0 * static_cast<double>(samples.size() - 1) + 0.5);
-    return samples[std::min(rank, samples.size() - 1)];
-}
-
 // Reads from `c` through `tail`, a line at a time; what it read (ending with `tail`, unless
 // the connection ended or `limit` passed).
 inline std::string read_through(kv_client& c, const std::string& tail, millis limit = 5s) {

@@ -1,15 +1,23 @@
 // SPDX-License-Identifier: MIT
 // Test fixtures for processes and supervisors: a journal of what happened, in order, and
-// children that a test can make exit with any reason, on their own thread.
+// children that a test can make exit with any reason, on their own thread. And for the node
+// client and the router: quick client options, and a fake peer node.
 #pragma once
 
+#include <otpkv/command.hpp>
+#include <otpkv/net/client.hpp>
+#include <otpkv/net/server.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/supervisor.hpp>
 #include <otpkv/task.hpp>
 
+#include <doctest/doctest.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -17,6 +25,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -64,7 +73,7 @@ struct control {
     std::mutex mutex;
     std::condition_variable_any wake;
     std::optional<otpkv::exit_reason> order;
-    bool ignore_stop = false;         // the child will not stop when asked
+    bool ignore_stop = false;         // the child will not stop when asked (see stubborn_for)
     std::atomic<int> fail_starts{0};  // this many next starts throw
     std::atomic<bool> release{false}; // lets a child that ignored its stop finish
 
@@ -76,6 +85,10 @@ struct control {
         wake.notify_all();
     }
 };
+
+// How long a child that ignores its stop runs at most unless released. Only a supervisor
+// that wrongly waits for such a child sees it end: the test then fails instead of hanging.
+inline constexpr std::chrono::seconds stubborn_for{20};
 
 // A pool of controllable children that log "start X" and "stop X" (a stop asked for).
 class children {
@@ -100,7 +113,7 @@ class children {
             return otpkv::task::start([this, id, ctl](std::stop_token stop) {
                 std::unique_lock lock(ctl->mutex);
                 if (ctl->ignore_stop) {
-                    ctl->wake.wait(lock, [&] { return ctl->release.load(); });
+                    ctl->wake.wait_for(lock, stubborn_for, [&] { return ctl->release.load(); });
                     ++finished;
                     return;
                 }
@@ -166,5 +179,157 @@ inline std::optional<otpkv::exit_reason> exit_of(otpkv::process& p,
     }
     return p.wait();
 }
+
+// ---------------------------------------------------------------------------------------
+// The node client and the router
+// ---------------------------------------------------------------------------------------
+
+// Short timeouts and quick retries, one pooled connection, no heartbeats (so that what a
+// fake peer sees is only what a test sent): the failure cases run in a fraction of a second.
+inline otpkv::client_options quick(std::chrono::milliseconds timeout = 250ms) {
+    otpkv::client_options o;
+    o.self = "n1";
+    o.connect_timeout = timeout;
+    o.request_timeout = timeout;
+    o.retry_min = 20ms;
+    o.retry_max = 100ms;
+    o.connections = 1;
+    o.heartbeat = 0ms;
+    return o;
+}
+
+// A monitor_nodes callback that adds "<node> up" or "<node> down" to `events`.
+inline std::function<void(const otpkv::node_event&)> record_into(journal& events) {
+    return [&events](const otpkv::node_event& e) { events.add(e.node + (e.up ? " up" : " down")); };
+}
+
+// A peer node the test controls: a server whose handler answers the greeting with whatever
+// name it is told, echoes a GET's key as the value (`GET b k` -> `k\r\nOK\r\n`; the key
+// `close` closes the connection after the reply, `internal` answers `ERROR internal` and
+// closes, as a real node does, and `endless` answers `endless_reply` bytes that never end
+// their line, as no node does), answers every other request `OK`, and records every line it
+// gets. `hang` holds every request's reply back (a hung process: greetings and heartbeats
+// are still answered); `freeze` holds back every reply, greetings included (SIGSTOP).
+class fake_peer {
+  public:
+    enum class mode { answer, hang, freeze };
+    static constexpr std::size_t endless_reply = 4096;
+    struct line {
+        std::uint64_t connection = 0;
+        std::string text;
+    };
+
+    explicit fake_peer(std::string name) : state_(std::make_shared<state>()) {
+        state_->name = std::move(name);
+        otpkv::server_options o;
+        o.port = 0;
+        o.threads = 1;
+        auto started =
+            otpkv::server::start([st = state_](const otpkv::command& cmd, std::string& out,
+                                               otpkv::session& s) { st->handle(cmd, out, s); },
+                                 o);
+        REQUIRE(started.has_value());
+        server_ = std::move(started).value();
+    }
+    ~fake_peer() {
+        server_->stop();
+        std::vector<held_reply> dropped;
+        const std::lock_guard lock(state_->mutex);
+        dropped.swap(state_->held);
+    }
+    fake_peer(const fake_peer&) = delete;
+    fake_peer& operator=(const fake_peer&) = delete;
+
+    [[nodiscard]] std::uint16_t port() const { return server_->port(); }
+    [[nodiscard]] otpkv::server_stats stats() const { return server_->stats(); }
+
+    void set_name(std::string name) {
+        const std::lock_guard lock(state_->mutex);
+        state_->name = std::move(name);
+    }
+    // Back to `answer` also answers the greetings held back meanwhile (a frozen node that
+    // goes on answers what waited); replies held for requests stay held.
+    void set_mode(mode m) {
+        const std::lock_guard lock(state_->mutex);
+        state_->how = m;
+        if (m == mode::answer) {
+            for (auto& h : state_->held) {
+                if (h.greeting && h.reply.pending()) {
+                    h.reply.complete(otpkv::peer_greeting_line(state_->name));
+                }
+            }
+        }
+    }
+    [[nodiscard]] std::vector<line> requests() const {
+        const std::lock_guard lock(state_->mutex);
+        return state_->requests;
+    }
+    [[nodiscard]] std::vector<std::string> greetings() const {
+        const std::lock_guard lock(state_->mutex);
+        return state_->greetings;
+    }
+    [[nodiscard]] int heartbeats() const {
+        const std::lock_guard lock(state_->mutex);
+        return state_->heartbeats;
+    }
+
+  private:
+    struct held_reply {
+        bool greeting = false;
+        otpkv::deferred_reply reply;
+    };
+    struct state {
+        mutable std::mutex mutex;
+        std::string name;
+        mode how = mode::answer;
+        std::vector<line> requests;
+        std::vector<std::string> greetings;
+        int heartbeats = 0;
+        std::vector<held_reply> held;
+
+        void handle(const otpkv::command& cmd, std::string& out, otpkv::session& s) {
+            const std::lock_guard lock(mutex);
+            if (cmd.kind == otpkv::command_kind::unknown) {
+                if (otpkv::parse_peer_greeting(s.line())) {
+                    greetings.emplace_back(s.line());
+                    if (how == mode::freeze) {
+                        held.push_back({true, s.defer()});
+                    } else {
+                        out += otpkv::peer_greeting_line(name);
+                    }
+                    return;
+                }
+                heartbeats += s.line().empty() ? 1 : 0;
+                if (how == mode::freeze) {
+                    held.push_back({false, s.defer()});
+                } else {
+                    out += "UNKNOWN COMMAND\r\n";
+                }
+                return;
+            }
+            requests.push_back({s.id(), std::string(s.line())});
+            if (how != mode::answer) {
+                held.push_back({false, s.defer()});
+                return;
+            }
+            if (cmd.kind != otpkv::command_kind::get) {
+                out += "OK\r\n";
+            } else if (cmd.key == "endless") {
+                out.append(endless_reply, 'x'); // and never a line end
+            } else if (cmd.key == "internal") {
+                out += "ERROR internal\r\n";
+                s.close_after_reply();
+            } else {
+                out.append(cmd.key).append("\r\nOK\r\n");
+                if (cmd.key == "close") {
+                    s.close_after_reply();
+                }
+            }
+        }
+    };
+
+    std::shared_ptr<state> state_;
+    std::shared_ptr<otpkv::server> server_;
+};
 
 } // namespace otpkv_test

@@ -303,10 +303,10 @@ TEST_CASE("shutdown: a child that ignores stop is killed after its own timeout")
     log.take();
     const auto before = std::chrono::steady_clock::now();
     CHECK(sup->stop() == exit_reason::shutdown());
-    const auto took = std::chrono::steady_clock::now() - before;
-    CHECK(took >= 100ms);
-    CHECK(took < 100ms + 50ms);
+    CHECK(std::chrono::steady_clock::now() - before >= 100ms); // it was given its timeout
     CHECK(stubborn->exited() == exit_reason::killed());
+    // Abandoned, not waited for: it still runs (A alone has finished) until released.
+    CHECK(kids.finished == 1);
     CHECK(log.take() == events{"stop A"});
     REQUIRE(kids.release("stubborn", 2));
 }
@@ -493,11 +493,12 @@ TEST_CASE("failed restarts: restart_child and delete_child refuse; terminate_chi
     CHECK(sup->restart_child("A").error().code == errc::restarting);
     CHECK(sup->delete_child("A").error().code == errc::restarting);
     CHECK(sup->terminate_child("A"));
-    // No retry is left pending: it stays stopped, and nothing tries to start it.
+    // No retry is left pending: it stays stopped, and nothing tries to start it. A retry
+    // already queued runs on the supervisor's thread before which_children is answered there,
+    // and only a retry that fails queues the next.
     const std::size_t attempts = log.size();
-    std::this_thread::sleep_for(20ms);
-    CHECK(log.size() == attempts);
     const auto list = sup->which_children();
+    CHECK(log.size() == attempts);
     CHECK_FALSE(list[0].pid);
     CHECK_FALSE(list[0].restarting);
     CHECK(sup->delete_child("A"));
@@ -567,10 +568,10 @@ TEST_CASE("no deadlock: a task terminating itself through its supervisor") {
             restart::temporary, shutdown);
         REQUIRE(pid);
         const auto child = sup->which_children().at(0).child;
-        const auto before = std::chrono::steady_clock::now();
         go = true;
-        const auto reason = exit_of(*child, 3s);
-        CHECK(std::chrono::steady_clock::now() - before < 2s);
+        // Stopped, not killed: the supervisor did not wait out a shutdown timeout for a
+        // child blocked on it (with `infinity` it would wait for ever, and exit_of give up).
+        const auto reason = exit_of(*child, 10s);
         CHECK(reason == exit_reason::shutdown());
         CHECK(answer == static_cast<int>(errc::shutting_down));
         CHECK(eventually([&] { return sup->count_children().specs == 0; }));
@@ -585,10 +586,9 @@ TEST_CASE("no deadlock: stopping a supervisor whose worker keeps calling it") {
         }
     }));
     const auto child = sup->which_children().at(0).child;
-    const auto before = std::chrono::steady_clock::now();
     CHECK(sup->stop() == exit_reason::shutdown());
-    CHECK(std::chrono::steady_clock::now() - before < 2s);
-    CHECK(child->exited() == exit_reason::shutdown()); // stopped, not killed
+    // Stopped, not killed: it did not wait out the worker's 5 s shutdown timeout.
+    CHECK(child->exited() == exit_reason::shutdown());
 }
 
 TEST_CASE("no deadlock: a supervisor whose last owner lets go on its own thread") {
@@ -660,11 +660,16 @@ TEST_CASE("a child supervisor that does not stop in time does not hold up its pa
     journal log;
     children kids(log);
     kids.control_of("stuck")->ignore_stop = true;
-    child_spec inner = supervisor::child("inner", {kids.spec("stuck", restart::permanent, 1s)});
+    // The inner supervisor waits for ever for its stuck child; the outer one gives the inner
+    // one 100 ms.
+    child_spec inner =
+        supervisor::child("inner", {kids.spec("stuck", restart::permanent, infinity)});
     inner.shutdown = 100ms;
     auto outer = supervisor::start({inner}).value();
-    const auto before = std::chrono::steady_clock::now();
+    const auto inner_sup = outer->which_children().at(0).child;
     CHECK(outer->stop() == exit_reason::shutdown());
-    CHECK(std::chrono::steady_clock::now() - before < 900ms); // not the grandchild's 1 s
+    // It returned while the inner supervisor still waits for its stuck child.
+    CHECK(inner_sup->exited() == exit_reason::killed());
+    CHECK(kids.finished == 0);
     REQUIRE(kids.release("stuck", 1));
 }
