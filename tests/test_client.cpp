@@ -559,6 +559,20 @@ TEST_CASE("node_client: a reply that never ends is a broken peer once past max_r
     client->stop();
 }
 
+TEST_CASE("node_client: a whole reply longer than max_reply is a broken peer too") {
+    fake_peer peer("n2");
+    auto options = quick(60s);
+    options.max_reply = 1024;
+    auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, options);
+    // The fake peer answers a GET with its key as the value: 2,000 bytes, whole at once.
+    CHECK(client->call(0, parse("GET b " + std::string(2000, 'k'))) == std::nullopt);
+    CHECK(client->call(0, parse("GET b " + std::string(1000, 'k'))) ==
+          std::string(1000, 'k') + "\r\nOK\r\n"); // within the limit: delivered
+    CHECK(peer.stats().accepted == 2);            // the broken connection, then a new one
+    CHECK(client->status(0) == node_status::up);
+    client->stop();
+}
+
 // ---------------------------------------------------------------------------------------
 // Streams (SUBSCRIBE)
 // ---------------------------------------------------------------------------------------
@@ -694,4 +708,12 @@ TEST_CASE("node_client: stop fails the requests in flight and ends the streams b
     CHECK(late.seen.take() == std::vector<std::string>{"refused (unavailable)"});
     CHECK(client->stop() == otpkv::exit_reason::shutdown()); // stopping again: the same
     CHECK(eventually([&] { return owner.connections() == 0; }));
+}
+
+TEST_CASE("node_client: stop exits with the reason it is given, once") {
+    auto client = start_client({}, quick(60s));
+    const auto maintenance = otpkv::exit_reason::shutdown("maintenance");
+    CHECK(client->stop(maintenance) == maintenance);
+    CHECK(client->wait() == maintenance);
+    CHECK(client->stop(otpkv::exit_reason::shutdown("later")) == maintenance);
 }

@@ -27,6 +27,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -128,9 +129,21 @@ class client_loop {
     std::uint64_t next_stream_id() noexcept {
         return next_stream_id_.fetch_add(1, std::memory_order_relaxed);
     }
-    void request_stop() noexcept {
+    /// From any thread; the first reason asked for is the one the loop exits with.
+    void request_stop(const exit_reason& why) {
+        {
+            const std::lock_guard lock(reason_mutex_);
+            if (!stop_reason_) {
+                stop_reason_ = why;
+            }
+        }
         stopping_.store(true, std::memory_order_release);
         wake_.notify();
+    }
+    /// The reason the loop was asked to stop with (shutdown when it was not asked).
+    exit_reason stop_reason() const {
+        const std::lock_guard lock(reason_mutex_);
+        return stop_reason_.value_or(exit_reason::shutdown());
     }
 
     void run();
@@ -164,6 +177,8 @@ class client_loop {
     std::vector<io_event> events_;
     std::shared_ptr<event_hub<node_event>> hub_ = std::make_shared<event_hub<node_event>>();
     std::atomic<bool> stopping_{false};
+    mutable std::mutex reason_mutex_;
+    std::optional<exit_reason> stop_reason_;
     std::atomic<std::uint64_t> next_stream_id_{1};
 
     mailbox<client_mail> mailbox_{wake_};
@@ -411,11 +426,11 @@ inline bool client_loop::deliver(peer_connection& c) {
     while (!c.waiting.empty()) {
         const std::string_view rest = std::string_view(c.in).substr(used);
         const std::size_t size = read_reply(c.waiting.front().kind, rest).size;
+        if ((size == 0 ? rest.size() : size) > options_.max_reply) {
+            broken(c); // no reply is that long: not a peer we understand
+            return false;
+        }
         if (size == 0) {
-            if (rest.size() > options_.max_reply) {
-                broken(c); // no reply is that long: not a peer we understand
-                return false;
-            }
             break;
         }
         awaited front = std::move(c.waiting.front());
@@ -683,13 +698,12 @@ inline result<std::shared_ptr<node_client>> node_client::start(std::vector<peer_
     try {
         c->loop_ = std::make_shared<detail::client_loop>(std::move(nodes), std::move(options));
         c->thread_.start([loop = c->loop_, signal = c->signal()] {
-            exit_reason why = exit_reason::shutdown();
             try {
                 loop->run();
+                signal->exit(loop->stop_reason());
             } catch (...) {
-                why = exit_reason::from_exception(std::current_exception());
+                signal->exit(exit_reason::from_exception(std::current_exception()));
             }
-            signal->exit(why);
         });
     } catch (...) {
         return c->start_failed(std::current_exception());
@@ -786,7 +800,7 @@ inline subscription node_client::monitor_nodes(std::function<void(const node_eve
 }
 
 inline exit_reason node_client::stop(exit_reason reason, timeout wait) {
-    loop_->request_stop();
+    loop_->request_stop(reason);
     if (thread_.is_current()) {
         return reason; // from a callback: the exit comes once it returns
     }
