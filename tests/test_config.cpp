@@ -483,6 +483,12 @@ TEST_CASE("config: config file errors name the file, the line and the key") {
     CHECK(error_of("bind = localhost\r\n") ==
           ":1: bind: expected an IPv4 or IPv6 address, got 'localhost'");
 
+    // A line past 1 MiB (a file with no line end, like /dev/zero) is refused, not read on.
+    CHECK(error_of("node = " + std::string(std::size_t{1} << 20, 'n') + "\n") ==
+          ":1: longer than 1048576 bytes");
+    // A line of exactly 1 MiB is read, and so is what follows it.
+    CHECK(error_of("#" + std::string((std::size_t{1} << 20) - 1, 'c') + "\nprot = 2\n") ==
+          ":2: unknown key 'prot'");
     CHECK(load({"--config", dir.path() + "/missing.conf"}).error ==
           "--config: cannot open '" + dir.path() + "/missing.conf'");
     CHECK(load({"--config", dir.path()}).error ==

@@ -343,6 +343,9 @@ template <class T>
     return "unknown key"; // not reached: the switch covers every key
 }
 
+/// The longest line a config file may have, in bytes.
+inline constexpr std::size_t max_config_line = std::size_t{1} << 20;
+
 /// Closes the file of a `std::unique_ptr<std::FILE, file_closer>`.
 struct file_closer {
     void operator()(std::FILE* f) const noexcept {
@@ -370,6 +373,10 @@ struct file_closer {
         line.clear();
         int c = 0;
         while ((c = std::getc(file.get())) != EOF && c != '\n') {
+            if (line.size() == max_config_line) { // /dev/zero, say: no config line is that long
+                return path + ":" + std::to_string(number + 1) + ": longer than " +
+                       std::to_string(max_config_line) + " bytes";
+            }
             line += static_cast<char>(c);
         }
         if (c == EOF && std::ferror(file.get()) != 0) {
