@@ -82,6 +82,22 @@ inline const std::string not_found = "NOT FOUND\r\n";
 inline const std::string unknown = "UNKNOWN COMMAND\r\n";
 inline const std::string too_long = "ERROR line too long\r\n";
 
+// The guide's session (its integration test), and the replies it gets, byte for byte.
+inline const std::string guide_requests = "UNKNOWN shopping\n"
+                                          "GET shopping eggs\n"
+                                          "CREATE shopping\n"
+                                          "PUT shopping eggs 3\n"
+                                          "GET shopping eggs\n"
+                                          "DELETE shopping eggs\n"
+                                          "GET shopping eggs\n";
+inline const std::string guide_replies = "UNKNOWN COMMAND\r\n"
+                                         "NOT FOUND\r\n"
+                                         "OK\r\n"
+                                         "OK\r\n"
+                                         "3\r\nOK\r\n"
+                                         "OK\r\n"
+                                         "\r\nOK\r\n";
+
 /// Why two byte strings differ, for a failure message: both sizes, the first differing
 /// offset, and the bytes around it (whole strings when they are short).
 inline std::string difference(std::string_view got, std::string_view expected) {

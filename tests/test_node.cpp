@@ -30,6 +30,8 @@
 using otpkv::exit_reason;
 using otpkv::process_id;
 using otpkv_test::eventually;
+using otpkv_test::guide_replies;
+using otpkv_test::guide_requests;
 using otpkv_test::journal;
 using otpkv_test::kv_client;
 using namespace std::chrono_literals;
@@ -102,21 +104,6 @@ bool accepting(std::uint16_t port) {
     ::close(fd);
     return connected;
 }
-
-const std::string guide_requests = "UNKNOWN shopping\n"
-                                   "GET shopping eggs\n"
-                                   "CREATE shopping\n"
-                                   "PUT shopping eggs 3\n"
-                                   "GET shopping eggs\n"
-                                   "DELETE shopping eggs\n"
-                                   "GET shopping eggs\n";
-const std::string guide_replies = "UNKNOWN COMMAND\r\n"
-                                  "NOT FOUND\r\n"
-                                  "OK\r\n"
-                                  "OK\r\n"
-                                  "3\r\nOK\r\n"
-                                  "OK\r\n"
-                                  "\r\nOK\r\n";
 
 } // namespace
 

@@ -17,6 +17,8 @@
 #include <thread>
 
 using otpkv_test::eventually;
+using otpkv_test::guide_replies;
+using otpkv_test::guide_requests;
 using otpkv_test::kv_client;
 using otpkv_test::loopback;
 using namespace std::chrono_literals;
@@ -29,21 +31,6 @@ std::shared_ptr<otpkv::server> start(std::shared_ptr<otpkv::registry> reg,
     REQUIRE(s.has_value());
     return std::move(s).value();
 }
-
-const std::string guide_requests = "UNKNOWN shopping\n"
-                                   "GET shopping eggs\n"
-                                   "CREATE shopping\n"
-                                   "PUT shopping eggs 3\n"
-                                   "GET shopping eggs\n"
-                                   "DELETE shopping eggs\n"
-                                   "GET shopping eggs\n";
-const std::string guide_replies = "UNKNOWN COMMAND\r\n"
-                                  "NOT FOUND\r\n"
-                                  "OK\r\n"
-                                  "OK\r\n"
-                                  "3\r\nOK\r\n"
-                                  "OK\r\n"
-                                  "\r\nOK\r\n";
 
 } // namespace
 

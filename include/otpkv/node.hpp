@@ -45,7 +45,7 @@ class node : public process {
     [[nodiscard]] static result<std::shared_ptr<node>>
     start(node_config config, supervisor_options root_options = {}, client_options client = {});
     /// Stops the tree if it still runs.
-    ~node() override;
+    inline ~node() override; // inline: see ~process
     node(const node&) = delete;
     node& operator=(const node&) = delete;
 
@@ -71,8 +71,8 @@ class node : public process {
 
     /// Stops the server (no new requests; connections closed), the task supervisor, then
     /// the registry and its buckets, each with its shutdown timeout; exits with `reason`.
-    exit_reason stop(exit_reason reason = exit_reason::shutdown(),
-                     timeout wait = infinity) override;
+    inline exit_reason stop(exit_reason reason = exit_reason::shutdown(),
+                            timeout wait = infinity) override;
 
   private:
     struct children {

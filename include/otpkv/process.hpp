@@ -362,7 +362,11 @@ class process {
   public:
     process(const process&) = delete;
     process& operator=(const process&) = delete;
-    virtual ~process();
+    // Declared inline here, not only where it is defined: a class whose virtual functions
+    // are all inline at its definition has no key function, so its vtable and virtual
+    // functions are emitted only where an object is made, not in every file that includes
+    // this header (Itanium C++ ABI). Every process below does the same.
+    inline virtual ~process();
 
     /// This process's id.
     [[nodiscard]] process_id id() const noexcept { return id_; }

@@ -81,7 +81,7 @@ class router : public process {
     [[nodiscard]] static result<std::shared_ptr<router>> start(std::shared_ptr<registry> reg,
                                                                router_options options = {});
     /// Stops it if it still runs.
-    ~router() override;
+    inline ~router() override; // inline: see ~process
     router(const router&) = delete;
     router& operator=(const router&) = delete;
 
@@ -127,8 +127,8 @@ class router : public process {
     [[nodiscard]] routed_reply erase(std::string_view bucket, std::string_view key);
 
     /// Stops the I/O thread: requests in flight fail as unavailable, relayed streams end.
-    exit_reason stop(exit_reason reason = exit_reason::shutdown(),
-                     timeout wait = default_shutdown) override;
+    inline exit_reason stop(exit_reason reason = exit_reason::shutdown(),
+                            timeout wait = default_shutdown) override;
 
   private:
     friend request_handler router_handler(std::shared_ptr<router> r);

@@ -132,14 +132,14 @@ class supervisor_base : public process {
     /// Stops (shutdown, waiting for ever) and joins the thread. On the supervisor's own
     /// thread, or after a stop that timed out, it asks for the shutdown and lets the
     /// thread finish it on its own.
-    ~supervisor_base() override;
+    inline ~supervisor_base() override; // inline: see ~process
 
     /// Terminates the children in reverse start order, then exits with `reason`. Waits up
     /// to `wait` (default `infinity`) for the exit; past it the supervisor is reported
     /// `killed` and finishes stopping its children on its own. From the supervisor's own
     /// thread (a start function, say) it asks for the shutdown and returns at once.
-    exit_reason stop(exit_reason reason = exit_reason::shutdown(),
-                     timeout wait = infinity) override;
+    inline exit_reason stop(exit_reason reason = exit_reason::shutdown(),
+                            timeout wait = infinity) override;
 
     /// Every child, in start order. Empty once the supervisor has exited.
     [[nodiscard]] std::vector<child_info> which_children();

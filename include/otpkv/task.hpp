@@ -44,11 +44,11 @@ class task final : public process {
     template <class F> [[nodiscard]] static std::shared_ptr<task> start(F f);
 
     /// See the class comment. Returns the reason the task exited with.
-    exit_reason stop(exit_reason reason = exit_reason::shutdown(),
-                     timeout wait = default_shutdown) override;
+    inline exit_reason stop(exit_reason reason = exit_reason::shutdown(),
+                            timeout wait = default_shutdown) override;
 
     /// Stops the task if it still runs (shutdown, 5000 ms), then joins its thread.
-    ~task() override;
+    inline ~task() override; // inline: see ~process
 
     task(const task&) = delete;
     task& operator=(const task&) = delete;

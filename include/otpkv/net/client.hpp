@@ -131,7 +131,7 @@ class node_client : public process {
     [[nodiscard]] static result<std::shared_ptr<node_client>> start(std::vector<peer_node> nodes,
                                                                     client_options options = {});
     /// Stops it if it still runs.
-    ~node_client() override;
+    inline ~node_client() override; // inline: see ~process
     node_client(const node_client&) = delete;
     node_client& operator=(const node_client&) = delete;
 
@@ -162,8 +162,8 @@ class node_client : public process {
     [[nodiscard]] subscription monitor_nodes(std::function<void(const node_event&)> callback);
 
     /// Stops the thread; requests in flight fail as unavailable, streams end.
-    exit_reason stop(exit_reason reason = exit_reason::shutdown(),
-                     timeout wait = default_shutdown) override;
+    inline exit_reason stop(exit_reason reason = exit_reason::shutdown(),
+                            timeout wait = default_shutdown) override;
 
   private:
     node_client() = default;

@@ -226,7 +226,7 @@ class server : public process {
     [[nodiscard]] static result<std::shared_ptr<server>> start(std::shared_ptr<registry> reg,
                                                                server_options options = {});
     /// Stops the server if it still runs.
-    ~server() override;
+    inline ~server() override; // inline: see ~process
     server(const server&) = delete;
     server& operator=(const server&) = delete;
 
@@ -239,8 +239,8 @@ class server : public process {
 
     /// Stops accepting, closes every connection (after one last attempt to send what each
     /// still has to send) and exits with `reason`, waiting up to `wait` for the loops.
-    exit_reason stop(exit_reason reason = exit_reason::shutdown(),
-                     timeout wait = default_shutdown) override;
+    inline exit_reason stop(exit_reason reason = exit_reason::shutdown(),
+                            timeout wait = default_shutdown) override;
 
   private:
     server() = default;
