@@ -10,7 +10,8 @@
 /// `killed` and abandoned (its thread is detached, never touched again).
 #pragma once
 
-#include <algorithm>
+#include <otpkv/detail/registration.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -324,20 +325,6 @@ class monitor_handle {
   public:
     /// Monitors nothing.
     monitor_handle() = default;
-    monitor_handle(monitor_handle&& other) noexcept
-        : signal_(std::move(other.signal_)), id_(std::exchange(other.id_, 0)) {}
-    monitor_handle& operator=(monitor_handle&& other) noexcept {
-        if (this != &other) {
-            cancel();
-            signal_ = std::move(other.signal_);
-            id_ = std::exchange(other.id_, 0);
-        }
-        return *this;
-    }
-    monitor_handle(const monitor_handle&) = delete;
-    monitor_handle& operator=(const monitor_handle&) = delete;
-    /// Cancels.
-    ~monitor_handle() { cancel(); }
 
     /// After this returns, the callback will not run: if it was not yet called it never
     /// will be, and if it is running on another thread this waits for it to return (from
@@ -347,10 +334,9 @@ class monitor_handle {
   private:
     friend class process;
     monitor_handle(std::shared_ptr<detail::exit_signal> signal, std::uint64_t id) noexcept
-        : signal_(std::move(signal)), id_(id) {}
+        : registration_(std::move(signal), id) {}
 
-    std::shared_ptr<detail::exit_signal> signal_;
-    std::uint64_t id_ = 0;
+    detail::registration<detail::exit_signal> registration_; // cancels when dropped
 };
 
 /// Anything a supervisor can hold: it has an id, exits exactly once with a reason, can be
@@ -641,7 +627,13 @@ class process_threads {
 
   private:
     [[nodiscard]] bool current_locked() const noexcept {
-        return std::find(ids_.begin(), ids_.end(), std::this_thread::get_id()) != ids_.end();
+        const std::thread::id self = std::this_thread::get_id();
+        for (const std::thread::id id : ids_) {
+            if (id == self) {
+                return true;
+            }
+        }
+        return false;
     }
 
     mutable std::mutex mutex_;
@@ -728,11 +720,7 @@ inline bad_result_access::bad_result_access(otpkv::error e) : error_(std::move(e
 }
 
 inline void monitor_handle::cancel() noexcept {
-    if (signal_ && id_ != 0) {
-        signal_->cancel(id_);
-    }
-    signal_.reset();
-    id_ = 0;
+    registration_.cancel();
 }
 
 inline process::process()

@@ -228,9 +228,7 @@ inline result<std::shared_ptr<router>> router::start(std::shared_ptr<otpkv::regi
 }
 
 inline router::~router() {
-    if (client_ != nullptr) {
-        stop_if_alive();
-    }
+    stop_if_alive(); // not after a failed start: that exit is recorded already
 }
 
 inline const std::vector<peer_node>& router::nodes() const noexcept {

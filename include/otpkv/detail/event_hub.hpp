@@ -12,6 +12,8 @@
 /// subscriber's callbacks never run at the same time on two threads.
 #pragma once
 
+#include <otpkv/detail/registration.hpp>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -30,7 +32,7 @@ namespace detail {
 class hub_base {
   public:
     virtual ~hub_base() = default;
-    virtual void unsubscribe(std::uint64_t id) noexcept = 0;
+    virtual void cancel(std::uint64_t id) noexcept = 0;
 
   protected:
     hub_base() = default;
@@ -50,39 +52,18 @@ class subscription {
     subscription() noexcept = default;
     /// A subscription to `hub`, as `id`.
     subscription(std::shared_ptr<detail::hub_base> hub, std::uint64_t id) noexcept
-        : hub_(std::move(hub)), id_(id) {}
-    subscription(subscription&& other) noexcept
-        : hub_(std::move(other.hub_)), id_(std::exchange(other.id_, 0)) {}
-    subscription& operator=(subscription&& other) noexcept {
-        if (this != &other) {
-            cancel();
-            hub_ = std::move(other.hub_);
-            id_ = std::exchange(other.id_, 0);
-        }
-        return *this;
-    }
-    subscription(const subscription&) = delete;
-    subscription& operator=(const subscription&) = delete;
-    /// Cancels.
-    ~subscription() { cancel(); }
+        : registration_(std::move(hub), id) {}
 
     /// True while subscribed (a subscriber dropped because its callback threw still counts
     /// until cancelled: the handle cannot know).
-    [[nodiscard]] bool active() const noexcept { return hub_ != nullptr; }
+    [[nodiscard]] bool active() const noexcept { return registration_.active(); }
 
     /// After this returns, the callback is not called again; if it is running on another
     /// thread, this waits for it to return (from inside the callback, it returns at once).
-    void cancel() noexcept {
-        if (hub_) {
-            hub_->unsubscribe(id_);
-            hub_.reset();
-            id_ = 0;
-        }
-    }
+    void cancel() noexcept { registration_.cancel(); }
 
   private:
-    std::shared_ptr<detail::hub_base> hub_;
-    std::uint64_t id_ = 0;
+    detail::registration<detail::hub_base> registration_; // cancels when dropped
 };
 
 namespace detail {
@@ -163,7 +144,7 @@ class event_hub final : public hub_base, public std::enable_shared_from_this<eve
         idle_.wait(lock, [&] { return !draining_ && queue_.empty(); });
     }
 
-    void unsubscribe(std::uint64_t id) noexcept override {
+    void cancel(std::uint64_t id) noexcept override {
         std::shared_ptr<subscriber> s = remove(id);
         if (s) {
             // Waits for a callback running on another thread; recursive, so a callback

@@ -712,10 +712,8 @@ inline result<std::shared_ptr<node_client>> node_client::start(std::vector<peer_
 }
 
 inline node_client::~node_client() {
-    if (loop_ != nullptr) {
-        stop_if_alive();
-        thread_.release();
-    }
+    stop_if_alive(); // not after a failed start: that exit is recorded already
+    thread_.release();
 }
 
 inline const std::vector<peer_node>& node_client::nodes() const noexcept {
