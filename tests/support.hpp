@@ -50,11 +50,22 @@ inline bool eventually(const std::function<bool()>& done, std::chrono::milliseco
 class journal {
   public:
     void add(std::string event) {
-        const std::lock_guard lock(mutex_);
-        events_.push_back(std::move(event));
+        {
+            const std::lock_guard lock(mutex_);
+            events_.push_back(std::move(event));
+        }
+        added_.notify_all();
     }
     std::vector<std::string> take() {
         const std::lock_guard lock(mutex_);
+        return std::exchange(events_, {});
+    }
+    // Takes the events once there are at least `count` (or 10 s have passed): an event is
+    // recorded on the thread that publishes it, which may be a moment after the state
+    // change a test waited for (a node_client's status changes before it publishes).
+    std::vector<std::string> take(std::size_t count) {
+        std::unique_lock lock(mutex_);
+        added_.wait_for(lock, std::chrono::seconds(10), [&] { return events_.size() >= count; });
         return std::exchange(events_, {});
     }
     std::size_t size() {
@@ -64,6 +75,7 @@ class journal {
 
   private:
     std::mutex mutex_;
+    std::condition_variable added_;
     std::vector<std::string> events_;
 };
 
