@@ -18,6 +18,8 @@ namespace detail {
 /// A callable that may be moved but not copied (C++23's `std::move_only_function`, for
 /// C++20): what a forwarded request's reply is handed to, since that usually owns a
 /// move-only `deferred_reply`.
+///
+/// Thread safety: none of its own; one callable is called by one thread at a time.
 template <class Signature> class unique_function;
 template <class R, class... Args> class unique_function<R(Args...)> {
   public:

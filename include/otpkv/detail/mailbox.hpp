@@ -16,6 +16,9 @@ namespace detail {
 
 /// What other threads hand an I/O thread, woken through its `wake_pipe` when the first item
 /// arrives (one wake-up for a burst). The thread takes everything at once.
+///
+/// Thread safety: `post` from any thread; `take` and `close` from the I/O thread that owns
+/// it (each takes the mailbox's lock, so they are safe from anywhere).
 template <class T> class mailbox {
   public:
     explicit mailbox(const wake_pipe& wake) noexcept : wake_(wake) {}
