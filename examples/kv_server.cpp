@@ -9,10 +9,12 @@
 //
 // Exit codes: 0 after a signal (a graceful stop takes well under 5 s), 1 when the node
 // cannot start (the port is in use, say) or its supervision tree gives up, 2 for a bad flag
-// or value (the message names it).
+// or value (the message names it). SIGHUP is ignored: a node started in the background
+// from a terminal outlives the terminal (stop it with SIGTERM or SIGINT).
 #include <otpkv/config.hpp>
 #include <otpkv/node.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -26,6 +28,14 @@ namespace {
 int fail(const std::string& message, int code) {
     std::fprintf(stderr, "kv_server: %s\n", message.c_str());
     return code;
+}
+
+// What the operator reads when the node cannot start: the sentence of the error itself
+// ("cannot listen on 127.0.0.1:4040: Address already in use"), not its Erlang form.
+std::string start_failure(const otpkv::exit_reason& why) {
+    return why.what() == otpkv::exit_reason::kind::error && !why.detail().empty()
+               ? why.detail()
+               : otpkv::to_string(why);
 }
 
 } // namespace
@@ -54,10 +64,22 @@ int main(int argc, char** argv) {
     sigaddset(&stop_signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
+    std::signal(SIGHUP, SIG_IGN);
 
-    auto started = otpkv::node::start(loaded.config);
+    const otpkv::node_config& config = loaded.config;
+    if (!config.routes.empty() &&
+        std::none_of(config.routes.begin(), config.routes.end(),
+                     [&](const otpkv::route_entry& e) { return e.node == config.node; })) {
+        // Legal (a node may only forward), but far more often a typo in --node or a route.
+        std::fprintf(stderr,
+                     "kv_server: warning: node %s is in no route, so it owns no bucket: every "
+                     "request it gets is forwarded\n",
+                     config.node.c_str());
+    }
+
+    auto started = otpkv::node::start(config);
     if (!started) {
-        return fail(otpkv::to_string(started.error().reason), 1);
+        return fail(start_failure(started.error().reason), 1);
     }
     const std::shared_ptr<otpkv::node> node = std::move(started).value();
     std::printf("%s\n", node->ready_line().c_str());

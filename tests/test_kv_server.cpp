@@ -402,7 +402,8 @@ TEST_CASE("kv_server: a port in use exits 1 with a message; the first server is 
     CHECK_MESSAGE(st.exited, st.describe());
     CHECK(st.signal == 0);
     CHECK(st.code == 1);
-    CHECK_MESSAGE(st.err.find(port) != std::string::npos, "stderr: " << st.err);
+    // The sentence the README shows, not the exit reason's `{error, ...}` form.
+    CHECK(st.err == "kv_server: cannot listen on 127.0.0.1:" + port + ": Address already in use\n");
     CHECK(st.out.empty());
     kv_client c(first.port());
     OTPKV_CHECK_EXCHANGE(c, "CREATE x\r\nPUT x k v\r\nGET x k\r\n", ok + ok + "v\r\nOK\r\n");
@@ -438,6 +439,44 @@ TEST_CASE("kv_server: SIGTERM and SIGINT stop it with exit code 0 within 5 s") {
             c->read_to_eof(2s);
             CHECK(c->end() != kv_client::ending::timeout);
         }
+    }
+}
+
+TEST_CASE("kv_server: SIGHUP is ignored: the node goes on serving, and SIGTERM still stops it") {
+    kv_process server;
+    kv_client before(server.port());
+    OTPKV_CHECK_EXCHANGE(before, "CREATE h\r\nPUT h k 1\r\n", ok + ok);
+    REQUIRE(::kill(server.pid(), SIGHUP) == 0);
+    // A new connection and the old one are both served after the hangup.
+    kv_client after(server.port());
+    OTPKV_CHECK_EXCHANGE(after, "GET h k\r\n", "1\r\nOK\r\n");
+    OTPKV_CHECK_EXCHANGE(before, "PUT h k 2\r\nGET h k\r\n", ok + "2\r\nOK\r\n");
+    CHECK(server.running());
+    const otpkv_test::exit_status st = server.stop(SIGTERM);
+    CHECK_MESSAGE(st.clean(), st.describe());
+    CHECK(st.err.empty());
+}
+
+TEST_CASE("kv_server: a node named in no route of its table starts, with a warning") {
+    {
+        kv_process lonely({"--node", "n9", "--route", "a-z=n1@127.0.0.1:1"});
+        kv_client c(lonely.port());
+        // It forwards what n1 owns (n1 is not there) and has no route for the rest.
+        OTPKV_CHECK_EXCHANGE(c, "CREATE x\r\nCREATE 0\r\n",
+                             "ERROR node n1 unavailable\r\nERROR no route\r\n");
+        const otpkv_test::exit_status st = lonely.stop(SIGTERM);
+        CHECK_MESSAGE(st.clean(), st.describe());
+        CHECK(st.err == "kv_server: warning: node n9 is in no route, so it owns no bucket: every "
+                        "request it gets is forwarded\n");
+    }
+    // Named in a route, or with no table at all (a single node owning everything): no warning.
+    for (const std::vector<std::string>& args :
+         {std::vector<std::string>{"--node", "n1", "--route", "a-z=n1@127.0.0.1:1"},
+          std::vector<std::string>{"--node", "n9"}}) {
+        kv_process quiet(args);
+        const otpkv_test::exit_status st = quiet.stop(SIGTERM);
+        CHECK_MESSAGE(st.clean(), st.describe());
+        CHECK(st.err.empty());
     }
 }
 

@@ -3,8 +3,10 @@
 // block of the README appears here line for line, so the README cannot drift from code
 // that builds and works.
 #include <otpkv/command.hpp>
+#include <otpkv/net/client.hpp>
 #include <otpkv/node.hpp>
 #include <otpkv/registry.hpp>
+#include <otpkv/router.hpp>
 #include <otpkv/supervisor.hpp>
 #include <otpkv/task.hpp>
 
@@ -92,4 +94,50 @@ TEST_CASE("README: A node in your own program") {
     node->stop();                         // server, tasks, then registry and buckets
     CHECK(line == "otpkv node n1 listening on 127.0.0.1:" + std::to_string(node->port()));
     CHECK_FALSE(node->alive());
+}
+
+// The README shows options set by designated initializers (`{.self = "n1", .routes = ...}`).
+// Every public aggregate takes them naming any subset of its fields, with no
+// -Wmissing-field-initializers under -Wextra (this file is built with -Werror in CI), and
+// the fields not named keep their documented defaults.
+TEST_CASE("README: public aggregates take designated initializers naming some fields") {
+    const std::vector<otpkv::route_entry> routes{{'a', 'z', "n1", "127.0.0.1", 4040}};
+    const otpkv::router_options router{.self = "n1", .routes = routes};
+    CHECK(router.client.connections == 2);
+    CHECK(router.client.self == "nonode");
+    const otpkv::client_options client{.self = "n2"};
+    CHECK(client.heartbeat == std::chrono::milliseconds(1000));
+    const otpkv::server_options server{.port = 0};
+    CHECK(server.bind == "127.0.0.1");
+    CHECK(server.max_connections == 10000);
+    const otpkv::node_config node{.node = "n3"};
+    CHECK(node.routes.empty());
+    CHECK(node.port == 4040);
+    const otpkv::peer_node peer{.name = "n4"};
+    CHECK(peer.host.empty());
+    CHECK(peer.port == 0);
+    const otpkv::route_entry route{.node = "n5"};
+    CHECK(route.host.empty());
+    const otpkv::node_event event{.node = "n6"};
+    CHECK_FALSE(event.up);
+    const otpkv::stream_callbacks callbacks{.data = [](std::string_view) { return true; }};
+    CHECK_FALSE(callbacks.refused);
+    const otpkv::command cmd{.bucket = "b"};
+    CHECK(cmd.kind == otpkv::command_kind::unknown);
+    const otpkv::child_spec child{.id = "c"};
+    CHECK(child.restart == otpkv::restart::permanent);
+    const otpkv::supervisor_options sup{.max_restarts = 5};
+    CHECK(sup.strategy == otpkv::strategy::one_for_one);
+    const otpkv::registry_options registry{.max_buckets = 7};
+    CHECK(registry.max_buckets == 7);
+    const otpkv::bucket_options bucket{.shards = 4};
+    CHECK(bucket.shards == 4);
+    const otpkv::registry_event created{.name = "b"};
+    CHECK(created.name == "b");
+    const otpkv::routed_reply reply{.value = "v"};
+    CHECK(reply.node.empty());
+    const otpkv::reply_view view{.size = 3};
+    CHECK(view.value.empty());
+    const otpkv::child_info info{.id = "i"};
+    CHECK(info.id == "i");
 }

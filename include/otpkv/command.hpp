@@ -385,10 +385,10 @@ struct reply_view {
 /// A reply a host program got (through the router, say), parsed, with its bytes kept.
 struct routed_reply {
     reply_kind kind = reply_kind::error;     ///< its shape
-    std::string value;                       ///< `value`: the value (empty: key absent)
+    std::string value{};                     ///< `value`: the value (empty: key absent)
     error_code error = error_code::internal; ///< `error`: which
-    std::string node;                        ///< `error`/`node_unavailable`: the node
-    std::string bytes;                       ///< exactly as on the wire
+    std::string node{};                      ///< `error`/`node_unavailable`: the node
+    std::string bytes{};                     ///< exactly as on the wire
 
     /// True for `OK` and a GET's value.
     [[nodiscard]] bool ok() const noexcept {

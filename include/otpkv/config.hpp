@@ -109,7 +109,7 @@ struct node_config {
     /// given explicitly) means `std::thread::hardware_concurrency()`.
     unsigned threads = 0;
     /// `--route ...`, in the order given; empty: every bucket is local.
-    std::vector<route_entry> routes;
+    std::vector<route_entry> routes{};
     /// `--max-line BYTES`: longest request line, terminator not counted; at least 1.
     std::size_t max_line = default_max_line;
     /// `--max-connections N`: most connections open at once; at least 1.

@@ -51,10 +51,10 @@ enum class registry_event_kind : std::uint8_t {
 
 /// A registry event (the 2014 guide's GenEvent notifications).
 struct registry_event {
-    registry_event_kind kind; ///< created or exited
-    std::string name;         ///< the bucket's name
-    process_id id;            ///< the bucket's process id
-    exit_reason reason{};     ///< `exited`: why
+    registry_event_kind kind{}; ///< created or exited
+    std::string name{};         ///< the bucket's name
+    process_id id{};            ///< the bucket's process id
+    exit_reason reason{};       ///< `exited`: why
 };
 
 /// Names buckets; a name disappears by itself when its bucket exits. A process: stopping it

@@ -32,8 +32,8 @@ inline namespace v0 {
 struct route_entry {
     unsigned char first = 0; ///< lowest first byte of the bucket names this entry covers
     unsigned char last = 0;  ///< highest first byte covered (`first <= last`)
-    std::string node;        ///< the owner node's name
-    std::string host;        ///< the owner's IPv4 or IPv6 literal (no brackets) or host name
+    std::string node{};      ///< the owner node's name
+    std::string host{};      ///< the owner's IPv4 or IPv6 literal (no brackets) or host name
     std::uint16_t port = 0;  ///< the owner's TCP port, 1 to 65535
 
     /// Equal when every field is.

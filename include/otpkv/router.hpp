@@ -55,7 +55,7 @@ struct router_options {
     std::vector<route_entry> routes;
     /// Timeouts, retries and pool size of the connections to other nodes (`self` is taken
     /// from above).
-    client_options client;
+    client_options client{};
 };
 
 /// Where a bucket's requests go.

@@ -78,10 +78,10 @@ enum class child_type : std::uint8_t { worker, supervisor };
 /// How to start and treat one child (OTP's child specification).
 struct child_spec {
     /// Unique among a supervisor's children (ignored by dynamic supervisors).
-    std::string id;
+    std::string id{};
     /// Starts the child and returns it running. Throwing, or returning nothing, is a
     /// failure to start (the exception becomes the reason).
-    std::function<std::shared_ptr<process>()> start;
+    std::function<std::shared_ptr<process>()> start{};
     /// When to restart it.
     otpkv::restart restart = otpkv::restart::permanent;
     /// How long to wait for it to stop; unset: 5000 ms for a worker, `infinity` for a
@@ -93,11 +93,11 @@ struct child_spec {
 
 /// One child, as `which_children` reports it.
 struct child_info {
-    std::string id;                 ///< the spec's id (empty under a dynamic supervisor)
-    process_id pid;                 ///< the running process; none when not running
-    std::shared_ptr<process> child; ///< the running process itself; null when not running
-    child_type type;                ///< worker or supervisor
-    bool restarting;                ///< a restart failed and will be tried again
+    std::string id{};                 ///< the spec's id (empty under a dynamic supervisor)
+    process_id pid{};                 ///< the running process; none when not running
+    std::shared_ptr<process> child{}; ///< the running process itself; null when not running
+    child_type type{};                ///< worker or supervisor
+    bool restarting{};                ///< a restart failed and will be tried again
 };
 
 /// What `count_children` reports.

@@ -49,8 +49,8 @@ inline namespace v0 {
 
 /// Where another node is.
 struct peer_node {
-    std::string name;       ///< its node name (what it answers the greeting with)
-    std::string host;       ///< an IPv4 or IPv6 literal, or a host name
+    std::string name{};     ///< its node name (what it answers the greeting with)
+    std::string host{};     ///< an IPv4 or IPv6 literal, or a host name
     std::uint16_t port = 0; ///< its TCP port
 
     /// Equal when every field is.
@@ -83,8 +83,8 @@ struct client_options {
 
 /// A node went up or down (`monitor_nodes`).
 struct node_event {
-    std::string node; ///< its name
-    bool up = false;  ///< true: now up (connected and greeted); false: now down
+    std::string node{}; ///< its name
+    bool up = false;    ///< true: now up (connected and greeted); false: now down
 };
 
 /// A node's state as the client sees it.
@@ -103,14 +103,14 @@ using reply_callback = detail::unique_function<void(std::optional<std::string> r
 struct stream_callbacks {
     /// The owner did not subscribe: its reply (`NOT FOUND\r\n`, ...) or nullopt when the
     /// node is unavailable. Nothing else follows.
-    std::function<void(std::optional<std::string> reply)> refused;
+    std::function<void(std::optional<std::string> reply)> refused{};
     /// The owner subscribed (the stream's id, as `subscribe` returned it): events follow.
-    std::function<void(std::uint64_t id)> subscribed;
+    std::function<void(std::uint64_t id)> subscribed{};
     /// Event bytes as they arrive. Returning false closes the stream (`ended` is not
     /// called).
-    std::function<bool(std::string_view bytes)> data;
+    std::function<bool(std::string_view bytes)> data{};
     /// The stream ended: the bucket exited, or the owner went away, or the client stopped.
-    std::function<void()> ended;
+    std::function<void()> ended{};
 };
 
 namespace detail {
