@@ -28,14 +28,6 @@ std::string big(const std::string& tag) {
     return tag + std::string(60, '#');
 }
 
-// `prefix` followed by `i` in decimal. Built by appending: GCC 12 at -O3 warns
-// (-Wrestrict, a false positive: its bug 105651) on `"n" + std::to_string(i)`.
-std::string numbered(char prefix, int i) {
-    std::string s(1, prefix);
-    s += std::to_string(i);
-    return s;
-}
-
 std::map<std::string, std::string> contents(const sbucket& b) {
     std::map<std::string, std::string> out;
     b.for_each([&](const std::string& k, const std::string& v) {
@@ -473,14 +465,14 @@ TEST_CASE("retired tables and nodes are all freed after churn") {
         auto b = sbucket::start(otpkv::bucket_options{2});
         std::thread other([&] {
             for (int i = 0; i < 20000; ++i) {
-                b->put(numbered('n', i % 500), big(std::to_string(i)));
-                (void)b->get(numbered('n', (i * 7) % 500));
+                b->put("n" + std::to_string(i % 500), big(std::to_string(i)));
+                (void)b->get("n" + std::to_string((i * 7) % 500));
             }
         });
         for (int i = 0; i < 20000; ++i) {
-            b->put(numbered('m', i), big(std::to_string(i)));
+            b->put("m" + std::to_string(i), big(std::to_string(i)));
             if (i % 3 == 0) {
-                b->erase(numbered('m', i / 2));
+                b->erase("m" + std::to_string(i / 2));
             }
         }
         other.join();
