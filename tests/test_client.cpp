@@ -364,6 +364,61 @@ TEST_CASE("node_client: a hung node delays no other node") {
     CHECK(replies.take() == std::vector<std::string>(3, "(unavailable)"));
 }
 
+TEST_CASE("node_client: a peer whose reply is not the one for the oldest request loses that "
+          "connection: its requests fail as unavailable, none gets another's reply") {
+    // The fake peer's faults (support.hpp): a reply sent twice, a stray line after a reply,
+    // a reply tagged with the next request's id.
+    for (const std::string fault : {"extra", "stray", "wrongid"}) {
+        INFO("the peer's fault: " << fault);
+        fake_peer peer("n2");
+        peer.set_mode(fake_peer::mode::hang);
+        auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, quick(60s));
+        journal replies;
+        // One connection: the faulty reply's request first, two more in flight behind it.
+        client->request(0, "GET b " + fault + "\r\n", command_kind::get, 0, into(replies));
+        client->request(0, "GET b k1\r\n", command_kind::get, 0, into(replies));
+        client->request(0, "GET b k2\r\n", command_kind::get, 0, into(replies));
+        REQUIRE(eventually([&] { return peer.requests().size() == 3; }));
+        peer.release(); // all three replies, in order, the fault among them
+        std::vector<std::string> expected(3, "(unavailable)");
+        if (fault != "wrongid") {
+            expected[0] = fault + "\r\nOK\r\n"; // its own reply came right
+        }
+        CHECK(replies.take(3) == expected);
+        // That connection is closed; later requests go over a new one, and work.
+        peer.set_mode(fake_peer::mode::answer);
+        CHECK(client->call(0, parse("GET b k3")) == "k3\r\nOK\r\n");
+        CHECK(client->call(0, parse("GET b k4")) == "k4\r\nOK\r\n");
+        CHECK(peer.greetings().size() == 2);
+        CHECK(peer.stats().accepted == 2);
+        CHECK(client->status(0) == node_status::up);
+        client->stop();
+        CHECK(replies.size() == 0); // nothing else was delivered, to anyone
+    }
+}
+
+TEST_CASE("node_client: requests and heartbeats carry increasing ids; replies are framed once, "
+          "with their outcome") {
+    fake_peer peer("n2");
+    otpkv::client_options o = quick(5s);
+    o.heartbeat = 20ms;
+    auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, o);
+    std::promise<std::optional<otpkv::framed_reply>> got;
+    client->request(0, "GET b internal\r\n", command_kind::get, 0,
+                    [&got](std::optional<otpkv::framed_reply> r) { got.set_value(std::move(r)); });
+    const auto framed = got.get_future().get();
+    REQUIRE(framed.has_value());
+    CHECK(framed->bytes == "ERROR internal\r\n");
+    CHECK(framed->outcome ==
+          otpkv::reply_outcome{otpkv::reply_kind::error, otpkv::error_code::internal});
+    CHECK(otpkv::closes_connection(framed->outcome));
+    CHECK(client->call(0, parse("GET b v")) == "v\r\nOK\r\n");
+    CHECK(eventually([&] { return peer.heartbeats() >= 2; }));
+    CHECK(client->call(0, parse("PUT b k v")) == "OK\r\n"); // after heartbeats: still matched
+    CHECK(client->status(0) == node_status::up);
+    client->stop();
+}
+
 // ---------------------------------------------------------------------------------------
 // Nodes, connections and replies
 // ---------------------------------------------------------------------------------------

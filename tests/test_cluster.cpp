@@ -28,6 +28,7 @@
 
 using namespace std::string_literals;
 using namespace std::chrono_literals;
+using otpkv_test::answered;
 using otpkv_test::escaped;
 using otpkv_test::exchange_each;
 using otpkv_test::exchange_pipelined;
@@ -43,6 +44,7 @@ using otpkv_test::row;
 using otpkv_test::steady;
 using otpkv_test::stop_cleanly;
 using otpkv_test::subscribe_synced;
+using otpkv_test::tagged;
 using otpkv_test::unknown;
 using otpkv_test::until;
 
@@ -374,13 +376,14 @@ TEST_CASE("cluster: every command through every node, for buckets of every node;
             for (std::size_t at = 0; at < 3; ++at) {
                 INFO("asking " << c.name(at));
                 OTPKV_CHECK_EXCHANGE(plain[at], get, stored);
-                OTPKV_CHECK_EXCHANGE(peers[at], get, at == owner ? stored : not_found);
+                OTPKV_CHECK_EXCHANGE(peers[at], tagged(get),
+                                     answered(at == owner ? stored : not_found));
             }
         }
     }
     for (std::size_t at = 0; at < 3; ++at) {
-        OTPKV_CHECK_EXCHANGE(peers[at], "GET shopping eggs\r\n",
-                             at == 2 ? value_reply("") : not_found);
+        OTPKV_CHECK_EXCHANGE(peers[at], tagged("GET shopping eggs\r\n"),
+                             answered(at == 2 ? value_reply("") : not_found));
     }
 
     {
@@ -724,8 +727,8 @@ TEST_CASE("cluster: routing tables that disagree: a forwarded request runs where
         // It lives on n2 only.
         kv_client peer1 = c.peer(0);
         kv_client peer2 = c.peer(1);
-        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", value_reply("from-n1"));
-        OTPKV_CHECK_EXCHANGE(peer1, "GET apple k\r\n", not_found);
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET apple k\r\n"), answered(value_reply("from-n1")));
+        OTPKV_CHECK_EXCHANGE(peer1, tagged("GET apple k\r\n"), answered(not_found));
         // Through n2 the same name goes to n1, where it does not exist; created through n2 it
         // lives on n1. Two buckets of one name, one per node, each reached from the other.
         exchange_each(via2, {
@@ -734,8 +737,8 @@ TEST_CASE("cluster: routing tables that disagree: a forwarded request runs where
                                 {"PUT apple k from-n2\r\n", ok},
                                 {"GET apple k\r\n", value_reply("from-n2")},
                             });
-        OTPKV_CHECK_EXCHANGE(peer1, "GET apple k\r\n", value_reply("from-n2"));
-        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", value_reply("from-n1"));
+        OTPKV_CHECK_EXCHANGE(peer1, tagged("GET apple k\r\n"), answered(value_reply("from-n2")));
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET apple k\r\n"), answered(value_reply("from-n1")));
         // Both still serve, many times over (pipelined; a request that looped would never be
         // answered, and the exchange would fail when its wait runs out).
         std::string requests;
@@ -768,10 +771,10 @@ TEST_CASE("cluster: routing tables that disagree: a forwarded request runs where
                             });
         kv_client peer1 = c.peer(0);
         kv_client peer2 = c.peer(1);
-        OTPKV_CHECK_EXCHANGE(peer1, "GET apple k\r\n", value_reply("v"));
-        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", not_found);
-        OTPKV_CHECK_EXCHANGE(peer2, "GET november k\r\n", value_reply("w"));
-        OTPKV_CHECK_EXCHANGE(peer1, "GET november k\r\n", not_found);
+        OTPKV_CHECK_EXCHANGE(peer1, tagged("GET apple k\r\n"), answered(value_reply("v")));
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET apple k\r\n"), answered(not_found));
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET november k\r\n"), answered(value_reply("w")));
+        OTPKV_CHECK_EXCHANGE(peer1, tagged("GET november k\r\n"), answered(not_found));
         // n2 sends a-m to "n1" at its own port: it answers the greeting as n2, not n1, so
         // "n1" is down for n2; no request runs twice or loops.
         const auto asked = steady::now();
@@ -780,7 +783,8 @@ TEST_CASE("cluster: routing tables that disagree: a forwarded request runs where
         for (int i = 0; i < 3; ++i) {
             OTPKV_CHECK_EXCHANGE(via2, "PUT apple k x\r\n", unavailable("n1"));
         }
-        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", not_found); // still none on n2
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET apple k\r\n"),
+                             answered(not_found)); // still none on n2
         // Both still serve everything else.
         exchange_each(via2, {
                                 {"GET november k\r\n", value_reply("w")},
@@ -869,17 +873,27 @@ TEST_CASE("cluster: the peer greeting is answered with the node's name; that con
                                   {"OTPKV-PEER 1 x y\r\n", unknown},
                                   {"OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 " + c.name(i) + "\r\n"},
                                   // A bucket of n3's name (of n1's for n3), run right here.
-                                  {i == 2 ? "CREATE apeer\r\n" : "CREATE tpeer\r\n", ok},
+                                  {tagged(i == 2 ? "CREATE apeer\r\n" : "CREATE tpeer\r\n", 7),
+                                   answered(ok, 7)},
+                                  // Its heartbeat: an id alone.
+                                  {tagged("\r\n", 8), answered(unknown, 8)},
                               });
+        // After the greeting a line without an id is no request of a peer: it does not run,
+        // and the connection ends after `ERROR internal`.
+        OTPKV_CHECK_EXCHANGE(client, "CREATE tnoid\r\n", "ERROR internal\r\n");
+        CHECK(client.read_to_eof(2s) == "");
+        CHECK(client.end() == kv_client::ending::eof);
     }
     // Those buckets were made where the greeted connections were, not on their owners.
     kv_client via3 = c.client(2);
     kv_client via1 = c.client(0);
     OTPKV_CHECK_EXCHANGE(via3, "GET tpeer k\r\n", not_found);
     OTPKV_CHECK_EXCHANGE(via1, "GET apeer k\r\n", not_found);
+    OTPKV_CHECK_EXCHANGE(via3, "GET tnoid k\r\n", not_found);
     for (std::size_t i = 0; i < 3; ++i) {
         kv_client peer = c.peer(i);
-        OTPKV_CHECK_EXCHANGE(peer, i == 2 ? "GET apeer k\r\n" : "GET tpeer k\r\n", value_reply(""));
+        OTPKV_CHECK_EXCHANGE(peer, tagged(i == 2 ? "GET apeer k\r\n" : "GET tpeer k\r\n"),
+                             answered(value_reply("")));
     }
     c.stop();
 }

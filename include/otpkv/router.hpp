@@ -134,6 +134,7 @@ class router : public process {
     friend request_handler router_handler(std::shared_ptr<router> r);
     struct handler_state;
     router() = default;
+    void run_peer(session& s, std::string& out);
     void run_local(const command& cmd, std::string& out, session& s, bool peer);
     void forward(const command& cmd, std::size_t node, session& s);
     void forward_subscribe(const command& cmd, std::size_t node, session& s);
@@ -268,6 +269,10 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
     // The router holds no server, so this is no cycle.
     return [self = std::move(r)](const command& cmd, std::string& out, session& s) {
         std::uint64_t& context = s.context();
+        if (context == detail::peer_connection_mark) {
+            self->run_peer(s, out);
+            return;
+        }
         if (cmd.kind == command_kind::unknown) {
             if (parse_peer_greeting(s.line())) {
                 context = detail::peer_connection_mark;
@@ -275,10 +280,6 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
                 return;
             }
             append_reply(out, reply::unknown_command());
-            return;
-        }
-        if (context == detail::peer_connection_mark) {
-            self->run_local(cmd, out, s, true);
             return;
         }
         const route_target to = self->route(cmd.bucket);
@@ -304,6 +305,28 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
     };
 }
 
+inline void router::run_peer(session& s, std::string& out) {
+    // `<id> <request>` (command.hpp, "Between nodes"): run here, whatever the table says,
+    // behind the header `=<id>` that lets the relaying node match the reply to its request.
+    const auto request = parse_peer_request(s.line());
+    if (!request) {
+        // Not a line of this protocol: nothing of it runs, and the connection ends. The
+        // error is untagged, so the other node closes its side too.
+        append_reply(out, reply::error(error_code::internal));
+        s.close_after_reply();
+        return;
+    }
+    out.push_back(peer_reply_mark);
+    append_peer_id(out, request->id);
+    out.append("\r\n");
+    const command cmd = parse(request->rest);
+    if (cmd.kind == command_kind::unknown) {
+        append_reply(out, reply::unknown_command()); // a heartbeat, `<id>` alone, too
+        return;
+    }
+    run_local(cmd, out, s, true);
+}
+
 inline void router::run_local(const command& cmd, std::string& out, session& s, bool peer) {
     const reply_outcome outcome = run_in_session(cmd, *registry_, out, s);
     if (peer && outcome.kind == reply_kind::subscribed) {
@@ -313,14 +336,17 @@ inline void router::run_local(const command& cmd, std::string& out, session& s, 
 
 inline void router::forward(const command& cmd, std::size_t node, session& s) {
     const std::string_view name = client_->nodes()[node].name;
-    client_->request(
-        node, request_line(cmd), cmd.kind, s.id(),
-        [d = s.defer(), name, kind = cmd.kind](std::optional<std::string> reply) mutable {
-            std::string bytes = detail::relayed(std::move(reply), name);
-            // protocol.md's closing errors close the client's connection too.
-            const bool closes = closes_connection(read_reply(kind, bytes).outcome);
-            d.complete(std::move(bytes), closes);
-        });
+    client_->request(node, request_line(cmd), cmd.kind, s.id(),
+                     [d = s.defer(), name](std::optional<framed_reply> reply) mutable {
+                         if (!reply) {
+                             d.complete(detail::relayed(std::nullopt, name)); // does not close
+                             return;
+                         }
+                         // protocol.md's closing errors close the client's connection too. The
+                         // client framed the reply already: its outcome comes with it.
+                         const bool closes = closes_connection(reply->outcome);
+                         d.complete(std::move(reply->bytes), closes);
+                     });
 }
 
 /// What a relayed SUBSCRIBE's callbacks share (all on the client's thread).

@@ -98,6 +98,16 @@ enum class node_status : std::uint8_t {
 /// unavailable (down, unreachable, or not answering in time).
 using reply_callback = detail::unique_function<void(std::optional<std::string> reply)>;
 
+/// A reply as the client framed it off the wire: its exact bytes and what they say
+/// (`read_reply`'s outcome), so that whoever relays it need not read it again.
+struct framed_reply {
+    std::string bytes;     ///< the reply, exactly as the owner sent it (without the id header)
+    reply_outcome outcome; ///< its shape and error code
+};
+
+/// `reply_callback` with the reply's outcome: nullopt when the node is unavailable.
+using framed_callback = detail::unique_function<void(std::optional<framed_reply> reply)>;
+
 /// What a remote SUBSCRIBE reports (all on the client's thread, at most one of `refused`
 /// and `subscribed`, then any number of `data`, then at most one `ended`).
 struct stream_callbacks {
@@ -147,6 +157,10 @@ class node_client : public process {
     /// `affinity` use the same connection, so they run in order.
     void request(std::size_t node, std::string line, command_kind kind, std::uint64_t affinity,
                  reply_callback done);
+    /// `request`, handing over the reply with its outcome (the router relays it without
+    /// reading it again).
+    void request(std::size_t node, std::string line, command_kind kind, std::uint64_t affinity,
+                 framed_callback done);
     /// Sends `command` and blocks for the reply: its bytes, or nullopt when the node is
     /// unavailable. Not from the client's own thread (a callback): it would wait for itself.
     [[nodiscard]] std::optional<std::string> call(std::size_t node, const command& cmd,

@@ -44,9 +44,13 @@ using client_clock = std::chrono::steady_clock;
 /// One request sent (or queued) on a connection, waiting for its reply.
 struct awaited {
     command_kind kind = command_kind::unknown;
-    reply_callback done; // empty for the greeting
+    framed_callback done; // empty for the greeting
     client_clock::time_point deadline;
+    std::uint64_t id = 0; // the request id its reply's header must name; 0: the greeting's
 };
+
+/// The longest reply header a peer sends: `=` and 20 digits, CR LF.
+inline constexpr std::size_t max_peer_header = 23;
 
 /// One TCP connection to a peer: a pooled one, or a stream's own.
 struct peer_connection {
@@ -62,6 +66,7 @@ struct peer_connection {
     std::string backlog; // requests that wait for the greeting's answer
     std::string in;
     std::deque<awaited> waiting;          // replies owed, in order (the greeting's first)
+    std::uint64_t next_id = 1;            // the next request id (never reused on this object)
     client_clock::time_point last_used{}; // a request sent or a reply received
     bool dirty = false;                   // requests appended, to be sent once the mail is taken
 
@@ -90,7 +95,7 @@ struct client_mail {
     std::uint64_t affinity = 0; // request: which pooled connection; subscribe/cancel: id
     std::string line;           // request: the line; subscribe: the bucket
     command_kind command = command_kind::unknown;
-    reply_callback done;
+    framed_callback done;
     stream_callbacks callbacks;
     client_clock::time_point deadline{};
 };
@@ -242,15 +247,18 @@ inline void client_loop::take_mail() {
                 break;
             }
             peer_connection& c = *p->pool[m.affinity % p->pool.size()];
-            c.waiting.push_back({m.command, std::move(m.done), m.deadline});
+            const std::uint64_t id = c.next_id++;
+            c.waiting.push_back({m.command, std::move(m.done), m.deadline, id});
+            std::string& to = c.state == peer_connection::phase::ready ? c.out : c.backlog;
+            append_peer_id(to, id); // `<id> <request>`: its reply must name it
+            to.push_back(' ');
+            to.append(m.line);
             if (c.state == peer_connection::phase::ready) {
-                c.out.append(m.line);
                 if (!c.dirty) {
                     c.dirty = true;
                     dirty_.push_back(&c);
                 }
             } else {
-                c.backlog.append(m.line);
                 if (c.state == peer_connection::phase::closed) {
                     open(c);
                 }
@@ -267,7 +275,8 @@ inline void client_loop::take_mail() {
             s->stream_id = m.affinity;
             s->callbacks = std::move(m.callbacks);
             s->stream_deadline = m.deadline;
-            s->backlog = "SUBSCRIBE " + m.line + "\r\n";
+            s->backlog = "1 SUBSCRIBE " + m.line + "\r\n"; // the stream's request id 1
+            s->next_id = 2;
             peer_connection& c = *s;
             streams_.push_back(std::move(s));
             open(c);
@@ -423,10 +432,38 @@ inline void client_loop::read_replies(peer_connection& c) {
 
 inline bool client_loop::deliver(peer_connection& c) {
     std::size_t used = 0;
-    while (!c.waiting.empty()) {
+    while (true) {
         const std::string_view rest = std::string_view(c.in).substr(used);
-        const std::size_t size = read_reply(c.waiting.front().kind, rest).size;
-        if ((size == 0 ? rest.size() : size) > options_.max_reply) {
+        if (c.waiting.empty()) {
+            if (!rest.empty()) {
+                broken(c); // bytes nobody asked for: not a peer to trust with replies
+                return false;
+            }
+            break;
+        }
+        // A request's reply comes behind its header, `=<id>`, which must name the oldest
+        // request waiting here; the greeting's answer (id 0) has none.
+        std::size_t header = 0;
+        if (c.waiting.front().id != 0) {
+            const std::size_t end = rest.find('\n');
+            if (end == std::string_view::npos) {
+                if (rest.size() > max_peer_header) {
+                    broken(c);
+                    return false;
+                }
+                break;
+            }
+            const auto tag = parse_peer_reply(rest.substr(0, end + 1));
+            if (!tag || tag->mark != peer_reply_mark || tag->id != c.waiting.front().id) {
+                broken(c); // another id, or not a header: its replies cannot be matched
+                return false;
+            }
+            header = end + 1;
+        }
+        const std::string_view body = rest.substr(header);
+        const reply_view framed = read_reply(c.waiting.front().kind, body);
+        const std::size_t size = framed.size;
+        if ((size == 0 ? body.size() : size) > options_.max_reply) {
             broken(c); // no reply is that long: not a peer we understand
             return false;
         }
@@ -436,8 +473,8 @@ inline bool client_loop::deliver(peer_connection& c) {
         awaited front = std::move(c.waiting.front());
         c.waiting.pop_front();
         c.last_used = client_clock::now();
-        const std::string_view bytes = rest.substr(0, size);
-        used += size;
+        const std::string_view bytes = body.substr(0, size);
+        used += header + size;
         if (!front.done) {
             // The greeting's answer, or a stream's SUBSCRIBE acknowledgement.
             if (c.stream_id != 0 && c.state == peer_connection::phase::ready) {
@@ -479,7 +516,7 @@ inline bool client_loop::deliver(peer_connection& c) {
             // next; or the requests queued while connecting).
             c.state = peer_connection::phase::ready;
             if (c.stream_id != 0) {
-                c.waiting.push_back({command_kind::subscribe, {}, c.stream_deadline});
+                c.waiting.push_back({command_kind::subscribe, {}, c.stream_deadline, 1});
             } else {
                 node_up(c.node);
             }
@@ -491,7 +528,7 @@ inline bool client_loop::deliver(peer_connection& c) {
             }
             continue;
         }
-        front.done(std::string(bytes));
+        front.done(framed_reply{std::string(bytes), framed.outcome});
     }
     c.in.erase(0, used);
     return true;
@@ -625,9 +662,12 @@ inline int client_loop::check_timers() {
                        options_.heartbeat.count() > 0) {
                 const auto due = c->last_used + options_.heartbeat;
                 if (now >= due) {
-                    c->out.append("\r\n"); // answered `UNKNOWN COMMAND` by any node
-                    c->waiting.push_back({command_kind::unknown, [](std::optional<std::string>) {},
-                                          now + options_.request_timeout});
+                    // `<id>` alone: an empty request, answered `UNKNOWN COMMAND`.
+                    const std::uint64_t id = c->next_id++;
+                    append_peer_id(c->out, id);
+                    c->out.append("\r\n");
+                    c->waiting.push_back({command_kind::unknown, [](std::optional<framed_reply>) {},
+                                          now + options_.request_timeout, id});
                     c->last_used = now;
                     flush(*c);
                     if (c->fd) {
@@ -736,6 +776,14 @@ inline node_status node_client::status(std::size_t node) const noexcept {
 
 inline void node_client::request(std::size_t node, std::string line, command_kind kind,
                                  std::uint64_t affinity, reply_callback done) {
+    request(node, std::move(line), kind, affinity,
+            [done = std::move(done)](std::optional<framed_reply> reply) mutable {
+                done(reply ? std::optional<std::string>(std::move(reply->bytes)) : std::nullopt);
+            });
+}
+
+inline void node_client::request(std::size_t node, std::string line, command_kind kind,
+                                 std::uint64_t affinity, framed_callback done) {
     if (loop_->status(node) == node_status::down) {
         done(std::nullopt); // fail fast: it is being retried in the background
         return;
