@@ -16,10 +16,13 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -138,7 +141,10 @@ std::vector<node_spec> three_nodes() {
 // main thread, which the servers' PR_SET_PDEATHSIG is tied to).
 class cluster {
   public:
-    explicit cluster(std::vector<node_spec> specs) : specs_(std::move(specs)) {
+    // `flags`: more flags for some nodes, by index (`--max-connections 20`, ...).
+    explicit cluster(std::vector<node_spec> specs,
+                     std::map<std::size_t, std::vector<std::string>> flags = {})
+        : specs_(std::move(specs)), flags_(std::move(flags)) {
         nodes_.resize(specs_.size());
         frozen_.assign(specs_.size(), false);
         for (std::size_t i = 0; i < specs_.size(); ++i) {
@@ -233,6 +239,10 @@ class cluster {
             args.push_back("--route");
             args.push_back(r);
         }
+        const auto more = flags_.find(i);
+        if (more != flags_.end()) {
+            args.insert(args.end(), more->second.begin(), more->second.end());
+        }
         nodes_[i].reset();
         nodes_[i] = std::make_unique<kv_process>(args, std::vector<std::string>{}, false);
         REQUIRE(nodes_[i]->port() == s.port);
@@ -241,6 +251,7 @@ class cluster {
     }
 
     std::vector<node_spec> specs_;
+    std::map<std::size_t, std::vector<std::string>> flags_; // more flags of node i
     std::vector<std::unique_ptr<kv_process>> nodes_;
     std::vector<bool> frozen_;
 };
@@ -843,12 +854,13 @@ TEST_CASE("cluster: SUBSCRIBE through a node that does not own the bucket") {
         CHECK(probe.read_for(50ms).empty()); // no events for it
     }
 
-    // The owner dies: the relayed streams end (EOF), within the usual wait.
+    // The owner dies: each relayed subscriber is told, then its connection is closed (EOF),
+    // within the usual wait.
     const auto killed_at = steady::now();
     c.kill(2);
     const auto deadline = steady::now() + otpkv_test::default_wait;
     for (kv_client* sub : {&sub1, &sub2}) {
-        OTPKV_CHECK_BYTES(sub->read_to_eof(until(deadline)), "");
+        OTPKV_CHECK_BYTES(sub->read_to_eof(until(deadline)), unavailable("n3"));
         CHECK_MESSAGE(sub->end() == kv_client::ending::eof,
                       "the stream ended with " << otpkv_test::to_string(sub->end()));
     }
@@ -857,6 +869,131 @@ TEST_CASE("cluster: SUBSCRIBE through a node that does not own the bucket") {
                                              "killed");
     // The publishers' nodes go on.
     exchange_each(pub[0], {{"GET subs k\r\n", unavailable("n3")}, {"CREATE alpha\r\n", ok}});
+    c.stop();
+}
+
+namespace {
+
+// The TCP connections process `pid` has open to 127.0.0.1:`port` (established, from its
+// side), found through /proc: its socket descriptors, matched in /proc/net/tcp by inode.
+std::size_t connections_to(pid_t pid, std::uint16_t port) {
+    std::set<std::string> inodes;
+    const std::filesystem::path fds = "/proc/" + std::to_string(pid) + "/fd";
+    std::error_code ec;
+    for (const auto& fd : std::filesystem::directory_iterator(fds, ec)) {
+        const std::string target = std::filesystem::read_symlink(fd.path(), ec).string();
+        if (!ec && target.starts_with("socket:[")) {
+            inodes.insert(target.substr(8, target.size() - 9));
+        }
+    }
+    std::size_t count = 0;
+    std::ifstream table("/proc/net/tcp");
+    std::string line;
+    std::getline(table, line); // the header
+    while (std::getline(table, line)) {
+        std::istringstream fields(line);
+        std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+        fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
+            timeout >> inode;
+        const auto colon = remote.find(':');
+        if (colon != std::string::npos && state == "01" && inodes.contains(inode) &&
+            std::stoul(remote.substr(colon + 1), nullptr, 16) == port) {
+            ++count;
+        }
+    }
+    return count;
+}
+
+} // namespace
+
+TEST_CASE("cluster: 60 SUBSCRIBEs through n1 to buckets of n3, which takes 20 connections: every "
+          "subscriber gets every event in order, n3 still serves everyone, n1 holds a bounded "
+          "number of connections to it") {
+    cluster c(three_nodes(), {{2, {"--max-connections", "20"}}});
+    kv_client pub = c.client(2); // n3's own client
+    constexpr std::size_t subscribers = 60;
+    constexpr std::size_t buckets = 3;
+    for (std::size_t b = 0; b < buckets; ++b) {
+        OTPKV_CHECK_EXCHANGE(pub, "CREATE sub" + std::to_string(b) + "\r\n", ok);
+    }
+    std::vector<kv_client> subs;
+    for (std::size_t i = 0; i < subscribers; ++i) {
+        subs.push_back(c.client(0));
+        REQUIRE(subs.back().send_all("SUBSCRIBE sub" + std::to_string(i % buckets) + "\r\n"));
+    }
+    // Every subscription has taken once a PUT's event reaches it (a sync through each bucket,
+    // repeated until all have seen one: a SUBSCRIBE is acknowledged by silence).
+    std::vector<std::string> seen(subscribers);
+    int sync = 0;
+    const auto deadline = steady::now() + 10s;
+    const auto all_subscribed = [&] {
+        return std::all_of(seen.begin(), seen.end(), [](const auto& s) { return !s.empty(); });
+    };
+    while (!all_subscribed() && steady::now() < deadline) {
+        ++sync;
+        for (std::size_t b = 0; b < buckets; ++b) {
+            OTPKV_CHECK_EXCHANGE(
+                pub, "PUT sub" + std::to_string(b) + " sync " + std::to_string(sync) + "\r\n", ok);
+        }
+        for (std::size_t i = 0; i < subscribers; ++i) {
+            seen[i] += subs[i].read_for(1ms);
+        }
+    }
+    REQUIRE(all_subscribed());
+    const std::string last_sync = "sync SET TO " + std::to_string(sync) + "\r\n";
+    for (std::size_t i = 0; i < subscribers; ++i) {
+        if (!seen[i].ends_with(last_sync)) {
+            read_through(subs[i], last_sync);
+        }
+    }
+    // n1 holds its pool to n3 (2 connections by default), whatever the number of streams.
+    const std::size_t from_n1 = connections_to(c.pid(0), c.port(2));
+    MESSAGE(from_n1 << " connections from n1 to n3 carry " << subscribers << " subscriptions");
+    CHECK(from_n1 >= 1);
+    CHECK(from_n1 <= 2);
+
+    // Events of writes through every node, in order, to every subscriber of each bucket.
+    std::array<kv_client, 2> others = {c.client(0), c.client(1)};
+    std::array<std::string, buckets> events;
+    for (std::size_t n = 0; n <= 50; ++n) {
+        for (std::size_t b = 0; b < buckets; ++b) {
+            kv_client& via = n % 3 == 2 ? pub : others[n % 3];
+            const std::string bucket = "sub" + std::to_string(b);
+            const std::string v = std::to_string(n);
+            if (n % 5 == 4) {
+                OTPKV_CHECK_EXCHANGE(via, "DELETE " + bucket + " k\r\n", ok);
+                events[b] += "k DELETED\r\n";
+            } else {
+                OTPKV_CHECK_EXCHANGE(via, "PUT " + bucket + " k " + v + "\r\n", ok);
+                events[b] += "k SET TO " + v + "\r\n";
+            }
+        }
+    }
+    for (std::size_t i = 0; i < subscribers; ++i) {
+        INFO("subscriber " << i);
+        OTPKV_CHECK_RECEIVES(subs[i], events[i % buckets]);
+    }
+    // n3 still serves its direct clients and n2's forwarded requests.
+    std::vector<kv_client> direct;
+    for (int i = 0; i < 5; ++i) {
+        direct.push_back(c.client(2));
+        OTPKV_CHECK_EXCHANGE(direct.back(), "GET sub0 k\r\n", value_reply("50"));
+    }
+    kv_client via2 = c.client(1);
+    exchange_each(via2, {{"CREATE sdirect\r\n", ok},
+                         {"PUT sdirect k v\r\n", ok},
+                         {"GET sdirect k\r\n", value_reply("v")}});
+    // Subscribers leaving cancel their streams at n3; the others go on.
+    for (std::size_t i = 0; i < subscribers; i += 2) {
+        subs[i].close();
+    }
+    OTPKV_CHECK_EXCHANGE(pub, "PUT sub1 k last\r\n", ok);
+    for (std::size_t i = 1; i < subscribers; i += 2) {
+        if (i % buckets == 1) {
+            OTPKV_CHECK_RECEIVES(subs[i], "k SET TO last\r\n");
+        }
+    }
+    CHECK(connections_to(c.pid(0), c.port(2)) <= 2);
     c.stop();
 }
 
