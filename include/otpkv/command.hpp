@@ -424,12 +424,21 @@ struct routed_reply {
 //
 // Streams. `<id> SUBSCRIBE <bucket>` is answered `=<id>\r\nSUBSCRIBED\r\n` when the
 // subscription took (or with the refusal, `=<id>\r\nNOT FOUND\r\n`); the connection stays
-// an ordinary peer connection. Each event of that subscription then comes as
-// `*<id> <event line>\r\n` (`k SET TO v` / `k DELETED`, as clients get them), all of one
-// stream in order and after its `SUBSCRIBED`; `!<id>\r\n` ends the stream (the bucket
-// exited). `<id2> UNSUBSCRIBE <id>` cancels a stream (answered `=<id2>\r\nOK\r\n`; events of
-// `<id>` already on their way are ignored by A). A connection to the owner that is lost
-// while streams run ends them with `ERROR node <name> unavailable` to their clients.
+// an ordinary peer connection, and A multiplexes all its streams to B over its pooled
+// connections, so no number of relayed subscriptions takes more of B's connection slots
+// than the pool. Each event of that subscription then comes as `*<id> <event line>\r\n`
+// (`k SET TO v` / `k DELETED`, as clients get them), all of one stream in order and after
+// its `SUBSCRIBED`, between two replies; `!<id>\r\n` ends the stream (the bucket exited).
+// `<id2> UNSUBSCRIBE <id>` cancels a stream: B answers `=<id2>\r\nOK\r\n` (also for a stream
+// that has ended already) and, for a stream still running, sends `!<id>` after its last
+// event; events of `<id>` that were on their way are dropped by A, which forgets the stream
+// at its `!<id>`. A line `*<id>` or `!<id>` for a stream A does not have is a mismatch like
+// any other: the connection is closed. B pushes the events through the connection's
+// `session::channel`: a peer that does not read is disconnected past
+// `max_subscriber_output`, as a subscriber is. When A's connection to B is lost while
+// streams run, A's relayed subscribers get `ERROR node <name> unavailable` before their
+// connections are closed; a stream ended by `!<id>` closes them without a word, as for a
+// local subscriber.
 
 /// The first token of the greeting on a connection between nodes.
 inline constexpr std::string_view peer_greeting = "OTPKV-PEER";

@@ -154,7 +154,7 @@ struct deferred_state;
 
 /// A stream of event bytes into a connection that a deferred SUBSCRIBE turned into a
 /// subscriber (`deferred_reply::stream`): the router relays another node's events through
-/// it. The same cap as for local subscribers applies (`max_subscriber_output`): a
+/// it; or into a connection that goes on serving (`session::channel`). The same cap as for local subscribers applies (`max_subscriber_output`): a
 /// connection that does not read is disconnected, and `push` then returns false.
 ///
 /// Thread safety: any thread, one at a time. Movable, not copyable; dropping it without
