@@ -497,6 +497,16 @@ class kv_process {
     std::string ready_;
 };
 
+/// A request line as a peer sends it, tagged with request id `id` (command.hpp, "Between
+/// nodes"): `<id> <line>`.
+inline std::string tagged(std::string_view line, std::uint64_t id = 1) {
+    return std::to_string(id) + " " + std::string(line);
+}
+/// A peer's answer to the request tagged `id`: the header `=<id>`, then the reply.
+inline std::string answered(std::string_view reply, std::uint64_t id = 1) {
+    return "=" + std::to_string(id) + "\r\n" + std::string(reply);
+}
+
 /// A TCP client of a kv_server on 127.0.0.1. The socket is non-blocking underneath and
 /// every call waits with poll() up to its own limit: a call that runs out of time returns
 /// what it has (and `end()` says `timeout`), never hangs.

@@ -216,12 +216,18 @@ inline std::function<void(const otpkv::node_event&)> record_into(journal& events
 }
 
 // A peer node the test controls: a server whose handler answers the greeting with whatever
-// name it is told, echoes a GET's key as the value (`GET b k` -> `k\r\nOK\r\n`; the key
-// `close` closes the connection after the reply, `internal` answers `ERROR internal` and
-// closes, as a real node does, and `endless` answers `endless_reply` bytes that never end
-// their line, as no node does), answers every other request `OK`, and records every line it
-// gets. `hang` holds every request's reply back (a hung process: greetings and heartbeats
-// are still answered); `freeze` holds back every reply, greetings included (SIGSTOP).
+// name it is told and then speaks the peer protocol's request ids (command.hpp, "Between
+// nodes": `<id> <request>` answered `=<id>` and the reply; a line without an id gets
+// `ERROR internal` and a close, as from a real node). It echoes a GET's key as the value
+// (`GET b k` -> `k\r\nOK\r\n`; the key `close` closes the connection after the reply,
+// `internal` answers `ERROR internal` and closes, as a real node does, and `endless`
+// answers `endless_reply` bytes that never end their line, as no node does), answers every
+// other request `OK`, and records every request it gets (without its id). Faults of a peer
+// that misattributes replies: the key `extra` sends its tagged reply twice, `stray` follows
+// its reply with an untagged line, `wrongid` tags its reply with the next id. `hang` holds
+// every request's reply back (a hung process: greetings and heartbeats are still
+// answered; `release` sends what was held, in order); `freeze` holds back every reply,
+// greetings included (SIGSTOP).
 class fake_peer {
   public:
     enum class mode { answer, hang, freeze };
@@ -272,6 +278,15 @@ class fake_peer {
             }
         }
     }
+    // Sends the replies held for requests (`hang`), in the order they came.
+    void release() {
+        const std::lock_guard lock(state_->mutex);
+        for (auto& h : state_->held) {
+            if (!h.greeting && h.reply.pending()) {
+                h.reply.complete(std::move(h.answer), h.then_close);
+            }
+        }
+    }
     [[nodiscard]] std::vector<line> requests() const {
         const std::lock_guard lock(state_->mutex);
         return state_->requests;
@@ -289,6 +304,8 @@ class fake_peer {
     struct held_reply {
         bool greeting = false;
         otpkv::deferred_reply reply;
+        std::string answer; // a request's, for `release`
+        bool then_close = false;
     };
     struct state {
         mutable std::mutex mutex;
@@ -299,43 +316,63 @@ class fake_peer {
         int heartbeats = 0;
         std::vector<held_reply> held;
 
-        void handle(const otpkv::command& cmd, std::string& out, otpkv::session& s) {
+        void handle(const otpkv::command&, std::string& out, otpkv::session& s) {
             const std::lock_guard lock(mutex);
-            if (cmd.kind == otpkv::command_kind::unknown) {
-                if (otpkv::parse_peer_greeting(s.line())) {
-                    greetings.emplace_back(s.line());
-                    if (how == mode::freeze) {
-                        held.push_back({true, s.defer()});
-                    } else {
-                        out += otpkv::peer_greeting_line(name);
-                    }
-                    return;
-                }
-                heartbeats += s.line().empty() ? 1 : 0;
+            if (otpkv::parse_peer_greeting(s.line())) {
+                greetings.emplace_back(s.line());
                 if (how == mode::freeze) {
-                    held.push_back({false, s.defer()});
+                    held.push_back({true, s.defer(), {}, false});
                 } else {
-                    out += "UNKNOWN COMMAND\r\n";
+                    out += otpkv::peer_greeting_line(name);
                 }
                 return;
             }
-            requests.push_back({s.id(), std::string(s.line())});
-            if (how != mode::answer) {
-                held.push_back({false, s.defer()});
-                return;
-            }
-            if (cmd.kind != otpkv::command_kind::get) {
-                out += "OK\r\n";
-            } else if (cmd.key == "endless") {
-                out.append(endless_reply, 'x'); // and never a line end
-            } else if (cmd.key == "internal") {
+            const auto request = otpkv::parse_peer_request(s.line());
+            if (!request) {
                 out += "ERROR internal\r\n";
                 s.close_after_reply();
-            } else {
-                out.append(cmd.key).append("\r\nOK\r\n");
-                if (cmd.key == "close") {
-                    s.close_after_reply();
+                return;
+            }
+            const otpkv::command cmd = otpkv::parse(request->rest);
+            const std::string header = "=" + std::to_string(request->id) + "\r\n";
+            std::string answer = header;
+            bool then_close = false;
+            if (cmd.kind == otpkv::command_kind::unknown) {
+                heartbeats += request->rest.empty() ? 1 : 0;
+                answer += "UNKNOWN COMMAND\r\n";
+                if (how == mode::freeze) {
+                    held.push_back({false, s.defer(), std::move(answer), false});
+                } else {
+                    out += answer;
                 }
+                return;
+            }
+            requests.push_back({s.id(), std::string(request->rest)});
+            if (cmd.kind != otpkv::command_kind::get) {
+                answer += "OK\r\n";
+            } else if (cmd.key == "endless") {
+                answer.append(endless_reply, 'x'); // and never a line end
+            } else if (cmd.key == "internal") {
+                answer += "ERROR internal\r\n";
+                then_close = true;
+            } else if (cmd.key == "wrongid") {
+                answer = "=" + std::to_string(request->id + 1) + "\r\nwrongid\r\nOK\r\n";
+            } else {
+                answer.append(cmd.key).append("\r\nOK\r\n");
+                if (cmd.key == "extra") {
+                    answer += answer; // the same reply twice
+                } else if (cmd.key == "stray") {
+                    answer += "stray\r\n";
+                }
+                then_close = cmd.key == "close";
+            }
+            if (how != mode::answer) {
+                held.push_back({false, s.defer(), std::move(answer), then_close});
+                return;
+            }
+            out += answer;
+            if (then_close) {
+                s.close_after_reply();
             }
         }
     };

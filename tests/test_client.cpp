@@ -119,7 +119,7 @@ struct real_peer {
 };
 
 // What a stream's callbacks saw: in order, "refused <reply>" (or "refused (unavailable)"),
-// "subscribed <id>" and "ended"; the calls of `data` and their bytes. With `keep` false,
+// "subscribed <id>", "ended" and "lost"; the calls of `data` and their bytes. With `keep` false,
 // `data` returns false (which closes the stream) every time.
 struct stream_log {
     journal seen;
@@ -141,6 +141,7 @@ struct stream_log {
             return keep;
         };
         cb.ended = [this] { seen.add("ended"); };
+        cb.lost = [this] { seen.add("lost"); };
         return cb;
     }
     std::string received() {
@@ -362,6 +363,61 @@ TEST_CASE("node_client: a hung node delays no other node") {
     // Stopping the client fails them, by the time stop returns.
     CHECK(client->stop() == otpkv::exit_reason::shutdown());
     CHECK(replies.take() == std::vector<std::string>(3, "(unavailable)"));
+}
+
+TEST_CASE("node_client: a peer whose reply is not the one for the oldest request loses that "
+          "connection: its requests fail as unavailable, none gets another's reply") {
+    // The fake peer's faults (support.hpp): a reply sent twice, a stray line after a reply,
+    // a reply tagged with the next request's id.
+    for (const std::string fault : {"extra", "stray", "wrongid"}) {
+        INFO("the peer's fault: " << fault);
+        fake_peer peer("n2");
+        peer.set_mode(fake_peer::mode::hang);
+        auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, quick(60s));
+        journal replies;
+        // One connection: the faulty reply's request first, two more in flight behind it.
+        client->request(0, "GET b " + fault + "\r\n", command_kind::get, 0, into(replies));
+        client->request(0, "GET b k1\r\n", command_kind::get, 0, into(replies));
+        client->request(0, "GET b k2\r\n", command_kind::get, 0, into(replies));
+        REQUIRE(eventually([&] { return peer.requests().size() == 3; }));
+        peer.release(); // all three replies, in order, the fault among them
+        std::vector<std::string> expected(3, "(unavailable)");
+        if (fault != "wrongid") {
+            expected[0] = fault + "\r\nOK\r\n"; // its own reply came right
+        }
+        CHECK(replies.take(3) == expected);
+        // That connection is closed; later requests go over a new one, and work.
+        peer.set_mode(fake_peer::mode::answer);
+        CHECK(client->call(0, parse("GET b k3")) == "k3\r\nOK\r\n");
+        CHECK(client->call(0, parse("GET b k4")) == "k4\r\nOK\r\n");
+        CHECK(peer.greetings().size() == 2);
+        CHECK(peer.stats().accepted == 2);
+        CHECK(client->status(0) == node_status::up);
+        client->stop();
+        CHECK(replies.size() == 0); // nothing else was delivered, to anyone
+    }
+}
+
+TEST_CASE("node_client: requests and heartbeats carry increasing ids; replies are framed once, "
+          "with their outcome") {
+    fake_peer peer("n2");
+    otpkv::client_options o = quick(5s);
+    o.heartbeat = 20ms;
+    auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, o);
+    std::promise<std::optional<otpkv::framed_reply>> got;
+    client->request(0, "GET b internal\r\n", command_kind::get, 0,
+                    [&got](std::optional<otpkv::framed_reply> r) { got.set_value(std::move(r)); });
+    const auto framed = got.get_future().get();
+    REQUIRE(framed.has_value());
+    CHECK(framed->bytes == "ERROR internal\r\n");
+    CHECK(framed->outcome ==
+          otpkv::reply_outcome{otpkv::reply_kind::error, otpkv::error_code::internal});
+    CHECK(otpkv::closes_connection(framed->outcome));
+    CHECK(client->call(0, parse("GET b v")) == "v\r\nOK\r\n");
+    CHECK(eventually([&] { return peer.heartbeats() >= 2; }));
+    CHECK(client->call(0, parse("PUT b k v")) == "OK\r\n"); // after heartbeats: still matched
+    CHECK(client->status(0) == node_status::up);
+    client->stop();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -588,7 +644,8 @@ TEST_CASE("node_client: subscribe streams a bucket's events from its owner") {
         CHECK(id != 0);
         REQUIRE(eventually([&] { return log.seen.size() == 1; }));
         CHECK(log.seen.take() == std::vector<std::string>{"refused NOT FOUND\r\n"});
-        CHECK(eventually([&] { return owner.connections() == 0; })); // its connection closed
+        CHECK(owner.connections() == 1); // the pooled one, which goes on
+        CHECK(client->call(0, parse("GET s k")) == "\r\nOK\r\n");
         CHECK(log.data_calls == 0);
         CHECK(log.seen.size() == 0);
     }
@@ -597,7 +654,7 @@ TEST_CASE("node_client: subscribe streams a bucket's events from its owner") {
         const std::uint64_t id = client->subscribe(0, "s", log.callbacks());
         REQUIRE(eventually([&] { return log.seen.size() == 1; }));
         CHECK(log.seen.take() == std::vector<std::string>{"subscribed " + std::to_string(id)});
-        CHECK(owner.connections() == 1); // a connection of its own
+        CHECK(owner.connections() == 1); // the pooled connection: no connection of its own
         const auto bucket = owner.reg->lookup("s");
         REQUIRE(bucket != nullptr);
         bucket->put("k", "v");
@@ -610,7 +667,44 @@ TEST_CASE("node_client: subscribe streams a bucket's events from its owner") {
         bucket->stop();
         REQUIRE(eventually([&] { return log.seen.size() == 1; }));
         CHECK(log.seen.take() == std::vector<std::string>{"ended"});
-        CHECK(eventually([&] { return owner.connections() == 0; }));
+        CHECK(owner.connections() == 1);
+        CHECK(client->call(0, parse("GET s k")) == "NOT FOUND\r\n"); // the connection goes on
+    }
+
+    SUBCASE("many streams and requests share the pooled connection; each gets its own events, "
+            "in order") {
+        REQUIRE(owner.reg->create("t").has_value());
+        std::array<stream_log, 20> logs;
+        for (std::size_t i = 0; i < logs.size(); ++i) {
+            client->subscribe(0, i % 2 == 0 ? "s" : "t", logs[i].callbacks());
+        }
+        for (auto& l : logs) {
+            REQUIRE(eventually([&] { return l.seen.size() == 1; }));
+        }
+        std::string s_events;
+        std::string t_events;
+        for (int i = 0; i < 100; ++i) {
+            const std::string v = std::to_string(i);
+            CHECK(client->call(0, parse("PUT s k " + v)) == "OK\r\n");
+            owner.reg->lookup("t")->put("k", v);
+            s_events += "k SET TO " + v + "\r\n";
+            t_events += "k SET TO " + v + "\r\n";
+        }
+        for (std::size_t i = 0; i < logs.size(); ++i) {
+            const std::string& want = i % 2 == 0 ? s_events : t_events;
+            CHECK(eventually([&] { return logs[i].received().size() >= want.size(); }));
+            CHECK(logs[i].received() == want);
+        }
+        CHECK(owner.connections() == 1);
+        client->stop();
+    }
+
+    SUBCASE("the connection to the owner is lost: lost, not ended") {
+        client->subscribe(0, "s", log.callbacks());
+        REQUIRE(eventually([&] { return log.seen.size() == 1; }));
+        owner.server->stop();
+        REQUIRE(eventually([&] { return log.seen.size() == 2; }));
+        CHECK(log.seen.take().back() == "lost");
     }
 
     SUBCASE("cancel_stream: the stream's connection closes and no callback runs after it") {
@@ -619,9 +713,9 @@ TEST_CASE("node_client: subscribe streams a bucket's events from its owner") {
         owner.reg->lookup("s")->put("k", "1");
         REQUIRE(eventually([&] { return log.data_calls > 0; }));
         client->cancel_stream(id);
-        // The client drops the callbacks before it closes the connection, so once the owner
-        // has seen it closed, nothing can call them.
-        REQUIRE(eventually([&] { return owner.connections() == 0; }));
+        // The UNSUBSCRIBE goes ahead of this request on the one connection: once it is
+        // answered, the owner has cancelled the stream.
+        CHECK(client->call(0, parse("GET s k")) == "1\r\nOK\r\n");
         const int calls = log.data_calls;
         owner.reg->lookup("s")->put("k", "2");
         owner.reg->lookup("s")->stop();
@@ -636,7 +730,9 @@ TEST_CASE("node_client: subscribe streams a bucket's events from its owner") {
         client->subscribe(0, "s", log.callbacks());
         REQUIRE(eventually([&] { return log.seen.size() == 1; }));
         owner.reg->lookup("s")->put("k", "1");
-        REQUIRE(eventually([&] { return owner.connections() == 0; }));
+        REQUIRE(eventually([&] { return log.data_calls == 1; }));
+        CHECK(client->call(0, parse("GET s k")) == "1\r\nOK\r\n"); // after the UNSUBSCRIBE
+        owner.reg->lookup("s")->put("k", "2");
         owner.reg->lookup("s")->stop();
         CHECK(client->call(0, parse("GET s k")) == "NOT FOUND\r\n");
         CHECK(log.data_calls == 1);

@@ -16,10 +16,13 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -28,6 +31,7 @@
 
 using namespace std::string_literals;
 using namespace std::chrono_literals;
+using otpkv_test::answered;
 using otpkv_test::escaped;
 using otpkv_test::exchange_each;
 using otpkv_test::exchange_pipelined;
@@ -43,6 +47,7 @@ using otpkv_test::row;
 using otpkv_test::steady;
 using otpkv_test::stop_cleanly;
 using otpkv_test::subscribe_synced;
+using otpkv_test::tagged;
 using otpkv_test::unknown;
 using otpkv_test::until;
 
@@ -136,7 +141,10 @@ std::vector<node_spec> three_nodes() {
 // main thread, which the servers' PR_SET_PDEATHSIG is tied to).
 class cluster {
   public:
-    explicit cluster(std::vector<node_spec> specs) : specs_(std::move(specs)) {
+    // `flags`: more flags for some nodes, by index (`--max-connections 20`, ...).
+    explicit cluster(std::vector<node_spec> specs,
+                     std::map<std::size_t, std::vector<std::string>> flags = {})
+        : specs_(std::move(specs)), flags_(std::move(flags)) {
         nodes_.resize(specs_.size());
         frozen_.assign(specs_.size(), false);
         for (std::size_t i = 0; i < specs_.size(); ++i) {
@@ -231,6 +239,10 @@ class cluster {
             args.push_back("--route");
             args.push_back(r);
         }
+        const auto more = flags_.find(i);
+        if (more != flags_.end()) {
+            args.insert(args.end(), more->second.begin(), more->second.end());
+        }
         nodes_[i].reset();
         nodes_[i] = std::make_unique<kv_process>(args, std::vector<std::string>{}, false);
         REQUIRE(nodes_[i]->port() == s.port);
@@ -239,6 +251,7 @@ class cluster {
     }
 
     std::vector<node_spec> specs_;
+    std::map<std::size_t, std::vector<std::string>> flags_; // more flags of node i
     std::vector<std::unique_ptr<kv_process>> nodes_;
     std::vector<bool> frozen_;
 };
@@ -374,13 +387,14 @@ TEST_CASE("cluster: every command through every node, for buckets of every node;
             for (std::size_t at = 0; at < 3; ++at) {
                 INFO("asking " << c.name(at));
                 OTPKV_CHECK_EXCHANGE(plain[at], get, stored);
-                OTPKV_CHECK_EXCHANGE(peers[at], get, at == owner ? stored : not_found);
+                OTPKV_CHECK_EXCHANGE(peers[at], tagged(get),
+                                     answered(at == owner ? stored : not_found));
             }
         }
     }
     for (std::size_t at = 0; at < 3; ++at) {
-        OTPKV_CHECK_EXCHANGE(peers[at], "GET shopping eggs\r\n",
-                             at == 2 ? value_reply("") : not_found);
+        OTPKV_CHECK_EXCHANGE(peers[at], tagged("GET shopping eggs\r\n"),
+                             answered(at == 2 ? value_reply("") : not_found));
     }
 
     {
@@ -724,8 +738,8 @@ TEST_CASE("cluster: routing tables that disagree: a forwarded request runs where
         // It lives on n2 only.
         kv_client peer1 = c.peer(0);
         kv_client peer2 = c.peer(1);
-        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", value_reply("from-n1"));
-        OTPKV_CHECK_EXCHANGE(peer1, "GET apple k\r\n", not_found);
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET apple k\r\n"), answered(value_reply("from-n1")));
+        OTPKV_CHECK_EXCHANGE(peer1, tagged("GET apple k\r\n"), answered(not_found));
         // Through n2 the same name goes to n1, where it does not exist; created through n2 it
         // lives on n1. Two buckets of one name, one per node, each reached from the other.
         exchange_each(via2, {
@@ -734,8 +748,8 @@ TEST_CASE("cluster: routing tables that disagree: a forwarded request runs where
                                 {"PUT apple k from-n2\r\n", ok},
                                 {"GET apple k\r\n", value_reply("from-n2")},
                             });
-        OTPKV_CHECK_EXCHANGE(peer1, "GET apple k\r\n", value_reply("from-n2"));
-        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", value_reply("from-n1"));
+        OTPKV_CHECK_EXCHANGE(peer1, tagged("GET apple k\r\n"), answered(value_reply("from-n2")));
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET apple k\r\n"), answered(value_reply("from-n1")));
         // Both still serve, many times over (pipelined; a request that looped would never be
         // answered, and the exchange would fail when its wait runs out).
         std::string requests;
@@ -768,10 +782,10 @@ TEST_CASE("cluster: routing tables that disagree: a forwarded request runs where
                             });
         kv_client peer1 = c.peer(0);
         kv_client peer2 = c.peer(1);
-        OTPKV_CHECK_EXCHANGE(peer1, "GET apple k\r\n", value_reply("v"));
-        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", not_found);
-        OTPKV_CHECK_EXCHANGE(peer2, "GET november k\r\n", value_reply("w"));
-        OTPKV_CHECK_EXCHANGE(peer1, "GET november k\r\n", not_found);
+        OTPKV_CHECK_EXCHANGE(peer1, tagged("GET apple k\r\n"), answered(value_reply("v")));
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET apple k\r\n"), answered(not_found));
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET november k\r\n"), answered(value_reply("w")));
+        OTPKV_CHECK_EXCHANGE(peer1, tagged("GET november k\r\n"), answered(not_found));
         // n2 sends a-m to "n1" at its own port: it answers the greeting as n2, not n1, so
         // "n1" is down for n2; no request runs twice or loops.
         const auto asked = steady::now();
@@ -780,7 +794,8 @@ TEST_CASE("cluster: routing tables that disagree: a forwarded request runs where
         for (int i = 0; i < 3; ++i) {
             OTPKV_CHECK_EXCHANGE(via2, "PUT apple k x\r\n", unavailable("n1"));
         }
-        OTPKV_CHECK_EXCHANGE(peer2, "GET apple k\r\n", not_found); // still none on n2
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET apple k\r\n"),
+                             answered(not_found)); // still none on n2
         // Both still serve everything else.
         exchange_each(via2, {
                                 {"GET november k\r\n", value_reply("w")},
@@ -839,12 +854,13 @@ TEST_CASE("cluster: SUBSCRIBE through a node that does not own the bucket") {
         CHECK(probe.read_for(50ms).empty()); // no events for it
     }
 
-    // The owner dies: the relayed streams end (EOF), within the usual wait.
+    // The owner dies: each relayed subscriber is told, then its connection is closed (EOF),
+    // within the usual wait.
     const auto killed_at = steady::now();
     c.kill(2);
     const auto deadline = steady::now() + otpkv_test::default_wait;
     for (kv_client* sub : {&sub1, &sub2}) {
-        OTPKV_CHECK_BYTES(sub->read_to_eof(until(deadline)), "");
+        OTPKV_CHECK_BYTES(sub->read_to_eof(until(deadline)), unavailable("n3"));
         CHECK_MESSAGE(sub->end() == kv_client::ending::eof,
                       "the stream ended with " << otpkv_test::to_string(sub->end()));
     }
@@ -853,6 +869,131 @@ TEST_CASE("cluster: SUBSCRIBE through a node that does not own the bucket") {
                                              "killed");
     // The publishers' nodes go on.
     exchange_each(pub[0], {{"GET subs k\r\n", unavailable("n3")}, {"CREATE alpha\r\n", ok}});
+    c.stop();
+}
+
+namespace {
+
+// The TCP connections process `pid` has open to 127.0.0.1:`port` (established, from its
+// side), found through /proc: its socket descriptors, matched in /proc/net/tcp by inode.
+std::size_t connections_to(pid_t pid, std::uint16_t port) {
+    std::set<std::string> inodes;
+    const std::filesystem::path fds = "/proc/" + std::to_string(pid) + "/fd";
+    std::error_code ec;
+    for (const auto& fd : std::filesystem::directory_iterator(fds, ec)) {
+        const std::string target = std::filesystem::read_symlink(fd.path(), ec).string();
+        if (!ec && target.starts_with("socket:[")) {
+            inodes.insert(target.substr(8, target.size() - 9));
+        }
+    }
+    std::size_t count = 0;
+    std::ifstream table("/proc/net/tcp");
+    std::string line;
+    std::getline(table, line); // the header
+    while (std::getline(table, line)) {
+        std::istringstream fields(line);
+        std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+        fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
+            timeout >> inode;
+        const auto colon = remote.find(':');
+        if (colon != std::string::npos && state == "01" && inodes.contains(inode) &&
+            std::stoul(remote.substr(colon + 1), nullptr, 16) == port) {
+            ++count;
+        }
+    }
+    return count;
+}
+
+} // namespace
+
+TEST_CASE("cluster: 60 SUBSCRIBEs through n1 to buckets of n3, which takes 20 connections: every "
+          "subscriber gets every event in order, n3 still serves everyone, n1 holds a bounded "
+          "number of connections to it") {
+    cluster c(three_nodes(), {{2, {"--max-connections", "20"}}});
+    kv_client pub = c.client(2); // n3's own client
+    constexpr std::size_t subscribers = 60;
+    constexpr std::size_t buckets = 3;
+    for (std::size_t b = 0; b < buckets; ++b) {
+        OTPKV_CHECK_EXCHANGE(pub, "CREATE sub" + std::to_string(b) + "\r\n", ok);
+    }
+    std::vector<kv_client> subs;
+    for (std::size_t i = 0; i < subscribers; ++i) {
+        subs.push_back(c.client(0));
+        REQUIRE(subs.back().send_all("SUBSCRIBE sub" + std::to_string(i % buckets) + "\r\n"));
+    }
+    // Every subscription has taken once a PUT's event reaches it (a sync through each bucket,
+    // repeated until all have seen one: a SUBSCRIBE is acknowledged by silence).
+    std::vector<std::string> seen(subscribers);
+    int sync = 0;
+    const auto deadline = steady::now() + 10s;
+    const auto all_subscribed = [&] {
+        return std::all_of(seen.begin(), seen.end(), [](const auto& s) { return !s.empty(); });
+    };
+    while (!all_subscribed() && steady::now() < deadline) {
+        ++sync;
+        for (std::size_t b = 0; b < buckets; ++b) {
+            OTPKV_CHECK_EXCHANGE(
+                pub, "PUT sub" + std::to_string(b) + " sync " + std::to_string(sync) + "\r\n", ok);
+        }
+        for (std::size_t i = 0; i < subscribers; ++i) {
+            seen[i] += subs[i].read_for(1ms);
+        }
+    }
+    REQUIRE(all_subscribed());
+    const std::string last_sync = "sync SET TO " + std::to_string(sync) + "\r\n";
+    for (std::size_t i = 0; i < subscribers; ++i) {
+        if (!seen[i].ends_with(last_sync)) {
+            read_through(subs[i], last_sync);
+        }
+    }
+    // n1 holds its pool to n3 (2 connections by default), whatever the number of streams.
+    const std::size_t from_n1 = connections_to(c.pid(0), c.port(2));
+    MESSAGE(from_n1 << " connections from n1 to n3 carry " << subscribers << " subscriptions");
+    CHECK(from_n1 >= 1);
+    CHECK(from_n1 <= 2);
+
+    // Events of writes through every node, in order, to every subscriber of each bucket.
+    std::array<kv_client, 2> others = {c.client(0), c.client(1)};
+    std::array<std::string, buckets> events;
+    for (std::size_t n = 0; n <= 50; ++n) {
+        for (std::size_t b = 0; b < buckets; ++b) {
+            kv_client& via = n % 3 == 2 ? pub : others[n % 3];
+            const std::string bucket = "sub" + std::to_string(b);
+            const std::string v = std::to_string(n);
+            if (n % 5 == 4) {
+                OTPKV_CHECK_EXCHANGE(via, "DELETE " + bucket + " k\r\n", ok);
+                events[b] += "k DELETED\r\n";
+            } else {
+                OTPKV_CHECK_EXCHANGE(via, "PUT " + bucket + " k " + v + "\r\n", ok);
+                events[b] += "k SET TO " + v + "\r\n";
+            }
+        }
+    }
+    for (std::size_t i = 0; i < subscribers; ++i) {
+        INFO("subscriber " << i);
+        OTPKV_CHECK_RECEIVES(subs[i], events[i % buckets]);
+    }
+    // n3 still serves its direct clients and n2's forwarded requests.
+    std::vector<kv_client> direct;
+    for (int i = 0; i < 5; ++i) {
+        direct.push_back(c.client(2));
+        OTPKV_CHECK_EXCHANGE(direct.back(), "GET sub0 k\r\n", value_reply("50"));
+    }
+    kv_client via2 = c.client(1);
+    exchange_each(via2, {{"CREATE sdirect\r\n", ok},
+                         {"PUT sdirect k v\r\n", ok},
+                         {"GET sdirect k\r\n", value_reply("v")}});
+    // Subscribers leaving cancel their streams at n3; the others go on.
+    for (std::size_t i = 0; i < subscribers; i += 2) {
+        subs[i].close();
+    }
+    OTPKV_CHECK_EXCHANGE(pub, "PUT sub1 k last\r\n", ok);
+    for (std::size_t i = 1; i < subscribers; i += 2) {
+        if (i % buckets == 1) {
+            OTPKV_CHECK_RECEIVES(subs[i], "k SET TO last\r\n");
+        }
+    }
+    CHECK(connections_to(c.pid(0), c.port(2)) <= 2);
     c.stop();
 }
 
@@ -869,17 +1010,27 @@ TEST_CASE("cluster: the peer greeting is answered with the node's name; that con
                                   {"OTPKV-PEER 1 x y\r\n", unknown},
                                   {"OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 " + c.name(i) + "\r\n"},
                                   // A bucket of n3's name (of n1's for n3), run right here.
-                                  {i == 2 ? "CREATE apeer\r\n" : "CREATE tpeer\r\n", ok},
+                                  {tagged(i == 2 ? "CREATE apeer\r\n" : "CREATE tpeer\r\n", 7),
+                                   answered(ok, 7)},
+                                  // Its heartbeat: an id alone.
+                                  {tagged("\r\n", 8), answered(unknown, 8)},
                               });
+        // After the greeting a line without an id is no request of a peer: it does not run,
+        // and the connection ends after `ERROR internal`.
+        OTPKV_CHECK_EXCHANGE(client, "CREATE tnoid\r\n", "ERROR internal\r\n");
+        CHECK(client.read_to_eof(2s) == "");
+        CHECK(client.end() == kv_client::ending::eof);
     }
     // Those buckets were made where the greeted connections were, not on their owners.
     kv_client via3 = c.client(2);
     kv_client via1 = c.client(0);
     OTPKV_CHECK_EXCHANGE(via3, "GET tpeer k\r\n", not_found);
     OTPKV_CHECK_EXCHANGE(via1, "GET apeer k\r\n", not_found);
+    OTPKV_CHECK_EXCHANGE(via3, "GET tnoid k\r\n", not_found);
     for (std::size_t i = 0; i < 3; ++i) {
         kv_client peer = c.peer(i);
-        OTPKV_CHECK_EXCHANGE(peer, i == 2 ? "GET apeer k\r\n" : "GET tpeer k\r\n", value_reply(""));
+        OTPKV_CHECK_EXCHANGE(peer, tagged(i == 2 ? "GET apeer k\r\n" : "GET tpeer k\r\n"),
+                             answered(value_reply("")));
     }
     c.stop();
 }

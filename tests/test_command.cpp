@@ -777,6 +777,50 @@ TEST_CASE("read_reply: every reply shape is whole only with its last byte") {
     CHECK(otpkv::read_reply(command_kind::get, "OK\r\n").size == 0);
 }
 
+TEST_CASE("peer request ids: parse_peer_id, append_peer_id, parse_peer_request, "
+          "parse_peer_reply") {
+    CHECK(otpkv::parse_peer_id("1") == 1U);
+    CHECK(otpkv::parse_peer_id("18446744073709551615") == 18446744073709551615ULL);
+    for (const std::string_view bad : {"", "0", "01", "-1", "+1", "1a", "18446744073709551616",
+                                       "99999999999999999999", "123456789012345678901"}) {
+        INFO(bad);
+        CHECK_FALSE(otpkv::parse_peer_id(bad).has_value());
+    }
+    for (const std::uint64_t id : {1ULL, 9ULL, 10ULL, 4096ULL, 18446744073709551615ULL}) {
+        std::string out;
+        otpkv::append_peer_id(out, id);
+        CHECK(out == std::to_string(id));
+        CHECK(otpkv::parse_peer_id(out) == id);
+    }
+    const auto req = otpkv::parse_peer_request("42  GET b k\r\n");
+    REQUIRE(req.has_value());
+    CHECK(req->id == 42U);
+    CHECK(req->rest == "GET b k");
+    CHECK(otpkv::parse(req->rest) == otpkv::parse("GET b k"));
+    const auto heartbeat = otpkv::parse_peer_request("7\r\n");
+    REQUIRE(heartbeat.has_value());
+    CHECK(heartbeat->rest.empty());
+    CHECK_FALSE(otpkv::parse_peer_request("GET b k\r\n").has_value());
+    CHECK_FALSE(otpkv::parse_peer_request("\r\n").has_value());
+
+    const auto header = otpkv::parse_peer_reply("=5\r\n");
+    REQUIRE(header.has_value());
+    CHECK(header->mark == '=');
+    CHECK(header->id == 5U);
+    const auto event = otpkv::parse_peer_reply("*6 k SET TO v\r\n");
+    REQUIRE(event.has_value());
+    CHECK(event->mark == '*');
+    CHECK(event->rest == "k SET TO v");
+    const auto end = otpkv::parse_peer_reply("!6\n");
+    REQUIRE(end.has_value());
+    CHECK(end->mark == '!');
+    for (const std::string_view bad : {"", "=\r\n", "=0\r\n", "=5 OK\r\n", "*6\r\n", "!6 x\r\n",
+                                       "5\r\n", "OK\r\n", "= 5\r\n", "=5x\r\n"}) {
+        INFO(bad);
+        CHECK_FALSE(otpkv::parse_peer_reply(bad).has_value());
+    }
+}
+
 TEST_CASE("parse_peer_greeting and peer_greeting_line: the greeting and nothing else") {
     CHECK(otpkv::peer_greeting_line("n1") == "OTPKV-PEER 1 n1\r\n");
     CHECK(otpkv::parse_peer_greeting("OTPKV-PEER 1 n2") == "n2");

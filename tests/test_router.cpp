@@ -40,12 +40,14 @@ using otpkv::parse;
 using otpkv::reply_kind;
 using otpkv::route_entry;
 using otpkv::route_target;
+using otpkv_test::answered;
 using otpkv_test::eventually;
 using otpkv_test::fake_peer;
 using otpkv_test::journal;
 using otpkv_test::kv_client;
 using otpkv_test::quick;
 using otpkv_test::record_into;
+using otpkv_test::tagged;
 using namespace std::chrono_literals;
 using namespace std::string_literals;
 using namespace std::string_view_literals;
@@ -438,13 +440,29 @@ TEST_CASE("router_handler: a peer's connection runs everything here; a client's 
 
     kv_client peer(n.server_a->port());
     OTPKV_CHECK_EXCHANGE(peer, "OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 A\r\n");
-    OTPKV_CHECK_EXCHANGE(peer, "GET nut k\r\n", "NOT FOUND\r\n"); // A has no bucket nut
-    OTPKV_CHECK_EXCHANGE(peer, "CREATE nut\r\n", "OK\r\n");
+    // Each request comes tagged with its id, and its reply behind the header naming it.
+    OTPKV_CHECK_EXCHANGE(peer, tagged("GET nut k\r\n", 1), answered("NOT FOUND\r\n", 1));
+    OTPKV_CHECK_EXCHANGE(peer, tagged("CREATE nut\r\n", 2), answered("OK\r\n", 2));
     CHECK(n.reg_a->lookup("nut") != nullptr);
-    OTPKV_CHECK_EXCHANGE(peer, "PUT nut k fromA\r\n", "OK\r\n");
-    OTPKV_CHECK_EXCHANGE(peer, "GET nut k\r\n", "fromA\r\nOK\r\n");
-    OTPKV_CHECK_EXCHANGE(peer, "GET zebra k\r\n", "NOT FOUND\r\n"); // no route: still local
-    OTPKV_CHECK_EXCHANGE(peer, "BOGUS\r\n", "UNKNOWN COMMAND\r\n");
+    OTPKV_CHECK_EXCHANGE(peer, tagged("PUT nut k fromA\r\n", 3), answered("OK\r\n", 3));
+    OTPKV_CHECK_EXCHANGE(peer, tagged("GET nut k\r\n", 4), answered("fromA\r\nOK\r\n", 4));
+    // No route: still local.
+    OTPKV_CHECK_EXCHANGE(peer, tagged("GET zebra k\r\n", 5), answered("NOT FOUND\r\n", 5));
+    OTPKV_CHECK_EXCHANGE(peer, tagged("BOGUS\r\n", 6), answered("UNKNOWN COMMAND\r\n", 6));
+    OTPKV_CHECK_EXCHANGE(peer, "18446744073709551615\r\n",
+                         "=18446744073709551615\r\nUNKNOWN COMMAND\r\n"); // a heartbeat
+    // A line whose first token is no id (none, 0, past 2^64-1, a leading zero) does not run:
+    // `ERROR internal`, and the connection is closed.
+    for (const std::string bad :
+         {"CREATE apple\r\n", "0 CREATE apple\r\n", "18446744073709551616 CREATE apple\r\n",
+          "01 CREATE apple\r\n", "=1 CREATE apple\r\n"}) {
+        INFO(bad);
+        kv_client p2(n.server_a->port());
+        OTPKV_CHECK_EXCHANGE(p2, "OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 A\r\n");
+        OTPKV_CHECK_EXCHANGE(p2, bad + "1 CREATE apple\r\n", "ERROR internal\r\n");
+        CHECK(p2.read_to_eof() == "");
+    }
+    CHECK(n.reg_a->lookup("apple") == nullptr);
     CHECK(value_on(*n.reg_a, "nut", "k") == "fromA");
     CHECK(value_on(*n.reg_b, "nut", "k") == "fromB");
 
@@ -473,19 +491,32 @@ TEST_CASE("router_handler: SUBSCRIBE on a peer's connection is acknowledged, the
 
     kv_client sub(n.server_a->port());
     OTPKV_CHECK_EXCHANGE(sub, "OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 A\r\n");
-    OTPKV_CHECK_EXCHANGE(sub, "SUBSCRIBE missing\r\n", "NOT FOUND\r\n");
-    OTPKV_CHECK_EXCHANGE(sub, "SUBSCRIBE nut\r\n", "NOT FOUND\r\n"); // local, never relayed
-    OTPKV_CHECK_EXCHANGE(sub, "SUBSCRIBE apple\r\n", "SUBSCRIBED\r\n");
+    OTPKV_CHECK_EXCHANGE(sub, tagged("SUBSCRIBE missing\r\n", 1), answered("NOT FOUND\r\n", 1));
+    // Local, never relayed.
+    OTPKV_CHECK_EXCHANGE(sub, tagged("SUBSCRIBE nut\r\n", 2), answered("NOT FOUND\r\n", 2));
+    OTPKV_CHECK_EXCHANGE(sub, tagged("SUBSCRIBE apple\r\n", 3), answered("SUBSCRIBED\r\n", 3));
 
     kv_client pub(n.server_a->port());
     OTPKV_CHECK_EXCHANGE(pub, "OTPKV-PEER 1 y\r\n", "OTPKV-PEER 1 A\r\n");
-    OTPKV_CHECK_EXCHANGE(pub, "PUT apple eggs 3\r\n", "OK\r\n");
-    OTPKV_CHECK_EXCHANGE(pub, "DELETE apple eggs\r\n", "OK\r\n");
+    OTPKV_CHECK_EXCHANGE(pub, tagged("PUT apple eggs 3\r\n"), answered("OK\r\n"));
+    OTPKV_CHECK_EXCHANGE(pub, tagged("DELETE apple eggs\r\n", 2), answered("OK\r\n", 2));
     n.reg_a->lookup("apple")->put("milk", "1");
-    OTPKV_CHECK_RECEIVES(sub, "eggs SET TO 3\r\neggs DELETED\r\nmilk SET TO 1\r\n");
-    // Further input on the subscribed connection is ignored.
-    REQUIRE(sub.send_all("GET apple milk\r\n"));
-    CHECK(sub.read_for(100ms) == "");
+    // Each event tagged with its stream's id.
+    OTPKV_CHECK_RECEIVES(sub, "*3 eggs SET TO 3\r\n*3 eggs DELETED\r\n*3 milk SET TO 1\r\n");
+    // The connection goes on serving requests, and more streams.
+    OTPKV_CHECK_EXCHANGE(sub, tagged("GET apple milk\r\n", 4), answered("1\r\nOK\r\n", 4));
+    OTPKV_CHECK_EXCHANGE(sub, tagged("SUBSCRIBE apple\r\n", 5), answered("SUBSCRIBED\r\n", 5));
+    OTPKV_CHECK_EXCHANGE(pub, tagged("PUT apple k v\r\n", 3), answered("OK\r\n", 3));
+    OTPKV_CHECK_RECEIVES(sub, "*3 k SET TO v\r\n*5 k SET TO v\r\n");
+    // UNSUBSCRIBE: answered, then `!<id>` after the stream's last event; the other goes on.
+    OTPKV_CHECK_EXCHANGE(sub, tagged("UNSUBSCRIBE 3\r\n", 6), answered("OK\r\n", 6) + "!3\r\n");
+    OTPKV_CHECK_EXCHANGE(pub, tagged("DELETE apple k\r\n", 4), answered("OK\r\n", 4));
+    OTPKV_CHECK_RECEIVES(sub, "*5 k DELETED\r\n");
+    OTPKV_CHECK_EXCHANGE(sub, tagged("UNSUBSCRIBE 3\r\n", 7), answered("OK\r\n", 7)); // gone
+    // The bucket exiting ends its streams with `!<id>`; the connection stays open.
+    n.reg_a->lookup("apple")->stop();
+    OTPKV_CHECK_RECEIVES(sub, "!5\r\n");
+    OTPKV_CHECK_EXCHANGE(sub, tagged("GET apple milk\r\n", 8), answered("NOT FOUND\r\n", 8));
 }
 
 TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either side ends it") {
@@ -502,7 +533,7 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
     kv_client sub(n.server_a->port());
     int counter = 0;
     otpkv_test::subscribe_synced(sub, pub, "nut", counter);
-    CHECK(n.server_b->stats().connections == pool + 1); // the relay's own connection
+    CHECK(n.server_b->stats().connections == pool); // multiplexed over the pool
     OTPKV_CHECK_EXCHANGE(pub, "PUT nut eggs 3\r\n", "OK\r\n");
     OTPKV_CHECK_EXCHANGE(pub, "DELETE nut eggs\r\n", "OK\r\n");
     n.reg_b->lookup("nut")->put("milk", "2"); // at the owner itself
@@ -510,9 +541,10 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
     REQUIRE(sub.send_all("GET nut milk\r\n")); // ignored, as on a local subscription
     CHECK(sub.read_for(100ms) == "");
 
-    // The subscriber leaving closes A's stream to B.
+    // The subscriber leaving cancels A's stream at B; the pool stays.
     sub.close();
-    CHECK(eventually([&] { return n.server_b->stats().connections == pool; }));
+    OTPKV_CHECK_EXCHANGE(pub, "PUT nut eggs 4\r\n", "OK\r\n");
+    CHECK(n.server_b->stats().connections == pool);
 
     // A bucket B does not have: NOT FOUND, and the connection goes on as a client's.
     kv_client c(n.server_a->port());
@@ -532,7 +564,7 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
     REQUIRE(a.create("nuts").kind == reply_kind::ok);
     kv_client sub3(n.server_a->port());
     otpkv_test::subscribe_synced(sub3, pub, "nuts", counter);
-    CHECK(n.server_b->stats().connections == pool + 1);
+    CHECK(n.server_b->stats().connections == pool);
     a.stop();
     CHECK(sub3.read_to_eof(5s) == "");
     CHECK(sub3.end() == kv_client::ending::eof);

@@ -4,8 +4,9 @@
 // client sees on the wire. Request order through pipelining, no connection waiting for
 // another's reply, the max_deferred pause, a reply dropped unanswered, completions that
 // come after the connection or the server is gone, event streams, a local SUBSCRIBE behind
-// a deferred reply, and the session's identity (id, context, line). What must not happen is
-// checked once the server has provably had its turn (settle), never after a sleep.
+// a deferred reply, the session's identity (id, context, line), and session::channel. What
+// must not happen is checked once the server has provably had its turn (settle), never after
+// a sleep.
 #include "kv_process.hpp"
 #include "support.hpp"
 
@@ -922,4 +923,56 @@ TEST_CASE("server deferred: stream() on a plain deferred reply is an empty reply
     CHECK_FALSE(events.push("k DELETED\r\n"));
     CHECK(sub.read_to_eof() == "k SET TO v\r\n");
     CHECK(eventually([&] { return closed.calls == 1; }));
+}
+
+TEST_CASE("server: session::channel adds bytes from other threads after the replies written "
+          "before, while the connection goes on serving; past the cap it is disconnected, and "
+          "on_close runs once") {
+    struct shared {
+        std::mutex mutex;
+        otpkv::event_stream channel;
+        std::atomic<int> closed{0};
+    };
+    auto st = std::make_shared<shared>();
+    otpkv::server_options o = one_loop();
+    o.max_subscriber_output = std::size_t{64} << 10;
+    auto server = start(
+        [st](const otpkv::command&, std::string& out, otpkv::session& s) {
+            if (s.line() == "OPEN") {
+                auto channel = s.channel([st] { ++st->closed; });
+                channel.push("early\r\n"); // pushed now, delivered after this reply
+                out += "OPENED\r\n";
+                const std::lock_guard lock(st->mutex);
+                st->channel = std::move(channel);
+            } else if (s.line() == "AGAIN") {
+                auto same = s.channel([st] { st->closed += 100; }); // dropped: one per connection
+                same.push("again\r\n");
+                out += "SAME\r\n";
+            } else {
+                out += "echo " + std::string(s.line()) + "\r\n";
+            }
+        },
+        o);
+    kv_client c(server->port());
+    OTPKV_CHECK_EXCHANGE(c, "OPEN\n", "OPENED\r\nearly\r\n");
+    std::thread([st] {
+        const std::lock_guard lock(st->mutex);
+        st->channel.push("from a thread\r\n");
+    }).join();
+    OTPKV_CHECK_RECEIVES(c, "from a thread\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "x\n", "echo x\r\n"); // not a subscriber: it still serves
+    OTPKV_CHECK_EXCHANGE(c, "AGAIN\n", "SAME\r\nagain\r\n");
+    // A client that does not read: once its unsent bytes pass the cap, it is disconnected and
+    // push says so.
+    bool accepted = true;
+    const std::string chunk(std::size_t{64} << 10, 'x');
+    for (int i = 0; i < 2000 && accepted; ++i) {
+        const std::lock_guard lock(st->mutex);
+        accepted = st->channel.push(chunk);
+    }
+    CHECK_FALSE(accepted);
+    CHECK(eventually([&] { return st->closed.load() == 1; }));
+    CHECK(eventually([&] { return server->stats().connections == 0; }));
+    server->stop();
+    CHECK(st->closed.load() == 1);
 }

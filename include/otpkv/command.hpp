@@ -406,10 +406,39 @@ struct routed_reply {
 //
 // Every connection a node opens to another node starts with a greeting line,
 // `OTPKV-PEER 1 <own name>`; the other node answers `OTPKV-PEER 1 <its name>` and from then
-// on runs every request of that connection locally, never forwarding it again. On such a
-// connection a SUBSCRIBE that succeeds is acknowledged with a `SUBSCRIBED` line, so that
-// the node relaying the events knows the subscription took. These lines are internal to
-// otpkv: protocol.md's clients never see them.
+// on runs every request of that connection locally, never forwarding it again. These lines
+// are internal to otpkv: protocol.md's clients never see them.
+//
+// Request ids. After the greeting is answered, every line the connecting node (A) sends is
+// `<id> <request line>`: `<id>` a decimal number from 1 to 2^64-1 (no sign, no leading
+// zero) that A chooses, increasing on each connection. A heartbeat is `<id>` alone (an
+// empty request, answered `UNKNOWN COMMAND`). The other node (B) answers each request
+// with the header line `=<id>\r\n` followed by the reply's usual bytes (`OK\r\n`,
+// `v\r\nOK\r\n`, `NOT FOUND\r\n`, ...), in request order. A checks that each header names
+// the oldest request it is waiting for on that connection before it frames the reply;
+// anything else (another id, a line that is not a header, bytes when nothing is waiting)
+// closes that connection, and its requests in flight fail as unavailable: one stray line
+// from a faulty peer can never shift a reply onto another request. A line on a peer
+// connection whose first token is not an id gets `ERROR internal` (untagged, so A closes
+// too) and B closes the connection after it; nothing of that line runs.
+//
+// Streams. `<id> SUBSCRIBE <bucket>` is answered `=<id>\r\nSUBSCRIBED\r\n` when the
+// subscription took (or with the refusal, `=<id>\r\nNOT FOUND\r\n`); the connection stays
+// an ordinary peer connection, and A multiplexes all its streams to B over its pooled
+// connections, so no number of relayed subscriptions takes more of B's connection slots
+// than the pool. Each event of that subscription then comes as `*<id> <event line>\r\n`
+// (`k SET TO v` / `k DELETED`, as clients get them), all of one stream in order and after
+// its `SUBSCRIBED`, between two replies; `!<id>\r\n` ends the stream (the bucket exited).
+// `<id2> UNSUBSCRIBE <id>` cancels a stream: B answers `=<id2>\r\nOK\r\n` (also for a stream
+// that has ended already) and, for a stream still running, sends `!<id>` after its last
+// event; events of `<id>` that were on their way are dropped by A, which forgets the stream
+// at its `!<id>`. A line `*<id>` or `!<id>` for a stream A does not have is a mismatch like
+// any other: the connection is closed. B pushes the events through the connection's
+// `session::channel`: a peer that does not read is disconnected past
+// `max_subscriber_output`, as a subscriber is. When A's connection to B is lost while
+// streams run, A's relayed subscribers get `ERROR node <name> unavailable` before their
+// connections are closed; a stream ended by `!<id>` closes them without a word, as for a
+// local subscriber.
 
 /// The first token of the greeting on a connection between nodes.
 inline constexpr std::string_view peer_greeting = "OTPKV-PEER";
@@ -424,6 +453,36 @@ inline constexpr std::string_view peer_subscribed = "SUBSCRIBED";
 /// The name in a greeting line (terminator optional), or nullopt when `line` is not one.
 [[nodiscard]] constexpr std::optional<std::string_view>
 parse_peer_greeting(std::string_view line) noexcept;
+
+/// The first byte of a peer's reply header (`=<id>`), stream event (`*<id> <event>`) and
+/// stream end (`!<id>`).
+inline constexpr char peer_reply_mark = '=';
+inline constexpr char peer_event_mark = '*';
+inline constexpr char peer_end_mark = '!';
+/// The verb that cancels a stream on a peer connection: `<id2> UNSUBSCRIBE <id>`.
+inline constexpr std::string_view peer_unsubscribe = "UNSUBSCRIBE";
+
+/// A request id as a token (decimal, 1 to 2^64-1, no sign, no leading zero), or nullopt.
+[[nodiscard]] constexpr std::optional<std::uint64_t> parse_peer_id(std::string_view token) noexcept;
+
+/// Appends `id` in decimal.
+template <byte_sink Out> void append_peer_id(Out& out, std::uint64_t id);
+
+/// A line on a peer connection split at its first token: `<id> <rest>` (a request), or
+/// `=<id>`, `*<id> <rest>`, `!<id>` (what a peer sends back; `mark` is the first byte).
+struct peer_line {
+    char mark = 0;           ///< 0 for a request line, else `=`, `*` or `!`
+    std::uint64_t id = 0;    ///< the id
+    std::string_view rest{}; ///< what follows the id and its separators (terminator excluded)
+};
+
+/// Splits a request line `<id> <request>` (terminator optional); nullopt when its first
+/// token is not an id.
+[[nodiscard]] constexpr std::optional<peer_line> parse_peer_request(std::string_view line) noexcept;
+
+/// Splits a line a peer sends back (`=<id>`, `*<id> <event>`, `!<id>`; terminator
+/// optional); nullopt for anything else.
+[[nodiscard]] constexpr std::optional<peer_line> parse_peer_reply(std::string_view line) noexcept;
 
 // =======================================================================================
 // Implementation
@@ -951,6 +1010,82 @@ constexpr std::optional<std::string_view> parse_peer_greeting(std::string_view l
         return std::nullopt;
     }
     return tokens[2];
+}
+
+constexpr std::optional<std::uint64_t> parse_peer_id(std::string_view token) noexcept {
+    if (token.empty() || token.size() > 20 || token.front() == '0') {
+        return std::nullopt;
+    }
+    std::uint64_t id = 0;
+    for (const char c : token) {
+        if (c < '0' || c > '9') {
+            return std::nullopt;
+        }
+        const auto digit = static_cast<std::uint64_t>(c - '0');
+        if (id > (~std::uint64_t{0} - digit) / 10) {
+            return std::nullopt; // past 2^64-1
+        }
+        id = id * 10 + digit;
+    }
+    return id;
+}
+
+template <byte_sink Out> void append_peer_id(Out& out, std::uint64_t id) {
+    char digits[20];
+    std::size_t n = 0;
+    do {
+        digits[sizeof digits - ++n] = static_cast<char>('0' + id % 10);
+        id /= 10;
+    } while (id != 0);
+    out.append(digits + sizeof digits - n, n);
+}
+
+namespace detail {
+/// `line` without its terminator (LF, CR LF) and split at the end of its first token.
+constexpr std::optional<peer_line> split_peer_line(std::string_view line, char mark) noexcept {
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) {
+        line.remove_suffix(1);
+    }
+    if (mark != 0) {
+        if (line.empty() || line.front() != mark) {
+            return std::nullopt;
+        }
+        line.remove_prefix(1);
+    }
+    std::size_t end = 0;
+    while (end < line.size() && !is_token_separator(line[end])) {
+        ++end;
+    }
+    const auto id = parse_peer_id(line.substr(0, end));
+    if (!id) {
+        return std::nullopt;
+    }
+    std::size_t rest = end;
+    while (rest < line.size() && is_token_separator(line[rest])) {
+        ++rest;
+    }
+    return peer_line{mark, *id, line.substr(rest)};
+}
+} // namespace detail
+
+constexpr std::optional<peer_line> parse_peer_request(std::string_view line) noexcept {
+    return detail::split_peer_line(line, 0);
+}
+
+constexpr std::optional<peer_line> parse_peer_reply(std::string_view line) noexcept {
+    if (line.empty()) {
+        return std::nullopt;
+    }
+    const char mark = line.front();
+    if (mark != peer_reply_mark && mark != peer_event_mark && mark != peer_end_mark) {
+        return std::nullopt;
+    }
+    auto r = detail::split_peer_line(line, mark);
+    // Only an event has something after its id.
+    if (r && (mark == peer_event_mark) == r->rest.empty()) {
+        return std::nullopt;
+    }
+    return r;
 }
 
 } // namespace v0

@@ -17,9 +17,14 @@
 /// Requests arriving on a peer connection (one that greeted with `OTPKV-PEER`, see
 /// command.hpp) are run here whatever the table says: a forwarded request is never
 /// forwarded again, so nodes whose tables disagree cannot loop; the bucket is simply looked
-/// up where the request landed. A SUBSCRIBE to another node's bucket is relayed through a
-/// connection of its own to the owner: the client gets the owner's events through the node
-/// it is connected to.
+/// up where the request landed. Peer connections tag requests with ids (command.hpp,
+/// "Between nodes"). A SUBSCRIBE to another node's bucket is relayed over the pooled
+/// connections to the owner, multiplexed (the owner tags each stream's events with its id
+/// and pushes them through `session::channel` while the connection goes on serving): the
+/// client gets the owner's events through the node it is connected to, and no number of
+/// relayed subscriptions takes more of the owner's connection slots than the pool. When
+/// the connection to the owner is lost, a relayed subscriber gets `ERROR node <name>
+/// unavailable` before its connection is closed; when the bucket exits, a plain close.
 ///
 /// A router is a process: it exits when stopped, or when its client's I/O thread fails (a
 /// supervisor then restarts it, and the server after it). Host programs use it without a
@@ -36,12 +41,16 @@
 #include <otpkv/route.hpp>
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace otpkv {
@@ -133,7 +142,11 @@ class router : public process {
   private:
     friend request_handler router_handler(std::shared_ptr<router> r);
     struct handler_state;
+    struct peer_streams;
     router() = default;
+    void run_peer(session& s, std::string& out);
+    void peer_subscribe(const command& cmd, std::uint64_t id, std::string& out, session& s);
+    void cancel_peer_stream(std::uint64_t id, session& s);
     void run_local(const command& cmd, std::string& out, session& s, bool peer);
     void forward(const command& cmd, std::size_t node, session& s);
     void forward_subscribe(const command& cmd, std::size_t node, session& s);
@@ -145,6 +158,9 @@ class router : public process {
     monitor_handle client_monitor_;
     /// By first byte: `local_slot`, `no_route_slot`, or a node index.
     std::array<std::uint32_t, 256> table_{};
+    /// The streams of each peer connection that subscribed here, by its session id.
+    std::mutex peers_mutex_;
+    std::unordered_map<std::uint64_t, std::shared_ptr<peer_streams>> peers_;
     static constexpr std::uint32_t local_slot = 0xffffffff;
     static constexpr std::uint32_t no_route_slot = 0xfffffffe;
 };
@@ -268,6 +284,10 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
     // The router holds no server, so this is no cycle.
     return [self = std::move(r)](const command& cmd, std::string& out, session& s) {
         std::uint64_t& context = s.context();
+        if (context == detail::peer_connection_mark) {
+            self->run_peer(s, out);
+            return;
+        }
         if (cmd.kind == command_kind::unknown) {
             if (parse_peer_greeting(s.line())) {
                 context = detail::peer_connection_mark;
@@ -275,10 +295,6 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
                 return;
             }
             append_reply(out, reply::unknown_command());
-            return;
-        }
-        if (context == detail::peer_connection_mark) {
-            self->run_local(cmd, out, s, true);
             return;
         }
         const route_target to = self->route(cmd.bucket);
@@ -304,23 +320,185 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
     };
 }
 
-inline void router::run_local(const command& cmd, std::string& out, session& s, bool peer) {
-    const reply_outcome outcome = run_in_session(cmd, *registry_, out, s);
-    if (peer && outcome.kind == reply_kind::subscribed) {
-        out.append(peer_subscribed).append("\r\n"); // the relaying node waits for it
+inline void router::run_peer(session& s, std::string& out) {
+    // `<id> <request>` (command.hpp, "Between nodes"): run here, whatever the table says,
+    // behind the header `=<id>` that lets the relaying node match the reply to its request.
+    const auto request = parse_peer_request(s.line());
+    if (!request) {
+        // Not a line of this protocol: nothing of it runs, and the connection ends. The
+        // error is untagged, so the other node closes its side too.
+        append_reply(out, reply::error(error_code::internal));
+        s.close_after_reply();
+        return;
     }
+    out.push_back(peer_reply_mark);
+    append_peer_id(out, request->id);
+    out.append("\r\n");
+    const command cmd = parse(request->rest);
+    if (cmd.kind == command_kind::subscribe) {
+        peer_subscribe(cmd, request->id, out, s);
+        return;
+    }
+    if (cmd.kind == command_kind::unknown) {
+        // `UNSUBSCRIBE <id>`; anything else (a heartbeat, `<id>` alone, too) is unknown.
+        std::array<std::string_view, 2> tokens{};
+        if (detail::split_tokens(request->rest, tokens) == 2 && tokens[0] == peer_unsubscribe) {
+            if (const auto stream = parse_peer_id(tokens[1])) {
+                cancel_peer_stream(*stream, s);
+                append_reply(out, reply::ok());
+                return;
+            }
+        }
+        append_reply(out, reply::unknown_command());
+        return;
+    }
+    run_local(cmd, out, s, true);
+}
+
+/// What the owner keeps of one peer connection's streams (command.hpp, "Between nodes").
+/// The subscriptions' callbacks run on the publishers' threads and push through `sink`; the
+/// table is the connection's thread's (and `on_close`'s), under `mutex`.
+struct router::peer_streams {
+    /// The connection's channel, one push at a time (each push is whole lines).
+    struct sink {
+        std::mutex mutex;
+        event_stream channel;
+        void push(std::string_view bytes) {
+            const std::lock_guard lock(mutex);
+            channel.push(bytes);
+        }
+    };
+    struct stream {
+        subscription events;
+        monitor_handle exited;
+        std::shared_ptr<std::atomic<bool>> ended; // `!<id>` sent (bucket exited, or cancelled)
+    };
+    std::shared_ptr<sink> out = std::make_shared<sink>();
+    std::mutex mutex;
+    std::unordered_map<std::uint64_t, stream> streams;
+};
+
+inline void router::peer_subscribe(const command& cmd, std::uint64_t id, std::string& out,
+                                   session& s) {
+    std::shared_ptr<peer_streams> streams;
+    {
+        const std::lock_guard lock(peers_mutex_);
+        auto& slot = peers_[s.id()];
+        if (slot == nullptr) {
+            slot = std::make_shared<peer_streams>();
+            streams = slot;
+            // The connection going away (closed, cut for not reading, server stopped) drops
+            // its subscriptions. The handler holds the router for as long as the server runs.
+            streams->out->channel = s.channel([this, conn = s.id()] {
+                std::shared_ptr<peer_streams> gone;
+                {
+                    const std::lock_guard l(peers_mutex_);
+                    const auto found = peers_.find(conn);
+                    if (found != peers_.end()) {
+                        gone = std::move(found->second);
+                        peers_.erase(found);
+                    }
+                }
+                if (gone != nullptr) {
+                    std::unordered_map<std::uint64_t, peer_streams::stream> dropped;
+                    const std::lock_guard l(gone->mutex);
+                    dropped.swap(gone->streams);
+                }
+            });
+        }
+        streams = slot;
+    }
+    std::string end_line(1, peer_end_mark);
+    append_peer_id(end_line, id);
+    end_line.append("\r\n");
+    peer_streams::stream entry;
+    entry.ended = std::make_shared<std::atomic<bool>>(false);
+    const reply_outcome outcome = run(cmd, *registry_, out, [&](registry::bucket_type& b) {
+        entry.events = b.subscribe([sink = streams->out, id](const auto& e) {
+            std::string line(1, peer_event_mark);
+            append_peer_id(line, id);
+            line.push_back(' ');
+            if (e.kind == bucket_event_kind::put) {
+                append_set_event(line, e.key,
+                                 e.value ? std::string_view(*e.value) : std::string_view());
+            } else {
+                append_deleted_event(line, e.key);
+            }
+            sink->push(line);
+        });
+        entry.exited =
+            b.monitor([sink = streams->out, ended = entry.ended, end_line](const exit_reason&) {
+                if (!ended->exchange(true)) {
+                    sink->push(end_line); // after the stream's last event
+                }
+            });
+    });
+    if (outcome.kind != reply_kind::subscribed) {
+        return; // NOT FOUND, written by `run`
+    }
+    // Its events go through the channel, which the loop adds to the output after this reply.
+    out.append(peer_subscribed).append("\r\n");
+    std::vector<peer_streams::stream> finished; // ended streams are forgotten here
+    const std::lock_guard lock(streams->mutex);
+    for (auto it = streams->streams.begin(); it != streams->streams.end();) {
+        if (it->second.ended->load()) {
+            finished.push_back(std::move(it->second));
+            it = streams->streams.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    streams->streams[id] = std::move(entry);
+}
+
+inline void router::cancel_peer_stream(std::uint64_t id, session& s) {
+    std::shared_ptr<peer_streams> streams;
+    {
+        const std::lock_guard lock(peers_mutex_);
+        const auto found = peers_.find(s.id());
+        if (found == peers_.end()) {
+            return;
+        }
+        streams = found->second;
+    }
+    peer_streams::stream gone;
+    {
+        const std::lock_guard lock(streams->mutex);
+        const auto found = streams->streams.find(id);
+        if (found == streams->streams.end()) {
+            return; // ended already: its `!<id>` went out
+        }
+        gone = std::move(found->second);
+        streams->streams.erase(found);
+    }
+    // Cancelled first (waiting for an event being published), so `!<id>` is its last line.
+    gone.events.cancel();
+    gone.exited.cancel();
+    if (!gone.ended->exchange(true)) {
+        std::string end_line(1, peer_end_mark);
+        append_peer_id(end_line, id);
+        end_line.append("\r\n");
+        streams->out->push(end_line);
+    }
+}
+
+inline void router::run_local(const command& cmd, std::string& out, session& s, bool) {
+    run_in_session(cmd, *registry_, out, s); // a peer's SUBSCRIBE never comes here
 }
 
 inline void router::forward(const command& cmd, std::size_t node, session& s) {
     const std::string_view name = client_->nodes()[node].name;
-    client_->request(
-        node, request_line(cmd), cmd.kind, s.id(),
-        [d = s.defer(), name, kind = cmd.kind](std::optional<std::string> reply) mutable {
-            std::string bytes = detail::relayed(std::move(reply), name);
-            // protocol.md's closing errors close the client's connection too.
-            const bool closes = closes_connection(read_reply(kind, bytes).outcome);
-            d.complete(std::move(bytes), closes);
-        });
+    client_->request(node, request_line(cmd), cmd.kind, s.id(),
+                     [d = s.defer(), name](std::optional<framed_reply> reply) mutable {
+                         if (!reply) {
+                             d.complete(detail::relayed(std::nullopt, name)); // does not close
+                             return;
+                         }
+                         // protocol.md's closing errors close the client's connection too. The
+                         // client framed the reply already: its outcome comes with it.
+                         const bool closes = closes_connection(reply->outcome);
+                         d.complete(std::move(reply->bytes), closes);
+                     });
 }
 
 /// What a relayed SUBSCRIBE's callbacks share (all on the client's thread).
@@ -346,7 +524,12 @@ inline void router::forward_subscribe(const command& cmd, std::size_t node, sess
         });
     };
     callbacks.data = [state](std::string_view bytes) { return state->stream.push(bytes); };
-    callbacks.ended = [state] { state->stream.end(); };
+    callbacks.ended = [state] { state->stream.end(); }; // the bucket exited
+    // The owner died (or broke the protocol): the subscriber is told before the close.
+    callbacks.lost = [state, name] {
+        state->stream.push(format_reply(reply::error(error_code::node_unavailable, name)));
+        state->stream.end();
+    };
     client_->subscribe(node, std::string(cmd.bucket), std::move(callbacks));
 }
 

@@ -9,8 +9,12 @@
 /// (command.hpp, "Between nodes"), so the other node runs its requests locally and never
 /// forwards them again (two nodes whose routing tables disagree cannot bounce a request
 /// between them). A node that answers with another name than the routing table gives it
-/// is treated as down: it is not the node the table means. A SUBSCRIBE goes over a
-/// connection of its own, and its `SUBSCRIBED` acknowledgement tells that it took.
+/// is treated as down: it is not the node the table means. Each request carries an id that
+/// its reply echoes; a reply that does not name the oldest request waiting on its
+/// connection closes that connection, and its requests fail as unavailable (command.hpp,
+/// "Between nodes"). SUBSCRIBEs are multiplexed over the same pooled connections (events
+/// tagged with their stream's id), so no number of relayed subscriptions takes more than the
+/// pool's connections at the owner.
 ///
 /// Failure. Each request has a deadline (`request_timeout`, 1 s, from the moment it is
 /// handed over) and each connection attempt one (`connect_timeout`, 1 s, greeting
@@ -98,6 +102,16 @@ enum class node_status : std::uint8_t {
 /// unavailable (down, unreachable, or not answering in time).
 using reply_callback = detail::unique_function<void(std::optional<std::string> reply)>;
 
+/// A reply as the client framed it off the wire: its exact bytes and what they say
+/// (`read_reply`'s outcome), so that whoever relays it need not read it again.
+struct framed_reply {
+    std::string bytes;     ///< the reply, exactly as the owner sent it (without the id header)
+    reply_outcome outcome; ///< its shape and error code
+};
+
+/// `reply_callback` with the reply's outcome: nullopt when the node is unavailable.
+using framed_callback = detail::unique_function<void(std::optional<framed_reply> reply)>;
+
 /// What a remote SUBSCRIBE reports (all on the client's thread, at most one of `refused`
 /// and `subscribed`, then any number of `data`, then at most one `ended`).
 struct stream_callbacks {
@@ -109,8 +123,12 @@ struct stream_callbacks {
     /// Event bytes as they arrive. Returning false closes the stream (`ended` is not
     /// called).
     std::function<bool(std::string_view bytes)> data{};
-    /// The stream ended: the bucket exited, or the owner went away, or the client stopped.
+    /// The stream ended: the bucket exited, the client stopped, or the owner went away and
+    /// `lost` is empty.
     std::function<void()> ended{};
+    /// The connection to the owner was lost (it died, or broke the protocol) while the
+    /// stream ran: nothing more comes (`ended` is not called).
+    std::function<void()> lost{};
 };
 
 namespace detail {
@@ -147,12 +165,17 @@ class node_client : public process {
     /// `affinity` use the same connection, so they run in order.
     void request(std::size_t node, std::string line, command_kind kind, std::uint64_t affinity,
                  reply_callback done);
+    /// `request`, handing over the reply with its outcome (the router relays it without
+    /// reading it again).
+    void request(std::size_t node, std::string line, command_kind kind, std::uint64_t affinity,
+                 framed_callback done);
     /// Sends `command` and blocks for the reply: its bytes, or nullopt when the node is
     /// unavailable. Not from the client's own thread (a callback): it would wait for itself.
     [[nodiscard]] std::optional<std::string> call(std::size_t node, const command& cmd,
                                                   std::uint64_t affinity = 0);
-    /// Opens a connection of its own to `node` and subscribes to `bucket` there; returns an
-    /// id for `cancel_stream`.
+    /// Subscribes to `bucket` on `node`, over the pooled connections (multiplexed with the
+    /// requests and the other streams: no connection of its own); returns an id for
+    /// `cancel_stream`.
     std::uint64_t subscribe(std::size_t node, std::string bucket, stream_callbacks callbacks);
     /// Closes a stream; no callback of it runs afterwards (unless one is running now).
     void cancel_stream(std::uint64_t id);

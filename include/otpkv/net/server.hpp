@@ -110,6 +110,18 @@ class session {
     /// completion may turn the connection into an event stream (`deferred_reply::stream`:
     /// a SUBSCRIBE answered by another node).
     [[nodiscard]] deferred_reply defer_stream();
+    /// A way for other threads to add bytes to this connection's output while it goes on
+    /// serving requests (unlike `subscribe`, the connection does not become a subscriber):
+    /// the router pushes the events of the streams a peer node subscribed to through it.
+    /// Bytes pushed go out after everything the connection wrote before the push; with
+    /// deferred replies outstanding they may overtake those (the router defers nothing on
+    /// a peer's connection). They count toward `max_subscriber_output` with the connection's
+    /// unsent replies: past it the connection is disconnected and `push` returns false.
+    /// `end()` closes the connection once what was pushed is delivered. `on_close` runs
+    /// once, on the server's thread, when the connection goes away; it must not block. One
+    /// channel per connection: a second call returns the same one (and drops its
+    /// `on_close`).
+    [[nodiscard]] event_stream channel(std::function<void()> on_close);
     /// The request line being handled, terminator excluded (for verbs `parse` does not
     /// know, such as the router's peer greeting).
     [[nodiscard]] std::string_view line() const noexcept { return line_; }
@@ -142,7 +154,7 @@ struct deferred_state;
 
 /// A stream of event bytes into a connection that a deferred SUBSCRIBE turned into a
 /// subscriber (`deferred_reply::stream`): the router relays another node's events through
-/// it. The same cap as for local subscribers applies (`max_subscriber_output`): a
+/// it; or into a connection that goes on serving (`session::channel`). The same cap as for local subscribers applies (`max_subscriber_output`): a
 /// connection that does not read is disconnected, and `push` then returns false.
 ///
 /// Thread safety: any thread, one at a time. Movable, not copyable; dropping it without

@@ -31,6 +31,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -44,11 +45,25 @@ using client_clock = std::chrono::steady_clock;
 /// One request sent (or queued) on a connection, waiting for its reply.
 struct awaited {
     command_kind kind = command_kind::unknown;
-    reply_callback done; // empty for the greeting
+    framed_callback done; // empty for the greeting
     client_clock::time_point deadline;
+    std::uint64_t id = 0;     // the request id its reply's header must name; 0: the greeting's
+    std::uint64_t stream = 0; // a SUBSCRIBE's: the stream's id (node_client::subscribe's)
 };
 
-/// One TCP connection to a peer: a pooled one, or a stream's own.
+/// A relayed stream on a peer connection (command.hpp, "Between nodes": `*<id>` events,
+/// `!<id>` its end), under the request id of its SUBSCRIBE.
+struct stream_entry {
+    std::uint64_t stream = 0; // node_client::subscribe's id
+    stream_callbacks callbacks;
+    bool subscribed = false; // SUBSCRIBED came: events may come
+    bool cancelled = false;  // cancelled here: its events are dropped until its `!<id>`
+};
+
+/// The longest reply header a peer sends: `=` and 20 digits, CR LF.
+inline constexpr std::size_t max_peer_header = 23;
+
+/// One pooled TCP connection to a peer: requests, and the streams relayed over it.
 struct peer_connection {
     enum class phase : std::uint8_t { closed, connecting, greeting, ready };
 
@@ -62,14 +77,10 @@ struct peer_connection {
     std::string backlog; // requests that wait for the greeting's answer
     std::string in;
     std::deque<awaited> waiting;          // replies owed, in order (the greeting's first)
+    std::uint64_t next_id = 1;            // the next request id (never reused on this object)
     client_clock::time_point last_used{}; // a request sent or a reply received
     bool dirty = false;                   // requests appended, to be sent once the mail is taken
-
-    // A stream's (SUBSCRIBE) only.
-    std::uint64_t stream_id = 0;
-    stream_callbacks callbacks;
-    bool subscribed = false;
-    client_clock::time_point stream_deadline{};
+    std::unordered_map<std::uint64_t, stream_entry> streams; // by their SUBSCRIBE's id
 };
 
 /// One peer node: its address, its pool and its state.
@@ -90,7 +101,7 @@ struct client_mail {
     std::uint64_t affinity = 0; // request: which pooled connection; subscribe/cancel: id
     std::string line;           // request: the line; subscribe: the bucket
     command_kind command = command_kind::unknown;
-    reply_callback done;
+    framed_callback done;
     stream_callbacks callbacks;
     client_clock::time_point deadline{};
 };
@@ -162,7 +173,9 @@ class client_loop {
     void node_down(std::size_t node);
     void node_up(std::size_t node);
     void fail_all(peer_connection& c);
-    void end_stream(peer_connection& c, bool tell);
+    void queue(peer_connection& c, std::uint64_t id, std::string_view request);
+    bool stream_line(peer_connection& c, std::string_view line);
+    void unsubscribe(peer_connection& c, std::uint64_t id);
     int check_timers();
     void publish(std::size_t node, bool up);
     void shut_down();
@@ -170,7 +183,8 @@ class client_loop {
     client_options options_;
     std::vector<peer_node> addresses_;
     std::vector<std::unique_ptr<peer_state>> peers_;
-    std::vector<std::unique_ptr<peer_connection>> streams_;
+    // Where each stream runs: its connection and its SUBSCRIBE's id there.
+    std::unordered_map<std::uint64_t, std::pair<peer_connection*, std::uint64_t>> stream_index_;
     std::string greeting_;
     poller poller_;
     wake_pipe wake_;
@@ -221,9 +235,6 @@ inline void client_loop::run() {
                 }
             }
         }
-        // Streams closed during the batch are freed here, once no event can name them.
-        std::erase_if(streams_,
-                      [](const auto& s) { return s->state == peer_connection::phase::closed; });
     }
     shut_down();
 }
@@ -242,19 +253,9 @@ inline void client_loop::take_mail() {
                 break;
             }
             peer_connection& c = *p->pool[m.affinity % p->pool.size()];
-            c.waiting.push_back({m.command, std::move(m.done), m.deadline});
-            if (c.state == peer_connection::phase::ready) {
-                c.out.append(m.line);
-                if (!c.dirty) {
-                    c.dirty = true;
-                    dirty_.push_back(&c);
-                }
-            } else {
-                c.backlog.append(m.line);
-                if (c.state == peer_connection::phase::closed) {
-                    open(c);
-                }
-            }
+            const std::uint64_t id = c.next_id++;
+            c.waiting.push_back({m.command, std::move(m.done), m.deadline, id, 0});
+            queue(c, id, m.line);
             break;
         }
         case client_mail::kind::subscribe: {
@@ -262,25 +263,32 @@ inline void client_loop::take_mail() {
                 m.callbacks.refused(std::nullopt);
                 break;
             }
-            auto s = std::make_unique<peer_connection>();
-            s->node = m.node;
-            s->stream_id = m.affinity;
-            s->callbacks = std::move(m.callbacks);
-            s->stream_deadline = m.deadline;
-            s->backlog = "SUBSCRIBE " + m.line + "\r\n";
-            peer_connection& c = *s;
-            streams_.push_back(std::move(s));
-            open(c);
+            // Multiplexed over the pool, like requests: no connection of its own, so relayed
+            // subscriptions never take the owner's connection slots.
+            peer_connection& c = *p->pool[m.affinity % p->pool.size()];
+            const std::uint64_t id = c.next_id++;
+            c.streams.emplace(id, stream_entry{m.affinity, std::move(m.callbacks), false, false});
+            stream_index_[m.affinity] = {&c, id};
+            c.waiting.push_back({command_kind::subscribe, [](std::optional<framed_reply>) {},
+                                 m.deadline, id, m.affinity});
+            queue(c, id, "SUBSCRIBE " + m.line + "\r\n");
             break;
         }
-        case client_mail::kind::cancel:
-            for (const auto& s : streams_) {
-                if (s->stream_id == m.affinity && s->state != peer_connection::phase::closed) {
-                    s->callbacks = {};
-                    close(*s);
-                }
+        case client_mail::kind::cancel: {
+            const auto found = stream_index_.find(m.affinity);
+            if (found == stream_index_.end()) {
+                break; // ended already
             }
+            auto [c, id] = found->second;
+            stream_index_.erase(found);
+            stream_entry& e = c->streams.at(id);
+            e.callbacks = {};
+            e.cancelled = true;
+            if (e.subscribed) {
+                unsubscribe(*c, id);
+            } // else: when its SUBSCRIBED comes
             break;
+        }
         case client_mail::kind::connect:
             if (!refuse) {
                 for (const auto& c : p->pool) {
@@ -303,6 +311,67 @@ inline void client_loop::take_mail() {
         }
     }
     dirty_.clear();
+}
+
+inline void client_loop::queue(peer_connection& c, std::uint64_t id, std::string_view request) {
+    std::string& to = c.state == peer_connection::phase::ready ? c.out : c.backlog;
+    append_peer_id(to, id); // `<id> <request>`: its reply must name it
+    to.push_back(' ');
+    to.append(request);
+    if (c.state == peer_connection::phase::ready) {
+        if (!c.dirty) {
+            c.dirty = true;
+            dirty_.push_back(&c);
+        }
+    } else if (c.state == peer_connection::phase::closed) {
+        open(c);
+    }
+}
+
+inline void client_loop::unsubscribe(peer_connection& c, std::uint64_t id) {
+    // `<id2> UNSUBSCRIBE <id>`; the owner ends the stream with `!<id>` after its last event,
+    // and the entry goes then.
+    const std::uint64_t request = c.next_id++;
+    c.waiting.push_back({command_kind::unknown, [](std::optional<framed_reply>) {},
+                         client_clock::now() + options_.request_timeout, request, 0});
+    std::string line(peer_unsubscribe);
+    line.push_back(' ');
+    append_peer_id(line, id);
+    line.append("\r\n");
+    queue(c, request, line);
+}
+
+inline bool client_loop::stream_line(peer_connection& c, std::string_view line) {
+    const auto tag = parse_peer_reply(line);
+    const auto found = tag ? c.streams.find(tag->id) : c.streams.end();
+    if (found == c.streams.end() || !found->second.subscribed) {
+        return false; // a stream it does not have
+    }
+    stream_entry& e = found->second;
+    if (tag->mark == peer_end_mark) {
+        // The bucket exited (or the cancel was done): the stream's last line.
+        auto callbacks = std::move(e.callbacks);
+        const bool tell = !e.cancelled;
+        stream_index_.erase(e.stream);
+        c.streams.erase(found);
+        if (tell && callbacks.ended) {
+            callbacks.ended();
+        }
+        return true;
+    }
+    if (e.cancelled) {
+        return true; // on its way before the cancel: dropped
+    }
+    std::string event(tag->rest);
+    event.append("\r\n");
+    if (!e.callbacks.data(event)) {
+        // The relayed subscriber is gone: cancel it at the owner.
+        e.callbacks = {};
+        e.cancelled = true;
+        stream_index_.erase(e.stream);
+        unsubscribe(c, found->first);
+    }
+    return true;
 }
 
 inline void client_loop::open(peer_connection& c) {
@@ -390,17 +459,15 @@ inline void client_loop::read_replies(peer_connection& c) {
     for (int i = 0; i < 8; ++i) {
         const ssize_t n = ::read(c.fd.get(), buffer, sizeof buffer);
         if (n > 0) {
-            if (c.subscribed) {
-                if (!c.callbacks.data(std::string_view(buffer, static_cast<std::size_t>(n)))) {
-                    c.callbacks = {};
-                    close(c);
-                    return;
-                }
-                continue;
-            }
             c.in.append(buffer, static_cast<std::size_t>(n));
             if (!deliver(c)) {
                 return;
+            }
+            if (!c.out.empty()) {
+                flush(c); // an UNSUBSCRIBE that a stream's answer or event asked for
+                if (!c.fd) {
+                    return;
+                }
             }
             if (static_cast<std::size_t>(n) < sizeof buffer) {
                 return;
@@ -411,11 +478,7 @@ inline void client_loop::read_replies(peer_connection& c) {
             return;
         } else {
             // EOF or reset.
-            if (c.subscribed) {
-                end_stream(c, true);
-            } else {
-                broken(c);
-            }
+            broken(c);
             return;
         }
     }
@@ -423,10 +486,59 @@ inline void client_loop::read_replies(peer_connection& c) {
 
 inline bool client_loop::deliver(peer_connection& c) {
     std::size_t used = 0;
-    while (!c.waiting.empty()) {
+    while (true) {
         const std::string_view rest = std::string_view(c.in).substr(used);
-        const std::size_t size = read_reply(c.waiting.front().kind, rest).size;
-        if ((size == 0 ? rest.size() : size) > options_.max_reply) {
+        if (!rest.empty() && (rest.front() == peer_event_mark || rest.front() == peer_end_mark) &&
+            c.state == peer_connection::phase::ready) {
+            // A stream's event or end, between two replies.
+            const std::size_t end = rest.find('\n');
+            if (end == std::string_view::npos) {
+                if (rest.size() > options_.max_reply) {
+                    broken(c);
+                    return false;
+                }
+                break;
+            }
+            used += end + 1;
+            if (!stream_line(c, rest.substr(0, end + 1))) {
+                broken(c); // an unknown stream: nothing more of it can be trusted
+                return false;
+            }
+            if (c.state != peer_connection::phase::ready) {
+                return false; // closed by a callback's doing
+            }
+            continue;
+        }
+        if (c.waiting.empty()) {
+            if (!rest.empty()) {
+                broken(c); // bytes nobody asked for: not a peer to trust with replies
+                return false;
+            }
+            break;
+        }
+        // A request's reply comes behind its header, `=<id>`, which must name the oldest
+        // request waiting here; the greeting's answer (id 0) has none.
+        std::size_t header = 0;
+        if (c.waiting.front().id != 0) {
+            const std::size_t end = rest.find('\n');
+            if (end == std::string_view::npos) {
+                if (rest.size() > max_peer_header) {
+                    broken(c);
+                    return false;
+                }
+                break;
+            }
+            const auto tag = parse_peer_reply(rest.substr(0, end + 1));
+            if (!tag || tag->mark != peer_reply_mark || tag->id != c.waiting.front().id) {
+                broken(c); // another id, or not a header: its replies cannot be matched
+                return false;
+            }
+            header = end + 1;
+        }
+        const std::string_view body = rest.substr(header);
+        const reply_view framed = read_reply(c.waiting.front().kind, body);
+        const std::size_t size = framed.size;
+        if ((size == 0 ? body.size() : size) > options_.max_reply) {
             broken(c); // no reply is that long: not a peer we understand
             return false;
         }
@@ -436,38 +548,36 @@ inline bool client_loop::deliver(peer_connection& c) {
         awaited front = std::move(c.waiting.front());
         c.waiting.pop_front();
         c.last_used = client_clock::now();
-        const std::string_view bytes = rest.substr(0, size);
-        used += size;
-        if (!front.done) {
-            // The greeting's answer, or a stream's SUBSCRIBE acknowledgement.
-            if (c.stream_id != 0 && c.state == peer_connection::phase::ready) {
-                std::string_view line = bytes.substr(0, bytes.size() - 1);
-                if (!line.empty() && line.back() == '\r') {
-                    line.remove_suffix(1);
-                }
-                if (line != peer_subscribed) {
-                    std::string reply(bytes); // before `close` clears the buffer it views
-                    auto refused = std::move(c.callbacks.refused);
-                    c.callbacks = {};
-                    close(c);
-                    if (refused) {
-                        refused(std::move(reply));
-                    }
-                    return false;
-                }
-                c.subscribed = true;
-                const std::string after = c.in.substr(used);
-                c.in.clear();
-                if (c.callbacks.subscribed) {
-                    c.callbacks.subscribed(c.stream_id);
-                }
-                if (!after.empty() && c.state != peer_connection::phase::closed &&
-                    !c.callbacks.data(after)) {
-                    c.callbacks = {};
-                    close(c);
-                }
+        const std::string_view bytes = body.substr(0, size);
+        used += header + size;
+        if (front.stream != 0) {
+            // A SUBSCRIBE's answer: `SUBSCRIBED`, or the refusal.
+            const auto found = c.streams.find(front.id);
+            if (found == c.streams.end()) {
+                broken(c); // cannot happen: an entry lives until its answer or its end
                 return false;
             }
+            stream_entry& e = found->second;
+            if (detail::without_cr(bytes.substr(0, bytes.size() - 1)) == peer_subscribed) {
+                e.subscribed = true;
+                if (e.cancelled) {
+                    unsubscribe(c, front.id);
+                } else if (e.callbacks.subscribed) {
+                    e.callbacks.subscribed(e.stream);
+                }
+                continue;
+            }
+            auto refused = std::move(e.callbacks.refused);
+            const bool tell = !e.cancelled;
+            stream_index_.erase(e.stream);
+            c.streams.erase(found);
+            if (tell && refused) {
+                refused(std::string(bytes));
+            }
+            continue;
+        }
+        if (!front.done) {
+            // The greeting's answer.
             const auto name = parse_peer_greeting(bytes);
             if (!name || *name != peers_[c.node]->address.name) {
                 used = 0;
@@ -475,14 +585,9 @@ inline bool client_loop::deliver(peer_connection& c) {
                 node_down(c.node); // someone else answers there
                 return false;
             }
-            // Greeted: what waited goes out now (a stream's SUBSCRIBE, whose answer is owed
-            // next; or the requests queued while connecting).
+            // Greeted: the requests queued while connecting go out now.
             c.state = peer_connection::phase::ready;
-            if (c.stream_id != 0) {
-                c.waiting.push_back({command_kind::subscribe, {}, c.stream_deadline});
-            } else {
-                node_up(c.node);
-            }
+            node_up(c.node);
             c.out.append(c.backlog);
             std::string().swap(c.backlog);
             flush(c);
@@ -491,7 +596,7 @@ inline bool client_loop::deliver(peer_connection& c) {
             }
             continue;
         }
-        front.done(std::string(bytes));
+        front.done(framed_reply{std::string(bytes), framed.outcome});
     }
     c.in.erase(0, used);
     return true;
@@ -501,9 +606,29 @@ inline void client_loop::fail_all(peer_connection& c) {
     // Taken out first: a callback may hand over new requests (they queue behind).
     std::deque<awaited> failed;
     failed.swap(c.waiting);
+    std::unordered_map<std::uint64_t, stream_entry> streams;
+    streams.swap(c.streams);
     for (auto& w : failed) {
         if (w.done) {
             w.done(std::nullopt);
+        }
+    }
+    // Its streams end: lost with the connection (the owner died, or broke the protocol), or
+    // never subscribed (unavailable); when the client stops, they just end.
+    const bool stopping = stopping_.load(std::memory_order_acquire);
+    for (auto& [id, e] : streams) {
+        stream_index_.erase(e.stream);
+        if (e.cancelled) {
+            continue;
+        }
+        if (!e.subscribed) {
+            if (e.callbacks.refused) {
+                e.callbacks.refused(std::nullopt);
+            }
+        } else if (!stopping && e.callbacks.lost) {
+            e.callbacks.lost();
+        } else if (e.callbacks.ended) {
+            e.callbacks.ended();
         }
     }
 }
@@ -519,37 +644,10 @@ inline void client_loop::close(peer_connection& c) {
     c.sent = 0;
     c.backlog.clear();
     c.in.clear();
-    c.subscribed = false;
-}
-
-inline void client_loop::end_stream(peer_connection& c, bool tell) {
-    auto callbacks = std::move(c.callbacks);
-    c.callbacks = {};
-    const bool was_subscribed = c.subscribed;
-    close(c);
-    if (!tell) {
-        return;
-    }
-    if (was_subscribed) {
-        if (callbacks.ended) {
-            callbacks.ended();
-        }
-    } else if (callbacks.refused) {
-        callbacks.refused(std::nullopt);
-    }
 }
 
 inline void client_loop::broken(peer_connection& c) {
     const bool was_ready = c.state == peer_connection::phase::ready;
-    if (c.stream_id != 0) {
-        if (!c.subscribed && c.state != peer_connection::phase::ready) {
-            // Could not connect or greet: the node is unreachable. It is marked down before
-            // the refusal is reported, so that whoever hears of it sees it down.
-            node_down(c.node);
-        }
-        end_stream(c, true);
-        return;
-    }
     peer_state& p = *peers_[c.node];
     if (!was_ready || p.status.load(std::memory_order_relaxed) != node_status::up) {
         node_down(c.node); // fails this connection's requests too, with the node down
@@ -625,9 +723,12 @@ inline int client_loop::check_timers() {
                        options_.heartbeat.count() > 0) {
                 const auto due = c->last_used + options_.heartbeat;
                 if (now >= due) {
-                    c->out.append("\r\n"); // answered `UNKNOWN COMMAND` by any node
-                    c->waiting.push_back({command_kind::unknown, [](std::optional<std::string>) {},
-                                          now + options_.request_timeout});
+                    // `<id>` alone: an empty request, answered `UNKNOWN COMMAND`.
+                    const std::uint64_t id = c->next_id++;
+                    append_peer_id(c->out, id);
+                    c->out.append("\r\n");
+                    c->waiting.push_back({command_kind::unknown, [](std::optional<framed_reply>) {},
+                                          now + options_.request_timeout, id});
                     c->last_used = now;
                     flush(*c);
                     if (c->fd) {
@@ -653,19 +754,6 @@ inline int client_loop::check_timers() {
             }
         }
     }
-    for (const auto& s : streams_) {
-        if (s->state == peer_connection::phase::closed || s->subscribed) {
-            continue;
-        }
-        const auto deadline = std::min(s->setup_deadline, s->stream_deadline);
-        if (now >= deadline) {
-            const std::size_t node = s->node;
-            end_stream(*s, true);
-            node_down(node);
-        } else {
-            consider(deadline);
-        }
-    }
     if (next == client_clock::time_point::max()) {
         return -1;
     }
@@ -682,12 +770,6 @@ inline void client_loop::shut_down() {
             fail_all(*c);
         }
     }
-    for (const auto& s : streams_) {
-        if (s->state != peer_connection::phase::closed) {
-            end_stream(*s, true);
-        }
-    }
-    streams_.clear();
 }
 
 } // namespace detail
@@ -736,6 +818,14 @@ inline node_status node_client::status(std::size_t node) const noexcept {
 
 inline void node_client::request(std::size_t node, std::string line, command_kind kind,
                                  std::uint64_t affinity, reply_callback done) {
+    request(node, std::move(line), kind, affinity,
+            [done = std::move(done)](std::optional<framed_reply> reply) mutable {
+                done(reply ? std::optional<std::string>(std::move(reply->bytes)) : std::nullopt);
+            });
+}
+
+inline void node_client::request(std::size_t node, std::string line, command_kind kind,
+                                 std::uint64_t affinity, framed_callback done) {
     if (loop_->status(node) == node_status::down) {
         done(std::nullopt); // fail fast: it is being retried in the background
         return;

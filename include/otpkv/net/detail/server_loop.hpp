@@ -102,6 +102,7 @@ struct connection {
     std::uint64_t id = 0;      // session::id
     std::uint64_t context = 0; // session::context
     std::shared_ptr<subscriber_link> link;
+    std::shared_ptr<subscriber_link> channel; // session::channel: bytes from other threads
     subscription events;
     monitor_handle bucket_monitor;
     std::deque<std::shared_ptr<deferred_state>> waiting; // deferred replies, request order
@@ -196,6 +197,8 @@ class event_loop {
     bool post(mail m) { return mailbox_.post(std::move(m)); }
 
     void subscribe(connection& c, registry::bucket_type& b);
+    [[nodiscard]] std::shared_ptr<subscriber_link> open_channel(connection& c,
+                                                                std::function<void()> on_close);
     [[nodiscard]] std::shared_ptr<deferred_state> defer(connection& c, bool barrier);
     [[nodiscard]] std::size_t requests() const noexcept {
         return requests_.load(std::memory_order_relaxed);
@@ -489,6 +492,9 @@ inline void event_loop::flush(connection& c) {
     if (c.link) {
         c.link->unsent.store(c.unsent(), std::memory_order_relaxed);
     }
+    if (c.channel) {
+        c.channel->unsent.store(c.unsent(), std::memory_order_relaxed);
+    }
     if (c.paused && may_resume(c)) {
         // Drained enough: run what is buffered, then read again. Pulling may fill the
         // output again, so flush once more (a recursion of at most one level per drain).
@@ -699,6 +705,7 @@ inline void event_loop::destroy(connection& c) {
         c.bucket_monitor.cancel();
         detach(c.link); // an event_stream's source: stop sending
     }
+    detach(c.channel); // its source: stop sending
     if (c.counted) {
         core_.connections.fetch_sub(1, std::memory_order_relaxed);
     }
@@ -792,6 +799,10 @@ inline void session::subscribe(registry::bucket_type& b) {
     loop_.subscribe(conn_, b);
 }
 
+inline event_stream session::channel(std::function<void()> on_close) {
+    return event_stream(loop_.open_channel(conn_, std::move(on_close)));
+}
+
 inline void session::close_after_reply() noexcept {
     conn_.begin_close();
 }
@@ -813,6 +824,23 @@ inline std::uint64_t& session::context() noexcept {
 }
 
 namespace detail {
+
+inline std::shared_ptr<subscriber_link> event_loop::open_channel(connection& c,
+                                                                 std::function<void()> on_close) {
+    if (c.channel == nullptr) {
+        // Attached at once: what is pushed goes to the output when the loop takes it (after
+        // the reply the handler is writing now), through the same mail as a subscriber's.
+        auto link = std::make_shared<subscriber_link>();
+        link->on_detach = std::move(on_close);
+        link->core = core_.weak_from_this();
+        link->loop = this;
+        link->cap = core_.options.max_subscriber_output;
+        link->conn = &c;
+        link->unsent.store(c.unsent(), std::memory_order_relaxed);
+        c.channel = std::move(link);
+    }
+    return c.channel;
+}
 
 inline std::shared_ptr<deferred_state> event_loop::defer(connection& c, bool barrier) {
     auto d = std::make_shared<deferred_state>();
