@@ -10,6 +10,8 @@
 // and the peer greeting.
 #include "kv_process.hpp"
 
+#include <otpkv/detail/random.hpp>
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -32,12 +34,14 @@ using otpkv_test::escaped;
 using otpkv_test::exchange_each;
 using otpkv_test::exchange_pipelined;
 using otpkv_test::exit_status;
+using otpkv_test::handshake_as;
 using otpkv_test::kv_client;
 using otpkv_test::kv_process;
 using otpkv_test::millis;
 using otpkv_test::ms_since;
 using otpkv_test::not_found;
 using otpkv_test::ok;
+using otpkv_test::process_cookie;
 using otpkv_test::read_through;
 using otpkv_test::row;
 using otpkv_test::steady;
@@ -163,12 +167,12 @@ class cluster {
     // A client connection to node i.
     [[nodiscard]] kv_client client(std::size_t i) const { return kv_client(port(i)); }
 
-    // A connection to node i that has greeted it as another node would (`OTPKV-PEER 1
-    // test`): its requests run on node i whatever the table says, so it shows what node i
-    // itself holds.
+    // A connection to node i that has done the handshake as another node of the table
+    // would (with the tests' cookie): its requests run on node i whatever the table says, so
+    // it shows what node i itself holds.
     [[nodiscard]] kv_client peer(std::size_t i) const {
         kv_client c(port(i));
-        OTPKV_CHECK_EXCHANGE(c, "OTPKV-PEER 1 test\r\n", "OTPKV-PEER 1 " + name(i) + "\r\n");
+        REQUIRE(handshake_as(c, name((i + 1) % specs_.size()), name(i), process_cookie));
         return c;
     }
 
@@ -856,23 +860,20 @@ TEST_CASE("cluster: SUBSCRIBE through a node that does not own the bucket") {
     c.stop();
 }
 
-TEST_CASE("cluster: the peer greeting is answered with the node's name; that connection's "
-          "requests run on that node") {
+TEST_CASE("cluster: the peer handshake proves the cookie; that connection's requests run on that "
+          "node") {
     cluster c(three_nodes());
     for (std::size_t i = 0; i < 3; ++i) {
         INFO("node " << c.name(i));
         kv_client client = c.client(i);
-        // Not greetings: unknown commands, as protocol.md says of any unknown verb.
-        exchange_each(client, {
-                                  {"OTPKV-PEER 2 x\r\n", unknown},
-                                  {"OTPKV-PEER 1\r\n", unknown},
-                                  {"OTPKV-PEER 1 x y\r\n", unknown},
-                                  {"OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 " + c.name(i) + "\r\n"},
-                                  // A bucket of n3's name (of n1's for n3), run right here.
-                                  {i == 2 ? "CREATE apeer\r\n" : "CREATE tpeer\r\n", ok},
-                              });
+        // Lines that read like greetings but are none: unknown commands.
+        exchange_each(client, {{"OTPKV-PEERS 1 x\r\n", unknown}, {"PEER 2 x\r\n", unknown}});
+        // A handshake: then a bucket of n3's name (of n1's for n3) is made right here.
+        kv_client peer = c.client(i);
+        REQUIRE(handshake_as(peer, c.name((i + 1) % 3), c.name(i), process_cookie));
+        exchange_each(peer, {{i == 2 ? "CREATE apeer\r\n" : "CREATE tpeer\r\n", ok}});
     }
-    // Those buckets were made where the greeted connections were, not on their owners.
+    // Those buckets were made where the peer connections were, not on their owners.
     kv_client via3 = c.client(2);
     kv_client via1 = c.client(0);
     OTPKV_CHECK_EXCHANGE(via3, "GET tpeer k\r\n", not_found);
@@ -881,5 +882,56 @@ TEST_CASE("cluster: the peer greeting is answered with the node's name; that con
         kv_client peer = c.peer(i);
         OTPKV_CHECK_EXCHANGE(peer, i == 2 ? "GET apeer k\r\n" : "GET tpeer k\r\n", value_reply(""));
     }
+    c.stop();
+}
+
+TEST_CASE("cluster: a client posing as a peer gets ERROR not a peer and the close, and what it "
+          "sent after the greeting does not run") {
+    cluster c(three_nodes());
+    const std::string refused = "ERROR not a peer\r\n";
+    const std::string nonce = otpkv::detail::new_peer_nonce();
+    // n1 owns a-i: buckets of n2 (j-r) and of no route (A-Z) must not be made on n1.
+    const std::vector<std::string> attempts = {
+        "OTPKV-PEER 1 x\r\nCREATE jfake1\r\nCREATE Zfake1\r\n", // the old greeting
+        "OTPKV-PEER 1 n2\r\nCREATE jfake2\r\nCREATE Zfake2\r\n",
+        "OTPKV-PEER 2 x " + nonce + "\r\nCREATE jfake3\r\n",  // not a node of the table
+        "OTPKV-PEER 2 n1 " + nonce + "\r\nCREATE jfake4\r\n", // n1 itself
+    };
+    for (const std::string& attempt : attempts) {
+        CAPTURE(escaped(attempt));
+        kv_client attacker = c.client(0);
+        REQUIRE(attacker.send_all(attempt));
+        OTPKV_CHECK_BYTES(attacker.read_to_eof(), refused);
+    }
+    // A well-formed greeting as n2, then a proof made with another cookie, with requests
+    // pipelined behind it: the answer, then the refusal, then EOF.
+    kv_client forger = c.client(0);
+    const std::string mine = otpkv::detail::new_peer_nonce();
+    REQUIRE(forger.send_all(otpkv::peer_greeting_line("n2", mine)));
+    const std::string line = forger.read_lines(1);
+    const auto answer = otpkv::parse_peer_answer(line);
+    REQUIRE(answer.has_value());
+    CHECK(answer->name == "n1");
+    // Its proof cannot be checked without the cookie: with the wrong one it does not match.
+    CHECK_FALSE(otpkv::peer_proof_matches(
+        otpkv::peer_accept_proof("guess", "n1", "n2", mine, answer->nonce), answer->proof));
+    REQUIRE(forger.send_all(otpkv::peer_proof_line(otpkv::peer_connect_proof("guess", "n2", "n1",
+                                                                             mine, answer->nonce)) +
+                            "CREATE jfake5\r\nCREATE Zfake5\r\n"));
+    OTPKV_CHECK_BYTES(forger.read_to_eof(), refused);
+    // Nothing ran: no fake bucket on n1 (asked over a real peer connection) or on n2.
+    kv_client peer1 = c.peer(0);
+    kv_client peer2 = c.peer(1);
+    for (const std::string name :
+         {"jfake1", "Zfake1", "jfake2", "Zfake2", "jfake3", "jfake4", "jfake5", "Zfake5"}) {
+        CAPTURE(name);
+        OTPKV_CHECK_EXCHANGE(peer1, "GET " + name + " k\r\n", not_found);
+        OTPKV_CHECK_EXCHANGE(peer2, "GET " + name + " k\r\n", not_found);
+    }
+    // And the cluster works as before, through n1.
+    kv_client client = c.client(0);
+    exchange_each(client, {{"CREATE jreal\r\n", ok},
+                           {"PUT jreal k v\r\n", ok},
+                           {"GET jreal k\r\n", value_reply("v")}});
     c.stop();
 }
