@@ -14,11 +14,16 @@
 
 #include <doctest/doctest.h>
 
+#include <stdlib.h> // mkdtemp
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <random>
@@ -338,6 +343,72 @@ void check_polled(const polled& p, const std::string& what) {
 
 // The first letters of a bucket of n1, n2 and n3 under three_nodes()' table.
 constexpr std::array<char, 3> owner_letter = {'a', 'k', 't'};
+
+// A fresh directory (a HOME of a test's own), removed with what is in it.
+class temp_home {
+  public:
+    temp_home() {
+        std::string pattern =
+            (std::filesystem::temp_directory_path() / "otpkv_home_XXXXXX").string();
+        REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+        path_ = pattern;
+    }
+    temp_home(const temp_home&) = delete;
+    temp_home& operator=(const temp_home&) = delete;
+    ~temp_home() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+    [[nodiscard]] const std::string& path() const { return path_; }
+    [[nodiscard]] std::string cookie_path() const { return path_ + "/.otpkv.cookie"; }
+    // The names of the files in it.
+    [[nodiscard]] std::vector<std::string> files() const {
+        std::vector<std::string> names;
+        for (const auto& e : std::filesystem::directory_iterator(path_)) {
+            names.push_back(e.path().filename().string());
+        }
+        return names;
+    }
+
+  private:
+    std::string path_;
+};
+
+// kv_server's flags for node `name` on `port` with `table`, and `extra`.
+std::vector<std::string> node_args(const std::string& name, std::uint16_t port,
+                                   const std::vector<std::string>& table,
+                                   const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"--node",    name, "--port", std::to_string(port),
+                                     "--threads", "1"};
+    for (const std::string& r : table) {
+        args.push_back("--route");
+        args.push_back(r);
+    }
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+}
+
+// Sends `request` on `c` until its one-line reply is `want` (a node coming up), for 5 s at
+// most; the last reply.
+std::string retry_until(kv_client& c, const std::string& request, const std::string& want) {
+    const auto deadline = steady::now() + 5s;
+    std::string got;
+    do {
+        REQUIRE(c.send_all(request));
+        got = c.read_lines(1);
+        if (got == want) {
+            break;
+        }
+        std::this_thread::sleep_for(20ms);
+    } while (steady::now() < deadline);
+    return got;
+}
+
+// The contents of the file at `path`.
+std::string contents(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 } // namespace
 
@@ -934,4 +1005,166 @@ TEST_CASE("cluster: a client posing as a peer gets ERROR not a peer and the clos
                            {"PUT jreal k v\r\n", ok},
                            {"GET jreal k\r\n", value_reply("v")}});
     c.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// The cluster cookie
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("cluster: nodes with different cookies cannot talk (each other's buckets are "
+          "unavailable, and both say why); with the same cookie they can") {
+    const std::vector<std::uint16_t> ports = unused_ports(2);
+    const std::vector<std::string> table = {route("a-m", "n1", ports[0]),
+                                            route("n-z", "n2", ports[1])};
+    auto n1 = std::make_unique<kv_process>(node_args("n1", ports[0], table, {"--cookie", "alpha"}),
+                                           std::vector<std::string>{}, false);
+    auto n2 = std::make_unique<kv_process>(node_args("n2", ports[1], table, {"--cookie", "beta"}),
+                                           std::vector<std::string>{}, false);
+    kv_client c1(ports[0]);
+    kv_client c2(ports[1]);
+    exchange_each(c1, {{"CREATE nut\r\n", "ERROR node n2 unavailable\r\n"},
+                       {"CREATE apple\r\n", ok},
+                       {"PUT apple k 1\r\n", ok}});
+    exchange_each(
+        c2, {{"GET apple k\r\n", "ERROR node n1 unavailable\r\n"}, {"GET nut k\r\n", not_found}});
+    // Nothing was made where it does not belong: n2, asked with its own cookie, has no apple.
+    kv_client p2(ports[1]);
+    REQUIRE(handshake_as(p2, "n1", "n2", "beta"));
+    exchange_each(p2, {{"GET apple k\r\n", not_found}});
+    n2.reset(); // killed: its log is read below from a clean stop
+    {
+        const exit_status st = n1->stop();
+        CHECK(st.clean());
+        CHECK_MESSAGE(st.err.find("kv_server: node n2 at 127.0.0.1:" + std::to_string(ports[1]) +
+                                  " gave a wrong proof (is its cookie another?)") !=
+                          std::string::npos,
+                      st.err);
+    }
+    // n2 with beta against a new n1 with alpha once more, for n2's side of the log.
+    n1 = std::make_unique<kv_process>(node_args("n1", ports[0], table, {"--cookie", "alpha"}),
+                                      std::vector<std::string>{}, false);
+    n2 = std::make_unique<kv_process>(node_args("n2", ports[1], table, {"--cookie", "beta"}),
+                                      std::vector<std::string>{}, false);
+    kv_client c2b(ports[1]);
+    exchange_each(c2b, {{"GET apple k\r\n", "ERROR node n1 unavailable\r\n"}});
+    {
+        const exit_status st = n2->stop();
+        CHECK(st.clean());
+        CHECK_MESSAGE(st.err.find("kv_server: node n1 at 127.0.0.1:" + std::to_string(ports[0]) +
+                                  " gave a wrong proof") != std::string::npos,
+                      st.err);
+    }
+
+    // The same cookie: n2 again, with alpha, on its port; n1 finds it by itself.
+    n2 = std::make_unique<kv_process>(node_args("n2", ports[1], table, {"--cookie", "alpha"}),
+                                      std::vector<std::string>{}, false);
+    kv_client c1b(ports[0]);
+    OTPKV_CHECK_BYTES(retry_until(c1b, "CREATE nut\r\n", ok), ok);
+    exchange_each(c1b,
+                  {{"PUT nut k v\r\n", ok}, {"CREATE apple\r\n", ok}, {"PUT apple k 2\r\n", ok}});
+    kv_client c2c(ports[1]);
+    exchange_each(c2c,
+                  {{"GET nut k\r\n", value_reply("v")}, {"GET apple k\r\n", value_reply("2")}});
+    stop_cleanly(*n2);
+    stop_cleanly(*n1);
+}
+
+TEST_CASE("cluster: nodes started together with a fresh HOME make one ~/.otpkv.cookie, mode "
+          "0400, and agree on it") {
+    for (int round = 0; round < 3; ++round) {
+        CAPTURE(round);
+        temp_home home;
+        const std::vector<std::uint16_t> ports = unused_ports(3);
+        const std::vector<std::string> table = {route("a-i", "n1", ports[0]),
+                                                route("j-r", "n2", ports[1]),
+                                                route("s-z", "n3", ports[2])};
+        auto nodes = kv_process::start_together({node_args("n1", ports[0], table),
+                                                 node_args("n2", ports[1], table),
+                                                 node_args("n3", ports[2], table)},
+                                                {"HOME=" + home.path()});
+        // One file, no temporary one left; read-only for its owner; 32 random letters.
+        CHECK(home.files() == std::vector<std::string>{".otpkv.cookie"});
+        struct ::stat st {};
+        REQUIRE(::stat(home.cookie_path().c_str(), &st) == 0);
+        CHECK((st.st_mode & 0777U) == 0400U);
+        const std::string cookie = contents(home.cookie_path());
+        CHECK(cookie.size() == 32);
+        CHECK(std::all_of(cookie.begin(), cookie.end(),
+                          [](char ch) { return ch >= 'A' && ch <= 'Z'; }));
+        // All three use it: requests are forwarded every way, and it makes a peer of each.
+        kv_client via1(ports[0]);
+        kv_client via3(ports[2]);
+        exchange_each(via1, {{"CREATE jam\r\n", ok}, {"CREATE soup\r\n", ok}});
+        exchange_each(via3, {{"CREATE apple\r\n", ok}, {"GET jam k\r\n", value_reply("")}});
+        for (std::size_t i = 0; i < 3; ++i) {
+            kv_client peer(ports[i]);
+            CHECK(handshake_as(peer, i == 0 ? "n2" : "n1", "n" + std::to_string(i + 1), cookie));
+        }
+        // Exactly one of them made it, and said so.
+        int made = 0;
+        for (auto& n : nodes) {
+            const exit_status status = n->stop();
+            CHECK_MESSAGE(status.clean(), status.describe());
+            made += status.err.find("kv_server: made a new cluster cookie in " +
+                                    home.cookie_path()) != std::string::npos
+                        ? 1
+                        : 0;
+        }
+        CHECK(made == 1);
+    }
+}
+
+TEST_CASE("kv_server: the cookie's flags, variables and files") {
+    const std::vector<std::uint16_t> ports = unused_ports(1);
+    const std::vector<std::string> table = {route("a-m", "n1", ports[0]), route("n-z", "n2", 1)};
+    const std::vector<std::string> no_cookie = {"OTPKV_COOKIE="}; // nor the tests' own
+    struct bad {
+        std::vector<std::string> args;
+        std::vector<std::string> env;
+        int code;
+        std::string message;
+    };
+    temp_home home;
+    const std::string empty_file = home.path() + "/empty";
+    std::ofstream(empty_file) << " \n";
+    for (const bad& b : std::vector<bad>{
+             {{"--cookie="}, {}, 2, "kv_server: --cookie: expected a cookie, got ''"},
+             {{},
+              {"OTPKV_COOKIE=", "OTPKV_COOKIE_FILE=" + home.path() + "/none"},
+              2,
+              "kv_server: OTPKV_COOKIE_FILE: cannot open '" + home.path() + "/none'"},
+             {{"--cookie-file", empty_file},
+              {},
+              2,
+              "kv_server: --cookie-file: '" + empty_file + "' holds no cookie"},
+             {{"--cookie", "x", "--cookie-file", empty_file},
+              {},
+              2,
+              "kv_server: --cookie and --cookie-file: give one, not both"},
+             {{}, {"OTPKV_COOKIE=", "HOME="}, 1, "kv_server: no cluster cookie: HOME is not set"},
+         }) {
+        CAPTURE(b.message);
+        const exit_status st = otpkv_test::run_kv_server(node_args("n1", 0, table, b.args), b.env);
+        CHECK(st.code == b.code);
+        CHECK_MESSAGE(st.err.starts_with(b.message), st.err);
+    }
+    // A node alone needs no cookie (it accepts no peer): it starts without a HOME.
+    {
+        kv_process alone({"--node", "n1"}, {"OTPKV_COOKIE=", "HOME="});
+        stop_cleanly(alone);
+    }
+    // A cookie file that others may read is used, with a warning.
+    const std::string loose = home.path() + "/loose";
+    std::ofstream(loose) << "loose-cookie\n";
+    REQUIRE(::chmod(loose.c_str(), 0644) == 0);
+    kv_process warned(node_args("n1", ports[0], table, {"--cookie-file", loose}), no_cookie, false);
+    kv_client peer(ports[0]);
+    CHECK(handshake_as(peer, "n2", "n1", "loose-cookie"));
+    const exit_status st = warned.stop();
+    CHECK(st.clean());
+    CHECK_MESSAGE(st.err.find("kv_server: warning: the cookie file '" + loose +
+                              "' has mode 0644: others than its owner may read or change it "
+                              "(chmod 400 '" +
+                              loose + "')") != std::string::npos,
+                  st.err);
 }
