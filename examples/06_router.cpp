@@ -25,16 +25,25 @@
 
 namespace {
 
+// The cluster cookie: every node of a cluster is given the same secret, and a connection
+// between nodes starts with a handshake in which both prove they know it (kv_server reads
+// it from ~/.otpkv.cookie when it is not given).
+const std::string cookie = "example-cookie";
+
 // One node, as `kv_server --node NAME --port 0 --threads 1` would start it. Its own routing
-// table is empty: the nodes' ports are not known before they start, so here only the
-// router below has the table. A node runs whatever lands on it, and a request the router
-// forwards lands on its owner. (A cluster on fixed ports gives every node the same table:
+// table keeps every bucket here: the nodes' ports are not known before they start, so here
+// only the router below has the whole table. A node runs whatever lands on it, and a request
+// the router forwards lands on its owner. The second entry never wins (the first covers
+// every byte); it names n1, the node the router speaks for, because a node accepts only the
+// nodes of its table as peers. (A cluster on fixed ports gives every node the same table:
 // README.md, "Running a cluster".)
 std::shared_ptr<otpkv::node> start_node(const std::string& name) {
     otpkv::node_config config;
     config.node = name;
     config.port = 0;
     config.threads = 1;
+    config.routes = {{0, 255, name, "127.0.0.1", 1}, {0, 0, "n1", "127.0.0.1", 1}};
+    config.cookie = cookie;
     auto started = otpkv::node::start(config);
     if (!started) {
         std::cerr << "cannot start node " << name << ": "
@@ -100,6 +109,7 @@ int main() {
     otpkv::router_options options;
     options.self = "n1";
     options.routes = {route("a-i", *n1), route("j-r", *n2), route("s-z", *n3)};
+    options.cookie = cookie;
     auto started = otpkv::router::start(n1->registry(), options);
     if (!started) {
         std::cerr << "cannot start the router: " << otpkv::to_string(started.error().reason)

@@ -5,6 +5,10 @@
 set -euo pipefail
 cluster_sh=$1 kv_server=$2
 dir=$(mktemp -d)
+# The nodes find their cluster cookie in ~/.otpkv.cookie, made by the first of them (as for
+# a user who runs cluster.sh): a HOME of the test's own, never the real one.
+export HOME="$dir/home"
+mkdir "$HOME"
 clusters=() # PIDs of the cluster.sh started, each also its process group's ID
 # After a failure: SIGTERM to whatever runs (cluster.sh cleans up after itself), SIGKILL
 # to what still runs 10 s later.
@@ -96,6 +100,10 @@ otpkv node n2 listening on 127.0.0.1:$p2
 otpkv node n3 listening on 127.0.0.1:$p3
 otpkv cluster ready: a-i=n1@127.0.0.1:$p1 j-r=n2@127.0.0.1:$p2 s-z=n3@127.0.0.1:$p3" ]] ||
     fail "ready lines"
+# One cookie file, made at random, readable by its owner only; no temporary file left.
+[[ $(stat -c %a "$HOME/.otpkv.cookie") == 400 ]] || fail "cookie file mode"
+[[ $(<"$HOME/.otpkv.cookie") =~ ^[A-Z]{32}$ ]] || fail "cookie file contents"
+[[ $(ls -A "$HOME") == .otpkv.cookie ]] || fail "files in HOME: $(ls -A "$HOME")"
 
 # Buckets of every node through n1; another node sees the same data.
 session "$p1" 'CREATE fruit

@@ -6,6 +6,12 @@
 //   kv_server [--config FILE] [--node NAME] [--bind ADDR] [--port N] [--threads N]
 //             [--route FIRST-LAST=NAME@HOST:PORT]... [--max-line BYTES]
 //             [--max-connections N] [--max-buckets N]
+//             [--cookie COOKIE | --cookie-file FILE]
+//
+// The cluster cookie: --cookie, --cookie-file, OTPKV_COOKIE or `cookie` in the config file;
+// with none, ~/.otpkv.cookie (made with a random cookie and mode 0400 when missing), read
+// only when the routes name another node. Peers that fail the handshake are logged on
+// stderr.
 //
 // Exit codes: 0 after a signal (a graceful stop takes well under 5 s), 1 when the node
 // cannot start (the port is in use, say) or its supervision tree gives up, 2 for a bad flag
@@ -66,7 +72,10 @@ int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
     std::signal(SIGHUP, SIG_IGN);
 
-    const otpkv::node_config& config = loaded.config;
+    for (const std::string& warning : loaded.warnings) {
+        std::fprintf(stderr, "kv_server: warning: %s\n", warning.c_str());
+    }
+    otpkv::node_config config = loaded.config;
     if (!config.routes.empty() &&
         std::none_of(config.routes.begin(), config.routes.end(),
                      [&](const otpkv::route_entry& e) { return e.node == config.node; })) {
@@ -76,8 +85,31 @@ int main(int argc, char** argv) {
                      "request it gets is forwarded\n",
                      config.node.c_str());
     }
+    // No cookie given: ~/.otpkv.cookie, as Erlang's nodes do, made when missing. Only a node
+    // whose table names another node needs one (a node alone accepts no peer).
+    const bool has_peers = std::any_of(config.routes.begin(), config.routes.end(),
+                                       [&](const auto& r) { return r.node != config.node; });
+    if (config.cookie.empty() && has_peers) {
+        const otpkv::cookie_load found = otpkv::home_cookie(environ);
+        for (const std::string& warning : found.warnings) {
+            std::fprintf(stderr, "kv_server: warning: %s\n", warning.c_str());
+        }
+        if (!found.ok()) {
+            return fail(found.error, 1);
+        }
+        if (found.created) {
+            std::fprintf(stderr, "kv_server: made a new cluster cookie in %s\n",
+                         found.path.c_str());
+        }
+        config.cookie = found.cookie;
+    }
+    // Peers refused, either way, are told on stderr.
+    otpkv::client_options client;
+    client.log = [](const std::string& message) {
+        std::fprintf(stderr, "kv_server: %s\n", message.c_str());
+    };
 
-    auto started = otpkv::node::start(config);
+    auto started = otpkv::node::start(std::move(config), {}, std::move(client));
     if (!started) {
         return fail(start_failure(started.error().reason), 1);
     }

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <otpkv/command.hpp>
+#include <otpkv/detail/random.hpp>
 #include <otpkv/net/server.hpp>
 
 #include <doctest/doctest.h>
@@ -37,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -54,6 +56,10 @@ using millis = std::chrono::milliseconds;
 /// How long any single wait of the harness lasts at most unless told otherwise. Generous,
 /// because the tests also run under AddressSanitizer next to other tests on two cores.
 inline constexpr millis default_wait = 10s;
+
+/// The cluster cookie every kv_server of the tests is given (see `detail::spawn`), unless
+/// the test gives its own (`OTPKV_COOKIE`, `--cookie`...) or a HOME of its own.
+inline const std::string process_cookie = "otpkv-test-process-cookie";
 
 /// Milliseconds left until `deadline`, clamped to [0, INT_MAX] for poll().
 inline int millis_left(steady::time_point deadline) {
@@ -194,11 +200,25 @@ inline spawned spawn(const std::string& path, const std::vector<std::string>& ar
 
     std::vector<std::string> env_text;
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-        if (std::string_view(*e).substr(0, 6) != "OTPKV_") {
+        const std::string_view entry = *e;
+        // A variable the test sets (HOME, say) replaces the test's own.
+        const std::string_view name = entry.substr(0, entry.find('=') + 1);
+        const bool replaced = std::any_of(env.begin(), env.end(), [&](const std::string& mine) {
+            return !name.empty() && mine.starts_with(name);
+        });
+        if (entry.substr(0, 6) != "OTPKV_" && !replaced) {
             env_text.emplace_back(*e);
         }
     }
     env_text.insert(env_text.end(), env.begin(), env.end());
+    // Never the developer's ~/.otpkv.cookie: a cookie of the tests' own, unless the test
+    // gives one, or a HOME of its own (to test ~/.otpkv.cookie).
+    const bool own = std::any_of(env.begin(), env.end(), [](const std::string& e) {
+        return e.starts_with("OTPKV_COOKIE=") || e.starts_with("HOME=");
+    });
+    if (!own) {
+        env_text.push_back("OTPKV_COOKIE=" + process_cookie);
+    }
     std::vector<char*> envp;
     for (std::string& e : env_text) {
         envp.push_back(e.data());
@@ -384,17 +404,31 @@ class kv_process {
             args.insert(args.begin(), {"--port", "0"});
         }
         const auto start = steady::now();
-        detail::spawned child = detail::spawn(kv_server_path(), args, env);
-        REQUIRE_MESSAGE(child.pid > 0, "cannot start kv_server: " << child.error);
-        pid_ = child.pid;
-        out_ = child.out;
-        err_ = child.err;
-        const std::string failure = read_ready_line(start + 5s);
-        if (!failure.empty()) {
-            const exit_status st = detail::wait_for_exit(pid_, out_, err_, 1s, start);
-            pid_ = -1;
-            FAIL("kv_server did not become ready: " << failure << "; the server " << st.describe());
+        adopt(detail::spawn(kv_server_path(), args, env), start);
+    }
+    /// Starts one kv_server per entry of `args` (each `kv_server args...`, nothing added) at
+    /// nearly the same moment: all are spawned before any ready line is waited for.
+    static std::vector<std::unique_ptr<kv_process>>
+    start_together(const std::vector<std::vector<std::string>>& args,
+                   const std::vector<std::string>& env = {}) {
+        const auto start = steady::now();
+        std::vector<detail::spawned> children;
+        for (const auto& a : args) {
+            children.push_back(detail::spawn(kv_server_path(), a, env));
         }
+        // Each is owned (and killed on a failure) before any is waited for.
+        std::vector<std::unique_ptr<kv_process>> started;
+        for (const detail::spawned& child : children) {
+            started.push_back(std::unique_ptr<kv_process>(new kv_process(adopting{})));
+            if (child.pid > 0) {
+                started.back()->take(child);
+            }
+        }
+        for (std::size_t i = 0; i < children.size(); ++i) {
+            REQUIRE_MESSAGE(children[i].pid > 0, "cannot start kv_server: " << children[i].error);
+            started[i]->wait_ready(start);
+        }
+        return started;
     }
     ~kv_process() {
         if (pid_ > 0) {
@@ -453,6 +487,28 @@ class kv_process {
     }
 
   private:
+    struct adopting {};
+    explicit kv_process(adopting) {}
+    // Takes a spawned child as this process and waits (5 s at most from `start`) for its
+    // ready line; fails the test if it does not come.
+    void adopt(const detail::spawned& child, steady::time_point start) {
+        take(child);
+        wait_ready(start);
+    }
+    void take(const detail::spawned& child) {
+        REQUIRE_MESSAGE(child.pid > 0, "cannot start kv_server: " << child.error);
+        pid_ = child.pid;
+        out_ = child.out;
+        err_ = child.err;
+    }
+    void wait_ready(steady::time_point start) {
+        const std::string failure = read_ready_line(start + 5s);
+        if (!failure.empty()) {
+            const exit_status st = detail::wait_for_exit(pid_, out_, err_, 1s, start);
+            pid_ = -1;
+            FAIL("kv_server did not become ready: " << failure << "; the server " << st.describe());
+        }
+    }
     // Reads stdout up to the first newline and parses the port; "" or what went wrong.
     std::string read_ready_line(steady::time_point deadline) {
         std::string text;
@@ -886,6 +942,33 @@ inline otpkv::server_options loopback(otpkv::poller_kind poller = otpkv::poller_
     o.threads = 2;
     o.poller = poller;
     return o;
+}
+
+/// Does the connecting side of the peer handshake (command.hpp, "Between nodes") on `c` as
+/// node `name`, with `cookie`, toward the node `node`: sends the greeting, checks the answer
+/// names `node` and carries the right proof, sends the proof and checks the `OK`. True when
+/// `c` is then a peer connection (the failed checks say why not).
+inline bool handshake_as(kv_client& c, std::string_view name, std::string_view node,
+                         std::string_view cookie) {
+    const std::string nonce = otpkv::detail::new_peer_nonce();
+    REQUIRE(c.send_all(otpkv::peer_greeting_line(name, nonce)));
+    const std::string line = c.read_lines(1);
+    const auto answer = otpkv::parse_peer_answer(line);
+    CHECK_MESSAGE(answer.has_value(), "the greeting got \"" << escaped(line) << "\"");
+    if (!answer) {
+        return false;
+    }
+    CHECK(answer->name == node);
+    const bool right = otpkv::peer_proof_matches(
+        otpkv::peer_accept_proof(cookie, node, name, nonce, answer->nonce), answer->proof);
+    CHECK_MESSAGE(right, "node " << node << " gave a wrong proof");
+    if (!right || answer->name != node) {
+        return false;
+    }
+    const std::string proof = otpkv::peer_connect_proof(cookie, name, node, nonce, answer->nonce);
+    const std::string got = c.exchange(otpkv::peer_proof_line(proof), ok.size());
+    OTPKV_CHECK_BYTES(got, ok);
+    return got == ok;
 }
 
 } // namespace otpkv_test

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <otpkv/command.hpp>
+#include <otpkv/detail/random.hpp>
 #include <otpkv/net/client.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/process.hpp>
@@ -196,11 +197,15 @@ inline std::optional<otpkv::exit_reason> exit_of(otpkv::process& p,
 // The node client and the router
 // ---------------------------------------------------------------------------------------
 
+// The cluster cookie of the in-process nodes and fake peers of the tests.
+inline const std::string test_cookie = "otpkv-test-cookie";
+
 // Short timeouts and quick retries, one pooled connection, no heartbeats (so that what a
 // fake peer sees is only what a test sent): the failure cases run in a fraction of a second.
 inline otpkv::client_options quick(std::chrono::milliseconds timeout = 250ms) {
     otpkv::client_options o;
     o.self = "n1";
+    o.cookie = test_cookie;
     o.connect_timeout = timeout;
     o.request_timeout = timeout;
     o.retry_min = 20ms;
@@ -215,19 +220,22 @@ inline std::function<void(const otpkv::node_event&)> record_into(journal& events
     return [&events](const otpkv::node_event& e) { events.add(e.node + (e.up ? " up" : " down")); };
 }
 
-// A peer node the test controls: a server whose handler answers the greeting with whatever
-// name it is told and then speaks the peer protocol's request ids (command.hpp, "Between
-// nodes": `<id> <request>` answered `=<id>` and the reply; a line without an id gets
-// `ERROR internal` and a close, as from a real node). It echoes a GET's key as the value
-// (`GET b k` -> `k\r\nOK\r\n`; the key `close` closes the connection after the reply,
-// `internal` answers `ERROR internal` and closes, as a real node does, and `endless`
-// answers `endless_reply` bytes that never end their line, as no node does), answers every
-// other request `OK`, and records every request it gets (without its id). Faults of a peer
-// that misattributes replies: the key `extra` sends its tagged reply twice, `stray` follows
-// its reply with an untagged line, `wrongid` tags its reply with the next id. `hang` holds
-// every request's reply back (a hung process: greetings and heartbeats are still
-// answered; `release` sends what was held, in order); `freeze` holds back every reply,
-// greetings included (SIGSTOP).
+// A peer node the test controls: a server whose handler does the accepting side of the
+// handshake (command.hpp) with whatever name and cookie it is told (and answers
+// `ERROR not a peer` to every greeting while it does not `know` the greeting node), then
+// speaks the peer protocol's request ids (`<id> <request>` answered `=<id>` and the reply;
+// a line without an id gets `ERROR internal` and a close, as from a real node). It echoes a
+// GET's key as the value (`GET b k` -> `k\r\nOK\r\n`; the key `close` closes the connection
+// after the reply, `internal` answers `ERROR internal` and closes, as a real node does, and
+// `endless` answers `endless_reply` bytes that never end their line, as no node does),
+// answers every other request `OK`, and records every request it gets (without its id).
+// Faults of a peer that misattributes replies: the key `extra` sends its tagged reply twice,
+// `stray` follows its reply with an untagged line, `wrongid` tags its reply with the next
+// id. `hang` holds every request's reply back (a hung process: the handshake and heartbeats
+// are still answered; `release` sends what was held, in order); `freeze` holds back every
+// reply, the handshake's included (SIGSTOP). It records each greeting as
+// `OTPKV-PEER 2 <name>` (the nonce left out), and counts the proofs it accepted and the
+// handshakes it refused.
 class fake_peer {
   public:
     enum class mode { answer, hang, freeze };
@@ -237,8 +245,10 @@ class fake_peer {
         std::string text;
     };
 
-    explicit fake_peer(std::string name) : state_(std::make_shared<state>()) {
+    explicit fake_peer(std::string name, std::string cookie = test_cookie)
+        : state_(std::make_shared<state>()) {
         state_->name = std::move(name);
+        state_->cookie = std::move(cookie);
         otpkv::server_options o;
         o.port = 0;
         o.threads = 1;
@@ -265,6 +275,23 @@ class fake_peer {
         const std::lock_guard lock(state_->mutex);
         state_->name = std::move(name);
     }
+    void set_cookie(std::string cookie) {
+        const std::lock_guard lock(state_->mutex);
+        state_->cookie = std::move(cookie);
+    }
+    // False: every greeting is answered `ERROR not a peer` (a node whose table lacks it).
+    void set_known(bool known) {
+        const std::lock_guard lock(state_->mutex);
+        state_->known = known;
+    }
+    [[nodiscard]] int proofs_accepted() const {
+        const std::lock_guard lock(state_->mutex);
+        return state_->accepted;
+    }
+    [[nodiscard]] int refused() const {
+        const std::lock_guard lock(state_->mutex);
+        return state_->refused;
+    }
     // Back to `answer` also answers the greetings held back meanwhile (a frozen node that
     // goes on answers what waited); replies held for requests stay held.
     void set_mode(mode m) {
@@ -273,7 +300,7 @@ class fake_peer {
         if (m == mode::answer) {
             for (auto& h : state_->held) {
                 if (h.greeting && h.reply.pending()) {
-                    h.reply.complete(otpkv::peer_greeting_line(state_->name));
+                    h.reply.complete(h.text, h.then_close);
                 }
             }
         }
@@ -283,7 +310,7 @@ class fake_peer {
         const std::lock_guard lock(state_->mutex);
         for (auto& h : state_->held) {
             if (!h.greeting && h.reply.pending()) {
-                h.reply.complete(std::move(h.answer), h.then_close);
+                h.reply.complete(std::move(h.text), h.then_close);
             }
         }
     }
@@ -302,30 +329,35 @@ class fake_peer {
 
   private:
     struct held_reply {
-        bool greeting = false;
+        bool greeting = false; // a handshake's: `text` (then closed if `then_close`)
         otpkv::deferred_reply reply;
-        std::string answer; // a request's, for `release`
+        std::string text; // what it answers (for `release`, or once unfrozen)
         bool then_close = false;
     };
+    static constexpr std::uint64_t greeted = 1; // session::context: the proof is owed
+    static constexpr std::uint64_t peer = 2;    // session::context: a peer's connection
     struct state {
         mutable std::mutex mutex;
         std::string name;
+        std::string cookie;
+        bool known = true;
+        int accepted = 0;
+        int refused = 0;
         mode how = mode::answer;
         std::vector<line> requests;
         std::vector<std::string> greetings;
         int heartbeats = 0;
         std::vector<held_reply> held;
 
-        void handle(const otpkv::command&, std::string& out, otpkv::session& s) {
+        void handle(const otpkv::command& cmd, std::string& out, otpkv::session& s) {
             const std::lock_guard lock(mutex);
-            if (otpkv::parse_peer_greeting(s.line())) {
-                greetings.emplace_back(s.line());
-                if (how == mode::freeze) {
-                    held.push_back({true, s.defer(), {}, false});
-                } else {
-                    out += otpkv::peer_greeting_line(name);
-                }
+            if (s.context() == greeted ||
+                (cmd.kind == otpkv::command_kind::unknown && otpkv::is_peer_handshake(s.line()))) {
+                handshake(out, s);
                 return;
+            }
+            if (s.context() != peer) {
+                FAIL_CHECK("a request before the handshake's end: " << s.line());
             }
             const auto request = otpkv::parse_peer_request(s.line());
             if (!request) {
@@ -333,11 +365,10 @@ class fake_peer {
                 s.close_after_reply();
                 return;
             }
-            const otpkv::command cmd = otpkv::parse(request->rest);
-            const std::string header = "=" + std::to_string(request->id) + "\r\n";
-            std::string answer = header;
+            const otpkv::command req = otpkv::parse(request->rest);
+            std::string answer = "=" + std::to_string(request->id) + "\r\n";
             bool then_close = false;
-            if (cmd.kind == otpkv::command_kind::unknown) {
+            if (req.kind == otpkv::command_kind::unknown) {
                 heartbeats += request->rest.empty() ? 1 : 0;
                 answer += "UNKNOWN COMMAND\r\n";
                 if (how == mode::freeze) {
@@ -348,23 +379,23 @@ class fake_peer {
                 return;
             }
             requests.push_back({s.id(), std::string(request->rest)});
-            if (cmd.kind != otpkv::command_kind::get) {
+            if (req.kind != otpkv::command_kind::get) {
                 answer += "OK\r\n";
-            } else if (cmd.key == "endless") {
+            } else if (req.key == "endless") {
                 answer.append(endless_reply, 'x'); // and never a line end
-            } else if (cmd.key == "internal") {
+            } else if (req.key == "internal") {
                 answer += "ERROR internal\r\n";
                 then_close = true;
-            } else if (cmd.key == "wrongid") {
+            } else if (req.key == "wrongid") {
                 answer = "=" + std::to_string(request->id + 1) + "\r\nwrongid\r\nOK\r\n";
             } else {
-                answer.append(cmd.key).append("\r\nOK\r\n");
-                if (cmd.key == "extra") {
+                answer.append(req.key).append("\r\nOK\r\n");
+                if (req.key == "extra") {
                     answer += answer; // the same reply twice
-                } else if (cmd.key == "stray") {
+                } else if (req.key == "stray") {
                     answer += "stray\r\n";
                 }
-                then_close = cmd.key == "close";
+                then_close = req.key == "close";
             }
             if (how != mode::answer) {
                 held.push_back({false, s.defer(), std::move(answer), then_close});
@@ -372,6 +403,52 @@ class fake_peer {
             }
             out += answer;
             if (then_close) {
+                s.close_after_reply();
+            }
+        }
+
+        // The accepting side of the handshake, as router.hpp's.
+        void handshake(std::string& out, otpkv::session& s) {
+            std::string reply;
+            bool close = false;
+            if (s.context() == 0) {
+                const auto hello = otpkv::parse_peer_greeting(s.line());
+                if (hello) {
+                    greetings.push_back("OTPKV-PEER 2 " + std::string(hello->name));
+                }
+                if (hello && known) {
+                    const std::string nonce = otpkv::detail::new_peer_nonce();
+                    reply = otpkv::peer_answer_line(
+                        name, nonce,
+                        otpkv::peer_accept_proof(cookie, name, hello->name, hello->nonce, nonce));
+                    s.storage() =
+                        otpkv::peer_connect_proof(cookie, hello->name, name, hello->nonce, nonce);
+                    s.context() = greeted;
+                } else {
+                    close = true;
+                }
+            } else if (s.context() == greeted) {
+                const auto proof = otpkv::parse_peer_proof(s.line());
+                if (proof && otpkv::peer_proof_matches(s.storage(), *proof)) {
+                    reply = "OK\r\n";
+                    s.context() = peer;
+                    ++accepted;
+                } else {
+                    close = true;
+                }
+            } else {
+                close = true;
+            }
+            if (close) {
+                reply = "ERROR not a peer\r\n";
+                ++refused;
+            }
+            if (how == mode::freeze) {
+                held.push_back({true, s.defer(), std::move(reply), close});
+                return;
+            }
+            out += reply;
+            if (close) {
                 s.close_after_reply();
             }
         }

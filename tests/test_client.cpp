@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -87,12 +88,16 @@ otpkv::reply_callback into(journal& replies) {
     return [&replies](std::optional<std::string> r) { replies.add(r.value_or("(unavailable)")); };
 }
 
-// A real node for streams: a registry served through a router with no routes, as kv_server
-// serves it, so a peer connection's SUBSCRIBE is acknowledged and then streams events.
+// A real node for streams: a registry served through a router whose table keeps every bucket
+// here and names n1 (so that n1 passes its handshake), as kv_server serves it, so a peer
+// connection's SUBSCRIBE is acknowledged and then streams events.
 struct real_peer {
     explicit real_peer(std::string name) : reg(otpkv::registry::start()) {
         otpkv::router_options ro;
-        ro.self = std::move(name);
+        ro.self = name;
+        // Every bucket here; the entry that never wins names n1, so n1 is a peer.
+        ro.routes = {{0, 255, std::move(name), "127.0.0.1", 1}, {'a', 'a', "n1", "127.0.0.1", 1}};
+        ro.cookie = otpkv_test::test_cookie;
         auto r = otpkv::router::start(reg, ro);
         REQUIRE(r.has_value());
         router = std::move(r).value();
@@ -170,7 +175,7 @@ TEST_CASE("node_client: a peer greeting with another name is down; it is used on
     CHECK(client->status(0) == node_status::down);
     const auto greetings = peer.greetings();
     REQUIRE_FALSE(greetings.empty());
-    CHECK(greetings.front() == "OTPKV-PEER 1 n1");
+    CHECK(greetings.front() == "OTPKV-PEER 2 n1");
     CHECK(peer.requests().empty()); // nothing goes past a wrong answer
 
     // While it is down, a request fails before `request` returns.
@@ -188,6 +193,105 @@ TEST_CASE("node_client: a peer greeting with another name is down; it is used on
     REQUIRE(lines.size() == 1);
     CHECK(lines[0].text == "GET b k");
     client->stop();
+}
+
+// A log that keeps what `client_options::log` is told.
+struct log_lines {
+    std::mutex mutex;
+    std::vector<std::string> lines;
+    std::function<void(const std::string&)> sink() {
+        return [this](const std::string& line) {
+            const std::lock_guard lock(mutex);
+            lines.push_back(line);
+        };
+    }
+    std::vector<std::string> take() {
+        const std::lock_guard lock(mutex);
+        return std::exchange(lines, {});
+    }
+};
+
+TEST_CASE("node_client: the handshake proves the cookie both ways; requests go out after its OK") {
+    fake_peer peer("n2");
+    auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, quick(60s));
+    CHECK(client->call(0, parse("PUT b k 1")) == "OK\r\n");
+    CHECK(client->status(0) == node_status::up);
+    CHECK(peer.greetings() == std::vector<std::string>{"OTPKV-PEER 2 n1"});
+    CHECK(peer.proofs_accepted() == 1); // n1's proof was right
+    CHECK(peer.refused() == 0);
+    CHECK(peer.requests().size() == 1); // fake_peer fails the test for one before the OK
+    client->stop();
+}
+
+TEST_CASE("node_client: a peer with another cookie is down, and the log says why once; with the "
+          "same cookie it is up") {
+    fake_peer peer("n2", "another-cookie");
+    log_lines log;
+    journal events;
+    auto options = quick(60s);
+    options.log = log.sink();
+    auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, options);
+    auto watch = client->monitor_nodes(record_into(events));
+    auto refused = request(*client, "GET b k\r\n", command_kind::get);
+    REQUIRE(refused.wait_for(10s) == std::future_status::ready);
+    CHECK(refused.get().reply == std::nullopt);
+    CHECK(client->status(0) == node_status::down);
+    // Retried in the background, refused each time, told once.
+    CHECK(eventually([&] { return peer.greetings().size() >= 3; }));
+    CHECK(peer.requests().empty());
+    CHECK(peer.proofs_accepted() == 0);
+    const std::string why = "node n2 at 127.0.0.1:" + std::to_string(peer.port()) +
+                            " gave a wrong proof (is its cookie another?)";
+    CHECK(log.take() == std::vector<std::string>{why});
+
+    peer.set_cookie(otpkv_test::test_cookie);
+    CHECK(eventually([&] { return client->status(0) == node_status::up; }));
+    CHECK(client->call(0, parse("GET b k")) == "k\r\nOK\r\n");
+    CHECK(events.take(1) == std::vector<std::string>{"n2 up"});
+    CHECK(log.take().empty());
+    client->stop();
+}
+
+TEST_CASE("node_client: a peer that refuses the greeting or the proof (ERROR not a peer) is down, "
+          "and the log says so") {
+    fake_peer peer("n2");
+    peer.set_known(false); // its table does not name n1
+    log_lines log;
+    auto options = quick(60s);
+    options.log = log.sink();
+    auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, options);
+    auto refused = request(*client, "GET b k\r\n", command_kind::get);
+    REQUIRE(refused.wait_for(10s) == std::future_status::ready);
+    CHECK(refused.get().reply == std::nullopt);
+    CHECK(client->status(0) == node_status::down);
+    const std::string at = "node n2 at 127.0.0.1:" + std::to_string(peer.port()) + " ";
+    CHECK(eventually([&] { return peer.refused() >= 2; }));
+    CHECK(log.take() == std::vector<std::string>{at + "refused the greeting (ERROR not a peer): "
+                                                      "this node is not in its routing table"});
+    CHECK(peer.requests().empty());
+    client->stop();
+
+    // A client with another cookie than the peer: the peer's proof is wrong for it, so it
+    // never sends its own; a client whose proof the peer refuses is told so.
+    fake_peer strict("n2");
+    auto other = quick(60s);
+    other.cookie = "another-cookie";
+    other.log = log.sink();
+    auto impostor = start_client({{"n2", "127.0.0.1", strict.port()}}, other);
+    CHECK(impostor->call(0, parse("GET b k")) == std::nullopt);
+    CHECK(strict.proofs_accepted() == 0);
+    CHECK(strict.requests().empty());
+    impostor->stop();
+}
+
+TEST_CASE("node_client: no cookie, no start, when there are nodes to connect to") {
+    auto options = quick();
+    options.cookie.clear();
+    const auto failed = otpkv::node_client::start({{"n2", "127.0.0.1", 1}}, options);
+    REQUIRE_FALSE(failed.has_value());
+    CHECK(otpkv::to_string(failed.error().reason).find("no cluster cookie") != std::string::npos);
+    const auto alone = otpkv::node_client::start({}, options);
+    CHECK(alone.has_value());
 }
 
 TEST_CASE("node_client: a frozen peer fails a request after request_timeout, is down, and comes "
@@ -521,7 +625,7 @@ TEST_CASE("node_client: nodes() in the order given, find() by name; an index it 
 
     // The nodes it knows are untouched by that; only the one used is connected.
     CHECK(client->call(0, parse("GET b k")) == "k\r\nOK\r\n");
-    CHECK(peer.greetings() == std::vector<std::string>{"OTPKV-PEER 1 n1"});
+    CHECK(peer.greetings() == std::vector<std::string>{"OTPKV-PEER 2 n1"});
     CHECK(client->status(1) == node_status::unknown);
     client->stop();
 }
@@ -537,7 +641,7 @@ TEST_CASE("node_client: connect opens every pooled connection, greeted, with no 
     client->connect(0);
     CHECK(eventually([&] { return peer.greetings().size() == 3; }));
     CHECK(eventually([&] { return client->status(0) == node_status::up; }));
-    CHECK(peer.greetings() == std::vector<std::string>(3, "OTPKV-PEER 1 n1"));
+    CHECK(peer.greetings() == std::vector<std::string>(3, "OTPKV-PEER 2 n1"));
     CHECK(peer.requests().empty());
 
     // Affinities 0 to 5 over the three connections: two affinities on each, and no new

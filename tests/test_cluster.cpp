@@ -10,7 +10,12 @@
 // and the peer greeting.
 #include "kv_process.hpp"
 
+#include <otpkv/detail/random.hpp>
+
 #include <doctest/doctest.h>
+
+#include <stdlib.h> // mkdtemp
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <array>
@@ -18,6 +23,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <random>
@@ -36,12 +42,14 @@ using otpkv_test::escaped;
 using otpkv_test::exchange_each;
 using otpkv_test::exchange_pipelined;
 using otpkv_test::exit_status;
+using otpkv_test::handshake_as;
 using otpkv_test::kv_client;
 using otpkv_test::kv_process;
 using otpkv_test::millis;
 using otpkv_test::ms_since;
 using otpkv_test::not_found;
 using otpkv_test::ok;
+using otpkv_test::process_cookie;
 using otpkv_test::read_through;
 using otpkv_test::row;
 using otpkv_test::steady;
@@ -171,12 +179,12 @@ class cluster {
     // A client connection to node i.
     [[nodiscard]] kv_client client(std::size_t i) const { return kv_client(port(i)); }
 
-    // A connection to node i that has greeted it as another node would (`OTPKV-PEER 1
-    // test`): its requests run on node i whatever the table says, so it shows what node i
-    // itself holds.
+    // A connection to node i that has done the handshake as another node of the table
+    // would (with the tests' cookie): its requests run on node i whatever the table says, so
+    // it shows what node i itself holds.
     [[nodiscard]] kv_client peer(std::size_t i) const {
         kv_client c(port(i));
-        OTPKV_CHECK_EXCHANGE(c, "OTPKV-PEER 1 test\r\n", "OTPKV-PEER 1 " + name(i) + "\r\n");
+        REQUIRE(handshake_as(c, name((i + 1) % specs_.size()), name(i), process_cookie));
         return c;
     }
 
@@ -347,6 +355,72 @@ void check_polled(const polled& p, const std::string& what) {
 
 // The first letters of a bucket of n1, n2 and n3 under three_nodes()' table.
 constexpr std::array<char, 3> owner_letter = {'a', 'k', 't'};
+
+// A fresh directory (a HOME of a test's own), removed with what is in it.
+class temp_home {
+  public:
+    temp_home() {
+        std::string pattern =
+            (std::filesystem::temp_directory_path() / "otpkv_home_XXXXXX").string();
+        REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+        path_ = pattern;
+    }
+    temp_home(const temp_home&) = delete;
+    temp_home& operator=(const temp_home&) = delete;
+    ~temp_home() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+    [[nodiscard]] const std::string& path() const { return path_; }
+    [[nodiscard]] std::string cookie_path() const { return path_ + "/.otpkv.cookie"; }
+    // The names of the files in it.
+    [[nodiscard]] std::vector<std::string> files() const {
+        std::vector<std::string> names;
+        for (const auto& e : std::filesystem::directory_iterator(path_)) {
+            names.push_back(e.path().filename().string());
+        }
+        return names;
+    }
+
+  private:
+    std::string path_;
+};
+
+// kv_server's flags for node `name` on `port` with `table`, and `extra`.
+std::vector<std::string> node_args(const std::string& name, std::uint16_t port,
+                                   const std::vector<std::string>& table,
+                                   const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"--node",    name, "--port", std::to_string(port),
+                                     "--threads", "1"};
+    for (const std::string& r : table) {
+        args.push_back("--route");
+        args.push_back(r);
+    }
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+}
+
+// Sends `request` on `c` until its one-line reply is `want` (a node coming up), for 5 s at
+// most; the last reply.
+std::string retry_until(kv_client& c, const std::string& request, const std::string& want) {
+    const auto deadline = steady::now() + 5s;
+    std::string got;
+    do {
+        REQUIRE(c.send_all(request));
+        got = c.read_lines(1);
+        if (got == want) {
+            break;
+        }
+        std::this_thread::sleep_for(20ms);
+    } while (steady::now() < deadline);
+    return got;
+}
+
+// The contents of the file at `path`.
+std::string contents(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 } // namespace
 
@@ -997,31 +1071,30 @@ TEST_CASE("cluster: 60 SUBSCRIBEs through n1 to buckets of n3, which takes 20 co
     c.stop();
 }
 
-TEST_CASE("cluster: the peer greeting is answered with the node's name; that connection's "
-          "requests run on that node") {
+TEST_CASE("cluster: the peer handshake proves the cookie; that connection's requests run on that "
+          "node") {
     cluster c(three_nodes());
     for (std::size_t i = 0; i < 3; ++i) {
         INFO("node " << c.name(i));
         kv_client client = c.client(i);
-        // Not greetings: unknown commands, as protocol.md says of any unknown verb.
-        exchange_each(client, {
-                                  {"OTPKV-PEER 2 x\r\n", unknown},
-                                  {"OTPKV-PEER 1\r\n", unknown},
-                                  {"OTPKV-PEER 1 x y\r\n", unknown},
-                                  {"OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 " + c.name(i) + "\r\n"},
-                                  // A bucket of n3's name (of n1's for n3), run right here.
-                                  {tagged(i == 2 ? "CREATE apeer\r\n" : "CREATE tpeer\r\n", 7),
-                                   answered(ok, 7)},
-                                  // Its heartbeat: an id alone.
-                                  {tagged("\r\n", 8), answered(unknown, 8)},
-                              });
-        // After the greeting a line without an id is no request of a peer: it does not run,
-        // and the connection ends after `ERROR internal`.
-        OTPKV_CHECK_EXCHANGE(client, "CREATE tnoid\r\n", "ERROR internal\r\n");
-        CHECK(client.read_to_eof(2s) == "");
-        CHECK(client.end() == kv_client::ending::eof);
+        // Lines that read like greetings but are none: unknown commands.
+        exchange_each(client, {{"OTPKV-PEERS 1 x\r\n", unknown}, {"PEER 2 x\r\n", unknown}});
+        // A handshake: then a bucket of n3's name (of n1's for n3) is made right here.
+        kv_client peer = c.client(i);
+        REQUIRE(handshake_as(peer, c.name((i + 1) % 3), c.name(i), process_cookie));
+        exchange_each(peer, {
+                                {tagged(i == 2 ? "CREATE apeer\r\n" : "CREATE tpeer\r\n", 7),
+                                 answered(ok, 7)},
+                                // Its heartbeat: an id alone.
+                                {tagged("\r\n", 8), answered(unknown, 8)},
+                            });
+        // After the handshake a line without an id is no request of a peer: it does not
+        // run, and the connection ends after `ERROR internal`.
+        OTPKV_CHECK_EXCHANGE(peer, "CREATE tnoid\r\n", "ERROR internal\r\n");
+        CHECK(peer.read_to_eof(2s) == "");
+        CHECK(peer.end() == kv_client::ending::eof);
     }
-    // Those buckets were made where the greeted connections were, not on their owners.
+    // Those buckets were made where the peer connections were, not on their owners.
     kv_client via3 = c.client(2);
     kv_client via1 = c.client(0);
     OTPKV_CHECK_EXCHANGE(via3, "GET tpeer k\r\n", not_found);
@@ -1033,4 +1106,217 @@ TEST_CASE("cluster: the peer greeting is answered with the node's name; that con
                              answered(value_reply("")));
     }
     c.stop();
+}
+
+TEST_CASE("cluster: a client posing as a peer gets ERROR not a peer and the close, and what it "
+          "sent after the greeting does not run") {
+    cluster c(three_nodes());
+    const std::string refused = "ERROR not a peer\r\n";
+    const std::string nonce = otpkv::detail::new_peer_nonce();
+    // n1 owns a-i: buckets of n2 (j-r) and of no route (A-Z) must not be made on n1.
+    const std::vector<std::string> attempts = {
+        "OTPKV-PEER 1 x\r\nCREATE jfake1\r\nCREATE Zfake1\r\n", // the old greeting
+        "OTPKV-PEER 1 n2\r\nCREATE jfake2\r\nCREATE Zfake2\r\n",
+        "OTPKV-PEER 2 x " + nonce + "\r\nCREATE jfake3\r\n",  // not a node of the table
+        "OTPKV-PEER 2 n1 " + nonce + "\r\nCREATE jfake4\r\n", // n1 itself
+    };
+    for (const std::string& attempt : attempts) {
+        CAPTURE(escaped(attempt));
+        kv_client attacker = c.client(0);
+        REQUIRE(attacker.send_all(attempt));
+        OTPKV_CHECK_BYTES(attacker.read_to_eof(), refused);
+    }
+    // A well-formed greeting as n2, then a proof made with another cookie, with requests
+    // pipelined behind it: the answer, then the refusal, then EOF.
+    kv_client forger = c.client(0);
+    const std::string mine = otpkv::detail::new_peer_nonce();
+    REQUIRE(forger.send_all(otpkv::peer_greeting_line("n2", mine)));
+    const std::string line = forger.read_lines(1);
+    const auto answer = otpkv::parse_peer_answer(line);
+    REQUIRE(answer.has_value());
+    CHECK(answer->name == "n1");
+    // Its proof cannot be checked without the cookie: with the wrong one it does not match.
+    CHECK_FALSE(otpkv::peer_proof_matches(
+        otpkv::peer_accept_proof("guess", "n1", "n2", mine, answer->nonce), answer->proof));
+    REQUIRE(forger.send_all(otpkv::peer_proof_line(otpkv::peer_connect_proof("guess", "n2", "n1",
+                                                                             mine, answer->nonce)) +
+                            "CREATE jfake5\r\nCREATE Zfake5\r\n"));
+    OTPKV_CHECK_BYTES(forger.read_to_eof(), refused);
+    // Nothing ran: no fake bucket on n1 (asked over a real peer connection) or on n2.
+    kv_client peer1 = c.peer(0);
+    kv_client peer2 = c.peer(1);
+    for (const std::string name :
+         {"jfake1", "Zfake1", "jfake2", "Zfake2", "jfake3", "jfake4", "jfake5", "Zfake5"}) {
+        CAPTURE(name);
+        OTPKV_CHECK_EXCHANGE(peer1, "GET " + name + " k\r\n", not_found);
+        OTPKV_CHECK_EXCHANGE(peer2, "GET " + name + " k\r\n", not_found);
+    }
+    // And the cluster works as before, through n1.
+    kv_client client = c.client(0);
+    exchange_each(client, {{"CREATE jreal\r\n", ok},
+                           {"PUT jreal k v\r\n", ok},
+                           {"GET jreal k\r\n", value_reply("v")}});
+    c.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// The cluster cookie
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("cluster: nodes with different cookies cannot talk (each other's buckets are "
+          "unavailable, and both say why); with the same cookie they can") {
+    const std::vector<std::uint16_t> ports = unused_ports(2);
+    const std::vector<std::string> table = {route("a-m", "n1", ports[0]),
+                                            route("n-z", "n2", ports[1])};
+    auto n1 = std::make_unique<kv_process>(node_args("n1", ports[0], table, {"--cookie", "alpha"}),
+                                           std::vector<std::string>{}, false);
+    auto n2 = std::make_unique<kv_process>(node_args("n2", ports[1], table, {"--cookie", "beta"}),
+                                           std::vector<std::string>{}, false);
+    kv_client c1(ports[0]);
+    kv_client c2(ports[1]);
+    exchange_each(c1, {{"CREATE nut\r\n", "ERROR node n2 unavailable\r\n"},
+                       {"CREATE apple\r\n", ok},
+                       {"PUT apple k 1\r\n", ok}});
+    exchange_each(
+        c2, {{"GET apple k\r\n", "ERROR node n1 unavailable\r\n"}, {"GET nut k\r\n", not_found}});
+    // Nothing was made where it does not belong: n2, asked with its own cookie, has no apple.
+    kv_client p2(ports[1]);
+    REQUIRE(handshake_as(p2, "n1", "n2", "beta"));
+    exchange_each(p2, {{"GET apple k\r\n", not_found}});
+    n2.reset(); // killed: its log is read below from a clean stop
+    {
+        const exit_status st = n1->stop();
+        CHECK(st.clean());
+        CHECK_MESSAGE(st.err.find("kv_server: node n2 at 127.0.0.1:" + std::to_string(ports[1]) +
+                                  " gave a wrong proof (is its cookie another?)") !=
+                          std::string::npos,
+                      st.err);
+    }
+    // n2 with beta against a new n1 with alpha once more, for n2's side of the log.
+    n1 = std::make_unique<kv_process>(node_args("n1", ports[0], table, {"--cookie", "alpha"}),
+                                      std::vector<std::string>{}, false);
+    n2 = std::make_unique<kv_process>(node_args("n2", ports[1], table, {"--cookie", "beta"}),
+                                      std::vector<std::string>{}, false);
+    kv_client c2b(ports[1]);
+    exchange_each(c2b, {{"GET apple k\r\n", "ERROR node n1 unavailable\r\n"}});
+    {
+        const exit_status st = n2->stop();
+        CHECK(st.clean());
+        CHECK_MESSAGE(st.err.find("kv_server: node n1 at 127.0.0.1:" + std::to_string(ports[0]) +
+                                  " gave a wrong proof") != std::string::npos,
+                      st.err);
+    }
+
+    // The same cookie: n2 again, with alpha, on its port; n1 finds it by itself.
+    n2 = std::make_unique<kv_process>(node_args("n2", ports[1], table, {"--cookie", "alpha"}),
+                                      std::vector<std::string>{}, false);
+    kv_client c1b(ports[0]);
+    OTPKV_CHECK_BYTES(retry_until(c1b, "CREATE nut\r\n", ok), ok);
+    exchange_each(c1b,
+                  {{"PUT nut k v\r\n", ok}, {"CREATE apple\r\n", ok}, {"PUT apple k 2\r\n", ok}});
+    kv_client c2c(ports[1]);
+    exchange_each(c2c,
+                  {{"GET nut k\r\n", value_reply("v")}, {"GET apple k\r\n", value_reply("2")}});
+    stop_cleanly(*n2);
+    stop_cleanly(*n1);
+}
+
+TEST_CASE("cluster: nodes started together with a fresh HOME make one ~/.otpkv.cookie, mode "
+          "0400, and agree on it") {
+    for (int round = 0; round < 3; ++round) {
+        CAPTURE(round);
+        temp_home home;
+        const std::vector<std::uint16_t> ports = unused_ports(3);
+        const std::vector<std::string> table = {route("a-i", "n1", ports[0]),
+                                                route("j-r", "n2", ports[1]),
+                                                route("s-z", "n3", ports[2])};
+        auto nodes = kv_process::start_together({node_args("n1", ports[0], table),
+                                                 node_args("n2", ports[1], table),
+                                                 node_args("n3", ports[2], table)},
+                                                {"HOME=" + home.path()});
+        // One file, no temporary one left; read-only for its owner; 32 random letters.
+        CHECK(home.files() == std::vector<std::string>{".otpkv.cookie"});
+        struct ::stat st {};
+        REQUIRE(::stat(home.cookie_path().c_str(), &st) == 0);
+        CHECK((st.st_mode & 0777U) == 0400U);
+        const std::string cookie = contents(home.cookie_path());
+        CHECK(cookie.size() == 32);
+        CHECK(std::all_of(cookie.begin(), cookie.end(),
+                          [](char ch) { return ch >= 'A' && ch <= 'Z'; }));
+        // All three use it: requests are forwarded every way, and it makes a peer of each.
+        kv_client via1(ports[0]);
+        kv_client via3(ports[2]);
+        exchange_each(via1, {{"CREATE jam\r\n", ok}, {"CREATE soup\r\n", ok}});
+        exchange_each(via3, {{"CREATE apple\r\n", ok}, {"GET jam k\r\n", value_reply("")}});
+        for (std::size_t i = 0; i < 3; ++i) {
+            kv_client peer(ports[i]);
+            CHECK(handshake_as(peer, i == 0 ? "n2" : "n1", "n" + std::to_string(i + 1), cookie));
+        }
+        // Exactly one of them made it, and said so.
+        int made = 0;
+        for (auto& n : nodes) {
+            const exit_status status = n->stop();
+            CHECK_MESSAGE(status.clean(), status.describe());
+            made += status.err.find("kv_server: made a new cluster cookie in " +
+                                    home.cookie_path()) != std::string::npos
+                        ? 1
+                        : 0;
+        }
+        CHECK(made == 1);
+    }
+}
+
+TEST_CASE("kv_server: the cookie's flags, variables and files") {
+    const std::vector<std::uint16_t> ports = unused_ports(1);
+    const std::vector<std::string> table = {route("a-m", "n1", ports[0]), route("n-z", "n2", 1)};
+    const std::vector<std::string> no_cookie = {"OTPKV_COOKIE="}; // nor the tests' own
+    struct bad {
+        std::vector<std::string> args;
+        std::vector<std::string> env;
+        int code;
+        std::string message;
+    };
+    temp_home home;
+    const std::string empty_file = home.path() + "/empty";
+    std::ofstream(empty_file) << " \n";
+    for (const bad& b : std::vector<bad>{
+             {{"--cookie="}, {}, 2, "kv_server: --cookie: expected a cookie, got ''"},
+             {{},
+              {"OTPKV_COOKIE=", "OTPKV_COOKIE_FILE=" + home.path() + "/none"},
+              2,
+              "kv_server: OTPKV_COOKIE_FILE: cannot open '" + home.path() + "/none'"},
+             {{"--cookie-file", empty_file},
+              {},
+              2,
+              "kv_server: --cookie-file: '" + empty_file + "' holds no cookie"},
+             {{"--cookie", "x", "--cookie-file", empty_file},
+              {},
+              2,
+              "kv_server: --cookie and --cookie-file: give one, not both"},
+             {{}, {"OTPKV_COOKIE=", "HOME="}, 1, "kv_server: no cluster cookie: HOME is not set"},
+         }) {
+        CAPTURE(b.message);
+        const exit_status st = otpkv_test::run_kv_server(node_args("n1", 0, table, b.args), b.env);
+        CHECK(st.code == b.code);
+        CHECK_MESSAGE(st.err.starts_with(b.message), st.err);
+    }
+    // A node alone needs no cookie (it accepts no peer): it starts without a HOME.
+    {
+        kv_process alone({"--node", "n1"}, {"OTPKV_COOKIE=", "HOME="});
+        stop_cleanly(alone);
+    }
+    // A cookie file that others may read is used, with a warning.
+    const std::string loose = home.path() + "/loose";
+    std::ofstream(loose) << "loose-cookie\n";
+    REQUIRE(::chmod(loose.c_str(), 0644) == 0);
+    kv_process warned(node_args("n1", ports[0], table, {"--cookie-file", loose}), no_cookie, false);
+    kv_client peer(ports[0]);
+    CHECK(handshake_as(peer, "n2", "n1", "loose-cookie"));
+    const exit_status st = warned.stop();
+    CHECK(st.clean());
+    CHECK_MESSAGE(st.err.find("kv_server: warning: the cookie file '" + loose +
+                              "' has mode 0644: others than its owner may read or change it "
+                              "(chmod 400 '" +
+                              loose + "')") != std::string::npos,
+                  st.err);
 }

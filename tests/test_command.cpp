@@ -515,6 +515,7 @@ TEST_CASE("reply bytes: the ERROR extensions, and which close the connection") {
              row{reply::error(error_code::too_many_connections), "ERROR too many connections\r\n",
                  true},
              row{reply::error(error_code::internal), "ERROR internal\r\n", true},
+             row{reply::error(error_code::not_a_peer), "ERROR not a peer\r\n", true},
          }) {
         CAPTURE(x.bytes);
         CHECK(bytes_of(x.r) == x.bytes);
@@ -756,7 +757,7 @@ TEST_CASE("read_reply: every reply shape is whole only with its last byte") {
         {command_kind::get, "NOT FOUND\n"},
         {command_kind::get, "ERROR no route\n"},
         {command_kind::subscribe, "SUBSCRIBED\r\n"},
-        {command_kind::unknown, "OTPKV-PEER 1 n2\r\n"},
+        {command_kind::unknown, "OTPKV-PEER 2 n2 00 11\r\n"},
         {command_kind::get, "\x80\xff\x00v\r\nOK\r\n"sv},
     };
     for (const shape& s : shapes) {
@@ -821,23 +822,83 @@ TEST_CASE("peer request ids: parse_peer_id, append_peer_id, parse_peer_request, 
     }
 }
 
-TEST_CASE("parse_peer_greeting and peer_greeting_line: the greeting and nothing else") {
-    CHECK(otpkv::peer_greeting_line("n1") == "OTPKV-PEER 1 n1\r\n");
-    CHECK(otpkv::parse_peer_greeting("OTPKV-PEER 1 n2") == "n2");
-    CHECK(otpkv::parse_peer_greeting("OTPKV-PEER 1 n2\r\n") == "n2");
-    CHECK(otpkv::parse_peer_greeting("OTPKV-PEER 1 n2\n") == "n2");
-    CHECK(otpkv::parse_peer_greeting("  OTPKV-PEER\t1 \v node.b-2_x \r\n") == "node.b-2_x");
+TEST_CASE("peer handshake lines: each step's line, and nothing else, parses") {
+    const std::string a(64, 'a');
+    const std::string b = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    using otpkv::peer_hello;
+    CHECK(otpkv::peer_greeting_line("n1", a) == "OTPKV-PEER 2 n1 " + a + "\r\n");
+    CHECK(otpkv::peer_answer_line("n2", b, a) == "OTPKV-PEER 2 n2 " + b + " " + a + "\r\n");
+    CHECK(otpkv::peer_proof_line(b) == "OTPKV-PROOF " + b + "\r\n");
+    CHECK(otpkv::parse_peer_greeting("OTPKV-PEER 2 n2 " + b) == peer_hello{"n2", b, {}});
+    CHECK(otpkv::parse_peer_greeting("  OTPKV-PEER\t2 \v node.b-2_x " + b + " \r\n") ==
+          peer_hello{"node.b-2_x", b, {}});
+    CHECK(otpkv::parse_peer_answer("OTPKV-PEER 2 n2 " + b + " " + a + "\r\n") ==
+          peer_hello{"n2", b, a});
+    CHECK(otpkv::parse_peer_proof("OTPKV-PROOF " + a + "\n") == std::string_view(a));
     for (const std::string_view name : {"a", "n1", "kv.example-1_2"}) {
-        CHECK(otpkv::parse_peer_greeting(otpkv::peer_greeting_line(name)) == name);
+        CHECK(otpkv::parse_peer_greeting(otpkv::peer_greeting_line(name, a)) ==
+              peer_hello{name, a, {}});
+        CHECK(otpkv::parse_peer_answer(otpkv::peer_answer_line(name, a, b)) ==
+              peer_hello{name, a, b});
     }
-    for (const std::string_view bad :
-         {""sv, "\r\n"sv, "OTPKV-PEER"sv, "OTPKV-PEER 1"sv, "OTPKV-PEER 1 \r\n"sv,
-          "OTPKV-PEER 2 n2"sv, "OTPKV-PEER 1 n2 n3"sv, "OTPKV-PEER 1 n2 n3 n4 n5"sv,
-          "otpkv-peer 1 n2"sv, "OTPKV-PEERS 1 n2"sv, "PEER 1 n2"sv, "GET b k"sv,
-          "OTPKV-PEER 10 n2"sv}) {
+    const std::string upper(64, 'A');
+    const std::string short_hex(63, 'a');
+    const std::string long_hex(65, 'a');
+    const std::string not_hex = std::string(63, 'a') + "g";
+    for (const std::string& bad :
+         {""s, "\r\n"s, "OTPKV-PEER"s, "OTPKV-PEER 2"s, "OTPKV-PEER 2 n2"s, "OTPKV-PEER 1 n2"s,
+          "OTPKV-PEER 1 n2 " + a, "OTPKV-PEER 3 n2 " + a, "OTPKV-PEER 2 n2 " + upper,
+          "OTPKV-PEER 2 n2 " + short_hex, "OTPKV-PEER 2 n2 " + long_hex,
+          "OTPKV-PEER 2 n2 " + not_hex, "otpkv-peer 2 n2 " + a, "OTPKV-PEERS 2 n2 " + a,
+          "OTPKV-PEER 2 n2 " + a + " " + b, "GET b k"s}) {
         CAPTURE(otpkv::escaped(bad));
         CHECK_FALSE(otpkv::parse_peer_greeting(bad).has_value());
     }
+    for (const std::string& bad :
+         {"OTPKV-PEER 2 n2 " + a, "OTPKV-PEER 2 n2 " + a + " " + upper,
+          "OTPKV-PEER 2 n2 " + a + " " + short_hex, "OTPKV-PEER 1 n2 " + a + " " + b,
+          "OTPKV-PEER 2 n2 " + a + " " + b + " x", "OTPKV-PROOF " + a}) {
+        CAPTURE(otpkv::escaped(bad));
+        CHECK_FALSE(otpkv::parse_peer_answer(bad).has_value());
+    }
+    for (const std::string& bad :
+         {"OTPKV-PROOF"s, "OTPKV-PROOF " + upper, "OTPKV-PROOF " + a + " " + a, "OTPKV-PROOFS " + a,
+          "OTPKV-PEER 2 n2 " + a}) {
+        CAPTURE(otpkv::escaped(bad));
+        CHECK_FALSE(otpkv::parse_peer_proof(bad).has_value());
+    }
+    // Handshake lines, well formed or not (a server refuses the ones out of step).
+    for (const std::string_view line :
+         {"OTPKV-PEER"sv, " OTPKV-PEER 1 x\r\n"sv, "OTPKV-PROOF x"sv}) {
+        CHECK(otpkv::is_peer_handshake(line));
+    }
+    for (const std::string_view line :
+         {""sv, "GET b k"sv, "OTPKV-PEERS"sv, "otpkv-peer 2"sv, "x OTPKV-PEER"sv}) {
+        CHECK_FALSE(otpkv::is_peer_handshake(line));
+    }
+}
+
+TEST_CASE("peer proofs: HMAC-SHA-256 of the step's text under the cookie; each part counts") {
+    const std::string na(64, '1');
+    const std::string nb(64, '2');
+    const std::string accept = otpkv::peer_accept_proof("secret", "n2", "n1", na, nb);
+    const std::string connect = otpkv::peer_connect_proof("secret", "n1", "n2", na, nb);
+    // As PEER_PROTOCOL_2 spells the texts (values from Python's hmac module).
+    CHECK(accept == otpkv::detail::to_hex(otpkv::detail::hmac_sha256(
+                        "secret", "otpkv-peer-2 accept n2 n1 " + na + " " + nb)));
+    CHECK(connect == otpkv::detail::to_hex(otpkv::detail::hmac_sha256(
+                         "secret", "otpkv-peer-2 connect n1 n2 " + na + " " + nb)));
+    CHECK(accept == "913461b62ceb108e8de93c0cb62b4bf156dec366693f79b22cb6a8fdc3b546a2");
+    CHECK(connect == "10ad14414e63a29a1fd1f830a3bdc1448e197c40086b4a1ed7b7f4b292b2b86f");
+    CHECK(accept != connect); // B's proof never serves as A's
+    // Another cookie, name or nonce, another proof.
+    CHECK(otpkv::peer_accept_proof("secreT", "n2", "n1", na, nb) != accept);
+    CHECK(otpkv::peer_accept_proof("secret", "n3", "n1", na, nb) != accept);
+    CHECK(otpkv::peer_accept_proof("secret", "n2", "n3", na, nb) != accept);
+    CHECK(otpkv::peer_accept_proof("secret", "n2", "n1", nb, na) != accept);
+    CHECK(otpkv::peer_proof_matches(accept, accept));
+    CHECK_FALSE(otpkv::peer_proof_matches(accept, connect));
+    CHECK_FALSE(otpkv::peer_proof_matches(accept, accept.substr(1)));
 }
 
 TEST_CASE("request_line: a command's canonical line, which parses back to the same command") {
@@ -913,7 +974,8 @@ TEST_CASE("parse_routed_reply: every reply shape, its fields and its exact bytes
     // What format_reply writes parses back to the same error, also without a node name.
     for (const error_code code :
          {error_code::line_too_long, error_code::no_route, error_code::node_unavailable,
-          error_code::too_many_buckets, error_code::too_many_connections, error_code::internal}) {
+          error_code::too_many_buckets, error_code::too_many_connections, error_code::internal,
+          error_code::not_a_peer}) {
         const std::string bytes = otpkv::format_reply(otpkv::reply::error(code));
         CAPTURE(bytes);
         CHECK(static_cast<int>(otpkv::parse_routed_reply(command_kind::get, bytes).error) ==

@@ -6,6 +6,8 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -15,6 +17,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 using namespace std::string_literals;
@@ -591,4 +594,128 @@ TEST_CASE("config: usage mentions every flag with its default, and the version l
         "kv_server (otpkv) " + std::to_string(otpkv::version.major) + "." +
         std::to_string(otpkv::version.minor) + "." + std::to_string(otpkv::version.patch) + "\n";
     CHECK(otpkv::version_text("kv_server") == expected_version);
+}
+
+TEST_CASE("config: the cookie from a flag, a variable, the file, or a cookie file; one source "
+          "at a time") {
+    temp_dir dir;
+    const std::string cookie_file = dir.write("cookie", "  from-the-file \n");
+    CHECK(load({}).config.cookie.empty()); // none given: the program decides
+    CHECK(load({"--cookie", "c1"}).config.cookie == "c1");
+    CHECK(load({"--cookie=c1"}, {"OTPKV_COOKIE=c2"}).config.cookie == "c1");
+    CHECK(load({}, {"OTPKV_COOKIE=c2"}).config.cookie == "c2");
+    CHECK(load({}, {"OTPKV_COOKIE="}).config.cookie.empty()); // empty: unset
+    const std::string conf = dir.write("node.conf", "cookie = c 3\n");
+    CHECK(load({"--config", conf}).config.cookie == "c 3");
+    CHECK(load({"--config", conf}, {"OTPKV_COOKIE=c2"}).config.cookie == "c2");
+    // A cookie file: its contents, trimmed; the highest source wins, either spelling.
+    CHECK(load({"--cookie-file", cookie_file}).config.cookie == "from-the-file");
+    CHECK(load({"--cookie-file", cookie_file}, {"OTPKV_COOKIE=c2"}).config.cookie ==
+          "from-the-file");
+    CHECK(load({"--cookie", "c1"}, {"OTPKV_COOKIE_FILE=" + cookie_file}).config.cookie == "c1");
+    CHECK(load({}, {"OTPKV_COOKIE_FILE=" + cookie_file}).config.cookie == "from-the-file");
+    const std::string conf_file = dir.write("file.conf", "cookie-file = " + cookie_file + "\n");
+    CHECK(load({"--config", conf_file}).config.cookie == "from-the-file");
+    // Only the file used is read: a missing one that a higher source overrides is no error.
+    CHECK(load({"--cookie", "c1"}, {"OTPKV_COOKIE_FILE=/nonexistent/x"}).ok());
+}
+
+TEST_CASE("config: bad cookies and cookie files are errors that name their source") {
+    temp_dir dir;
+    const std::string blank = dir.write("blank", " \r\n\t");
+    const std::string huge = dir.write("huge", std::string(5000, 'x'));
+    const std::string cookie_file = dir.write("cookie", "c");
+    const auto error = [](const config_load& r) { return r.error; };
+    CHECK(error(load({"--cookie="})) ==
+          "--cookie: expected a cookie, got '' (an empty cookie proves nothing)");
+    CHECK(error(load({"--cookie-file="})) == "--cookie-file: expected a file name, got ''");
+    CHECK(error(load({"--cookie-file", blank})) ==
+          "--cookie-file: '" + blank + "' holds no cookie (it is empty)");
+    CHECK(error(load({}, {"OTPKV_COOKIE_FILE=" + huge})) ==
+          "OTPKV_COOKIE_FILE: '" + huge + "' is longer than 4096 bytes: not a cookie file");
+    CHECK(error(load({"--cookie-file", dir.path()})) ==
+          "--cookie-file: cannot read '" + dir.path() + "': it is a directory");
+    CHECK(error(load({"--cookie-file", dir.path() + "/none"})) ==
+          "--cookie-file: cannot open '" + dir.path() + "/none': No such file or directory");
+    CHECK(error(load({"--cookie", "a", "--cookie-file", cookie_file})) ==
+          "--cookie and --cookie-file: give one, not both");
+    CHECK(error(load({}, {"OTPKV_COOKIE=a", "OTPKV_COOKIE_FILE=" + cookie_file})) ==
+          "OTPKV_COOKIE and OTPKV_COOKIE_FILE: give one, not both");
+    const std::string conf = dir.write("node.conf", "cookie = a\ncookie-file = x\n");
+    CHECK(error(load({"--config", conf})) == conf + ": cookie and cookie-file: give one, not both");
+    // An empty variable is unset, as for every key.
+    CHECK(error(load({"--cookie", "a"}, {"OTPKV_COOKIE_FILE="})) == "");
+}
+
+TEST_CASE("config: a cookie file others may read is used, with a warning") {
+    temp_dir dir;
+    const std::string path = dir.write("cookie", "shared");
+    std::filesystem::permissions(path, std::filesystem::perms::owner_read |
+                                           std::filesystem::perms::group_read |
+                                           std::filesystem::perms::others_read);
+    const config_load loose = load({"--cookie-file", path});
+    REQUIRE(loose.ok());
+    CHECK(loose.config.cookie == "shared");
+    CHECK(loose.warnings ==
+          std::vector<std::string>{"the cookie file '" + path +
+                                   "' has mode 0444: others than its owner may read or change it "
+                                   "(chmod 400 '" +
+                                   path + "')"});
+    std::filesystem::permissions(path, std::filesystem::perms::owner_read);
+    CHECK(load({"--cookie-file", path}).warnings.empty());
+}
+
+TEST_CASE("home_cookie: ~/.otpkv.cookie, made when missing (mode 0400, 32 letters), read after; "
+          "threads making it at once all get the same") {
+    temp_dir dir;
+    const std::string home = "HOME=" + dir.path();
+    const std::array<const char*, 2> env{home.c_str(), nullptr};
+    const std::string path = dir.path() + "/.otpkv.cookie";
+
+    std::vector<otpkv::cookie_load> found(8);
+    std::vector<std::thread> threads;
+    for (auto& f : found) {
+        threads.emplace_back([&f, &env] { f = otpkv::home_cookie(env.data()); });
+    }
+    for (auto& t : threads) {
+        t.join();
+    }
+    int made = 0;
+    for (const auto& f : found) {
+        REQUIRE(f.ok());
+        CHECK(f.path == path);
+        CHECK(f.cookie == found.front().cookie);
+        CHECK(f.warnings.empty());
+        made += f.created ? 1 : 0;
+    }
+    CHECK(made == 1);
+    const std::string& cookie = found.front().cookie;
+    CHECK(cookie.size() == 32);
+    CHECK(std::all_of(cookie.begin(), cookie.end(), [](char c) { return c >= 'A' && c <= 'Z'; }));
+    CHECK(std::filesystem::status(path).permissions() == std::filesystem::perms::owner_read);
+    std::size_t files = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path())) {
+        ++files; // no temporary file left behind
+    }
+    CHECK(files == 1);
+
+    // Read again: the same, not made again.
+    const otpkv::cookie_load again = otpkv::home_cookie(env.data());
+    CHECK(again.cookie == cookie);
+    CHECK_FALSE(again.created);
+
+    // No HOME, or an empty one: an error.
+    const std::array<const char*, 2> empty_home{"HOME=", nullptr};
+    CHECK(otpkv::home_cookie(empty_home.data()).error ==
+          "no cluster cookie: HOME is not set, so there is no ~/.otpkv.cookie (give --cookie or "
+          "--cookie-file)");
+    CHECK_FALSE(otpkv::home_cookie(nullptr).ok());
+    // An empty file there is an error, never replaced.
+    temp_dir other;
+    other.write(".otpkv.cookie", "");
+    const std::string other_home = "HOME=" + other.path() + "/"; // a trailing slash is fine
+    const std::array<const char*, 2> other_env{other_home.c_str(), nullptr};
+    const otpkv::cookie_load empty = otpkv::home_cookie(other_env.data());
+    CHECK(empty.error == "'" + other.path() + "/.otpkv.cookie' holds no cookie (it is empty)");
+    CHECK(std::filesystem::file_size(other.path() + "/.otpkv.cookie") == 0);
 }

@@ -371,9 +371,14 @@ TEST_CASE("node: past the root's restart intensity the node exits, and its port 
 
 TEST_CASE("node: a node with routes forwards to the node that owns a bucket, with the client "
           "options it was started with") {
-    auto n2 = start_node(local("n2")); // everything local
+    otpkv::node_config c2 = local("n2");
+    // Everything local; the entry that never wins names n1, so n1 is a peer of n2.
+    c2.routes = {{0, 255, "n2", "127.0.0.1", 1}, {'a', 'a', "n1", "127.0.0.1", 1}};
+    c2.cookie = "node-test-cookie";
+    auto n2 = start_node(c2);
     otpkv::node_config c1 = local("n1");
     c1.routes = {{'a', 'm', "n1", "127.0.0.1", 1}, {'n', 'z', "n2", "127.0.0.1", n2->port()}};
+    c1.cookie = "node-test-cookie";
     otpkv::client_options client;
     client.connections = 3;
     client.heartbeat = 0ms;

@@ -6,6 +6,7 @@
 #include "kv_process.hpp"
 #include "support.hpp"
 
+#include <otpkv/detail/random.hpp>
 #include <otpkv/net/client.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/registry.hpp>
@@ -66,6 +67,7 @@ start_router(std::string self, std::vector<route_entry> routes, otpkv::client_op
     o.self = std::move(self);
     o.routes = std::move(routes);
     o.client = std::move(client);
+    o.cookie = otpkv_test::test_cookie;
     auto r = otpkv::router::start(std::move(reg), std::move(o));
     REQUIRE(r.has_value());
     return std::move(r).value();
@@ -104,13 +106,14 @@ std::map<std::string, int> owners_by_first_byte(const otpkv::router& r) {
 }
 
 // Two nodes in one process, each a registry, a router and a server on an ephemeral port:
-// B serves everything locally (an empty table), A owns a-m and forwards n-y to B; z and
-// everything outside a-y has no route at A.
+// B serves everything locally (its table's first entry covers every byte; the second, which
+// never wins, names A, so that B accepts A as a peer), A owns a-m and forwards n-y to B; z
+// and everything outside a-y has no route at A.
 struct two_nodes {
     explicit two_nodes(otpkv::client_options client = {}) {
         client.heartbeat = 0ms;
         reg_b = otpkv::registry::start();
-        router_b = start_router("B", {}, {}, reg_b);
+        router_b = start_router("B", {entry(0, 255, "B", 1), entry('a', 'a', "A", 1)}, {}, reg_b);
         server_b = serve(router_b);
         reg_a = otpkv::registry::start();
         router_a =
@@ -439,7 +442,7 @@ TEST_CASE("router_handler: a peer's connection runs everything here; a client's 
     REQUIRE(n.router_a->put("nut", "k", "fromB").kind == reply_kind::ok);
 
     kv_client peer(n.server_a->port());
-    OTPKV_CHECK_EXCHANGE(peer, "OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 A\r\n");
+    REQUIRE(otpkv_test::handshake_as(peer, "B", "A", otpkv_test::test_cookie));
     // Each request comes tagged with its id, and its reply behind the header naming it.
     OTPKV_CHECK_EXCHANGE(peer, tagged("GET nut k\r\n", 1), answered("NOT FOUND\r\n", 1));
     OTPKV_CHECK_EXCHANGE(peer, tagged("CREATE nut\r\n", 2), answered("OK\r\n", 2));
@@ -458,7 +461,7 @@ TEST_CASE("router_handler: a peer's connection runs everything here; a client's 
           "01 CREATE apple\r\n", "=1 CREATE apple\r\n"}) {
         INFO(bad);
         kv_client p2(n.server_a->port());
-        OTPKV_CHECK_EXCHANGE(p2, "OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 A\r\n");
+        REQUIRE(otpkv_test::handshake_as(p2, "B", "A", otpkv_test::test_cookie));
         OTPKV_CHECK_EXCHANGE(p2, bad + "1 CREATE apple\r\n", "ERROR internal\r\n");
         CHECK(p2.read_to_eof() == "");
     }
@@ -477,11 +480,100 @@ TEST_CASE("router_handler: a peer's connection runs everything here; a client's 
         "PUT apple k 1\r\nGET nut k\r\nGET apple k\r\n",
         "fromB\r\nOK\r\nERROR no route\r\nOK\r\nOK\r\nOK\r\n2\r\nOK\r\n1\r\nOK\r\n");
 
-    // A greeting of another version is no greeting: the connection stays a client's.
+    // A greeting that is not right is refused, and the connection closed.
     kv_client other(n.server_a->port());
-    OTPKV_CHECK_EXCHANGE(other, "OTPKV-PEER 2 x\r\n", "UNKNOWN COMMAND\r\n");
-    OTPKV_CHECK_EXCHANGE(other, "GET nut k\r\n", "2\r\nOK\r\n");
+    OTPKV_CHECK_EXCHANGE(other, "OTPKV-PEER 2 x\r\n", "ERROR not a peer\r\n");
+    CHECK(other.read_to_eof() == "");
     CHECK(value_on(*n.reg_a, "nut", "k") == "fromA");
+}
+
+TEST_CASE("router_handler: a handshake that fails gets ERROR not a peer and the close; nothing "
+          "sent after it runs, and the log says why") {
+    std::mutex mutex;
+    std::vector<std::string> told;
+    otpkv::client_options logged;
+    logged.log = [&](const std::string& line) {
+        const std::lock_guard lock(mutex);
+        told.push_back(line);
+    };
+    two_nodes n(logged);
+    const std::string refused = "ERROR not a peer\r\n";
+    const std::string zeros(64, '0');
+    const auto nonce = [] { return otpkv::detail::new_peer_nonce(); };
+    // Each: what a client sends in one write; it gets exactly `refused`, then EOF.
+    const std::vector<std::string> attempts = {
+        "OTPKV-PEER 1 B\r\nCREATE apple1\r\n",                         // the old greeting
+        "OTPKV-PEER 2 B\r\nCREATE apple2\r\n",                         // no nonce
+        "OTPKV-PEER 2 B " + zeros.substr(1) + "\r\nCREATE apple3\r\n", // a short nonce
+        "OTPKV-PEER 2 X " + nonce() + "\r\nCREATE apple4\r\n",         // not in A's table
+        "OTPKV-PEER 2 A " + nonce() + "\r\nCREATE apple5\r\n",         // A itself
+        "OTPKV-PROOF " + zeros + "\r\nCREATE apple6\r\n",              // a proof, no greeting
+    };
+    for (const std::string& attempt : attempts) {
+        CAPTURE(attempt);
+        kv_client c(n.server_a->port());
+        REQUIRE(c.send_all(attempt));
+        OTPKV_CHECK_BYTES(c.read_to_eof(), refused);
+    }
+    // A right greeting, then a wrong proof, or anything but a proof: refused after the answer.
+    for (const std::string& second : {"OTPKV-PROOF " + zeros + "\r\n", "CREATE apple7\r\n"s,
+                                      "OTPKV-PEER 2 B " + nonce() + "\r\n"}) {
+        CAPTURE(second);
+        kv_client c(n.server_a->port());
+        REQUIRE(c.send_all(otpkv::peer_greeting_line("B", nonce()) + second + "CREATE apple8\r\n"));
+        const std::string line = c.read_lines(1);
+        const auto answer = otpkv::parse_peer_answer(line);
+        REQUIRE(answer.has_value());
+        CHECK(answer->name == "A");
+        OTPKV_CHECK_BYTES(c.read_to_eof(), refused);
+    }
+    // A peer connection greeting again is refused too.
+    kv_client twice(n.server_a->port());
+    REQUIRE(otpkv_test::handshake_as(twice, "B", "A", otpkv_test::test_cookie));
+    REQUIRE(twice.send_all(otpkv::peer_greeting_line("B", nonce()) + "CREATE apple9\r\n"));
+    OTPKV_CHECK_BYTES(twice.read_to_eof(), refused);
+    // None of the requests ran: a is A's, and A has no apple bucket.
+    CHECK(n.reg_a->size() == 0);
+    CHECK(n.reg_b->size() == 0);
+    kv_client client(n.server_a->port());
+    OTPKV_CHECK_EXCHANGE(client, "GET apple1 k\r\n", "NOT FOUND\r\n");
+    // Each refusal was told, with its reason.
+    const std::lock_guard lock(mutex);
+    REQUIRE(told.size() == attempts.size() + 4);
+    CHECK(told[0].find("not a valid greeting: \"OTPKV-PEER 1 B\"") != std::string::npos);
+    CHECK(told[3].find("node X is not in the routing table") != std::string::npos);
+    CHECK(told[4].find("node A is not in the routing table") != std::string::npos);
+    CHECK(told[6].find("node B gave a wrong proof") != std::string::npos);
+    CHECK(told[7].find("node B sent \"CREATE apple7\" instead of its proof") != std::string::npos);
+    CHECK(told[9].find("a peer's already") != std::string::npos);
+}
+
+TEST_CASE("router: nodes with different cookies cannot talk; with the same one they can") {
+    auto reg_b = otpkv::registry::start();
+    otpkv::router_options ob;
+    ob.self = "B";
+    ob.routes = {entry(0, 255, "B", 1), entry('a', 'a', "A", 1)};
+    ob.cookie = "cookie-of-b";
+    auto router_b = otpkv::router::start(reg_b, ob).value();
+    auto server_b = serve(router_b);
+    auto a = start_router("A", {entry('a', 'm', "A", 1), entry('n', 'y', "B", server_b->port())},
+                          quick(60s));
+    CHECK(a->call(parse("CREATE nut")) == "ERROR node B unavailable\r\n");
+    CHECK(a->status("B") == node_status::down);
+    CHECK(reg_b->size() == 0);
+
+    // The same cookie: a new B on the same port, and A's retries find it.
+    const std::uint16_t port = server_b->port();
+    server_b->stop();
+    router_b->stop();
+    ob.cookie = otpkv_test::test_cookie;
+    router_b = otpkv::router::start(reg_b, ob).value();
+    server_b = serve(router_b, port);
+    CHECK(eventually([&] { return a->call(parse("CREATE nut")) == "OK\r\n"; }));
+    CHECK(reg_b->lookup("nut") != nullptr);
+    server_b->stop();
+    router_b->stop();
+    a->stop();
 }
 
 TEST_CASE("router_handler: SUBSCRIBE on a peer's connection is acknowledged, then events follow") {
@@ -490,14 +582,14 @@ TEST_CASE("router_handler: SUBSCRIBE on a peer's connection is acknowledged, the
     REQUIRE(n.reg_a->create("apple").has_value());
 
     kv_client sub(n.server_a->port());
-    OTPKV_CHECK_EXCHANGE(sub, "OTPKV-PEER 1 x\r\n", "OTPKV-PEER 1 A\r\n");
+    REQUIRE(otpkv_test::handshake_as(sub, "B", "A", otpkv_test::test_cookie));
     OTPKV_CHECK_EXCHANGE(sub, tagged("SUBSCRIBE missing\r\n", 1), answered("NOT FOUND\r\n", 1));
     // Local, never relayed.
     OTPKV_CHECK_EXCHANGE(sub, tagged("SUBSCRIBE nut\r\n", 2), answered("NOT FOUND\r\n", 2));
     OTPKV_CHECK_EXCHANGE(sub, tagged("SUBSCRIBE apple\r\n", 3), answered("SUBSCRIBED\r\n", 3));
 
     kv_client pub(n.server_a->port());
-    OTPKV_CHECK_EXCHANGE(pub, "OTPKV-PEER 1 y\r\n", "OTPKV-PEER 1 A\r\n");
+    REQUIRE(otpkv_test::handshake_as(pub, "B", "A", otpkv_test::test_cookie));
     OTPKV_CHECK_EXCHANGE(pub, tagged("PUT apple eggs 3\r\n"), answered("OK\r\n"));
     OTPKV_CHECK_EXCHANGE(pub, tagged("DELETE apple eggs\r\n", 2), answered("OK\r\n", 2));
     n.reg_a->lookup("apple")->put("milk", "1");

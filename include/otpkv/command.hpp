@@ -12,6 +12,7 @@
 /// are plain values. A `line_framer` is used by one thread at a time.
 #pragma once
 
+#include <otpkv/detail/sha256.hpp>
 #include <otpkv/process.hpp>
 
 #include <algorithm>
@@ -232,7 +233,8 @@ enum class error_code : std::uint8_t {
     node_unavailable,     ///< `ERROR node <name> unavailable`
     too_many_buckets,     ///< `ERROR too many buckets`
     too_many_connections, ///< `ERROR too many connections`; the connection is then closed
-    internal              ///< `ERROR internal`; the connection is then closed
+    internal,             ///< `ERROR internal`; the connection is then closed
+    not_a_peer ///< `ERROR not a peer`: a failed peer handshake; the connection is then closed
 };
 
 /// The reason text after `ERROR ` (`"node unavailable"` when no node name is known).
@@ -404,12 +406,38 @@ struct routed_reply {
 // Between nodes
 // ---------------------------------------------------------------------------------------
 //
-// Every connection a node opens to another node starts with a greeting line,
-// `OTPKV-PEER 1 <own name>`; the other node answers `OTPKV-PEER 1 <its name>` and from then
-// on runs every request of that connection locally, never forwarding it again. These lines
-// are internal to otpkv: protocol.md's clients never see them.
+// Every connection a node opens to another node starts with a handshake in which each side
+// proves that it knows the cluster cookie (a secret every node of the cluster is given, as
+// Erlang's nodes are; kv_server's `--cookie`), without sending it. Node A connects to B:
 //
-// Request ids. After the greeting is answered, every line the connecting node (A) sends is
+//   1. A -> B  `OTPKV-PEER 2 <nameA> <nonceA>`
+//   2. B -> A  `OTPKV-PEER 2 <nameB> <nonceB> <proofB>`, if the line is well formed and nameA
+//              is another node of B's routing table; else `ERROR not a peer`, and B closes.
+//   3. A checks that nameB is the name its table gives that address and that proofB is
+//              right; if not, A closes (the node counts as down). Else
+//      A -> B  `OTPKV-PROOF <proofA>`
+//   4. B -> A  `OK` when proofA is right; else `ERROR not a peer`, and B closes.
+//
+// A nonce is 32 fresh random bytes as 64 lower-case hex digits; a proof is the HMAC-SHA-256
+// of a text under the cookie, in the same spelling:
+//
+//   proofB = HMAC(cookie, "otpkv-peer-2 accept <nameB> <nameA> <nonceA> <nonceB>")
+//   proofA = HMAC(cookie, "otpkv-peer-2 connect <nameA> <nameB> <nonceA> <nonceB>")
+//
+// Both nonces are in both texts, so neither proof can be replayed on another connection; the
+// words `accept` and `connect` keep a proof B gives from serving as A's. A sends its queued
+// requests only after the `OK` (the handshake counts against its connect timeout). From then
+// on B runs every request of that connection locally, never forwarding it again. Any line
+// whose first token is `OTPKV-PEER` or `OTPKV-PROOF` that is not the step the connection is at
+// (the old `OTPKV-PEER 1 <name>` included, or a greeting on a connection that is already a
+// peer's), and any line other than `OTPKV-PROOF` after a greeting, is answered
+// `ERROR not a peer` and closes the connection: nothing sent after it runs. Lines end in CRLF
+// and tokens are separated as in requests.
+//
+// These lines are internal to otpkv: protocol.md's clients never see them (other than
+// `ERROR not a peer` when they send one).
+//
+// Request ids. After the handshake, every line the connecting node (A) sends is
 // `<id> <request line>`: `<id>` a decimal number from 1 to 2^64-1 (no sign, no leading
 // zero) that A chooses, increasing on each connection. A heartbeat is `<id>` alone (an
 // empty request, answered `UNKNOWN COMMAND`). The other node (B) answers each request
@@ -440,19 +468,62 @@ struct routed_reply {
 // connections are closed; a stream ended by `!<id>` closes them without a word, as for a
 // local subscriber.
 
-/// The first token of the greeting on a connection between nodes.
+/// The first token of a greeting (steps 1 and 2).
 inline constexpr std::string_view peer_greeting = "OTPKV-PEER";
-/// The version of the peer greeting.
-inline constexpr std::string_view peer_version = "1";
+/// The version of the peer handshake.
+inline constexpr std::string_view peer_version = "2";
+/// The first token of the connecting node's proof (step 3).
+inline constexpr std::string_view peer_proof = "OTPKV-PROOF";
 /// A peer's acknowledgement of a SUBSCRIBE that took (peer connections only).
 inline constexpr std::string_view peer_subscribed = "SUBSCRIBED";
+/// The random bytes of a nonce (sent as twice as many hex digits).
+inline constexpr std::size_t peer_nonce_bytes = 32;
 
-/// The greeting line for `name`, terminator included: `OTPKV-PEER 1 <name>\r\n`.
-[[nodiscard]] std::string peer_greeting_line(std::string_view name);
+/// What a greeting (step 1) or its answer (step 2) says. Views into the line parsed.
+struct peer_hello {
+    std::string_view name;  ///< the sender's node name
+    std::string_view nonce; ///< its nonce: 64 lower-case hex digits
+    std::string_view proof; ///< the answer's proof, 64 lower-case hex digits; empty in a greeting
 
-/// The name in a greeting line (terminator optional), or nullopt when `line` is not one.
-[[nodiscard]] constexpr std::optional<std::string_view>
+    /// Equal when all three fields hold the same bytes.
+    friend constexpr bool operator==(const peer_hello&, const peer_hello&) = default;
+};
+
+/// Step 1, terminator included: `OTPKV-PEER 2 <name> <nonce>\r\n`.
+[[nodiscard]] std::string peer_greeting_line(std::string_view name, std::string_view nonce);
+/// Step 2, terminator included: `OTPKV-PEER 2 <name> <nonce> <proof>\r\n`.
+[[nodiscard]] std::string peer_answer_line(std::string_view name, std::string_view nonce,
+                                           std::string_view proof);
+/// Step 3, terminator included: `OTPKV-PROOF <proof>\r\n`.
+[[nodiscard]] std::string peer_proof_line(std::string_view proof);
+
+/// A greeting (step 1; terminator optional), or nullopt when `line` is not exactly one.
+[[nodiscard]] constexpr std::optional<peer_hello>
 parse_peer_greeting(std::string_view line) noexcept;
+/// An answer to a greeting (step 2; terminator optional), or nullopt when `line` is not one.
+[[nodiscard]] constexpr std::optional<peer_hello> parse_peer_answer(std::string_view line) noexcept;
+/// The proof of a step 3 line (terminator optional), or nullopt when `line` is not one.
+[[nodiscard]] constexpr std::optional<std::string_view>
+parse_peer_proof(std::string_view line) noexcept;
+/// True when `line`'s first token is `OTPKV-PEER` or `OTPKV-PROOF`: a handshake line, well
+/// formed or not (a server refuses the ones that are not the step it expects).
+[[nodiscard]] constexpr bool is_peer_handshake(std::string_view line) noexcept;
+
+/// The accepting node's proof (step 2): the hex HMAC-SHA-256 under `cookie` of
+/// `otpkv-peer-2 accept <accepting> <connecting> <connecting_nonce> <accepting_nonce>`.
+[[nodiscard]] std::string peer_accept_proof(std::string_view cookie, std::string_view accepting,
+                                            std::string_view connecting,
+                                            std::string_view connecting_nonce,
+                                            std::string_view accepting_nonce);
+/// The connecting node's proof (step 3): the hex HMAC-SHA-256 under `cookie` of
+/// `otpkv-peer-2 connect <connecting> <accepting> <connecting_nonce> <accepting_nonce>`.
+[[nodiscard]] std::string peer_connect_proof(std::string_view cookie, std::string_view connecting,
+                                             std::string_view accepting,
+                                             std::string_view connecting_nonce,
+                                             std::string_view accepting_nonce);
+/// True when the proof `got` is `expected`, compared in a time that does not depend on where
+/// they differ.
+[[nodiscard]] bool peer_proof_matches(std::string_view expected, std::string_view got) noexcept;
 
 /// The first byte of a peer's reply header (`=<id>`), stream event (`*<id> <event>`) and
 /// stream end (`!<id>`).
@@ -784,6 +855,8 @@ constexpr std::string_view error_text(error_code code) noexcept {
         return "too many buckets";
     case error_code::too_many_connections:
         return "too many connections";
+    case error_code::not_a_peer:
+        return "not a peer";
     case error_code::internal:
         break;
     }
@@ -795,6 +868,7 @@ constexpr bool closes_connection(error_code code) noexcept {
     case error_code::line_too_long:
     case error_code::too_many_connections:
     case error_code::internal:
+    case error_code::not_a_peer:
         return true;
     case error_code::no_route:
     case error_code::node_unavailable:
@@ -926,9 +1000,13 @@ constexpr std::string_view without_cr(std::string_view line) noexcept {
 constexpr void read_error_reason(std::string_view reason, reply_view& r) noexcept {
     r.outcome = {reply_kind::error, error_code::internal};
     // `node unavailable` too: what `append_reply` writes when it knows no node name.
-    constexpr std::array codes{error_code::line_too_long,        error_code::no_route,
-                               error_code::node_unavailable,     error_code::too_many_buckets,
-                               error_code::too_many_connections, error_code::internal};
+    constexpr std::array codes{error_code::line_too_long,
+                               error_code::no_route,
+                               error_code::node_unavailable,
+                               error_code::too_many_buckets,
+                               error_code::too_many_connections,
+                               error_code::internal,
+                               error_code::not_a_peer};
     for (const error_code code : codes) {
         if (reason == error_text(code)) {
             r.outcome.code = code;
@@ -995,21 +1073,102 @@ inline routed_reply parse_routed_reply(command_kind kind, std::string bytes) {
     return r;
 }
 
-inline std::string peer_greeting_line(std::string_view name) {
-    std::string line;
-    line.reserve(peer_greeting.size() + peer_version.size() + name.size() + 4);
-    line.append(peer_greeting).append(" ").append(peer_version).append(" ");
-    line.append(name).append(detail::line_end);
+namespace detail {
+/// True for a nonce or a proof: 64 lower-case hex digits.
+[[nodiscard]] constexpr bool is_peer_hex(std::string_view token) noexcept {
+    if (token.size() != 2 * peer_nonce_bytes) {
+        return false;
+    }
+    return std::all_of(token.begin(), token.end(),
+                       [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+/// `head` and the words of `rest`, each after one space, then CRLF.
+[[nodiscard]] inline std::string handshake_line(std::string_view head,
+                                                std::initializer_list<std::string_view> rest) {
+    std::string line(head);
+    for (const std::string_view word : rest) {
+        line.append(" ").append(word);
+    }
+    line.append(line_end);
     return line;
 }
 
-constexpr std::optional<std::string_view> parse_peer_greeting(std::string_view line) noexcept {
-    std::array<std::string_view, 3> tokens{};
+/// The hex HMAC-SHA-256 under `cookie` of `otpkv-peer-2 <role> <a> <b> <c> <d>`.
+[[nodiscard]] inline std::string peer_mac(std::string_view cookie, std::string_view role,
+                                          std::initializer_list<std::string_view> words) {
+    std::string text = "otpkv-peer-2 ";
+    text.append(role);
+    for (const std::string_view word : words) {
+        text.append(" ").append(word);
+    }
+    return to_hex(hmac_sha256(cookie, text));
+}
+} // namespace detail
+
+inline std::string peer_greeting_line(std::string_view name, std::string_view nonce) {
+    return detail::handshake_line(peer_greeting, {peer_version, name, nonce});
+}
+
+inline std::string peer_answer_line(std::string_view name, std::string_view nonce,
+                                    std::string_view proof) {
+    return detail::handshake_line(peer_greeting, {peer_version, name, nonce, proof});
+}
+
+inline std::string peer_proof_line(std::string_view proof) {
+    return detail::handshake_line(peer_proof, {proof});
+}
+
+constexpr std::optional<peer_hello> parse_peer_greeting(std::string_view line) noexcept {
+    std::array<std::string_view, 4> tokens{};
     if (detail::split_tokens(line, tokens) != tokens.size() || tokens[0] != peer_greeting ||
-        tokens[1] != peer_version) {
+        tokens[1] != peer_version || !detail::is_peer_hex(tokens[3])) {
         return std::nullopt;
     }
-    return tokens[2];
+    return peer_hello{tokens[2], tokens[3], {}};
+}
+
+constexpr std::optional<peer_hello> parse_peer_answer(std::string_view line) noexcept {
+    std::array<std::string_view, 5> tokens{};
+    if (detail::split_tokens(line, tokens) != tokens.size() || tokens[0] != peer_greeting ||
+        tokens[1] != peer_version || !detail::is_peer_hex(tokens[3]) ||
+        !detail::is_peer_hex(tokens[4])) {
+        return std::nullopt;
+    }
+    return peer_hello{tokens[2], tokens[3], tokens[4]};
+}
+
+constexpr std::optional<std::string_view> parse_peer_proof(std::string_view line) noexcept {
+    std::array<std::string_view, 2> tokens{};
+    if (detail::split_tokens(line, tokens) != tokens.size() || tokens[0] != peer_proof ||
+        !detail::is_peer_hex(tokens[1])) {
+        return std::nullopt;
+    }
+    return tokens[1];
+}
+
+constexpr bool is_peer_handshake(std::string_view line) noexcept {
+    std::array<std::string_view, 1> first{};
+    detail::split_tokens(line, first);
+    return first[0] == peer_greeting || first[0] == peer_proof;
+}
+
+inline std::string peer_accept_proof(std::string_view cookie, std::string_view accepting,
+                                     std::string_view connecting, std::string_view connecting_nonce,
+                                     std::string_view accepting_nonce) {
+    return detail::peer_mac(cookie, "accept",
+                            {accepting, connecting, connecting_nonce, accepting_nonce});
+}
+
+inline std::string peer_connect_proof(std::string_view cookie, std::string_view connecting,
+                                      std::string_view accepting, std::string_view connecting_nonce,
+                                      std::string_view accepting_nonce) {
+    return detail::peer_mac(cookie, "connect",
+                            {connecting, accepting, connecting_nonce, accepting_nonce});
+}
+
+inline bool peer_proof_matches(std::string_view expected, std::string_view got) noexcept {
+    return detail::equal_in_constant_time(expected, got);
 }
 
 constexpr std::optional<std::uint64_t> parse_peer_id(std::string_view token) noexcept {

@@ -17,6 +17,8 @@
 ///     --max-line BYTES         OTPKV_MAX_LINE         max-line = BYTES
 ///     --max-connections N      OTPKV_MAX_CONNECTIONS  max-connections = N
 ///     --max-buckets N          OTPKV_MAX_BUCKETS      max-buckets = N
+///     --cookie COOKIE          OTPKV_COOKIE           cookie = COOKIE
+///     --cookie-file FILE       OTPKV_COOKIE_FILE      cookie-file = FILE
 ///
 /// Flags: `--name value` or `--name=value`. In the first spelling the next argument is the
 /// value unless it starts with `-`, in which case the flag is missing its value (so
@@ -27,7 +29,7 @@
 /// and both may be set at once (print the help). An unknown flag, a flag without its
 /// value and a positional argument are errors that name them.
 ///
-/// Environment: only the nine variables above are read; other `OTPKV_*` variables (build
+/// Environment: only the variables above are read; other `OTPKV_*` variables (build
 /// settings, say) are ignored, as are entries without `=`. When a variable appears twice in
 /// the array the first one counts, as with `getenv`. A variable set to the empty string
 /// counts as unset. `OTPKV_ROUTE` holds one or more routes separated by commas and/or
@@ -47,7 +49,17 @@
 /// `[A-Za-z0-9_.-]`. An address to bind is an IPv4 dotted quad (four decimal parts 0-255
 /// without leading zeros, which `inet_aton` would read as octal) or an IPv6 literal (bare
 /// or in brackets, stored bare; an embedded IPv4 tail is allowed, a `%zone` is not).
-/// Routes: see `parse_route` in route.hpp.
+/// Routes: see `parse_route` in route.hpp. A cookie is any non-empty value (bytes other than
+/// the separators, in a flag or variable; inner spaces are kept in a file's `cookie = ...`).
+///
+/// The cluster cookie (as Erlang's): `--cookie` gives it, `--cookie-file` names a file that
+/// holds it (its contents, whitespace trimmed at both ends; an empty file is an error). The
+/// two are one setting: the highest source that gives either supplies it, and one source
+/// giving both is an error. Only the file that is used is read; a cookie file that others
+/// than its owner may read or change is used, with a warning (`config_load::warnings`;
+/// Erlang refuses such a file, we say how to fix it: `chmod 400`). With neither, `cookie` is
+/// left empty and the program decides: kv_server then uses `home_cookie` (`~/.otpkv.cookie`,
+/// created when missing), when its table names another node.
 ///
 /// Precedence: flags win over the environment, which wins over the file, key by key. For
 /// routes, the highest source that gives any route supplies the whole list: lists are never
@@ -64,8 +76,8 @@
 ///     --config: cannot open 'node.conf'
 ///
 /// Thread safety: the types are plain values; every function is pure apart from
-/// `load_config` reading the config file, so any thread may call them, on arguments no
-/// other thread is writing.
+/// `load_config` reading the config file and a cookie file, and `home_cookie`, so any thread may
+/// call them, on arguments no other thread is writing.
 ///
 /// Includes: the config file is read with `<cstdio>`, not `<fstream>` and `<filesystem>`.
 /// Those two add some 9,000 preprocessed lines (libstdc++ 12), about 8% of node.hpp and of
@@ -75,6 +87,7 @@
 #pragma once
 
 #include <otpkv/command.hpp>
+#include <otpkv/detail/cookie_file.hpp>
 #include <otpkv/route.hpp>
 #include <otpkv/version.hpp>
 
@@ -116,6 +129,9 @@ struct node_config {
     std::size_t max_connections = 10000;
     /// `--max-buckets N`: most buckets at once; at least 1.
     std::size_t max_buckets = 1'000'000;
+    /// `--cookie COOKIE`, or the contents of `--cookie-file FILE`: the cluster cookie, which
+    /// peers prove they know (router.hpp). Empty: none given.
+    std::string cookie;
 
     /// Equal when every field is.
     friend bool operator==(const node_config&, const node_config&) = default;
@@ -130,6 +146,9 @@ struct config_load {
     std::string error;
     bool help = false;    ///< --help or -h was given: print usage() and exit 0
     bool version = false; ///< --version was given: print version_text() and exit 0
+    /// Lines to show the operator although the configuration is valid (a cookie file that
+    /// others may read), without a program name.
+    std::vector<std::string> warnings;
 
     /// True when no error was found.
     [[nodiscard]] bool ok() const noexcept { return error.empty(); }
@@ -141,6 +160,28 @@ struct config_load {
 /// named by `--config` or `OTPKV_CONFIG`, if any. Never throws for bad input (only
 /// `std::bad_alloc`).
 [[nodiscard]] config_load load_config(int argc, const char* const* argv, const char* const* envp);
+
+/// What `home_cookie` found.
+struct cookie_load {
+    std::string cookie; ///< the cookie, when ok()
+    /// Empty on success; otherwise one line saying why there is no cookie.
+    std::string error;
+    /// Lines to show the operator (a cookie file that others may read), also on success.
+    std::vector<std::string> warnings;
+    std::string path;     ///< the file read (or that could not be read)
+    bool created = false; ///< the file did not exist, and this call made it
+
+    /// True when a cookie was found.
+    [[nodiscard]] bool ok() const noexcept { return error.empty(); }
+};
+
+/// The cookie of a node given none, as Erlang finds it: the contents of `$HOME/.otpkv.cookie`
+/// (`HOME` from `envp`, a `environ`-like array), created when missing with 32 random letters
+/// A-Z and mode 0400. Creating is atomic (a temporary file linked to the name, never
+/// replacing one), so nodes of one user started at the same moment all read the same cookie.
+/// Errors: HOME unset or empty, the file cannot be read or made, or it is empty. A file that
+/// others than its owner may read or change is used, with a warning.
+[[nodiscard]] cookie_load home_cookie(const char* const* envp);
 
 /// The usage text: the command line of design.md, then one option per line with its
 /// default, then the environment and file spellings. Ends with a newline.
@@ -228,7 +269,9 @@ enum class config_key : std::uint8_t {
     route,
     max_line,
     max_connections,
-    max_buckets
+    max_buckets,
+    cookie,
+    cookie_file
 };
 
 /// How one key is spelled in each source.
@@ -240,7 +283,7 @@ struct config_key_spelling {
 };
 
 /// The one place the keys are spelled (the flags, the file and the environment read it).
-inline constexpr std::array<config_key_spelling, 9> config_keys{{
+inline constexpr std::array<config_key_spelling, 11> config_keys{{
     {config_key::config, "--config", "config", "OTPKV_CONFIG"},
     {config_key::node, "--node", "node", "OTPKV_NODE"},
     {config_key::bind, "--bind", "bind", "OTPKV_BIND"},
@@ -250,6 +293,8 @@ inline constexpr std::array<config_key_spelling, 9> config_keys{{
     {config_key::max_line, "--max-line", "max-line", "OTPKV_MAX_LINE"},
     {config_key::max_connections, "--max-connections", "max-connections", "OTPKV_MAX_CONNECTIONS"},
     {config_key::max_buckets, "--max-buckets", "max-buckets", "OTPKV_MAX_BUCKETS"},
+    {config_key::cookie, "--cookie", "cookie", "OTPKV_COOKIE"},
+    {config_key::cookie_file, "--cookie-file", "cookie-file", "OTPKV_COOKIE_FILE"},
 }};
 
 /// What one source (flags, environment or file) gave; nullopt or empty: not given.
@@ -263,6 +308,8 @@ struct config_layer {
     std::optional<std::size_t> max_line;
     std::optional<std::size_t> max_connections;
     std::optional<std::size_t> max_buckets;
+    std::optional<std::string> cookie;
+    std::optional<std::string> cookie_file;
 };
 
 /// Stores a number from `lo` to `hi` into `slot`; returns "" or the reason it is bad.
@@ -339,6 +386,18 @@ template <class T>
         return set_number(layer.max_connections, value, 1, size_max);
     case config_key::max_buckets:
         return set_number(layer.max_buckets, value, 1, size_max);
+    case config_key::cookie:
+        if (value.empty()) {
+            return "expected a cookie, got '' (an empty cookie proves nothing)";
+        }
+        layer.cookie = std::string(value);
+        return {};
+    case config_key::cookie_file:
+        if (value.empty()) {
+            return "expected a file name, got ''";
+        }
+        layer.cookie_file = std::string(value);
+        return {};
     }
     return "unknown key"; // not reached: the switch covers every key
 }
@@ -479,7 +538,7 @@ struct file_closer {
     return first_error;
 }
 
-/// Reads the nine OTPKV_* variables of `envp` into `layer`; returns "" or the first error.
+/// Reads the OTPKV_* variables of `envp` into `layer`; returns "" or the first error.
 [[nodiscard]] inline std::string read_environment(const char* const* envp, config_layer& layer) {
     std::array<bool, config_keys.size()> seen{};
     for (const char* const* entry = envp; entry != nullptr && *entry != nullptr; ++entry) {
@@ -552,6 +611,67 @@ inline config_load load_config(int argc, const char* const* argv, const char* co
             break;
         }
     }
+    // The cookie: the highest source that gives it, either way.
+    const auto& cookie_key =
+        detail::config_keys[static_cast<std::size_t>(detail::config_key::cookie)];
+    const auto& file_key =
+        detail::config_keys[static_cast<std::size_t>(detail::config_key::cookie_file)];
+    const std::string config_path = flags.config ? *flags.config : env.config.value_or("");
+    const std::array<std::pair<detail::config_layer*, int>, 3> sources{
+        {{&flags, 0}, {&env, 1}, {&file, 2}}};
+    for (const auto& [layer, which] : sources) {
+        const auto spell = [which = which](const detail::config_key_spelling& k) {
+            return std::string(which == 0 ? k.flag : which == 1 ? k.env : k.file);
+        };
+        const std::string where = which == 2 ? config_path + ": " : std::string();
+        if (layer->cookie && layer->cookie_file) {
+            result.error =
+                where + spell(cookie_key) + " and " + spell(file_key) + ": give one, not both";
+            return result;
+        }
+        if (layer->cookie) {
+            c.cookie = *layer->cookie;
+            break;
+        }
+        if (layer->cookie_file) {
+            auto read = detail::read_cookie(*layer->cookie_file);
+            if (!read.error.empty()) {
+                result.error = where + spell(file_key) + ": " + read.error;
+                return result;
+            }
+            c.cookie = std::move(read.cookie);
+            result.warnings = std::move(read.warnings);
+            break;
+        }
+    }
+    return result;
+}
+
+inline cookie_load home_cookie(const char* const* envp) {
+    cookie_load result;
+    std::string_view home;
+    for (const char* const* entry = envp; entry != nullptr && *entry != nullptr; ++entry) {
+        const std::string_view text = *entry;
+        if (text.starts_with("HOME=")) {
+            home = text.substr(5);
+            break;
+        }
+    }
+    if (home.empty()) {
+        result.error = "no cluster cookie: HOME is not set, so there is no ~/.otpkv.cookie "
+                       "(give --cookie or --cookie-file)";
+        return result;
+    }
+    result.path = std::string(home);
+    if (result.path.back() != '/') {
+        result.path += '/';
+    }
+    result.path += ".otpkv.cookie";
+    auto read = detail::read_or_create_cookie(result.path);
+    result.error = std::move(read.error);
+    result.cookie = std::move(read.cookie);
+    result.warnings = std::move(read.warnings);
+    result.created = read.created;
     return result;
 }
 
@@ -563,6 +683,7 @@ inline std::string usage(std::string_view program) {
     text += "usage: " + name + " [--config FILE] [--node NAME] [--bind ADDR] [--port N]\n";
     text += indent + "[--threads N] [--route FIRST-LAST=NAME@HOST:PORT]...\n";
     text += indent + "[--max-line BYTES] [--max-connections N] [--max-buckets N]\n";
+    text += indent + "[--cookie COOKIE | --cookie-file FILE]\n";
     text += "       " + name + " --help | --version\n";
     text += "\nRuns one otpkv node. Options, with their defaults:\n";
     const auto option = [&text](std::string_view flag, std::string_view what) {
@@ -591,6 +712,10 @@ inline std::string usage(std::string_view program) {
            "most open connections (default: " + std::to_string(defaults.max_connections) + ")");
     option("--max-buckets N",
            "most buckets (default: " + std::to_string(defaults.max_buckets) + ")");
+    option("--cookie COOKIE", "the cluster cookie, which peers prove they know (default: the\n" +
+                                  std::string(24, ' ') +
+                                  "contents of ~/.otpkv.cookie, made at random when missing)");
+    option("--cookie-file FILE", "read the cluster cookie from FILE (mode 0400, like the default)");
     option("-h, --help", "print this text and exit");
     option("--version", "print the version and exit");
     text += "\nEach option can also be set in the environment (OTPKV_NODE, OTPKV_MAX_LINE, ...;\n"

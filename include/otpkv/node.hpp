@@ -41,7 +41,9 @@ class node : public process {
     /// Starts the tree. Errors: `start_failed` with the failing child's reason (a port in
     /// use: an `error` reason whose exception is the `std::system_error`, EADDRINUSE, and
     /// whose message names the address).
-    /// `client` sets the timeouts, retries and pool of the connections to other nodes.
+    /// `client` sets the timeouts, retries and pool of the connections to other nodes, and
+    /// where they log (its `self` and `cookie` come from `config`). A config whose routes
+    /// name other nodes needs a `cookie`: without one the router cannot start.
     [[nodiscard]] static result<std::shared_ptr<node>>
     start(node_config config, supervisor_options root_options = {}, client_options client = {});
     /// Stops the tree if it still runs.
@@ -133,8 +135,8 @@ node::start(node_config config, supervisor_options root_options, client_options 
                               return tasks;
                           },
                           restart::permanent, infinity, child_type::supervisor};
-    child_spec router_spec{"router",
-                           [kids, options = router_options{cfg.node, cfg.routes, client}] {
+    const router_options routing{cfg.node, cfg.routes, client, cfg.cookie};
+    child_spec router_spec{"router", [kids, options = routing] {
                                std::shared_ptr<otpkv::registry> reg;
                                {
                                    const std::lock_guard lock(kids->mutex);

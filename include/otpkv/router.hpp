@@ -14,17 +14,20 @@
 /// `ERROR node <name> unavailable`, quickly once it is known to be down, and only for its
 /// buckets; it is retried in the background and used again once it is back.
 ///
-/// Requests arriving on a peer connection (one that greeted with `OTPKV-PEER`, see
-/// command.hpp) are run here whatever the table says: a forwarded request is never
-/// forwarded again, so nodes whose tables disagree cannot loop; the bucket is simply looked
-/// up where the request landed. Peer connections tag requests with ids (command.hpp,
-/// "Between nodes"). A SUBSCRIBE to another node's bucket is relayed over the pooled
-/// connections to the owner, multiplexed (the owner tags each stream's events with its id
-/// and pushes them through `session::channel` while the connection goes on serving): the
-/// client gets the owner's events through the node it is connected to, and no number of
-/// relayed subscriptions takes more of the owner's connection slots than the pool. When
-/// the connection to the owner is lost, a relayed subscriber gets `ERROR node <name>
-/// unavailable` before its connection is closed; when the bucket exits, a plain close.
+/// Requests arriving on a peer connection (one whose handshake proved the cluster cookie, see
+/// command.hpp, "Between nodes") are run here whatever the table says: a forwarded request is
+/// never forwarded again, so nodes whose tables disagree cannot loop; the bucket is simply
+/// looked up where the request landed. Only another node of the table can become a peer, and
+/// only with the cookie: a handshake that fails gets `ERROR not a peer`, its connection is
+/// closed, and nothing sent after it runs (the router tells `client.log` why). Peer
+/// connections tag requests with ids (command.hpp, "Between nodes"). A SUBSCRIBE to another
+/// node's bucket is relayed over the pooled connections to the owner, multiplexed (the owner
+/// tags each stream's events with its id and pushes them through `session::channel` while
+/// the connection goes on serving): the client gets the owner's events through the node it
+/// is connected to, and no number of relayed subscriptions takes more of the owner's
+/// connection slots than the pool. When the connection to the owner is lost, a relayed
+/// subscriber gets `ERROR node <name> unavailable` before its connection is closed; when the
+/// bucket exits, a plain close.
 ///
 /// A router is a process: it exits when stopped, or when its client's I/O thread fails (a
 /// supervisor then restarts it, and the server after it). Host programs use it without a
@@ -34,6 +37,7 @@
 
 #include <otpkv/command.hpp>
 #include <otpkv/detail/callback.hpp>
+#include <otpkv/detail/random.hpp>
 #include <otpkv/net/client.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/process.hpp>
@@ -62,9 +66,14 @@ struct router_options {
     std::string self = "nonode";
     /// The table, in order; empty: every bucket is local.
     std::vector<route_entry> routes;
-    /// Timeouts, retries and pool size of the connections to other nodes (`self` is taken
-    /// from above).
+    /// Timeouts, retries and pool size of the connections to other nodes (`self` and
+    /// `cookie` are taken from here). Its `log` is also told of the peers the router's
+    /// handler refuses.
     client_options client{};
+    /// The cluster cookie: the secret that every node of the cluster is given, and that
+    /// peers prove they know (never sent). Needed when the table names other nodes; a node
+    /// without one accepts no peer.
+    std::string cookie{};
 };
 
 /// Where a bucket's requests go.
@@ -148,6 +157,7 @@ class router : public process {
     void peer_subscribe(const command& cmd, std::uint64_t id, std::string& out, session& s);
     void cancel_peer_stream(std::uint64_t id, session& s);
     void run_local(const command& cmd, std::string& out, session& s, bool peer);
+    void handshake(std::string& out, session& s);
     void forward(const command& cmd, std::size_t node, session& s);
     void forward_subscribe(const command& cmd, std::size_t node, session& s);
     [[nodiscard]] routed_reply operation(const command& cmd);
@@ -178,6 +188,9 @@ class router : public process {
 namespace detail {
 /// The `session::context` mark of a peer's connection.
 inline constexpr std::uint64_t peer_connection_mark = 0x70656572; // "peer"
+/// The `session::context` mark of a connection whose greeting was answered: its next line
+/// must be its proof. `session::storage` holds the proof expected, then the peer's name.
+inline constexpr std::uint64_t peer_greeted_mark = 0x6772656574; // "greet"
 
 /// A forwarded request's reply as relayed: the owner's bytes, or `ERROR node <name>
 /// unavailable` when it gave none.
@@ -226,6 +239,7 @@ inline result<std::shared_ptr<router>> router::start(std::shared_ptr<otpkv::regi
             }
         }
         options.client.self = options.self;
+        options.client.cookie = options.cookie;
         auto client = node_client::start(std::move(nodes), options.client);
         if (!client) {
             r->notify_exit(client.error().reason);
@@ -283,17 +297,17 @@ inline void router::connect_all() {
 inline request_handler router_handler(std::shared_ptr<router> r) {
     // The router holds no server, so this is no cycle.
     return [self = std::move(r)](const command& cmd, std::string& out, session& s) {
-        std::uint64_t& context = s.context();
+        const std::uint64_t context = s.context();
+        if (context == detail::peer_greeted_mark ||
+            (cmd.kind == command_kind::unknown && is_peer_handshake(s.line()))) {
+            self->handshake(out, s);
+            return;
+        }
         if (context == detail::peer_connection_mark) {
             self->run_peer(s, out);
             return;
         }
         if (cmd.kind == command_kind::unknown) {
-            if (parse_peer_greeting(s.line())) {
-                context = detail::peer_connection_mark;
-                out.append(peer_greeting_line(self->options_.self));
-                return;
-            }
             append_reply(out, reply::unknown_command());
             return;
         }
@@ -318,6 +332,59 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
             return;
         }
     };
+}
+
+// The accepting side of the handshake (command.hpp, "Between nodes"). What step 4 needs
+// from step 2 (the proof expected, and the name for the log) is kept in the connection's
+// `session::storage`, freed once the handshake ends: B's nonce is fresh from the system's
+// generator, and nothing is kept in the router for connections that greet and go away.
+inline void router::handshake(std::string& out, session& s) {
+    std::uint64_t& context = s.context();
+    std::string& stored = s.storage();
+    const std::string_view line = s.line();
+    const std::string& cookie = options_.cookie;
+    std::string why;
+    if (context == 0) {
+        const auto hello = parse_peer_greeting(line);
+        std::string nonce;
+        if (!hello) {
+            why = "not a valid greeting: \"" + escaped(line.substr(0, 100)) + "\"";
+        } else if (!client_->find(hello->name) || cookie.empty()) {
+            why = "node " + escaped(hello->name) + " is not in the routing table";
+        } else if (nonce = detail::new_peer_nonce(); nonce.empty()) {
+            why = "no random bytes for a nonce";
+        } else {
+            out.append(peer_answer_line(
+                options_.self, nonce,
+                peer_accept_proof(cookie, options_.self, hello->name, hello->nonce, nonce)));
+            stored = peer_connect_proof(cookie, hello->name, options_.self, hello->nonce, nonce);
+            stored.append(hello->name);
+            context = detail::peer_greeted_mark;
+            return;
+        }
+    } else if (context == detail::peer_greeted_mark) {
+        const std::size_t proof_size = 2 * peer_nonce_bytes;
+        const std::string_view expected = std::string_view(stored).substr(0, proof_size);
+        const std::string name(std::string_view(stored).substr(proof_size));
+        const auto proof = parse_peer_proof(line);
+        if (proof && peer_proof_matches(expected, *proof)) {
+            out.append(detail::ok_line).append(detail::line_end);
+            context = detail::peer_connection_mark;
+            std::string().swap(stored);
+            return;
+        }
+        why = proof ? "node " + name + " gave a wrong proof (is its cookie another?)"
+                    : "node " + name + " sent \"" + escaped(line.substr(0, 100)) +
+                          "\" instead of its proof";
+    } else {
+        why = "a handshake line on a connection that is a peer's already";
+    }
+    append_reply(out, reply::error(error_code::not_a_peer));
+    s.close_after_reply();
+    std::string().swap(stored);
+    if (options_.client.log) {
+        options_.client.log("refused a peer on connection " + std::to_string(s.id()) + ": " + why);
+    }
 }
 
 inline void router::run_peer(session& s, std::string& out) {

@@ -5,11 +5,15 @@
 /// of its own (epoll on Linux, poll(2) elsewhere). The router (router.hpp) uses it; a host
 /// program may use it directly.
 ///
-/// Peers. Every connection a node opens to another node starts with the peer greeting
-/// (command.hpp, "Between nodes"), so the other node runs its requests locally and never
+/// Peers. Every connection a node opens to another node starts with the peer handshake
+/// (command.hpp, "Between nodes"): both prove that they know the cluster cookie
+/// (`client_options::cookie`), and the other node then runs its requests locally and never
 /// forwards them again (two nodes whose routing tables disagree cannot bounce a request
-/// between them). A node that answers with another name than the routing table gives it
-/// is treated as down: it is not the node the table means. Each request carries an id that
+/// between them). Requests go out only once the handshake is done. A node that answers with
+/// another name than the routing table gives it, with a wrong proof (another cookie), or with
+/// `ERROR not a peer` (it does not know this node, or not this cookie) is treated as down:
+/// it is not the node the table means, or not one of this cluster. `client_options::log` is
+/// told why. Each request carries an id that
 /// its reply echoes; a reply that does not name the oldest request waiting on its
 /// connection closes that connection, and its requests fail as unavailable (command.hpp,
 /// "Between nodes"). SUBSCRIBEs are multiplexed over the same pooled connections (events
@@ -65,7 +69,16 @@ struct peer_node {
 struct client_options {
     /// This node's name, sent in the greeting.
     std::string self = "nonode";
-    /// How long opening and greeting a connection may take.
+    /// The cluster cookie, which the handshake proves knowledge of (never sent). Must not
+    /// be empty when there are nodes to connect to.
+    std::string cookie;
+    /// Told one line of text when something happens that an operator should know of: a
+    /// node failed the handshake (the router's handler also reports the peers it refuses).
+    /// A repeated failure of one node is told once, until the node was up again. Called on
+    /// the client's thread or a server's, possibly from several at once; must not block.
+    /// Empty: nobody is told.
+    std::function<void(const std::string& message)> log;
+    /// How long opening a connection and its handshake may take.
     std::chrono::milliseconds connect_timeout{1000};
     /// How long a request may wait for its reply, from the moment it is handed over.
     std::chrono::milliseconds request_timeout{1000};

@@ -130,6 +130,10 @@ class session {
     /// A word the handler may keep per connection (0 on a new connection); the router marks
     /// its peers' connections with it.
     [[nodiscard]] std::uint64_t& context() noexcept;
+    /// Bytes the handler may keep per connection (empty on a new connection), for what does
+    /// not fit `context`; freed with the connection. The router keeps a peer's handshake in
+    /// them between its two lines.
+    [[nodiscard]] std::string& storage() noexcept;
 
     /// For the server only.
     session(detail::connection& c, detail::event_loop& loop, std::string_view line) noexcept

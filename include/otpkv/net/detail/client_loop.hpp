@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /// @file
 /// The engine under net/client.hpp, which includes it at its end: the I/O thread, its
-/// pools of peer connections, the greeting, reply framing, timeouts, heartbeats and
+/// pools of peer connections, the handshake, reply framing, timeouts, heartbeats and
 /// backoff, relayed SUBSCRIBE streams, then node_client's members. What a node_client
 /// promises is told in client.hpp.
 ///
@@ -13,6 +13,7 @@
 
 #include <otpkv/detail/event_hub.hpp>
 #include <otpkv/detail/mailbox.hpp>
+#include <otpkv/detail/random.hpp>
 #include <otpkv/detail/socket.hpp>
 
 #include <netdb.h>
@@ -29,6 +30,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -45,9 +47,9 @@ using client_clock = std::chrono::steady_clock;
 /// One request sent (or queued) on a connection, waiting for its reply.
 struct awaited {
     command_kind kind = command_kind::unknown;
-    framed_callback done; // empty for the greeting
+    framed_callback done; // a no-op for a SUBSCRIBE (`stream` tells)
     client_clock::time_point deadline;
-    std::uint64_t id = 0;     // the request id its reply's header must name; 0: the greeting's
+    std::uint64_t id = 0;     // the request id its reply's header must name
     std::uint64_t stream = 0; // a SUBSCRIBE's: the stream's id (node_client::subscribe's)
 };
 
@@ -71,13 +73,15 @@ struct peer_connection {
     unique_fd fd;
     phase state = phase::closed;
     std::uint32_t interest = io_none;
-    client_clock::time_point setup_deadline{}; // connecting and greeting
+    client_clock::time_point setup_deadline{}; // connecting and the handshake
     std::string out;                           // on its way to the peer
     std::size_t sent = 0;
-    std::string backlog; // requests that wait for the greeting's answer
+    std::string backlog; // requests that wait for the handshake's end
     std::string in;
-    std::deque<awaited> waiting;          // replies owed, in order (the greeting's first)
+    std::deque<awaited> waiting;          // replies owed, in order
     std::uint64_t next_id = 1;            // the next request id (never reused on this object)
+    std::string nonce;                    // this connection's handshake nonce
+    bool proved = false;                  // handshake: our proof is sent, `OK` is owed
     client_clock::time_point last_used{}; // a request sent or a reply received
     bool dirty = false;                   // requests appended, to be sent once the mail is taken
     std::unordered_map<std::uint64_t, stream_entry> streams; // by their SUBSCRIBE's id
@@ -91,6 +95,7 @@ struct peer_state {
     client_clock::time_point retry_at{};
     std::chrono::milliseconds backoff{0};
     bool probing = false; // down, and a connection attempt is on its way
+    std::string refusal;  // the handshake failure last logged (until it is up again)
 };
 
 /// What other threads hand the loop.
@@ -124,7 +129,6 @@ class client_loop {
             peers_.push_back(std::move(p));
         }
         poller_.add(wake_.read_fd(), &wake_, io_read);
-        greeting_ = peer_greeting_line(options_.self);
     }
 
     const std::vector<peer_node>& addresses() const noexcept { return addresses_; }
@@ -166,6 +170,8 @@ class client_loop {
     void on_connected(peer_connection& c);
     void read_replies(peer_connection& c);
     bool deliver(peer_connection& c);
+    bool handshake(peer_connection& c);
+    void refuse(peer_connection& c, const std::string& why);
     void flush(peer_connection& c);
     void set_interest(peer_connection& c, std::uint32_t want);
     void close(peer_connection& c);
@@ -185,7 +191,6 @@ class client_loop {
     std::vector<std::unique_ptr<peer_state>> peers_;
     // Where each stream runs: its connection and its SUBSCRIBE's id there.
     std::unordered_map<std::uint64_t, std::pair<peer_connection*, std::uint64_t>> stream_index_;
-    std::string greeting_;
     poller poller_;
     wake_pipe wake_;
     std::vector<io_event> events_;
@@ -379,11 +384,12 @@ inline void client_loop::open(peer_connection& c) {
     c.setup_deadline = client_clock::now() + options_.connect_timeout;
     c.in.clear();
     c.sent = 0;
-    c.out = greeting_;
-    c.waiting.push_front({command_kind::unknown, {}, c.setup_deadline});
+    c.nonce = new_peer_nonce();
+    c.proved = false;
+    c.out = peer_greeting_line(options_.self, c.nonce);
     socket_address address;
     int fd = -1;
-    if (resolve(where.host, where.port, address)) {
+    if (!c.nonce.empty() && resolve(where.host, where.port, address)) {
         fd = ::socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     }
     if (fd < 0) {
@@ -485,6 +491,14 @@ inline void client_loop::read_replies(peer_connection& c) {
 }
 
 inline bool client_loop::deliver(peer_connection& c) {
+    if (c.state == peer_connection::phase::greeting) {
+        if (!handshake(c)) {
+            return false;
+        }
+        if (c.state == peer_connection::phase::greeting) {
+            return true; // the rest of a handshake line is on its way
+        }
+    }
     std::size_t used = 0;
     while (true) {
         const std::string_view rest = std::string_view(c.in).substr(used);
@@ -517,9 +531,9 @@ inline bool client_loop::deliver(peer_connection& c) {
             break;
         }
         // A request's reply comes behind its header, `=<id>`, which must name the oldest
-        // request waiting here; the greeting's answer (id 0) has none.
+        // request waiting here.
         std::size_t header = 0;
-        if (c.waiting.front().id != 0) {
+        {
             const std::size_t end = rest.find('\n');
             if (end == std::string_view::npos) {
                 if (rest.size() > max_peer_header) {
@@ -576,30 +590,95 @@ inline bool client_loop::deliver(peer_connection& c) {
             }
             continue;
         }
-        if (!front.done) {
-            // The greeting's answer.
-            const auto name = parse_peer_greeting(bytes);
-            if (!name || *name != peers_[c.node]->address.name) {
-                used = 0;
-                c.in.clear();
-                node_down(c.node); // someone else answers there
+    }
+    front.done(framed_reply{std::string(bytes), framed.outcome});
+}
+c.in.erase(0, used);
+return true;
+}
+
+// The connecting side of the handshake (command.hpp, "Between nodes"): reads the other
+// node's answer and checks its name and proof, sends this node's proof, and reads the `OK`
+// that ends it. Then the requests queued while connecting go out. False when the
+// connection failed (the node is then down) or went away.
+inline bool client_loop::handshake(peer_connection& c) {
+    // The longest line of a handshake: an answer, whose name is at most 255 bytes.
+    constexpr std::size_t longest = 1024;
+    const peer_node& peer = peers_[c.node]->address;
+    while (c.state == peer_connection::phase::greeting) {
+        const std::size_t end = c.in.find('\n');
+        if (end == std::string::npos) {
+            if (c.in.size() > longest) {
+                refuse(c, "answered with a line longer than a handshake's");
                 return false;
             }
-            // Greeted: the requests queued while connecting go out now.
-            c.state = peer_connection::phase::ready;
-            node_up(c.node);
-            c.out.append(c.backlog);
-            std::string().swap(c.backlog);
+            return true;
+        }
+        std::string_view line = std::string_view(c.in).substr(0, end);
+        if (!line.empty() && line.back() == '\r') {
+            line.remove_suffix(1);
+        }
+        const bool refused_here =
+            line.starts_with(detail::error_prefix) &&
+            line.substr(detail::error_prefix.size()) == error_text(error_code::not_a_peer);
+        if (!c.proved) {
+            const auto answer = parse_peer_answer(line);
+            if (!answer) {
+                refuse(c, refused_here ? "refused the greeting (ERROR not a peer): this node is "
+                                         "not in its routing table"
+                                       : "answered the greeting with \"" +
+                                             escaped(line.substr(0, 100)) + "\"");
+                return false;
+            }
+            if (answer->name != peer.name) {
+                refuse(c, "answered as node " + escaped(answer->name));
+                return false;
+            }
+            const std::string expected = peer_accept_proof(options_.cookie, peer.name,
+                                                           options_.self, c.nonce, answer->nonce);
+            if (!peer_proof_matches(expected, answer->proof)) {
+                refuse(c, "gave a wrong proof (is its cookie another?)");
+                return false;
+            }
+            c.out.append(peer_proof_line(peer_connect_proof(options_.cookie, options_.self,
+                                                            peer.name, c.nonce, answer->nonce)));
+            c.proved = true;
+            c.in.erase(0, end + 1);
             flush(c);
-            if (!c.fd || c.state != peer_connection::phase::ready) {
-                return false; // broken at once (and perhaps reopened: `in` starts afresh)
+            if (!c.fd) {
+                return false;
             }
             continue;
         }
-        front.done(framed_reply{std::string(bytes), framed.outcome});
+        if (line != detail::ok_line) {
+            refuse(c, refused_here
+                          ? "refused this node's proof (ERROR not a peer): is its "
+                            "cookie another?"
+                          : "answered the proof with \"" + escaped(line.substr(0, 100)) + "\"");
+            return false;
+        }
+        c.in.erase(0, end + 1);
+        c.state = peer_connection::phase::ready;
+        node_up(c.node);
+        c.out.append(c.backlog);
+        std::string().swap(c.backlog);
+        flush(c);
     }
-    c.in.erase(0, used);
-    return true;
+    return c.fd && c.state == peer_connection::phase::ready;
+}
+
+// A handshake that failed: the node is down (it is not the node the table means, or not of
+// this cluster), and the log is told why, once until the node was up again.
+inline void client_loop::refuse(peer_connection& c, const std::string& why) {
+    peer_state& p = *peers_[c.node];
+    if (p.refusal != why) {
+        p.refusal = why;
+        if (options_.log) {
+            options_.log("node " + p.address.name + " at " + p.address.host + ":" +
+                         std::to_string(p.address.port) + " " + why);
+        }
+    }
+    broken(c); // not ready: the node goes down (a stream is refused as unavailable)
 }
 
 inline void client_loop::fail_all(peer_connection& c) {
@@ -644,6 +723,7 @@ inline void client_loop::close(peer_connection& c) {
     c.sent = 0;
     c.backlog.clear();
     c.in.clear();
+    c.proved = false;
 }
 
 inline void client_loop::broken(peer_connection& c) {
@@ -682,6 +762,7 @@ inline void client_loop::node_down(std::size_t node) {
 inline void client_loop::node_up(std::size_t node) {
     peer_state& p = *peers_[node];
     p.probing = false;
+    p.refusal.clear();
     const node_status before = p.status.exchange(node_status::up, std::memory_order_acq_rel);
     if (before != node_status::up) {
         p.backoff = options_.retry_min;
@@ -778,6 +859,10 @@ inline result<std::shared_ptr<node_client>> node_client::start(std::vector<peer_
                                                                client_options options) {
     std::shared_ptr<node_client> c(new node_client());
     try {
+        if (!nodes.empty() && options.cookie.empty()) {
+            throw std::invalid_argument("no cluster cookie: the handshake with other nodes "
+                                        "needs one (client_options::cookie)");
+        }
         c->loop_ = std::make_shared<detail::client_loop>(std::move(nodes), std::move(options));
         c->thread_.start([loop = c->loop_, signal = c->signal()] {
             try {

@@ -101,6 +101,7 @@ struct connection {
     std::chrono::steady_clock::time_point linger_until{};
     std::uint64_t id = 0;      // session::id
     std::uint64_t context = 0; // session::context
+    std::string storage;       // session::storage
     std::shared_ptr<subscriber_link> link;
     std::shared_ptr<subscriber_link> channel; // session::channel: bytes from other threads
     subscription events;
@@ -821,6 +822,10 @@ inline std::uint64_t session::id() const noexcept {
 
 inline std::uint64_t& session::context() noexcept {
     return conn_.context;
+}
+
+inline std::string& session::storage() noexcept {
+    return conn_.storage;
 }
 
 namespace detail {
