@@ -17,6 +17,7 @@
 ///     --max-line BYTES         OTPKV_MAX_LINE         max-line = BYTES
 ///     --max-connections N      OTPKV_MAX_CONNECTIONS  max-connections = N
 ///     --max-buckets N          OTPKV_MAX_BUCKETS      max-buckets = N
+///     --idle-timeout SECONDS   OTPKV_IDLE_TIMEOUT     idle-timeout = SECONDS
 ///
 /// Flags: `--name value` or `--name=value`. In the first spelling the next argument is the
 /// value unless it starts with `-`, in which case the flag is missing its value (so
@@ -27,7 +28,7 @@
 /// and both may be set at once (print the help). An unknown flag, a flag without its
 /// value and a positional argument are errors that name them.
 ///
-/// Environment: only the nine variables above are read; other `OTPKV_*` variables (build
+/// Environment: only the ten variables above are read; other `OTPKV_*` variables (build
 /// settings, say) are ignored, as are entries without `=`. When a variable appears twice in
 /// the array the first one counts, as with `getenv`. A variable set to the empty string
 /// counts as unset. `OTPKV_ROUTE` holds one or more routes separated by commas and/or
@@ -36,11 +37,13 @@
 /// itself: the caller passes `environ` (or a test passes its own array).
 ///
 /// Config file (from `--config`, else `OTPKV_CONFIG`): one `key = value` per line, keys
-/// being the flag names without their dashes. Whitespace around the key and the value is
-/// trimmed (a CR before the LF too); blank lines and lines whose first non-blank byte is
-/// `#` are ignored; `#` elsewhere is part of the value (there are no trailing comments). A
-/// UTF-8 byte order mark at the start is skipped. A key given twice keeps the last value;
-/// `route` lines add one route each. A file cannot name another file (`config = ...`).
+/// being the flag names without their leading dashes; in a key, `_` may be written for `-`
+/// (`idle_timeout` and `idle-timeout` are the same key). Whitespace around the key and the
+/// value is trimmed (a CR before the LF too); blank lines and lines whose first non-blank
+/// byte is `#` are ignored; `#` elsewhere is part of the value (there are no trailing
+/// comments). A UTF-8 byte order mark at the start is skipped. A key given twice (in either
+/// spelling) keeps the last value; `route` lines add one route each. A file cannot name another
+/// file (`config = ...`).
 ///
 /// Values: numbers are decimal digits only (no sign, no spaces, no `0x`; leading zeros are
 /// fine), range-checked, with overflow detected. A node name is 1 to 255 bytes of
@@ -80,6 +83,7 @@
 
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -116,6 +120,10 @@ struct node_config {
     std::size_t max_connections = 10000;
     /// `--max-buckets N`: most buckets at once; at least 1.
     std::size_t max_buckets = 1'000'000;
+    /// `--idle-timeout SECONDS`: an idle client connection (nothing in flight, no
+    /// subscription) that sends nothing for this long is closed; 0 to 2147483647, 0: never
+    /// (`server_options::idle_timeout`).
+    std::chrono::seconds idle_timeout{300};
 
     /// Equal when every field is.
     friend bool operator==(const node_config&, const node_config&) = default;
@@ -228,7 +236,8 @@ enum class config_key : std::uint8_t {
     route,
     max_line,
     max_connections,
-    max_buckets
+    max_buckets,
+    idle_timeout
 };
 
 /// How one key is spelled in each source.
@@ -240,7 +249,7 @@ struct config_key_spelling {
 };
 
 /// The one place the keys are spelled (the flags, the file and the environment read it).
-inline constexpr std::array<config_key_spelling, 9> config_keys{{
+inline constexpr std::array<config_key_spelling, 10> config_keys{{
     {config_key::config, "--config", "config", "OTPKV_CONFIG"},
     {config_key::node, "--node", "node", "OTPKV_NODE"},
     {config_key::bind, "--bind", "bind", "OTPKV_BIND"},
@@ -250,6 +259,7 @@ inline constexpr std::array<config_key_spelling, 9> config_keys{{
     {config_key::max_line, "--max-line", "max-line", "OTPKV_MAX_LINE"},
     {config_key::max_connections, "--max-connections", "max-connections", "OTPKV_MAX_CONNECTIONS"},
     {config_key::max_buckets, "--max-buckets", "max-buckets", "OTPKV_MAX_BUCKETS"},
+    {config_key::idle_timeout, "--idle-timeout", "idle-timeout", "OTPKV_IDLE_TIMEOUT"},
 }};
 
 /// What one source (flags, environment or file) gave; nullopt or empty: not given.
@@ -263,6 +273,7 @@ struct config_layer {
     std::optional<std::size_t> max_line;
     std::optional<std::size_t> max_connections;
     std::optional<std::size_t> max_buckets;
+    std::optional<std::chrono::seconds::rep> idle_timeout;
 };
 
 /// Stores a number from `lo` to `hi` into `slot`; returns "" or the reason it is bad.
@@ -276,6 +287,20 @@ template <class T>
     }
     slot = static_cast<T>(*number);
     return {};
+}
+
+/// The longest `--idle-timeout`, in seconds (68 years: as milliseconds it fits any clock).
+inline constexpr std::uint64_t max_idle_timeout = 2147483647;
+
+/// `key` as the config file's table spells it: a `_` read as `-`.
+[[nodiscard]] inline std::string file_key(std::string_view key) {
+    std::string out(key);
+    for (char& c : out) {
+        if (c == '_') {
+            c = '-';
+        }
+    }
+    return out;
 }
 
 /// Checks `value` for `key` and stores it in `layer`; a `route` value holds a list of
@@ -339,6 +364,8 @@ template <class T>
         return set_number(layer.max_connections, value, 1, size_max);
     case config_key::max_buckets:
         return set_number(layer.max_buckets, value, 1, size_max);
+    case config_key::idle_timeout:
+        return set_number(layer.idle_timeout, value, 0, max_idle_timeout);
     }
     return "unknown key"; // not reached: the switch covers every key
 }
@@ -404,9 +431,10 @@ struct file_closer {
         }
         const std::string_view key = trim(text.substr(0, equals));
         const std::string_view value = trim(text.substr(equals + 1));
+        const std::string spelled = file_key(key);
         const config_key_spelling* spelling = nullptr;
         for (const auto& k : config_keys) {
-            if (k.file == key) {
+            if (k.file == spelled) {
                 spelling = &k;
             }
         }
@@ -479,7 +507,7 @@ struct file_closer {
     return first_error;
 }
 
-/// Reads the nine OTPKV_* variables of `envp` into `layer`; returns "" or the first error.
+/// Reads the ten OTPKV_* variables of `envp` into `layer`; returns "" or the first error.
 [[nodiscard]] inline std::string read_environment(const char* const* envp, config_layer& layer) {
     std::array<bool, config_keys.size()> seen{};
     for (const char* const* entry = envp; entry != nullptr && *entry != nullptr; ++entry) {
@@ -546,6 +574,8 @@ inline config_load load_config(int argc, const char* const* argv, const char* co
                                             env.max_connections, file.max_connections);
     c.max_buckets =
         detail::first_given(c.max_buckets, flags.max_buckets, env.max_buckets, file.max_buckets);
+    c.idle_timeout = std::chrono::seconds(detail::first_given(
+        c.idle_timeout.count(), flags.idle_timeout, env.idle_timeout, file.idle_timeout));
     for (detail::config_layer* layer : {&flags, &env, &file}) {
         if (!layer->routes.empty()) {
             c.routes = std::move(layer->routes);
@@ -563,6 +593,7 @@ inline std::string usage(std::string_view program) {
     text += "usage: " + name + " [--config FILE] [--node NAME] [--bind ADDR] [--port N]\n";
     text += indent + "[--threads N] [--route FIRST-LAST=NAME@HOST:PORT]...\n";
     text += indent + "[--max-line BYTES] [--max-connections N] [--max-buckets N]\n";
+    text += indent + "[--idle-timeout SECONDS]\n";
     text += "       " + name + " --help | --version\n";
     text += "\nRuns one otpkv node. Options, with their defaults:\n";
     const auto option = [&text](std::string_view flag, std::string_view what) {
@@ -591,12 +622,15 @@ inline std::string usage(std::string_view program) {
            "most open connections (default: " + std::to_string(defaults.max_connections) + ")");
     option("--max-buckets N",
            "most buckets (default: " + std::to_string(defaults.max_buckets) + ")");
+    option("--idle-timeout SECONDS",
+           "close a client connection idle for that long, 0: never (default: " +
+               std::to_string(defaults.idle_timeout.count()) + ")");
     option("-h, --help", "print this text and exit");
     option("--version", "print the version and exit");
     text += "\nEach option can also be set in the environment (OTPKV_NODE, OTPKV_MAX_LINE, ...;\n"
             "OTPKV_ROUTE holds routes separated by commas or spaces) or in the config file\n"
-            "('max-line = 100', one 'route = ...' line per route). Flags win over the\n"
-            "environment, which wins over the file.\n";
+            "('max-line = 100' or 'max_line = 100', one 'route = ...' line per route).\n"
+            "Flags win over the environment, which wins over the file.\n";
     return text;
 }
 
