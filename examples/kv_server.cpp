@@ -5,13 +5,19 @@
 //
 //   kv_server [--config FILE] [--node NAME] [--bind ADDR] [--port N] [--threads N]
 //             [--route FIRST-LAST=NAME@HOST:PORT]... [--max-line BYTES]
-//             [--max-connections N] [--max-buckets N]
+//             [--max-connections N] [--max-buckets N] [--idle-timeout SECONDS]
 //             [--cookie COOKIE | --cookie-file FILE]
 //
 // The cluster cookie: --cookie, --cookie-file, OTPKV_COOKIE or `cookie` in the config file;
 // with none, ~/.otpkv.cookie (made with a random cookie and mode 0400 when missing), read
 // only when the routes name another node. Peers that fail the handshake are logged on
 // stderr.
+//
+// File descriptors: at start it raises its soft RLIMIT_NOFILE to --max-connections plus a
+// margin for its own descriptors, as far as the hard limit allows, and says on stderr when
+// that is not enough. Connections the descriptors cannot hold get `ERROR too many
+// connections` (the server keeps a spare descriptor for that), and so do those past
+// --max-connections; either is said on stderr once per burst.
 //
 // Exit codes: 0 after a signal (a graceful stop takes well under 5 s), 1 when the node
 // cannot start (the port is in use, say) or its supervision tree gives up, 2 for a bad flag
@@ -20,9 +26,12 @@
 #include <otpkv/config.hpp>
 #include <otpkv/node.hpp>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cstddef>
 #include <cstdio>
 #include <ctime>
 #include <string>
@@ -43,6 +52,85 @@ std::string start_failure(const otpkv::exit_reason& why) {
                ? why.detail()
                : otpkv::to_string(why);
 }
+
+/// Descriptors the node needs besides its client connections: standard streams, the
+/// listener, each loop's poller and wake pipe, the spare, connections to other nodes.
+constexpr rlim_t descriptor_margin = 256;
+
+/// Raises the soft limit on open files toward what `max_connections` needs (never lowers
+/// it); says on stderr when the hard limit, or the system, stops it short. Returns the soft
+/// limit now in force.
+rlim_t raise_descriptor_limit(std::size_t max_connections) {
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) {
+        return RLIM_INFINITY;
+    }
+    const auto wanted = static_cast<rlim_t>(max_connections) + descriptor_margin;
+    if (lim.rlim_cur == RLIM_INFINITY || lim.rlim_cur >= wanted) {
+        return lim.rlim_cur;
+    }
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max == RLIM_INFINITY ? wanted : std::min(wanted, lim.rlim_max);
+    if (raised.rlim_cur > lim.rlim_cur && ::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+        lim = raised;
+    }
+    if (lim.rlim_cur < wanted) {
+        std::fprintf(stderr,
+                     "kv_server: --max-connections %zu needs about %llu file descriptors, but "
+                     "the limit is %llu (hard limit %llu): connections past it get ERROR too "
+                     "many connections\n",
+                     max_connections, static_cast<unsigned long long>(wanted),
+                     static_cast<unsigned long long>(lim.rlim_cur),
+                     static_cast<unsigned long long>(lim.rlim_max));
+    }
+    return lim.rlim_cur;
+}
+
+/// Says on stderr when the server starts refusing connections, once per burst: a burst
+/// goes on while each look (every 200 ms) finds more refusals than the one before.
+class refusal_log {
+  public:
+    refusal_log(std::size_t max_connections, rlim_t descriptors)
+        : max_connections_(max_connections), descriptors_(descriptors) {}
+
+    /// `now`: the server's counters (a restarted server's start again from 0).
+    void look(const otpkv::server_stats& now) {
+        // Read one by one, the counters may disagree a little: never below zero.
+        const std::size_t out_of_descriptors = now.out_of_descriptors;
+        const std::size_t over_limit =
+            now.rejected > out_of_descriptors ? now.rejected - out_of_descriptors : 0;
+        if (now.accepted < accepted_) {
+            out_of_descriptors_ = 0; // a new server
+            over_limit_ = 0;
+        }
+        accepted_ = now.accepted;
+        if (out_of_descriptors > out_of_descriptors_ && !descriptors_burst_) {
+            std::fprintf(stderr,
+                         "kv_server: out of file descriptors (limit %llu): new connections get "
+                         "ERROR too many connections\n",
+                         static_cast<unsigned long long>(descriptors_));
+        }
+        if (over_limit > over_limit_ && !limit_burst_) {
+            std::fprintf(stderr,
+                         "kv_server: --max-connections %zu reached: new connections get ERROR "
+                         "too many connections\n",
+                         max_connections_);
+        }
+        descriptors_burst_ = out_of_descriptors > out_of_descriptors_;
+        limit_burst_ = over_limit > over_limit_;
+        out_of_descriptors_ = std::max(out_of_descriptors_, out_of_descriptors);
+        over_limit_ = std::max(over_limit_, over_limit);
+    }
+
+  private:
+    std::size_t max_connections_;
+    rlim_t descriptors_;
+    std::size_t accepted_ = 0;
+    std::size_t out_of_descriptors_ = 0;
+    std::size_t over_limit_ = 0;
+    bool descriptors_burst_ = false;
+    bool limit_burst_ = false;
+};
 
 } // namespace
 
@@ -109,6 +197,9 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "kv_server: %s\n", message.c_str());
     };
 
+    const rlim_t descriptors = raise_descriptor_limit(config.max_connections);
+    refusal_log refusals(config.max_connections, descriptors);
+
     auto started = otpkv::node::start(std::move(config), {}, std::move(client));
     if (!started) {
         return fail(start_failure(started.error().reason), 1);
@@ -117,11 +208,18 @@ int main(int argc, char** argv) {
     std::printf("%s\n", node->ready_line().c_str());
     std::fflush(stdout);
 
-    // Wait for a signal, looking every 200 ms whether the tree gave up by itself.
+    // Wait for a signal, looking every 200 ms whether the tree gave up by itself and whether
+    // the server refuses connections.
     const timespec tick{0, 200'000'000};
     while (node->alive()) {
+        if (const auto server = node->server()) {
+            refusals.look(server->stats());
+        }
         const int sig = sigtimedwait(&stop_signals, nullptr, &tick);
         if (sig == SIGINT || sig == SIGTERM) {
+            if (const auto server = node->server()) {
+                refusals.look(server->stats()); // refusals since the last look are told too
+            }
             node->stop(otpkv::exit_reason::shutdown(), std::chrono::seconds(4));
             return 0;
         }

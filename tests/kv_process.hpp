@@ -21,6 +21,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -166,6 +167,13 @@ inline std::string kv_server_path() {
     return path;
 }
 
+/// A limit on a server's open files (RLIMIT_NOFILE) set in the child before it runs
+/// kv_server, as `prlimit --nofile=SOFT:HARD` would. 0 keeps the inherited value.
+struct open_files_limit {
+    rlim_t soft = 0;
+    rlim_t hard = 0;
+};
+
 namespace detail {
 
 /// A child process with its stdout and stderr on pipes (read ends non-blocking).
@@ -186,10 +194,18 @@ inline void close_fd(int& fd) noexcept {
 /// Starts `path args...` with the test's environment minus every OTPKV_* variable (so a
 /// developer's shell cannot change what a test sees), plus `env` ("NAME=value" entries).
 /// Everything the child needs is built before fork(): between fork and exec it only calls
-/// async-signal-safe functions, as a multi-threaded parent requires.
+/// async-signal-safe functions (and setrlimit, a plain system call), as a multi-threaded
+/// parent requires. `files` limits the child's open files.
 inline spawned spawn(const std::string& path, const std::vector<std::string>& args,
-                     const std::vector<std::string>& env) {
+                     const std::vector<std::string>& env, open_files_limit files = {}) {
     spawned child;
+    rlimit open_files{};
+    const bool limit_files =
+        (files.soft != 0 || files.hard != 0) && ::getrlimit(RLIMIT_NOFILE, &open_files) == 0;
+    if (limit_files) {
+        open_files.rlim_cur = files.soft != 0 ? files.soft : open_files.rlim_cur;
+        open_files.rlim_max = files.hard != 0 ? files.hard : open_files.rlim_max;
+    }
     std::vector<std::string> argv_text{path};
     argv_text.insert(argv_text.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -256,6 +272,11 @@ inline spawned spawn(const std::string& path, const std::vector<std::string>& ar
         }
         ::dup2(out_pipe[1], 1);
         ::dup2(err_pipe[1], 2);
+        if (limit_files && ::setrlimit(RLIMIT_NOFILE, &open_files) != 0) {
+            static constexpr char failed[] = "kv_process: setrlimit failed\n";
+            [[maybe_unused]] const auto ignored = ::write(2, failed, sizeof failed - 1);
+            ::_exit(127);
+        }
         ::execve(path.c_str(), argv.data(), envp.data());
         static constexpr char message[] = "kv_process: execve failed\n";
         [[maybe_unused]] const auto ignored = ::write(2, message, sizeof message - 1);
@@ -398,13 +419,14 @@ class kv_process {
   public:
     /// Starts `kv_server --port 0 args...` (a later `--port` in `args` wins); with
     /// `ephemeral` false, no `--port` is added (the environment or a config file says it).
+    /// `files` limits its open files.
     explicit kv_process(std::vector<std::string> args = {}, std::vector<std::string> env = {},
-                        bool ephemeral = true) {
+                        bool ephemeral = true, open_files_limit files = {}) {
         if (ephemeral) {
             args.insert(args.begin(), {"--port", "0"});
         }
         const auto start = steady::now();
-        adopt(detail::spawn(kv_server_path(), args, env), start);
+        adopt(detail::spawn(kv_server_path(), args, env, files), start);
     }
     /// Starts one kv_server per entry of `args` (each `kv_server args...`, nothing added) at
     /// nearly the same moment: all are spawned before any ready line is waited for.

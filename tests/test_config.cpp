@@ -102,6 +102,7 @@ TEST_CASE("config: defaults") {
     CHECK(r.config.max_line == 65536);
     CHECK(r.config.max_connections == 10000);
     CHECK(r.config.max_buckets == 1'000'000);
+    CHECK(r.config.idle_timeout == std::chrono::seconds(300));
     // The same defaults as the protocol core and the registry.
     CHECK(r.config.max_line == otpkv::default_max_line);
     CHECK(r.config.max_buckets == otpkv::registry_options{}.max_buckets);
@@ -502,6 +503,48 @@ TEST_CASE("config: config file errors name the file, the line and the key") {
     CHECK(load({"--config", good}, {"OTPKV_CONFIG=/nonexistent"}).config.port == 7);
 }
 
+TEST_CASE("config: --idle-timeout from each source; 0 means never; config file keys may use _") {
+    CHECK(load({"--idle-timeout", "0"}).config.idle_timeout == std::chrono::seconds(0));
+    CHECK(load({"--idle-timeout=2147483647"}).config.idle_timeout ==
+          std::chrono::seconds(2147483647));
+    CHECK(load({}, {"OTPKV_IDLE_TIMEOUT=7"}).config.idle_timeout == std::chrono::seconds(7));
+    CHECK(load({"--idle-timeout", "8"}, {"OTPKV_IDLE_TIMEOUT=7"}).config.idle_timeout ==
+          std::chrono::seconds(8));
+    CHECK(load({"--idle-timeout", "2147483648"}).error ==
+          "--idle-timeout: expected a number from 0 to 2147483647, got '2147483648'");
+    CHECK(load({"--idle-timeout", "-1"}).error == "--idle-timeout: missing value");
+    CHECK(load({}, {"OTPKV_IDLE_TIMEOUT=1s"}).error ==
+          "OTPKV_IDLE_TIMEOUT: expected a number from 0 to 2147483647, got '1s'");
+
+    // In a config file, `_` and `-` are the same in a key: `idle_timeout` is the issue's
+    // spelling, `idle-timeout` the flag's. The last line of either wins.
+    temp_dir dir;
+    const std::string file = dir.write("node.conf", "idle_timeout = 9\n"
+                                                    "max_connections = 4\n"
+                                                    "max-line = 5\n"
+                                                    "max_buckets = 6\n");
+    const config_load r = load({"--config", file});
+    REQUIRE(r.ok());
+    CHECK(r.config.idle_timeout == std::chrono::seconds(9));
+    CHECK(r.config.max_connections == 4);
+    CHECK(r.config.max_line == 5);
+    CHECK(r.config.max_buckets == 6);
+    CHECK(load({"--config", dir.write("both.conf", "idle_timeout = 1\nidle-timeout = 2\n")})
+              .config.idle_timeout == std::chrono::seconds(2));
+    CHECK(load({"--config", dir.write("both.conf", "idle-timeout = 2\nidle_timeout = 1\n")})
+              .config.idle_timeout == std::chrono::seconds(1));
+    // Errors quote the key as written; `_` is no wildcard elsewhere.
+    const std::string bad = dir.write("bad.conf", "idle_timeout = x\n");
+    CHECK(load({"--config", bad}).error ==
+          bad + ":1: idle_timeout: expected a number from 0 to 2147483647, got 'x'");
+    const std::string unknown = dir.write("unknown.conf", "idle__timeout = 1\n");
+    CHECK(load({"--config", unknown}).error == unknown + ":1: unknown key 'idle__timeout'");
+    // Flags and variables keep their one spelling.
+    CHECK(load({"--idle_timeout", "1"}).error == "unknown flag '--idle_timeout'");
+    CHECK(load({}, {"OTPKV_IDLE-TIMEOUT=1"}).ok());
+    CHECK(load({}, {"OTPKV_IDLE-TIMEOUT=1"}).config.idle_timeout == std::chrono::seconds(300));
+}
+
 TEST_CASE("config: flags win over the environment, which wins over the file, key by key") {
     temp_dir dir;
     const std::string file = dir.write("node.conf", "node = file\n"
@@ -561,6 +604,8 @@ TEST_CASE("config: usage mentions every flag with its default, and the version l
                                         "--max-line BYTES",
                                         "--max-connections N",
                                         "--max-buckets N",
+                                        "--idle-timeout SECONDS",
+                                        "(default: 300)",
                                         "-h, --help",
                                         "--version",
                                         "(default: nonode)",

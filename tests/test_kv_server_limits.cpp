@@ -790,3 +790,217 @@ TEST_CASE(
     OTPKV_CHECK_RECEIVES(fast, "after SET TO 1\r\n");
     stop_cleanly(server);
 }
+
+TEST_CASE("kv_server: --idle-timeout 1: silent sockets that fill --max-connections are closed, "
+          "then new clients are served; subscribers and a pipelining client are not cut") {
+    const std::string refused = "ERROR too many connections\r\n";
+    kv_process server({"--max-connections", "6", "--idle-timeout", "1"});
+
+    // Six sockets that never send a byte hold every slot: a new client is refused...
+    std::vector<kv_client> silent;
+    for (int i = 0; i < 6; ++i) {
+        silent.emplace_back(server.port());
+    }
+    {
+        kv_client early(server.port());
+        REQUIRE(early.send_all("CREATE idle\r\n"));
+        OTPKV_CHECK_BYTES(early.read_to_eof(), refused);
+    }
+    // ...until the timeout closes them, without a word.
+    for (kv_client& c : silent) {
+        CHECK(c.read_to_eof(10s).empty());
+        CHECK(c.end() == kv_client::ending::eof);
+    }
+    {
+        std::string got;
+        kv_client late(server.port());
+        const bool served = otpkv_test::eventually(
+            [&] {
+                late = kv_client(server.port());
+                got = late.exchange("CREATE idle\r\n", 4, 5s);
+                return got == ok;
+            },
+            5s);
+        CHECK_MESSAGE(served, "last reply: \"" << escaped(got) << "\"");
+    }
+
+    // A subscriber, a subscriber that half-closes (as `nc -N` does), and a client that
+    // pipelines 20 MB of replies without reading: none of them sends anything for 2.5
+    // timeouts, and none is cut.
+    kv_client pub(server.port());
+    const std::string value(1000, 'v');
+    OTPKV_CHECK_EXCHANGE(pub, "PUT idle k " + value + "\r\n", ok);
+    int counter = 0;
+    kv_client sub(server.port());
+    otpkv_test::subscribe_synced(sub, pub, "idle", counter);
+    kv_client half(server.port());
+    otpkv_test::subscribe_synced(half, pub, "idle", counter);
+    otpkv_test::read_through(sub, "sync SET TO " + std::to_string(counter) + "\r\n");
+    half.shutdown_write();
+
+    constexpr std::size_t gets = 20'000;
+    std::string batch;
+    for (std::size_t i = 0; i < gets; ++i) {
+        batch += "GET idle k\r\n";
+    }
+    kv_client flood(server.port(), 64 * 1024);
+    std::atomic<bool> sent_all{false};
+    std::thread writer([&] { sent_all = flood.send_only(batch, 60s); });
+    std::this_thread::sleep_for(2500ms);
+
+    // The publisher was idle too: it is closed. A new one publishes to both subscribers.
+    CHECK(pub.read_to_eof(5s).empty());
+    CHECK(pub.end() == kv_client::ending::eof);
+    kv_client pub2(server.port());
+    OTPKV_CHECK_EXCHANGE(pub2, "PUT idle a 1\r\nDELETE idle a\r\n", ok + ok);
+    OTPKV_CHECK_RECEIVES(sub, "a SET TO 1\r\na DELETED\r\n");
+    OTPKV_CHECK_RECEIVES(half, "a SET TO 1\r\na DELETED\r\n");
+
+    const std::string reply = value + "\r\nOK\r\n";
+    std::size_t exact = 0;
+    while (exact < gets && flood.read_exact(reply.size(), 30s) == reply) {
+        ++exact;
+    }
+    writer.join();
+    CHECK(sent_all);
+    CHECK(exact == gets);
+    OTPKV_CHECK_EXCHANGE(flood, "GET idle nothing\r\n", "\r\nOK\r\n");
+    stop_cleanly(server);
+}
+
+TEST_CASE("kv_server: a subscriber that half-closes keeps getting events until it closes") {
+    kv_process server;
+    kv_client pub(server.port());
+    OTPKV_CHECK_EXCHANGE(pub, "CREATE b\r\n", ok);
+    int counter = 0;
+    kv_client sub(server.port());
+    otpkv_test::subscribe_synced(sub, pub, "b", counter);
+    sub.shutdown_write(); // `nc -N`: EOF on the server's side, the client still reads
+    OTPKV_CHECK_EXCHANGE(pub, "PUT b k v\r\n", ok);
+    OTPKV_CHECK_RECEIVES(sub, "k SET TO v\r\n");
+    OTPKV_CHECK_EXCHANGE(pub, "PUT b k w\r\nDELETE b k\r\n", ok + ok);
+    OTPKV_CHECK_RECEIVES(sub, "k SET TO w\r\nk DELETED\r\n");
+    CHECK(sub.read_for(100ms).empty());
+    CHECK(sub.end() == kv_client::ending::open);
+
+    // A half-closed client with requests in flight still gets their replies, then EOF.
+    kv_client half(server.port());
+    REQUIRE(half.send_all("PUT b k x\r\nGET b k\r\n"));
+    half.shutdown_write();
+    OTPKV_CHECK_BYTES(half.read_to_eof(), ok + "x\r\nOK\r\n");
+    CHECK(half.end() == kv_client::ending::eof);
+    OTPKV_CHECK_RECEIVES(sub, "k SET TO x\r\n");
+    stop_cleanly(server);
+}
+
+TEST_CASE("kv_server: past the open-files limit, new clients get ERROR too many connections and "
+          "a close, never silence; earlier clients go on; once they close, new ones are served") {
+    const std::string refused = "ERROR too many connections\r\n";
+    // 40 descriptors, soft and hard: the server cannot raise the limit to what
+    // --max-connections 1000 wants, and says so.
+    kv_process server({"--threads", "1", "--max-connections", "1000"}, {}, true,
+                      otpkv_test::open_files_limit{40, 40});
+
+    // One client at a time, each kept open: the first ones are served, then every one is
+    // refused with the error and closed.
+    std::vector<kv_client> served;
+    int refusals = 0;
+    std::string wrong;
+    for (int i = 0; i < 60 && wrong.empty(); ++i) {
+        kv_client c(server.port());
+        if (!c.send_all("CREATE fd\r\n")) {
+            wrong = "client " + std::to_string(i) + ": cannot send";
+            break;
+        }
+        const std::string got = c.read_lines(1, 10s);
+        if (got == ok && refusals == 0) {
+            served.push_back(std::move(c));
+        } else if (got == refused) {
+            ++refusals;
+            const std::string rest = c.read_to_eof(10s);
+            if (!rest.empty() || c.end() == kv_client::ending::timeout) {
+                wrong = "client " + std::to_string(i) + ": after the refusal, \"" + escaped(rest) +
+                        "\" then " + otpkv_test::to_string(c.end());
+            }
+        } else {
+            wrong = "client " + std::to_string(i) + ": \"" + escaped(got) + "\" then " +
+                    otpkv_test::to_string(c.end()) + " (" + std::to_string(refusals) +
+                    " refused before)";
+        }
+    }
+    CHECK_MESSAGE(wrong.empty(), wrong);
+    CHECK(served.size() >= 10); // the server itself needs a dozen descriptors
+    CHECK(refusals >= 20);
+    MESSAGE(served.size() << " clients served, " << refusals << " refused");
+
+    // Many waiting at once: every one is answered.
+    {
+        std::vector<kv_client> burst;
+        for (int i = 0; i < 20; ++i) {
+            burst.emplace_back(server.port());
+        }
+        for (kv_client& c : burst) {
+            OTPKV_CHECK_BYTES(c.read_to_eof(10s), refused);
+            CHECK(c.end() != kv_client::ending::timeout);
+        }
+    }
+    // The clients served before go on.
+    for (kv_client& c : served) {
+        OTPKV_CHECK_EXCHANGE(c, "PUT fd k v\r\nGET fd k\r\n", ok + "v\r\nOK\r\n");
+    }
+    // Once they close, as many new ones are served again.
+    const std::size_t count = served.size();
+    served.clear();
+    std::vector<kv_client> again;
+    for (std::size_t i = 0; i < count; ++i) {
+        std::string got;
+        const bool ok_now = otpkv_test::eventually(
+            [&] {
+                kv_client c(server.port());
+                got = c.exchange("GET fd k\r\n", 7, 5s);
+                if (got == "v\r\nOK\r\n") {
+                    again.push_back(std::move(c));
+                    return true;
+                }
+                return false;
+            },
+            5s);
+        CHECK_MESSAGE(ok_now, "client " << i << ", last reply: \"" << escaped(got) << "\"");
+    }
+
+    const otpkv_test::exit_status st = server.stop();
+    CHECK_MESSAGE(st.clean(), "kv_server " << st.describe());
+    CHECK(st.err.find("kv_server: --max-connections 1000 needs about 1256 file descriptors, but "
+                      "the limit is 40 (hard limit 40)") != std::string::npos);
+    // Said once per burst, not once per refusal.
+    std::size_t said = 0;
+    for (std::size_t at = 0; (at = st.err.find("kv_server: out of file descriptors (limit 40)",
+                                               at)) != std::string::npos;
+         ++at) {
+        ++said;
+    }
+    CHECK(said >= 1);
+    CHECK(static_cast<int>(said) < (refusals + 20) / 2);
+    MESSAGE("stderr:\n" << st.err);
+}
+
+TEST_CASE("kv_server: raises its open-files limit toward --max-connections, up to the hard limit") {
+    rlimit inherited{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &inherited) == 0);
+    REQUIRE_MESSAGE((inherited.rlim_max == RLIM_INFINITY || inherited.rlim_max >= 400),
+                    "this test needs a hard limit of 400 open files");
+    // A soft limit of 40 would hold 30 clients; raised, it holds all 150.
+    kv_process server({"--threads", "1", "--max-connections", "150"}, {}, true,
+                      otpkv_test::open_files_limit{40, 0});
+    std::vector<kv_client> clients;
+    for (int i = 0; i < 150; ++i) {
+        clients.emplace_back(server.port());
+        OTPKV_CHECK_EXCHANGE(clients.back(), "CREATE raise\r\n", ok);
+    }
+    kv_client extra(server.port());
+    OTPKV_CHECK_BYTES(extra.read_to_eof(), "ERROR too many connections\r\n");
+    const otpkv_test::exit_status st = server.stop();
+    CHECK_MESSAGE(st.clean(), "kv_server " << st.describe());
+    CHECK(st.err.find("file descriptors") == std::string::npos);
+    CHECK(st.err.find("kv_server: --max-connections 150 reached") != std::string::npos);
+}

@@ -31,6 +31,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -652,7 +653,8 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
     CHECK(sub2.end() == kv_client::ending::eof);
     CHECK(eventually([&] { return n.server_b->stats().connections == pool; }));
 
-    // Stopping A's router ends the relayed streams too, and closes the pool.
+    // Stopping A's router ends the relayed streams too, and closes the pool (B learns of the
+    // stream's close at its next event).
     REQUIRE(a.create("nuts").kind == reply_kind::ok);
     kv_client sub3(n.server_a->port());
     otpkv_test::subscribe_synced(sub3, pub, "nuts", counter);
@@ -660,7 +662,62 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
     a.stop();
     CHECK(sub3.read_to_eof(5s) == "");
     CHECK(sub3.end() == kv_client::ending::eof);
+    CHECK(eventually([&] { return n.server_b->stats().connections == 1; }));
+    n.reg_b->lookup("nuts")->put("k", "v");
     CHECK(eventually([&] { return n.server_b->stats().connections == 0; }));
+}
+
+TEST_CASE("router_handler: idle_timeout never closes a peer's connection, nor a relayed stream") {
+    // B (the owner) and A (which forwards n-y to B) close idle client connections after
+    // 300 ms; A sends B no heartbeats, so its pooled connection is silent between requests.
+    otpkv::server_options fast_idle;
+    fast_idle.port = 0;
+    fast_idle.threads = 2;
+    fast_idle.idle_timeout = 300ms;
+    auto reg_b = otpkv::registry::start();
+    auto router_b = start_router("B", {}, {}, reg_b);
+    auto started_b = otpkv::server::start(otpkv::router_handler(router_b), fast_idle);
+    REQUIRE(started_b.has_value());
+    const auto server_b = std::move(started_b).value();
+    otpkv::client_options client;
+    client.connections = 1;
+    client.heartbeat = 0ms;
+    auto router_a = start_router(
+        "A", {entry('a', 'm', "A", 1), entry('n', 'y', "B", server_b->port())}, client);
+    auto started_a = otpkv::server::start(otpkv::router_handler(router_a), fast_idle);
+    REQUIRE(started_a.has_value());
+    const auto server_a = std::move(started_a).value();
+
+    REQUIRE(router_a->create("nut").kind == reply_kind::ok); // on B, through the pool
+    REQUIRE(eventually([&] { return server_b->stats().connections == 1; }));
+    kv_client sub(server_a->port());
+    {
+        kv_client pub(server_a->port());
+        int counter = 0;
+        otpkv_test::subscribe_synced(sub, pub, "nut", counter);
+    }
+    CHECK(eventually([&] { return server_b->stats().connections == 2; })); // + the relay
+    const std::size_t accepted = server_b->stats().accepted;
+
+    // Five timeouts of silence everywhere.
+    std::this_thread::sleep_for(1500ms);
+    CHECK(server_b->stats().idle_closed == 0);
+    CHECK(server_b->stats().connections == 2);
+    CHECK(server_b->stats().accepted == accepted); // nothing was cut and opened again
+    CHECK(server_a->stats().idle_closed == 0);     // the relayed stream stays
+    REQUIRE(router_a->put("nut", "k", "v").kind == reply_kind::ok);
+    OTPKV_CHECK_RECEIVES(sub, "k SET TO v\r\n");
+    CHECK(server_b->stats().accepted == accepted);
+
+    // A plain client of B is cut as usual.
+    kv_client plain(server_b->port());
+    CHECK(plain.read_to_eof().empty());
+    CHECK(plain.end() == kv_client::ending::eof);
+    CHECK(server_b->stats().idle_closed == 1);
+    server_a->stop();
+    router_a->stop();
+    server_b->stop();
+    router_b->stop();
 }
 
 TEST_CASE("router_handler: a relayed ERROR internal closes the client's connection as well") {

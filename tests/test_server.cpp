@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -261,4 +262,158 @@ TEST_CASE("server: a subscriber past its cap is disconnected; publishers never w
     CHECK(got.size() < all.size());
     CHECK(all.compare(0, got.size(), got) == 0);
     CHECK(sub.end() != kv_client::ending::timeout);
+}
+
+TEST_CASE("server: idle_timeout closes silent connections, silently; never a subscriber, a "
+          "connection its handler exempted, or one waiting for a reply") {
+    for (const auto poller : {otpkv::poller_kind::epoll, otpkv::poller_kind::poll}) {
+        CAPTURE(static_cast<int>(poller));
+        auto reg = otpkv::registry::start();
+        auto plain = otpkv::registry_handler(reg);
+        // `EXEMPT` exempts its connection; `SLOW` is deferred, and the test answers it.
+        std::mutex slow_mutex;
+        otpkv::deferred_reply slow_reply;
+        auto handler = [&](const otpkv::command& cmd, std::string& out, otpkv::session& s) {
+            if (s.line() == "EXEMPT") {
+                s.exempt_from_idle_timeout();
+                out += "OK\r\n";
+            } else if (s.line() == "SLOW") {
+                const std::lock_guard lock(slow_mutex);
+                slow_reply = s.defer();
+            } else {
+                plain(cmd, out, s);
+            }
+        };
+        auto o = loopback(poller);
+        o.idle_timeout = 500ms;
+        auto started = otpkv::server::start(handler, o);
+        REQUIRE(started.has_value());
+        const auto srv = std::move(started).value();
+
+        kv_client pub(srv->port());
+        CHECK(pub.exchange("CREATE b\n", 4) == "OK\r\n");
+        kv_client silent(srv->port());
+        kv_client partial(srv->port());
+        CHECK(partial.send_all("GET b")); // a partial line does not keep it open
+        kv_client exempt(srv->port());
+        CHECK(exempt.exchange("EXEMPT\n", 4) == "OK\r\n");
+        kv_client sub(srv->port());
+        CHECK(sub.send_all("SUBSCRIBE b\n"));
+        kv_client slow(srv->port());
+        CHECK(slow.send_all("SLOW\n"));
+        CHECK(eventually([&] { return srv->stats().requests == 4; }));
+
+        // The publisher talks every 20 ms for 2 s (4 timeouts): it is never idle that long.
+        for (int i = 0; i < 100; ++i) {
+            CHECK(pub.exchange("PUT b k " + std::to_string(i) + "\n", 4) == "OK\r\n");
+            std::this_thread::sleep_for(20ms);
+        }
+        CHECK(silent.read_to_eof().empty()); // closed without a word
+        CHECK(silent.end() == kv_client::ending::eof);
+        CHECK(partial.read_to_eof().empty());
+        CHECK(partial.end() == kv_client::ending::eof);
+        CHECK(exempt.exchange("GET b k\n", 8) == "99\r\nOK\r\n");
+        std::string events;
+        for (int i = 0; i < 100; ++i) {
+            events += "k SET TO " + std::to_string(i) + "\r\n";
+        }
+        CHECK(sub.read_exact(events.size()) == events);
+        CHECK(srv->stats().idle_closed == 2);
+        CHECK(srv->stats().connections == 4); // pub, exempt, sub and slow
+        {
+            const std::lock_guard lock(slow_mutex);
+            slow_reply.complete("done\r\n");
+        }
+        CHECK(slow.read_exact(6) == "done\r\n"); // waited for 4 timeouts, not cut
+        // Once its reply is out, the slow one is idle like any other.
+        CHECK(slow.read_to_eof().empty());
+        CHECK(slow.end() == kv_client::ending::eof);
+        // And so is the publisher, now silent. Only the exempted one and the subscriber stay.
+        CHECK(pub.read_to_eof().empty());
+        CHECK(pub.end() == kv_client::ending::eof);
+        CHECK(eventually([&] { return srv->stats().connections == 2; }));
+        CHECK(srv->stats().idle_closed == 4);
+        CHECK(exempt.read_for(10ms).empty());
+        CHECK(exempt.end() == kv_client::ending::open);
+        CHECK(sub.read_for(10ms).empty());
+        CHECK(sub.end() == kv_client::ending::open);
+        srv->stop();
+    }
+}
+
+TEST_CASE("server: idle_timeout never cuts a client whose replies wait to be read") {
+    auto reg = otpkv::registry::start();
+    auto o = loopback();
+    o.idle_timeout = 300ms;
+    o.max_output = 64 * 1024;
+    auto srv = start(reg, o);
+    const std::string value(1000, 'v');
+    kv_client setup(srv->port());
+    CHECK(setup.exchange("CREATE b\nPUT b k " + value + "\n", 8) == "OK\r\nOK\r\n");
+
+    constexpr std::size_t requests = 20'000; // 20 MB of replies: the server stops reading it
+    std::string batch;
+    for (std::size_t i = 0; i < requests; ++i) {
+        batch += "GET b k\n";
+    }
+    kv_client flood(srv->port(), 64 * 1024);
+    std::thread writer([&] { CHECK(flood.send_only(batch, 20s)); });
+    // Neither side moves for 4 timeouts: the flood sends nothing, the server has replies
+    // it cannot send.
+    std::this_thread::sleep_for(1200ms);
+    const std::string found = value + "\r\nOK\r\n";
+    std::size_t exact = 0;
+    for (std::size_t i = 0; i < requests && flood.read_exact(found.size(), 20s) == found; ++i) {
+        ++exact;
+    }
+    writer.join();
+    CHECK(exact == requests);
+    CHECK(srv->stats().idle_closed <= 1); // `setup` may be closed, never the flood
+}
+
+TEST_CASE("server: idle_timeout zero never closes a connection") {
+    auto reg = otpkv::registry::start();
+    auto o = loopback();
+    o.idle_timeout = 0ms;
+    auto srv = start(reg, o);
+    kv_client c(srv->port());
+    CHECK(c.read_for(700ms).empty());
+    CHECK(c.end() == kv_client::ending::open);
+    CHECK(c.exchange("GET b k\n", 11) == "NOT FOUND\r\n");
+    CHECK(srv->stats().idle_closed == 0);
+}
+
+TEST_CASE("server: a subscriber that half-closes gets every event; its close is noticed at the "
+          "next event") {
+    for (const auto poller : {otpkv::poller_kind::epoll, otpkv::poller_kind::poll}) {
+        CAPTURE(static_cast<int>(poller));
+        auto reg = otpkv::registry::start();
+        auto srv = start(reg, loopback(poller));
+        kv_client pub(srv->port());
+        CHECK(pub.exchange("CREATE b\n", 4) == "OK\r\n");
+        kv_client sub(srv->port());
+        CHECK(sub.send_all("SUBSCRIBE b\n"));
+        CHECK(eventually([&] { return srv->stats().requests == 2; }));
+        sub.shutdown_write(); // as `nc -N` does
+        CHECK(sub.read_for(100ms).empty());
+        CHECK(sub.end() == kv_client::ending::open); // not closed on it
+        std::string events;
+        for (int i = 0; i < 100; ++i) {
+            CHECK(pub.exchange("PUT b k " + std::to_string(i) + "\n", 4) == "OK\r\n");
+            events += "k SET TO " + std::to_string(i) + "\r\n";
+        }
+        CHECK(pub.exchange("DELETE b k\n", 4) == "OK\r\n");
+        CHECK(sub.read_exact(events.size() + 11) == events + "k DELETED\r\n");
+        CHECK(srv->stats().connections == 2);
+        // Gone for good: the next events fail to reach it, and the server lets it go (and
+        // does not spin on its hang-up: the publisher is still served at once).
+        sub.close();
+        int puts = 0;
+        CHECK(eventually([&] {
+            ++puts;
+            return pub.exchange("PUT b k x\n", 4) == "OK\r\n" && srv->stats().connections == 1;
+        }));
+        CHECK(pub.exchange("GET b k\n", 7) == "x\r\nOK\r\n");
+        CAPTURE(puts);
+    }
 }

@@ -19,6 +19,7 @@
 ///     --max-buckets N          OTPKV_MAX_BUCKETS      max-buckets = N
 ///     --cookie COOKIE          OTPKV_COOKIE           cookie = COOKIE
 ///     --cookie-file FILE       OTPKV_COOKIE_FILE      cookie-file = FILE
+///     --idle-timeout SECONDS   OTPKV_IDLE_TIMEOUT     idle-timeout = SECONDS
 ///
 /// Flags: `--name value` or `--name=value`. In the first spelling the next argument is the
 /// value unless it starts with `-`, in which case the flag is missing its value (so
@@ -38,11 +39,13 @@
 /// itself: the caller passes `environ` (or a test passes its own array).
 ///
 /// Config file (from `--config`, else `OTPKV_CONFIG`): one `key = value` per line, keys
-/// being the flag names without their dashes. Whitespace around the key and the value is
-/// trimmed (a CR before the LF too); blank lines and lines whose first non-blank byte is
-/// `#` are ignored; `#` elsewhere is part of the value (there are no trailing comments). A
-/// UTF-8 byte order mark at the start is skipped. A key given twice keeps the last value;
-/// `route` lines add one route each. A file cannot name another file (`config = ...`).
+/// being the flag names without their leading dashes; in a key, `_` may be written for `-`
+/// (`idle_timeout` and `idle-timeout` are the same key). Whitespace around the key and the
+/// value is trimmed (a CR before the LF too); blank lines and lines whose first non-blank
+/// byte is `#` are ignored; `#` elsewhere is part of the value (there are no trailing
+/// comments). A UTF-8 byte order mark at the start is skipped. A key given twice (in either
+/// spelling) keeps the last value; `route` lines add one route each. A file cannot name another
+/// file (`config = ...`).
 ///
 /// Values: numbers are decimal digits only (no sign, no spaces, no `0x`; leading zeros are
 /// fine), range-checked, with overflow detected. A node name is 1 to 255 bytes of
@@ -93,6 +96,7 @@
 
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -132,6 +136,10 @@ struct node_config {
     /// `--cookie COOKIE`, or the contents of `--cookie-file FILE`: the cluster cookie, which
     /// peers prove they know (router.hpp). Empty: none given.
     std::string cookie;
+    /// `--idle-timeout SECONDS`: an idle client connection (nothing in flight, no
+    /// subscription) that sends nothing for this long is closed; 0 to 2147483647, 0: never
+    /// (`server_options::idle_timeout`).
+    std::chrono::seconds idle_timeout{300};
 
     /// Equal when every field is.
     friend bool operator==(const node_config&, const node_config&) = default;
@@ -271,7 +279,8 @@ enum class config_key : std::uint8_t {
     max_connections,
     max_buckets,
     cookie,
-    cookie_file
+    cookie_file,
+    idle_timeout
 };
 
 /// How one key is spelled in each source.
@@ -283,7 +292,7 @@ struct config_key_spelling {
 };
 
 /// The one place the keys are spelled (the flags, the file and the environment read it).
-inline constexpr std::array<config_key_spelling, 11> config_keys{{
+inline constexpr std::array<config_key_spelling, 12> config_keys{{
     {config_key::config, "--config", "config", "OTPKV_CONFIG"},
     {config_key::node, "--node", "node", "OTPKV_NODE"},
     {config_key::bind, "--bind", "bind", "OTPKV_BIND"},
@@ -295,6 +304,7 @@ inline constexpr std::array<config_key_spelling, 11> config_keys{{
     {config_key::max_buckets, "--max-buckets", "max-buckets", "OTPKV_MAX_BUCKETS"},
     {config_key::cookie, "--cookie", "cookie", "OTPKV_COOKIE"},
     {config_key::cookie_file, "--cookie-file", "cookie-file", "OTPKV_COOKIE_FILE"},
+    {config_key::idle_timeout, "--idle-timeout", "idle-timeout", "OTPKV_IDLE_TIMEOUT"},
 }};
 
 /// What one source (flags, environment or file) gave; nullopt or empty: not given.
@@ -310,6 +320,7 @@ struct config_layer {
     std::optional<std::size_t> max_buckets;
     std::optional<std::string> cookie;
     std::optional<std::string> cookie_file;
+    std::optional<std::chrono::seconds::rep> idle_timeout;
 };
 
 /// Stores a number from `lo` to `hi` into `slot`; returns "" or the reason it is bad.
@@ -323,6 +334,20 @@ template <class T>
     }
     slot = static_cast<T>(*number);
     return {};
+}
+
+/// The longest `--idle-timeout`, in seconds (68 years: as milliseconds it fits any clock).
+inline constexpr std::uint64_t max_idle_timeout = 2147483647;
+
+/// `key` as the config file's table spells it: a `_` read as `-`.
+[[nodiscard]] inline std::string file_key(std::string_view key) {
+    std::string out(key);
+    for (char& c : out) {
+        if (c == '_') {
+            c = '-';
+        }
+    }
+    return out;
 }
 
 /// Checks `value` for `key` and stores it in `layer`; a `route` value holds a list of
@@ -398,6 +423,8 @@ template <class T>
         }
         layer.cookie_file = std::string(value);
         return {};
+    case config_key::idle_timeout:
+        return set_number(layer.idle_timeout, value, 0, max_idle_timeout);
     }
     return "unknown key"; // not reached: the switch covers every key
 }
@@ -463,9 +490,10 @@ struct file_closer {
         }
         const std::string_view key = trim(text.substr(0, equals));
         const std::string_view value = trim(text.substr(equals + 1));
+        const std::string spelled = file_key(key);
         const config_key_spelling* spelling = nullptr;
         for (const auto& k : config_keys) {
-            if (k.file == key) {
+            if (k.file == spelled) {
                 spelling = &k;
             }
         }
@@ -605,6 +633,8 @@ inline config_load load_config(int argc, const char* const* argv, const char* co
                                             env.max_connections, file.max_connections);
     c.max_buckets =
         detail::first_given(c.max_buckets, flags.max_buckets, env.max_buckets, file.max_buckets);
+    c.idle_timeout = std::chrono::seconds(detail::first_given(
+        c.idle_timeout.count(), flags.idle_timeout, env.idle_timeout, file.idle_timeout));
     for (detail::config_layer* layer : {&flags, &env, &file}) {
         if (!layer->routes.empty()) {
             c.routes = std::move(layer->routes);
@@ -684,6 +714,7 @@ inline std::string usage(std::string_view program) {
     text += indent + "[--threads N] [--route FIRST-LAST=NAME@HOST:PORT]...\n";
     text += indent + "[--max-line BYTES] [--max-connections N] [--max-buckets N]\n";
     text += indent + "[--cookie COOKIE | --cookie-file FILE]\n";
+    text += indent + "[--idle-timeout SECONDS]\n";
     text += "       " + name + " --help | --version\n";
     text += "\nRuns one otpkv node. Options, with their defaults:\n";
     const auto option = [&text](std::string_view flag, std::string_view what) {
@@ -716,12 +747,15 @@ inline std::string usage(std::string_view program) {
                                   std::string(24, ' ') +
                                   "contents of ~/.otpkv.cookie, made at random when missing)");
     option("--cookie-file FILE", "read the cluster cookie from FILE (mode 0400, like the default)");
+    option("--idle-timeout SECONDS",
+           "close a client connection idle for that long, 0: never (default: " +
+               std::to_string(defaults.idle_timeout.count()) + ")");
     option("-h, --help", "print this text and exit");
     option("--version", "print the version and exit");
     text += "\nEach option can also be set in the environment (OTPKV_NODE, OTPKV_MAX_LINE, ...;\n"
             "OTPKV_ROUTE holds routes separated by commas or spaces) or in the config file\n"
-            "('max-line = 100', one 'route = ...' line per route). Flags win over the\n"
-            "environment, which wins over the file.\n";
+            "('max-line = 100' or 'max_line = 100', one 'route = ...' line per route).\n"
+            "Flags win over the environment, which wins over the file.\n";
     return text;
 }
 

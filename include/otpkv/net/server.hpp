@@ -20,6 +20,29 @@
 ///   disconnected; a publisher only appends to a buffer under a short lock, never waits.
 /// - `max_connections`: a connection past it gets `ERROR too many connections` and is
 ///   closed.
+/// - Out of file descriptors (accept fails with EMFILE or ENFILE): the server keeps one spare
+///   descriptor (`/dev/null`, opened at start) for this. It closes the spare, accepts the
+///   waiting connection, answers it `ERROR too many connections`, closes it and opens the
+///   spare again, for every connection that waits, so none is left hanging in the listen
+///   backlog. Counted in `server_stats::rejected` and `server_stats::out_of_descriptors` (the
+///   host logs it: kv_server says so on stderr once per burst).
+/// - `idle_timeout` (default 300 s; 0: never): a connection that sends nothing for that long
+///   while it is idle is closed, silently (no reply; the socket is just closed). Idle means:
+///   no request being handled or deferred, no unsent output, no subscription (local, or
+///   relayed through `deferred_reply::stream`), and not exempted by its handler
+///   (`session::exempt_from_idle_timeout`, which the router calls for its peers' connections,
+///   whose liveness the peers' heartbeat watches). Subscribers are never cut. A partial
+///   line does not keep a connection open; its bytes count as activity. Each loop keeps a
+///   last-activity time per connection (set from the loop's clock, read once per wake-up,
+///   never per request) and sweeps its connections at most every `idle_timeout / 4`, and at
+///   least every second: a connection is closed between `idle_timeout` and about 1.25 times
+///   it after its last byte. Closed so far: `server_stats::idle_closed`.
+/// - A subscriber that half-closes (shutdown(SHUT_WR), as `nc -N` does) keeps its stream:
+///   events flow until the subscription ends or the client closes for good. A close looks
+///   like a half-close until a write fails: the server learns of it at the next event (or,
+///   on a quiet bucket, from TCP keepalive probes, within about a minute and a half on
+///   Linux). A half-closed client with requests in flight still gets their replies, then the
+///   connection is closed.
 /// - A request whose handler throws gets `ERROR internal` and only its connection is closed
 ///   (the guide gives each client a supervised Task for the same containment).
 /// - A partial line followed by a close (or half-close) is dropped; complete lines before
@@ -69,6 +92,10 @@ struct server_options {
     /// Deferred replies (`session::defer`) outstanding per connection at most (0 is taken as
     /// 1); past it the connection's requests stop being read until some complete.
     std::size_t max_deferred = 1024;
+    /// An idle connection (nothing in flight, nothing unsent, no subscription, not exempted
+    /// by `session::exempt_from_idle_timeout`) that sends nothing for this long is closed
+    /// silently; zero: never. See the header comment for the exact rule.
+    std::chrono::milliseconds idle_timeout = std::chrono::seconds(300);
 };
 
 /// Counters of a running server (each read on its own, so together only roughly
@@ -76,8 +103,12 @@ struct server_options {
 struct server_stats {
     std::size_t connections = 0; ///< open connections now, counted against the limit
     std::size_t accepted = 0;    ///< connections accepted since start
-    std::size_t rejected = 0;    ///< connections refused for `max_connections`
+    std::size_t rejected = 0;    ///< connections refused (`max_connections`, descriptors)
     std::size_t requests = 0;    ///< request lines handled
+    /// Of `rejected`: refused because the process had no file descriptor left (EMFILE,
+    /// ENFILE).
+    std::size_t out_of_descriptors = 0;
+    std::size_t idle_closed = 0; ///< connections closed for `idle_timeout`
 };
 
 namespace detail {
@@ -134,6 +165,9 @@ class session {
     /// not fit `context`; freed with the connection. The router keeps a peer's handshake in
     /// them between its two lines.
     [[nodiscard]] std::string& storage() noexcept;
+    /// `server_options::idle_timeout` never closes this connection from now on (the router's
+    /// peer connections: their heartbeat watches them).
+    void exempt_from_idle_timeout() noexcept;
 
     /// For the server only.
     session(detail::connection& c, detail::event_loop& loop, std::string_view line) noexcept
@@ -158,8 +192,9 @@ struct deferred_state;
 
 /// A stream of event bytes into a connection that a deferred SUBSCRIBE turned into a
 /// subscriber (`deferred_reply::stream`): the router relays another node's events through
-/// it; or into a connection that goes on serving (`session::channel`). The same cap as for local subscribers applies (`max_subscriber_output`): a
-/// connection that does not read is disconnected, and `push` then returns false.
+/// it; or into a connection that goes on serving (`session::channel`). The same cap as for local
+/// subscribers applies (`max_subscriber_output`): a connection that does not read is disconnected,
+/// and `push` then returns false.
 ///
 /// Thread safety: any thread, one at a time. Movable, not copyable; dropping it without
 /// `end()` leaves the connection subscribed until the client closes it.

@@ -97,11 +97,14 @@ struct connection {
     bool peer_done = false;  // the peer closed its side: no lingering needed
     bool counted = false;    // counts against max_connections
     bool dirty = false;      // in the loop's list of connections to flush after the mail
+    bool exempt = false;     // session::exempt_from_idle_timeout
     std::size_t index = 0;   // position in the loop's list
     std::chrono::steady_clock::time_point linger_until{};
     std::uint64_t id = 0;      // session::id
     std::uint64_t context = 0; // session::context
     std::string storage;       // session::storage
+    // For idle_timeout: when the last byte was read, or when it was last seen busy.
+    std::chrono::steady_clock::time_point last_active{};
     std::shared_ptr<subscriber_link> link;
     std::shared_ptr<subscriber_link> channel; // session::channel: bytes from other threads
     subscription events;
@@ -119,6 +122,13 @@ struct connection {
     [[nodiscard]] bool barred() const noexcept {
         return !waiting.empty() && waiting.back()->barrier;
     }
+    /// What `idle_timeout` may close: open, nothing in flight or unsent, no subscription
+    /// (`link` is set as soon as one is made, also while it waits behind deferred replies),
+    /// not exempted, and counted (a refused connection closes by itself).
+    [[nodiscard]] bool idle() const noexcept {
+        return state == phase::open && counted && !exempt && !subscribed && link == nullptr &&
+               waiting.empty() && unsent() == 0;
+    }
     /// No more requests: the connection closes once its output is sent.
     void begin_close() noexcept {
         if (state == phase::open) {
@@ -133,7 +143,8 @@ struct server_core : std::enable_shared_from_this<server_core> {
     server_options options;
     request_handler handler;
     unique_fd listener;
-    unique_fd spare; // a descriptor given up to accept-and-close when out of descriptors
+    unique_fd spare;        // a descriptor given up to accept-and-refuse when out of descriptors
+    std::mutex spare_mutex; // the loops share `spare`
     socket_address address;
     std::vector<std::unique_ptr<event_loop>> loops;
     process_threads threads; // one per loop
@@ -147,6 +158,8 @@ struct server_core : std::enable_shared_from_this<server_core> {
     std::atomic<std::size_t> connections{0};
     std::atomic<std::size_t> accepted{0};
     std::atomic<std::size_t> rejected{0};
+    std::atomic<std::size_t> out_of_descriptors{0};
+    std::atomic<std::size_t> idle_closed{0};
     std::atomic<std::size_t> lingering{0};
     std::atomic<std::uint64_t> next_id{1};
 
@@ -159,6 +172,42 @@ struct server_core : std::enable_shared_from_this<server_core> {
 inline constexpr std::size_t max_lingering = 4096;
 /// How often a loop with lingering connections looks for expired ones.
 inline constexpr std::chrono::milliseconds linger_scan_every{100};
+/// TCP keepalive for a subscriber that half-closed: a client that has in fact closed is
+/// noticed at the next event, since a write to it fails; on a quiet bucket there may be
+/// none for a long time. The probes find it instead once the client's side is gone (Linux
+/// keeps a closed socket's FIN_WAIT_2 state `tcp_fin_timeout`, 60 s, and then answers with a
+/// reset), or its host unreachable: some 15 s after that.
+inline constexpr int half_closed_keepalive_idle_s = 15;
+inline constexpr int half_closed_keepalive_interval_s = 15;
+inline constexpr int half_closed_keepalive_count = 4;
+
+/// Turns on the keepalive probes above on `fd` (where the system lets them be tuned;
+/// elsewhere its defaults apply).
+inline void probe_half_closed(int fd) noexcept {
+    const int on = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &half_closed_keepalive_idle_s,
+                 sizeof half_closed_keepalive_idle_s);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &half_closed_keepalive_interval_s,
+                 sizeof half_closed_keepalive_interval_s);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &half_closed_keepalive_count,
+                 sizeof half_closed_keepalive_count);
+#endif
+}
+
+/// How often a loop looks for idle connections at most apart (see `idle_sweep_interval`).
+inline constexpr std::chrono::milliseconds idle_sweep_max{1000};
+
+/// How often a loop sweeps its connections for `idle_timeout`: a quarter of it, at most a
+/// second (at least a millisecond). A sweep, not a timer wheel: one pass over the loop's
+/// connections per interval costs about a microsecond per hundred connections, so 10,000
+/// idle connections cost a loop some 0.1 ms a second, and a request costs nothing but the
+/// store of the loop's clock into its connection.
+[[nodiscard]] inline std::chrono::milliseconds
+idle_sweep_interval(std::chrono::milliseconds idle_timeout) noexcept {
+    return std::clamp(idle_timeout / 4, std::chrono::milliseconds(1), idle_sweep_max);
+}
 /// Bytes asked of the framer for one read.
 inline constexpr std::size_t read_size = 16384;
 /// Reads per connection per turn of the loop, so a flooding client cannot hold its loop.
@@ -220,6 +269,9 @@ class event_loop {
     void attach(connection& c, const std::shared_ptr<subscriber_link>& link);
     [[nodiscard]] bool may_resume(const connection& c) const noexcept;
     void expire_lingering();
+    void expire_idle();
+    [[nodiscard]] bool refuse_without_descriptor();
+    [[nodiscard]] int wait_limit() const noexcept;
     void adopt(int fd, bool counted);
     void destroy(connection& c);
     void shut_down_all();
@@ -233,6 +285,10 @@ class event_loop {
     line_framer spare_framer_; // lent to the connection being read (see read_requests)
     std::size_t lingering_here_ = 0;
     std::chrono::steady_clock::time_point next_linger_scan_{};
+    // The loop's clock, read once per wake-up when `idle_timeout` is on (connections' last
+    // activity is stamped with it, so a request costs no clock read).
+    std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
+    std::chrono::steady_clock::time_point next_idle_sweep_{};
     std::atomic<std::size_t> requests_{0};
 
     mailbox<mail> mailbox_{wake_};
@@ -268,10 +324,23 @@ inline void server_core::loop_finished() {
     signal->exit(why);
 }
 
+inline int event_loop::wait_limit() const noexcept {
+    int limit = lingering_here_ > 0 ? static_cast<int>(linger_scan_every.count()) : -1;
+    if (core_.options.idle_timeout.count() > 0 && !conns_.empty()) {
+        const auto every = idle_sweep_interval(core_.options.idle_timeout);
+        limit = limit < 0 ? static_cast<int>(every.count())
+                          : std::min(limit, static_cast<int>(every.count()));
+    }
+    return limit;
+}
+
 inline void event_loop::run() {
+    const bool idle_timeout = core_.options.idle_timeout.count() > 0;
     while (!core_.stopping.load(std::memory_order_acquire)) {
-        poller_.wait(events_,
-                     lingering_here_ > 0 ? static_cast<int>(linger_scan_every.count()) : -1);
+        poller_.wait(events_, wait_limit());
+        if (idle_timeout) {
+            now_ = std::chrono::steady_clock::now();
+        }
         for (const io_event& ev : events_) {
             if (ev.tag == &wake_) {
                 wake_.drain();
@@ -285,6 +354,9 @@ inline void event_loop::run() {
                 }
             }
         }
+        if (idle_timeout && now_ >= next_idle_sweep_) {
+            expire_idle();
+        }
         graveyard_.clear();
         if (lingering_here_ > 0) {
             expire_lingering();
@@ -297,16 +369,8 @@ inline void event_loop::accept_all() {
     for (int i = 0; i < 64; ++i) {
         const int fd = accept_connection(core_.listener.get());
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE) {
-                // Out of descriptors: give up the spare, take the connection off the queue
-                // and close it, so the listener does not stay readable for ever.
-                core_.spare.reset();
-                const int victim = accept_connection(core_.listener.get());
-                if (victim >= 0) {
-                    ::close(victim);
-                    core_.rejected.fetch_add(1, std::memory_order_relaxed);
-                }
-                core_.spare.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+            if ((errno == EMFILE || errno == ENFILE) && refuse_without_descriptor()) {
+                continue; // the next one waiting, if any, is refused the same way
             }
             return; // EAGAIN: nothing more; ECONNABORTED and the like: try next time
         }
@@ -328,9 +392,38 @@ inline void event_loop::accept_all() {
     }
 }
 
+inline bool event_loop::refuse_without_descriptor() {
+    // Out of descriptors: give up the spare, take the waiting connection off the queue,
+    // answer it and close it, so that it is not left hanging in the backlog and the listener
+    // does not stay readable for ever. The answer cannot linger like the `max_connections`
+    // one (the descriptor is needed back at once): input the client sent already is read
+    // first, so that closing does not turn it into a reset that would destroy the answer.
+    // Another loop may take the freed descriptor number between the close and the reopen;
+    // the spare is then missing until a descriptor frees up, and a connection waiting
+    // meanwhile stays in the backlog until then.
+    const std::lock_guard lock(core_.spare_mutex);
+    core_.spare.reset();
+    const int victim = accept_connection(core_.listener.get());
+    if (victim >= 0) {
+        char sink[4096];
+        for (int i = 0; i<reads_per_turn&& ::read(victim, sink, sizeof sink)> 0; ++i) {
+        }
+        std::string answer;
+        append_reply(answer, reply::error(error_code::too_many_connections));
+        [[maybe_unused]] const ssize_t n = send_some(victim, answer.data(), answer.size());
+        ::shutdown(victim, SHUT_WR);
+        ::close(victim);
+        core_.rejected.fetch_add(1, std::memory_order_relaxed);
+        core_.out_of_descriptors.fetch_add(1, std::memory_order_relaxed);
+    }
+    core_.spare.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    return victim >= 0;
+}
+
 inline void event_loop::adopt(int fd, bool counted) {
     auto c = std::make_unique<connection>(fd, core_.options.max_line);
     c->counted = counted;
+    c->last_active = now_;
     c->index = conns_.size();
     c->id = core_.next_id.fetch_add(1, std::memory_order_relaxed);
     try {
@@ -345,10 +438,12 @@ inline void event_loop::adopt(int fd, bool counted) {
 }
 
 inline void event_loop::handle(connection& c, std::uint32_t events) {
-    if ((events & io_error) != 0 && c.state == connection::phase::open && !c.subscribed &&
-        c.paused && c.unsent() == 0) {
+    if ((events & io_error) != 0 && c.state == connection::phase::open &&
+        ((!c.subscribed && c.paused && c.unsent() == 0) || (c.subscribed && c.peer_done))) {
         // Reset (or hung up) while it reads nothing and has nothing to send (waiting for
-        // deferred replies): nothing would notice, and the poller would report it for ever.
+        // deferred replies), or a half-closed subscriber that has now closed for good (a
+        // hang-up: both directions are shut): nothing would notice, and the poller would
+        // report it for ever.
         destroy(c);
         return;
     }
@@ -378,6 +473,7 @@ inline void event_loop::read_requests(connection& c) {
         const std::span<char> space = c.framer.prepare(read_size);
         const ssize_t n = ::read(c.fd.get(), space.data(), space.size());
         if (n > 0) {
+            c.last_active = now_;
             c.framer.commit(static_cast<std::size_t>(n));
             pull_requests(c);
             if (static_cast<std::size_t>(n) < space.size()) {
@@ -425,7 +521,15 @@ inline void event_loop::discard_input(connection& c) {
             return;
         }
         // EOF or an error.
-        if (c.state == connection::phase::open) {
+        if (c.state == connection::phase::open && n == 0) {
+            // A subscriber that half-closed (`nc -N`): it may still be reading, so the
+            // events go on until a write fails or the socket reports a hang-up (`handle`).
+            // Its input is over: stop asking for it. A client that closed for good looks
+            // the same until then; keepalive probes find it on a quiet bucket.
+            c.peer_done = true;
+            probe_half_closed(c.fd.get());
+            set_interest(c);
+        } else if (c.state == connection::phase::open) {
             destroy(c); // a subscriber that went away
         } else if (c.state == connection::phase::lingering || n < 0) {
             destroy(c);
@@ -522,7 +626,7 @@ inline void event_loop::flush(connection& c) {
 
 inline void event_loop::set_interest(connection& c) {
     std::uint32_t want = c.unsent() > 0 ? io_write : io_none;
-    if (!c.paused && !(c.state == connection::phase::closing && c.peer_done)) {
+    if (!c.paused && !c.peer_done) { // a half-closed peer has no more input to give
         want |= io_read;
     }
     if (want != c.interest) {
@@ -688,6 +792,24 @@ inline void event_loop::expire_lingering() {
     }
 }
 
+inline void event_loop::expire_idle() {
+    // A sweep of the loop's connections (see `idle_sweep_interval`): an idle one whose last
+    // activity is `idle_timeout` old is closed; a busy one is stamped now, so its idle time
+    // counts from when it was last seen busy (within one sweep interval of when it stopped).
+    next_idle_sweep_ = now_ + idle_sweep_interval(core_.options.idle_timeout);
+    for (std::size_t i = 0; i < conns_.size();) {
+        connection& c = *conns_[i];
+        if (!c.idle()) {
+            c.last_active = now_;
+        } else if (now_ - c.last_active >= core_.options.idle_timeout) {
+            core_.idle_closed.fetch_add(1, std::memory_order_relaxed);
+            destroy(c); // silently; moves the last connection into slot i
+            continue;
+        }
+        ++i;
+    }
+}
+
 inline void event_loop::destroy(connection& c) {
     if (!c.fd) {
         return;
@@ -826,6 +948,10 @@ inline std::uint64_t& session::context() noexcept {
 
 inline std::string& session::storage() noexcept {
     return conn_.storage;
+}
+
+inline void session::exempt_from_idle_timeout() noexcept {
+    conn_.exempt = true;
 }
 
 namespace detail {
@@ -1059,7 +1185,10 @@ inline server_stats server::stats() const noexcept {
     }
     return {core_->connections.load(std::memory_order_relaxed),
             core_->accepted.load(std::memory_order_relaxed),
-            core_->rejected.load(std::memory_order_relaxed), requests};
+            core_->rejected.load(std::memory_order_relaxed),
+            requests,
+            core_->out_of_descriptors.load(std::memory_order_relaxed),
+            core_->idle_closed.load(std::memory_order_relaxed)};
 }
 
 inline exit_reason server::stop(exit_reason reason, timeout wait) {
