@@ -17,6 +17,9 @@
 ///     --max-line BYTES         OTPKV_MAX_LINE         max-line = BYTES
 ///     --max-connections N      OTPKV_MAX_CONNECTIONS  max-connections = N
 ///     --max-buckets N          OTPKV_MAX_BUCKETS      max-buckets = N
+///     --max-subscriber-memory BYTES
+///                              OTPKV_MAX_SUBSCRIBER_MEMORY
+///                                                     max-subscriber-memory = BYTES
 ///
 /// Flags: `--name value` or `--name=value`. In the first spelling the next argument is the
 /// value unless it starts with `-`, in which case the flag is missing its value (so
@@ -27,7 +30,7 @@
 /// and both may be set at once (print the help). An unknown flag, a flag without its
 /// value and a positional argument are errors that name them.
 ///
-/// Environment: only the nine variables above are read; other `OTPKV_*` variables (build
+/// Environment: only the variables above are read; other `OTPKV_*` variables (build
 /// settings, say) are ignored, as are entries without `=`. When a variable appears twice in
 /// the array the first one counts, as with `getenv`. A variable set to the empty string
 /// counts as unset. `OTPKV_ROUTE` holds one or more routes separated by commas and/or
@@ -116,6 +119,10 @@ struct node_config {
     std::size_t max_connections = 10000;
     /// `--max-buckets N`: most buckets at once; at least 1.
     std::size_t max_buckets = 1'000'000;
+    /// `--max-subscriber-memory BYTES`: unsent event bytes of all subscribers together past
+    /// which the largest backlogs are disconnected (`server_options::max_subscriber_memory`);
+    /// at least 1.
+    std::size_t max_subscriber_memory = std::size_t{256} << 20;
 
     /// Equal when every field is.
     friend bool operator==(const node_config&, const node_config&) = default;
@@ -228,7 +235,8 @@ enum class config_key : std::uint8_t {
     route,
     max_line,
     max_connections,
-    max_buckets
+    max_buckets,
+    max_subscriber_memory
 };
 
 /// How one key is spelled in each source.
@@ -240,7 +248,7 @@ struct config_key_spelling {
 };
 
 /// The one place the keys are spelled (the flags, the file and the environment read it).
-inline constexpr std::array<config_key_spelling, 9> config_keys{{
+inline constexpr std::array<config_key_spelling, 10> config_keys{{
     {config_key::config, "--config", "config", "OTPKV_CONFIG"},
     {config_key::node, "--node", "node", "OTPKV_NODE"},
     {config_key::bind, "--bind", "bind", "OTPKV_BIND"},
@@ -250,6 +258,8 @@ inline constexpr std::array<config_key_spelling, 9> config_keys{{
     {config_key::max_line, "--max-line", "max-line", "OTPKV_MAX_LINE"},
     {config_key::max_connections, "--max-connections", "max-connections", "OTPKV_MAX_CONNECTIONS"},
     {config_key::max_buckets, "--max-buckets", "max-buckets", "OTPKV_MAX_BUCKETS"},
+    {config_key::max_subscriber_memory, "--max-subscriber-memory", "max-subscriber-memory",
+     "OTPKV_MAX_SUBSCRIBER_MEMORY"},
 }};
 
 /// What one source (flags, environment or file) gave; nullopt or empty: not given.
@@ -263,6 +273,7 @@ struct config_layer {
     std::optional<std::size_t> max_line;
     std::optional<std::size_t> max_connections;
     std::optional<std::size_t> max_buckets;
+    std::optional<std::size_t> max_subscriber_memory;
 };
 
 /// Stores a number from `lo` to `hi` into `slot`; returns "" or the reason it is bad.
@@ -339,6 +350,8 @@ template <class T>
         return set_number(layer.max_connections, value, 1, size_max);
     case config_key::max_buckets:
         return set_number(layer.max_buckets, value, 1, size_max);
+    case config_key::max_subscriber_memory:
+        return set_number(layer.max_subscriber_memory, value, 1, size_max);
     }
     return "unknown key"; // not reached: the switch covers every key
 }
@@ -479,7 +492,8 @@ struct file_closer {
     return first_error;
 }
 
-/// Reads the nine OTPKV_* variables of `envp` into `layer`; returns "" or the first error.
+/// Reads the OTPKV_* variables of `config_keys` from `envp` into `layer`; returns "" or the first
+/// error.
 [[nodiscard]] inline std::string read_environment(const char* const* envp, config_layer& layer) {
     std::array<bool, config_keys.size()> seen{};
     for (const char* const* entry = envp; entry != nullptr && *entry != nullptr; ++entry) {
@@ -546,6 +560,9 @@ inline config_load load_config(int argc, const char* const* argv, const char* co
                                             env.max_connections, file.max_connections);
     c.max_buckets =
         detail::first_given(c.max_buckets, flags.max_buckets, env.max_buckets, file.max_buckets);
+    c.max_subscriber_memory =
+        detail::first_given(c.max_subscriber_memory, flags.max_subscriber_memory,
+                            env.max_subscriber_memory, file.max_subscriber_memory);
     for (detail::config_layer* layer : {&flags, &env, &file}) {
         if (!layer->routes.empty()) {
             c.routes = std::move(layer->routes);
@@ -563,6 +580,7 @@ inline std::string usage(std::string_view program) {
     text += "usage: " + name + " [--config FILE] [--node NAME] [--bind ADDR] [--port N]\n";
     text += indent + "[--threads N] [--route FIRST-LAST=NAME@HOST:PORT]...\n";
     text += indent + "[--max-line BYTES] [--max-connections N] [--max-buckets N]\n";
+    text += indent + "[--max-subscriber-memory BYTES]\n";
     text += "       " + name + " --help | --version\n";
     text += "\nRuns one otpkv node. Options, with their defaults:\n";
     const auto option = [&text](std::string_view flag, std::string_view what) {
@@ -591,6 +609,10 @@ inline std::string usage(std::string_view program) {
            "most open connections (default: " + std::to_string(defaults.max_connections) + ")");
     option("--max-buckets N",
            "most buckets (default: " + std::to_string(defaults.max_buckets) + ")");
+    option("--max-subscriber-memory BYTES",
+           "unsent events of all subscribers together; past it the largest\n" +
+               std::string(24, ' ') + "backlogs are disconnected (default: " +
+               std::to_string(defaults.max_subscriber_memory) + ")");
     option("-h, --help", "print this text and exit");
     option("--version", "print the version and exit");
     text += "\nEach option can also be set in the environment (OTPKV_NODE, OTPKV_MAX_LINE, ...;\n"

@@ -149,7 +149,8 @@ node::start(node_config config, supervisor_options root_options, client_options 
                            .port = 0,
                            .threads = cfg.threads,
                            .max_line = cfg.max_line,
-                           .max_connections = cfg.max_connections};
+                           .max_connections = cfg.max_connections,
+                           .max_subscriber_memory = cfg.max_subscriber_memory};
     child_spec server_spec{"server", [kids, options]() mutable {
                                std::shared_ptr<otpkv::router> r;
                                {
