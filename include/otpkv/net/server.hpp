@@ -26,7 +26,10 @@
 ///   what a closed connection held), so publishing stays a short per-connection lock plus
 ///   an atomic add. The loop that takes an event past the cap chooses the victims: one
 ///   loop at a time (the others do not wait for it) scans the server's list of subscriber
-///   links for the largest backlogs, and tells their loops to disconnect them.
+///   links for the largest backlogs, and tells their loops to disconnect them. What is
+///   counted is unsent bytes; the buffers that hold them take somewhat more (a connection's
+///   output drops what was sent once that is a quarter of what is not, and grows by
+///   doubling).
 /// - `max_connections`: a connection past it gets `ERROR too many connections` and is
 ///   closed.
 /// - A request whose handler throws gets `ERROR internal` and only its connection is closed
