@@ -6,6 +6,7 @@
 //   kv_server [--config FILE] [--node NAME] [--bind ADDR] [--port N] [--threads N]
 //             [--route FIRST-LAST=NAME@HOST:PORT]... [--max-line BYTES]
 //             [--max-connections N] [--max-buckets N] [--idle-timeout SECONDS]
+//             [--max-subscriber-memory BYTES]
 //             [--cookie COOKIE | --cookie-file FILE]
 //
 // The cluster cookie: --cookie, --cookie-file, OTPKV_COOKIE or `cookie` in the config file;
@@ -18,6 +19,9 @@
 // that is not enough. Connections the descriptors cannot hold get `ERROR too many
 // connections` (the server keeps a spare descriptor for that), and so do those past
 // --max-connections; either is said on stderr once per burst.
+//
+// Subscribers disconnected because all subscribers' unsent events passed
+// --max-subscriber-memory are reported on stderr (within 200 ms, as a count).
 //
 // Exit codes: 0 after a signal (a graceful stop takes well under 5 s), 1 when the node
 // cannot start (the port is in use, say) or its supervision tree gives up, 2 for a bad flag
@@ -34,6 +38,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <ctime>
+#include <memory>
 #include <string>
 
 extern char** environ; // NOLINT: POSIX declares it for us to declare
@@ -132,6 +137,36 @@ class refusal_log {
     bool limit_burst_ = false;
 };
 
+// Tells stderr about subscribers the server disconnected for --max-subscriber-memory, from
+// its counter (a restarted server counts from 0 again).
+class subscriber_cuts {
+  public:
+    void report(const otpkv::node& node) {
+        const std::shared_ptr<otpkv::server> server = node.server();
+        if (server == nullptr) {
+            return;
+        }
+        if (server != server_) {
+            server_ = server;
+            told_ = 0;
+        }
+        const std::size_t cut = server->stats().subscribers_cut;
+        if (cut > told_) {
+            std::fprintf(stderr,
+                         "kv_server: disconnected %zu subscriber%s with the largest backlogs: the "
+                         "unsent events of all subscribers passed --max-subscriber-memory "
+                         "(%zu bytes)\n",
+                         cut - told_, cut - told_ == 1 ? "" : "s",
+                         node.config().max_subscriber_memory);
+            told_ = cut;
+        }
+    }
+
+  private:
+    std::shared_ptr<otpkv::server> server_;
+    std::size_t told_ = 0;
+};
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -208,9 +243,10 @@ int main(int argc, char** argv) {
     std::printf("%s\n", node->ready_line().c_str());
     std::fflush(stdout);
 
-    // Wait for a signal, looking every 200 ms whether the tree gave up by itself and whether
-    // the server refuses connections.
+    // Wait for a signal, looking every 200 ms whether the tree gave up by itself, whether
+    // the server refuses connections, and whether subscribers were cut for the memory cap.
     const timespec tick{0, 200'000'000};
+    subscriber_cuts cuts;
     while (node->alive()) {
         if (const auto server = node->server()) {
             refusals.look(server->stats());
@@ -223,6 +259,7 @@ int main(int argc, char** argv) {
             node->stop(otpkv::exit_reason::shutdown(), std::chrono::seconds(4));
             return 0;
         }
+        cuts.report(*node);
     }
     return fail("the node exited: " + otpkv::to_string(*node->exited()), 1);
 }

@@ -2,6 +2,7 @@
 // Node configuration: flags, OTPKV_* environment, config file, routes, precedence.
 #include <otpkv/command.hpp>
 #include <otpkv/config.hpp>
+#include <otpkv/net/server.hpp>
 #include <otpkv/registry.hpp>
 
 #include <doctest/doctest.h>
@@ -103,9 +104,11 @@ TEST_CASE("config: defaults") {
     CHECK(r.config.max_connections == 10000);
     CHECK(r.config.max_buckets == 1'000'000);
     CHECK(r.config.idle_timeout == std::chrono::seconds(300));
-    // The same defaults as the protocol core and the registry.
+    CHECK(r.config.max_subscriber_memory == 256 * 1024 * 1024);
+    // The same defaults as the protocol core, the registry and the server.
     CHECK(r.config.max_line == otpkv::default_max_line);
     CHECK(r.config.max_buckets == otpkv::registry_options{}.max_buckets);
+    CHECK(r.config.max_subscriber_memory == otpkv::server_options{}.max_subscriber_memory);
 
     // No arguments at all, and no environment.
     const config_load bare = load_config(0, nullptr, nullptr);
@@ -127,6 +130,7 @@ TEST_CASE("config: every flag in both spellings") {
         {"--max-line", "100"},
         {"--max-connections", "7"},
         {"--max-buckets", "9"},
+        {"--max-subscriber-memory", "1048576"},
     };
     node_config expected;
     expected.node = "n1";
@@ -137,6 +141,7 @@ TEST_CASE("config: every flag in both spellings") {
     expected.max_line = 100;
     expected.max_connections = 7;
     expected.max_buckets = 9;
+    expected.max_subscriber_memory = 1048576;
 
     std::vector<std::string> separate;
     std::vector<std::string> joined;
@@ -209,6 +214,10 @@ TEST_CASE("config: numeric flags reject bad values and name the flag") {
         {"--max-line", "OTPKV_MAX_LINE", "from 1 to " + size_max_text, {"0", "00"}},
         {"--max-connections", "OTPKV_MAX_CONNECTIONS", "from 1 to " + size_max_text, {"0"}},
         {"--max-buckets", "OTPKV_MAX_BUCKETS", "from 1 to " + size_max_text, {"0"}},
+        {"--max-subscriber-memory",
+         "OTPKV_MAX_SUBSCRIBER_MEMORY",
+         "from 1 to " + size_max_text,
+         {"0", "256MiB", "1M"}},
     };
     const std::vector<std::string> not_numbers{"abc",
                                                "",
@@ -253,6 +262,9 @@ TEST_CASE("config: numbers at the edges of their ranges") {
           std::numeric_limits<std::size_t>::max());
     CHECK(load({"--max-connections", "1"}).config.max_connections == 1);
     CHECK(load({"--max-buckets", "1"}).config.max_buckets == 1);
+    CHECK(load({"--max-subscriber-memory", "1"}).config.max_subscriber_memory == 1);
+    CHECK(load({"--max-subscriber-memory", size_max_text}).config.max_subscriber_memory ==
+          std::numeric_limits<std::size_t>::max());
 }
 
 TEST_CASE("config: unknown flags, missing values and positional arguments are errors") {
@@ -268,8 +280,9 @@ TEST_CASE("config: unknown flags, missing values and positional arguments are er
     CHECK(load({"--port", "1", "extra"}).error == "unexpected argument 'extra'");
     CHECK(load({""}).error == "unexpected argument ''");
 
-    for (const std::string flag : {"--config", "--node", "--bind", "--port", "--threads", "--route",
-                                   "--max-line", "--max-connections", "--max-buckets"}) {
+    for (const std::string flag :
+         {"--config", "--node", "--bind", "--port", "--threads", "--route", "--max-line",
+          "--max-connections", "--max-buckets", "--max-subscriber-memory"}) {
         INFO(flag);
         CHECK(load({flag}).error == flag + ": missing value");
         // The next argument is not a value when it looks like a flag.
@@ -376,7 +389,7 @@ TEST_CASE("config: the environment") {
     const config_load r =
         load({}, {"PATH=/usr/bin", "OTPKV_NODE=n2", "OTPKV_BIND=0.0.0.0", "OTPKV_PORT=0",
                   "OTPKV_THREADS=2", "OTPKV_MAX_LINE=10", "OTPKV_MAX_CONNECTIONS=20",
-                  "OTPKV_MAX_BUCKETS=30",
+                  "OTPKV_MAX_BUCKETS=30", "OTPKV_MAX_SUBSCRIBER_MEMORY=40",
                   "OTPKV_ROUTE= a-m=foo@127.0.0.1:4040,n-z=bar@h:2 ,\t0-9=baz@[::1]:3,, ",
                   // Other OTPKV_ variables, odd entries: ignored.
                   "OTPKV_BUILD_TESTS=ON", "OTPKV_PROT=1", "OTPKV_=x", "OTPKV_PORT_X=1",
@@ -390,6 +403,7 @@ TEST_CASE("config: the environment") {
     expected.max_line = 10;
     expected.max_connections = 20;
     expected.max_buckets = 30;
+    expected.max_subscriber_memory = 40;
     expected.routes = {route('a', 'm', "foo", "127.0.0.1", 4040), route('n', 'z', "bar", "h", 2),
                        route('0', '9', "baz", "::1", 3)};
     CHECK(r.config == expected);
@@ -439,6 +453,7 @@ TEST_CASE("config: the config file") {
                                                     "max-line = 2000\n"
                                                     "max-connections = 3\n"
                                                     "max-buckets = 5\n"
+                                                    "max-subscriber-memory = 67108864\n"
                                                     "   \t  \n"
                                                     "route=n-z=baz@h:3"); // no final newline
     const config_load r = load({"--config", file});
@@ -451,6 +466,7 @@ TEST_CASE("config: the config file") {
     expected.max_line = 2000; // the last one wins
     expected.max_connections = 3;
     expected.max_buckets = 5;
+    expected.max_subscriber_memory = 67108864;
     expected.routes = {route('a', 'm', "foo", "127.0.0.1", 4040), route('#', '#', "bar", "h", 2),
                        route('n', 'z', "baz", "h", 3)};
     CHECK(r.config == expected);
@@ -606,6 +622,7 @@ TEST_CASE("config: usage mentions every flag with its default, and the version l
                                         "--max-buckets N",
                                         "--idle-timeout SECONDS",
                                         "(default: 300)",
+                                        "--max-subscriber-memory BYTES",
                                         "-h, --help",
                                         "--version",
                                         "(default: nonode)",
@@ -614,6 +631,7 @@ TEST_CASE("config: usage mentions every flag with its default, and the version l
                                         "(default: 65536)",
                                         "(default: 10000)",
                                         "(default: 1000000)",
+                                        "(default: 268435456)",
                                         "(default: the hardware threads)",
                                         "OTPKV_",
                                         "config file"}) {

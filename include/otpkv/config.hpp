@@ -20,6 +20,9 @@
 ///     --cookie COOKIE          OTPKV_COOKIE           cookie = COOKIE
 ///     --cookie-file FILE       OTPKV_COOKIE_FILE      cookie-file = FILE
 ///     --idle-timeout SECONDS   OTPKV_IDLE_TIMEOUT     idle-timeout = SECONDS
+///     --max-subscriber-memory BYTES
+///                              OTPKV_MAX_SUBSCRIBER_MEMORY
+///                                                     max-subscriber-memory = BYTES
 ///
 /// Flags: `--name value` or `--name=value`. In the first spelling the next argument is the
 /// value unless it starts with `-`, in which case the flag is missing its value (so
@@ -140,6 +143,10 @@ struct node_config {
     /// subscription) that sends nothing for this long is closed; 0 to 2147483647, 0: never
     /// (`server_options::idle_timeout`).
     std::chrono::seconds idle_timeout{300};
+    /// `--max-subscriber-memory BYTES`: unsent event bytes of all subscribers together past
+    /// which the largest backlogs are disconnected (`server_options::max_subscriber_memory`);
+    /// at least 1.
+    std::size_t max_subscriber_memory = std::size_t{256} << 20;
 
     /// Equal when every field is.
     friend bool operator==(const node_config&, const node_config&) = default;
@@ -280,7 +287,8 @@ enum class config_key : std::uint8_t {
     max_buckets,
     cookie,
     cookie_file,
-    idle_timeout
+    idle_timeout,
+    max_subscriber_memory
 };
 
 /// How one key is spelled in each source.
@@ -292,7 +300,7 @@ struct config_key_spelling {
 };
 
 /// The one place the keys are spelled (the flags, the file and the environment read it).
-inline constexpr std::array<config_key_spelling, 12> config_keys{{
+inline constexpr std::array<config_key_spelling, 13> config_keys{{
     {config_key::config, "--config", "config", "OTPKV_CONFIG"},
     {config_key::node, "--node", "node", "OTPKV_NODE"},
     {config_key::bind, "--bind", "bind", "OTPKV_BIND"},
@@ -305,6 +313,8 @@ inline constexpr std::array<config_key_spelling, 12> config_keys{{
     {config_key::cookie, "--cookie", "cookie", "OTPKV_COOKIE"},
     {config_key::cookie_file, "--cookie-file", "cookie-file", "OTPKV_COOKIE_FILE"},
     {config_key::idle_timeout, "--idle-timeout", "idle-timeout", "OTPKV_IDLE_TIMEOUT"},
+    {config_key::max_subscriber_memory, "--max-subscriber-memory", "max-subscriber-memory",
+     "OTPKV_MAX_SUBSCRIBER_MEMORY"},
 }};
 
 /// What one source (flags, environment or file) gave; nullopt or empty: not given.
@@ -321,6 +331,7 @@ struct config_layer {
     std::optional<std::string> cookie;
     std::optional<std::string> cookie_file;
     std::optional<std::chrono::seconds::rep> idle_timeout;
+    std::optional<std::size_t> max_subscriber_memory;
 };
 
 /// Stores a number from `lo` to `hi` into `slot`; returns "" or the reason it is bad.
@@ -425,6 +436,8 @@ inline constexpr std::uint64_t max_idle_timeout = 2147483647;
         return {};
     case config_key::idle_timeout:
         return set_number(layer.idle_timeout, value, 0, max_idle_timeout);
+    case config_key::max_subscriber_memory:
+        return set_number(layer.max_subscriber_memory, value, 1, size_max);
     }
     return "unknown key"; // not reached: the switch covers every key
 }
@@ -566,7 +579,8 @@ struct file_closer {
     return first_error;
 }
 
-/// Reads the OTPKV_* variables of `envp` into `layer`; returns "" or the first error.
+/// Reads the OTPKV_* variables of `config_keys` from `envp` into `layer`; returns "" or the first
+/// error.
 [[nodiscard]] inline std::string read_environment(const char* const* envp, config_layer& layer) {
     std::array<bool, config_keys.size()> seen{};
     for (const char* const* entry = envp; entry != nullptr && *entry != nullptr; ++entry) {
@@ -635,6 +649,9 @@ inline config_load load_config(int argc, const char* const* argv, const char* co
         detail::first_given(c.max_buckets, flags.max_buckets, env.max_buckets, file.max_buckets);
     c.idle_timeout = std::chrono::seconds(detail::first_given(
         c.idle_timeout.count(), flags.idle_timeout, env.idle_timeout, file.idle_timeout));
+    c.max_subscriber_memory =
+        detail::first_given(c.max_subscriber_memory, flags.max_subscriber_memory,
+                            env.max_subscriber_memory, file.max_subscriber_memory);
     for (detail::config_layer* layer : {&flags, &env, &file}) {
         if (!layer->routes.empty()) {
             c.routes = std::move(layer->routes);
@@ -715,6 +732,7 @@ inline std::string usage(std::string_view program) {
     text += indent + "[--max-line BYTES] [--max-connections N] [--max-buckets N]\n";
     text += indent + "[--cookie COOKIE | --cookie-file FILE]\n";
     text += indent + "[--idle-timeout SECONDS]\n";
+    text += indent + "[--max-subscriber-memory BYTES]\n";
     text += "       " + name + " --help | --version\n";
     text += "\nRuns one otpkv node. Options, with their defaults:\n";
     const auto option = [&text](std::string_view flag, std::string_view what) {
@@ -750,6 +768,10 @@ inline std::string usage(std::string_view program) {
     option("--idle-timeout SECONDS",
            "close a client connection idle for that long, 0: never (default: " +
                std::to_string(defaults.idle_timeout.count()) + ")");
+    option("--max-subscriber-memory BYTES",
+           "unsent events of all subscribers together; past it the largest\n" +
+               std::string(24, ' ') + "backlogs are disconnected (default: " +
+               std::to_string(defaults.max_subscriber_memory) + ")");
     option("-h, --help", "print this text and exit");
     option("--version", "print the version and exit");
     text += "\nEach option can also be set in the environment (OTPKV_NODE, OTPKV_MAX_LINE, ...;\n"

@@ -152,6 +152,7 @@ node::start(node_config config, supervisor_options root_options, client_options 
                            .threads = cfg.threads,
                            .max_line = cfg.max_line,
                            .max_connections = cfg.max_connections,
+                           .max_subscriber_memory = cfg.max_subscriber_memory,
                            .idle_timeout = cfg.idle_timeout};
     child_spec server_spec{"server", [kids, options]() mutable {
                                std::shared_ptr<otpkv::router> r;

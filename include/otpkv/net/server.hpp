@@ -18,6 +18,18 @@
 ///   each per turn.
 /// - A subscriber whose unsent events pass `max_subscriber_output` (32 MiB) is
 ///   disconnected; a publisher only appends to a buffer under a short lock, never waits.
+/// - All subscribers together (local ones and relayed `event_stream`s, on every loop) hold
+///   at most `max_subscriber_memory` (256 MiB) of unsent events: past it, the subscribers
+///   with the largest backlogs are disconnected, largest first, until the total is back
+///   under the cap (`server_stats::subscribers_cut` counts them). The total is one atomic
+///   counter: a publisher adds what it appends (and the loops subtract what they send, or
+///   what a closed connection held), so publishing stays a short per-connection lock plus
+///   an atomic add. The loop that takes an event past the cap chooses the victims: one
+///   loop at a time (the others do not wait for it) scans the server's list of subscriber
+///   links for the largest backlogs, and tells their loops to disconnect them. What is
+///   counted is unsent bytes; the buffers that hold them take somewhat more (a connection's
+///   output drops what was sent once that is a quarter of what is not, and grows by
+///   doubling).
 /// - `max_connections`: a connection past it gets `ERROR too many connections` and is
 ///   closed.
 /// - Out of file descriptors (accept fails with EMFILE or ENFILE): the server keeps one spare
@@ -83,8 +95,12 @@ struct server_options {
     std::size_t max_connections = 10000;
     /// Unsent reply bytes past which a connection's requests stop being read.
     std::size_t max_output = std::size_t{4} << 20;
-    /// Unsent event bytes past which a subscriber is disconnected.
+    /// Unsent event bytes past which a subscriber is disconnected; 0: no limit.
     std::size_t max_subscriber_output = std::size_t{32} << 20;
+    /// Unsent event bytes of all subscribers together (local and relayed streams, on every
+    /// loop) past which the subscribers with the largest backlogs are disconnected, largest
+    /// first, until the total is back under it; 0: no limit.
+    std::size_t max_subscriber_memory = std::size_t{256} << 20;
     /// How long a closing connection's unread input is drained before it is closed hard.
     std::chrono::milliseconds linger = std::chrono::seconds(2);
     /// The readiness mechanism.
@@ -109,6 +125,10 @@ struct server_stats {
     /// ENFILE).
     std::size_t out_of_descriptors = 0;
     std::size_t idle_closed = 0; ///< connections closed for `idle_timeout`
+    /// Unsent event bytes of all subscribers now (counted against `max_subscriber_memory`).
+    std::size_t subscriber_memory = 0;
+    /// Subscribers disconnected for `max_subscriber_memory` since start.
+    std::size_t subscribers_cut = 0;
 };
 
 namespace detail {
@@ -192,9 +212,10 @@ struct deferred_state;
 
 /// A stream of event bytes into a connection that a deferred SUBSCRIBE turned into a
 /// subscriber (`deferred_reply::stream`): the router relays another node's events through
-/// it; or into a connection that goes on serving (`session::channel`). The same cap as for local
-/// subscribers applies (`max_subscriber_output`): a connection that does not read is disconnected,
-/// and `push` then returns false.
+/// it; or into a connection that goes on serving (`session::channel`). The same caps as for
+/// local subscribers apply (`max_subscriber_output`, and its share of
+/// `max_subscriber_memory`): a connection that does not read is disconnected, and `push`
+/// then returns false.
 ///
 /// Thread safety: any thread, one at a time. Movable, not copyable; dropping it without
 /// `end()` leaves the connection subscribed until the client closes it.

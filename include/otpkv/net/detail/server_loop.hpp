@@ -39,13 +39,92 @@ inline namespace v0 {
 namespace detail {
 
 class event_loop;
+struct subscriber_link;
+
+/// The unsent event bytes of all of a server's subscribers, kept under
+/// `max_subscriber_memory` (server.hpp tells how). `total` counts what publishers appended
+/// to links and what subscribed connections have not sent yet; `doomed` the part of it held
+/// by connections already cut, whose loops have not closed them yet (so they are not cut
+/// twice, and no more is cut for them). Shared by the core and its links, so a link that
+/// outlives the server (an event_stream the router still holds) can still leave the list.
+///
+/// Thread safety: the atomics from any thread; `links` under `mutex`, which is taken when a
+/// link comes and goes and while victims are chosen, never by a publisher. Lock order:
+/// `mutex`, then a link's `mutex`. The counters are relaxed: each is a sum of adds and
+/// subtractions that the link's mutex or its loop already order (a byte is subtracted after
+/// it was added, never before), and a figure a moment old only moves a cut by an event.
+struct subscriber_budget {
+    std::size_t cap = 0;                // max_subscriber_memory; 0: none
+    std::atomic<std::size_t> total{0};  // unsent event bytes of every link and subscriber
+    std::atomic<std::size_t> doomed{0}; // of `total`, what links already cut still hold
+    std::atomic<std::size_t> cut{0};    // subscribers cut for the cap (server_stats)
+    std::atomic<bool> choosing{false};  // a loop is choosing victims; the others go on
+    std::mutex mutex;
+    std::vector<subscriber_link*> links; // every link not yet detached (`slot`: its index)
+
+    void add(std::size_t n) noexcept { total.fetch_add(n, std::memory_order_relaxed); }
+    void sub(std::size_t n) noexcept { total.fetch_sub(n, std::memory_order_relaxed); }
+    /// Past the cap, not counting what is already on its way out.
+    [[nodiscard]] bool over() const noexcept {
+        return cap != 0 && excess(total.load(std::memory_order_relaxed),
+                                  doomed.load(std::memory_order_relaxed)) > 0;
+    }
+    /// How far `now` bytes, of which `spared` are on their way out, are past the cap.
+    [[nodiscard]] std::size_t excess(std::size_t now, std::size_t spared) const noexcept {
+        return now > cap && now - cap > spared ? now - cap - spared : 0;
+    }
+    void enlist(subscriber_link& l);
+    void remove(subscriber_link& l) noexcept;
+    /// Marks the links with the largest backlogs cut, largest first, until what they hold
+    /// brings the total back to the cap; returns those to post to their loops (the others
+    /// are posted already), and in `any` whether it cut one.
+    [[nodiscard]] std::vector<std::shared_ptr<subscriber_link>> choose_victims(bool& any);
+};
 
 /// What joins a subscribed connection and the bucket's publishers, who run on any thread.
 /// Publishers append under `mutex` and post the link to the connection's loop; the loop
 /// moves the bytes into the connection's output. `loop` is valid for as long as the
 /// subscription and the monitor that use this link: both are cancelled (cancel waits for a
 /// callback in progress) before the connection, and so before the loop, goes away.
-struct subscriber_link {
+/// Every byte in `pending` is counted in `budget->total`.
+struct subscriber_link : std::enable_shared_from_this<subscriber_link> {
+    subscriber_link() = default;
+    subscriber_link(const subscriber_link&) = delete;
+    subscriber_link& operator=(const subscriber_link&) = delete;
+    ~subscriber_link() {
+        // Normally detached (and so out of the list) already; this is for one that never was.
+        if (budget != nullptr) {
+            budget->remove(*this);
+            budget->sub(pending.size());
+            budget->doomed.fetch_sub(doomed, std::memory_order_relaxed);
+        }
+    }
+
+    /// Under `mutex`, after a publisher appended to `pending` from `before` on: counts the
+    /// new bytes, and past this link's own cap marks it overflowed (and drops what it holds).
+    void appended(std::size_t before) {
+        if (budget != nullptr) {
+            budget->add(pending.size() - before);
+        }
+        // relaxed on `unsent`: a loop's figure a moment old only moves the cut-off by what
+        // one flush sent.
+        if (cap != 0 && pending.size() + unsent.load(std::memory_order_relaxed) > cap) {
+            overflowed = true;
+            drop_pending();
+        }
+    }
+    /// Under `mutex`: forgets the events not yet handed to the loop.
+    void drop_pending() noexcept {
+        if (budget != nullptr) {
+            budget->sub(pending.size());
+        }
+        std::string().swap(pending);
+    }
+    /// Under `mutex`: what this subscriber holds unsent, as far as this link knows.
+    [[nodiscard]] std::size_t backlog() const noexcept {
+        return pending.size() + (conn != nullptr ? unsent.load(std::memory_order_relaxed) : 0);
+    }
+
     std::mutex mutex;
     std::function<void()> on_detach;    // an event_stream's source: the connection went away
     std::weak_ptr<server_core> core;    // an event_stream's: keeps `loop` alive to post
@@ -58,6 +137,13 @@ struct subscriber_link {
     std::size_t cap = 0;
     event_loop* loop = nullptr;
     connection* conn = nullptr; // set and cleared by the loop thread (under `mutex`)
+    // The server's budget (null for a stream made after its server stopped); `slot` and
+    // `listed` (under budget->mutex): where in its list; `doomed` (under `mutex`): cut for
+    // it, what this link adds to budget->doomed until it is detached.
+    std::shared_ptr<subscriber_budget> budget;
+    std::size_t slot = 0;
+    bool listed = false;
+    std::size_t doomed = 0;
 };
 
 /// Marks a link's connection gone and tells an event_stream's source, once.
@@ -110,7 +196,8 @@ struct connection {
     subscription events;
     monitor_handle bucket_monitor;
     std::deque<std::shared_ptr<deferred_state>> waiting; // deferred replies, request order
-    std::size_t held = 0; // bytes held in `waiting`'s `after` buffers
+    std::size_t held = 0;    // bytes held in `waiting`'s `after` buffers
+    std::size_t charged = 0; // subscribed: of `out`, the bytes counted in the server's budget
 
     connection(int socket, std::size_t max_line) : fd(socket), framer(max_line) {}
     [[nodiscard]] std::size_t unsent() const noexcept { return out.size() - sent; }
@@ -162,6 +249,7 @@ struct server_core : std::enable_shared_from_this<server_core> {
     std::atomic<std::size_t> idle_closed{0};
     std::atomic<std::size_t> lingering{0};
     std::atomic<std::uint64_t> next_id{1};
+    std::shared_ptr<subscriber_budget> budget = std::make_shared<subscriber_budget>();
 
     void request_stop(const exit_reason& why);
     void loop_finished();
@@ -212,6 +300,12 @@ idle_sweep_interval(std::chrono::milliseconds idle_timeout) noexcept {
 inline constexpr std::size_t read_size = 16384;
 /// Reads per connection per turn of the loop, so a flooding client cannot hold its loop.
 inline constexpr int reads_per_turn = 4;
+/// Sent bytes at the front of a connection's output past which they are dropped, once they
+/// are at least a quarter of the unsent ones: a byte sent costs at most four bytes moved, and
+/// a client that stopped reading holds at most a quarter more than its unsent bytes.
+inline constexpr std::size_t compact_after = 65536;
+/// A subscriber link's buffer capacity kept after its events were handed to the loop.
+inline constexpr std::size_t max_kept_pending = 65536;
 
 /// What other threads post to a loop: a subscriber link with events (or news), or a
 /// completed deferred reply.
@@ -267,6 +361,8 @@ class event_loop {
     void to_flush(connection& c);
     void orphan(deferred_state& d);
     void attach(connection& c, const std::shared_ptr<subscriber_link>& link);
+    void recount(connection& c) noexcept;
+    void relieve();
     [[nodiscard]] bool may_resume(const connection& c) const noexcept;
     void expire_lingering();
     void expire_idle();
@@ -594,8 +690,17 @@ inline void event_loop::flush(connection& c) {
         destroy(c);
         return;
     }
+    if (c.sent >= compact_after && c.sent >= c.unsent() / 4) {
+        // A client that never catches up entirely (a subscriber that stopped reading, a
+        // pipelining client that reads slowly) would keep what was sent to it: drop it.
+        c.out.erase(0, c.sent);
+        c.sent = 0;
+    }
     if (c.link) {
         c.link->unsent.store(c.unsent(), std::memory_order_relaxed);
+        if (c.subscribed) {
+            recount(c);
+        }
     }
     if (c.channel) {
         c.channel->unsent.store(c.unsent(), std::memory_order_relaxed);
@@ -622,6 +727,17 @@ inline void event_loop::flush(connection& c) {
         ++lingering_here_;
     }
     set_interest(c);
+}
+
+inline void event_loop::recount(connection& c) noexcept {
+    // What the budget counts for this connection follows its unsent output.
+    const std::size_t now = c.unsent();
+    if (now > c.charged) {
+        core_.budget->add(now - c.charged);
+    } else if (now < c.charged) {
+        core_.budget->sub(c.charged - now);
+    }
+    c.charged = now;
 }
 
 inline void event_loop::set_interest(connection& c) {
@@ -659,16 +775,20 @@ inline void event_loop::take_mail() {
             ended = link->ended;
             if (c != nullptr && !overflowed) {
                 c->out.append(link->pending);
+                c->charged += link->pending.size(); // still counted: now as unsent output
             }
             if (c != nullptr) {
                 link->pending.clear();
+                if (link->pending.capacity() > max_kept_pending) {
+                    std::string().swap(link->pending); // a burst is over
+                }
             }
         }
         if (c == nullptr) {
             continue;
         }
         if (overflowed) {
-            destroy(*c); // protocol.md: a subscriber past the cap is disconnected
+            destroy(*c); // protocol.md: a subscriber past a cap is disconnected
             continue;
         }
         if (ended) {
@@ -685,6 +805,99 @@ inline void event_loop::take_mail() {
         }
     }
     dirty_.clear();
+    relieve(); // after the sends, which may have brought the total back under the cap
+}
+
+inline void event_loop::relieve() {
+    subscriber_budget& b = *core_.budget;
+    // One loop chooses at a time; a loop that finds another choosing goes on with its work
+    // (the chooser looks again when it is done, so nothing added meanwhile is missed).
+    while (b.over() && !b.choosing.exchange(true, std::memory_order_acquire)) {
+        bool any = false;
+        std::vector<std::shared_ptr<subscriber_link>> victims;
+        try {
+            victims = b.choose_victims(any);
+        } catch (...) {
+            b.choosing.store(false, std::memory_order_release);
+            throw;
+        }
+        b.choosing.store(false, std::memory_order_release);
+        for (const auto& v : victims) {
+            v->loop->post({v, nullptr}); // its loop disconnects it (this one too, by mail)
+        }
+        if (!any) {
+            return; // nothing left to cut: what is over is on its way out
+        }
+    }
+}
+
+inline void subscriber_budget::enlist(subscriber_link& l) {
+    const std::lock_guard lock(mutex);
+    l.slot = links.size();
+    links.push_back(&l);
+    l.listed = true;
+}
+
+inline void subscriber_budget::remove(subscriber_link& l) noexcept {
+    const std::lock_guard lock(mutex);
+    if (!l.listed) {
+        return;
+    }
+    links[l.slot] = links.back();
+    links[l.slot]->slot = l.slot;
+    links.pop_back();
+    l.listed = false;
+}
+
+inline std::vector<std::shared_ptr<subscriber_link>> subscriber_budget::choose_victims(bool& any) {
+    std::vector<std::shared_ptr<subscriber_link>> victims;
+    // Links held while the list is locked are let go after it is unlocked: a last
+    // reference dropped under the lock would take it again in ~subscriber_link.
+    std::vector<std::shared_ptr<subscriber_link>> held_here;
+    const std::lock_guard lock(mutex);
+    std::size_t over_by =
+        excess(total.load(std::memory_order_relaxed), doomed.load(std::memory_order_relaxed));
+    if (cap == 0 || over_by == 0) {
+        return victims;
+    }
+    // A scan of every subscriber, so only when the cap is passed, and one loop at a time.
+    std::vector<std::pair<std::size_t, subscriber_link*>> largest;
+    largest.reserve(links.size());
+    for (subscriber_link* l : links) {
+        const std::lock_guard link_lock(l->mutex);
+        if (!l->detached && !l->overflowed && l->backlog() > 0) {
+            largest.emplace_back(l->backlog(), l);
+        }
+    }
+    std::sort(largest.begin(), largest.end(),
+              [](const auto& a, const auto& b) { return a.first > b.first; });
+    for (const auto& [size, l] : largest) {
+        if (over_by == 0) {
+            break;
+        }
+        std::shared_ptr<subscriber_link> owner = l->weak_from_this().lock();
+        if (owner == nullptr) {
+            continue; // being destroyed: it leaves by itself
+        }
+        held_here.push_back(owner);
+        const std::lock_guard link_lock(l->mutex);
+        if (l->detached || l->overflowed) {
+            continue;
+        }
+        const std::size_t held = l->backlog();
+        l->overflowed = true; // its loop disconnects it, as past its own cap
+        l->drop_pending();
+        l->doomed = l->conn != nullptr ? l->unsent.load(std::memory_order_relaxed) : 0;
+        doomed.fetch_add(l->doomed, std::memory_order_relaxed);
+        cut.fetch_add(1, std::memory_order_relaxed);
+        any = true;
+        over_by -= std::min(over_by, held);
+        if (!l->queued) {
+            l->queued = true;
+            victims.push_back(std::move(owner));
+        }
+    }
+    return victims;
 }
 
 inline void event_loop::to_flush(connection& c) {
@@ -745,6 +958,14 @@ inline void detach(const std::shared_ptr<subscriber_link>& link) {
         }
         link->detached = true;
         detached = std::move(link->on_detach);
+        link->drop_pending();
+        if (link->budget != nullptr) {
+            link->budget->doomed.fetch_sub(link->doomed, std::memory_order_relaxed);
+        }
+        link->doomed = 0;
+    }
+    if (link->budget != nullptr) {
+        link->budget->remove(*link);
     }
     if (detached) {
         detached();
@@ -768,6 +989,7 @@ inline void event_loop::attach(connection& c, const std::shared_ptr<subscriber_l
     }
     c.link = link;
     c.subscribed = true;
+    recount(c); // replies still unsent count from now on, like the events behind them
     c.paused = false;
     c.framer.reset(); // what follows SUBSCRIBE is ignored
     c.framer.shrink_to_fit();
@@ -826,6 +1048,10 @@ inline void event_loop::destroy(connection& c) {
         // but this loop touches the link.
         c.events.cancel();
         c.bucket_monitor.cancel();
+        // Its unsent output leaves the budget before the link does (and with it the part
+        // of `doomed` that spared it), so the total never looks over the cap for it.
+        core_.budget->sub(c.charged);
+        c.charged = 0;
         detach(c.link); // an event_stream's source: stop sending
     }
     detach(c.channel); // its source: stop sending
@@ -870,6 +1096,8 @@ inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
     auto link = std::make_shared<subscriber_link>();
     link->loop = this;
     link->cap = core_.options.max_subscriber_output; // also while it waits to be attached
+    link->budget = core_.budget;
+    core_.budget->enlist(*link);
     c.link = link;
     const auto post_if_first = [](const std::shared_ptr<subscriber_link>& l,
                                   std::unique_lock<std::mutex>& lock) {
@@ -884,19 +1112,14 @@ inline void event_loop::subscribe(connection& c, registry::bucket_type& b) {
         if (link->overflowed || link->detached) {
             return;
         }
+        const std::size_t before = link->pending.size();
         if (e.kind == bucket_event_kind::put) {
             append_set_event(link->pending, e.key,
                              e.value ? std::string_view(*e.value) : std::string_view());
         } else {
             append_deleted_event(link->pending, e.key);
         }
-        // relaxed on `unsent`: a loop's figure a moment old only moves the cut-off by
-        // what one flush sent.
-        if (link->cap != 0 &&
-            link->pending.size() + link->unsent.load(std::memory_order_relaxed) > link->cap) {
-            link->overflowed = true;
-            std::string().swap(link->pending);
-        }
+        link->appended(before);
         post_if_first(link, lock); // once per batch: a link already posted is left alone
     });
     // A bucket that exits (stopped, or gone already: `noproc`) ends the stream.
@@ -1036,6 +1259,8 @@ inline event_stream deferred_reply::stream(std::function<void()> on_close) {
     link->loop = state_->loop;
     if (const auto core = state_->core.lock()) {
         link->cap = core->options.max_subscriber_output; // also before it is attached
+        link->budget = core->budget;
+        core->budget->enlist(*link);
     }
     if (!state_->barrier) {
         // Not a `defer_stream` reply: replies held behind it would be lost in a stream.
@@ -1061,12 +1286,9 @@ inline bool event_stream::push(std::string_view bytes) {
     if (link_->detached || link_->overflowed || link_->ended) {
         return false;
     }
+    const std::size_t before = link_->pending.size();
     link_->pending.append(bytes);
-    if (link_->cap != 0 &&
-        link_->pending.size() + link_->unsent.load(std::memory_order_relaxed) > link_->cap) {
-        link_->overflowed = true;
-        std::string().swap(link_->pending);
-    }
+    link_->appended(before);
     if (!link_->queued) {
         link_->queued = true;
         lock.unlock();
@@ -1133,6 +1355,7 @@ inline result<std::shared_ptr<server>> server::start(request_handler handler,
             options.threads = std::max(1U, std::thread::hardware_concurrency());
         }
         options.max_deferred = std::max<std::size_t>(1, options.max_deferred);
+        core->budget->cap = options.max_subscriber_memory;
         core->options = std::move(options);
         for (unsigned i = 0; i < core->options.threads; ++i) {
             core->loops.push_back(
@@ -1188,7 +1411,9 @@ inline server_stats server::stats() const noexcept {
             core_->rejected.load(std::memory_order_relaxed),
             requests,
             core_->out_of_descriptors.load(std::memory_order_relaxed),
-            core_->idle_closed.load(std::memory_order_relaxed)};
+            core_->idle_closed.load(std::memory_order_relaxed),
+            core_->budget->total.load(std::memory_order_relaxed),
+            core_->budget->cut.load(std::memory_order_relaxed)};
 }
 
 inline exit_reason server::stop(exit_reason reason, timeout wait) {
