@@ -1005,165 +1005,164 @@ TEST_CASE("kv_server: raises its open-files limit toward --max-connections, up t
     CHECK_MESSAGE(st.clean(), "kv_server " << st.describe());
     CHECK(st.err.find("file descriptors") == std::string::npos);
     CHECK(st.err.find("kv_server: --max-connections 150 reached") != std::string::npos);
+}
 
-    namespace {
+namespace {
 
-    // A line of /proc/<pid>/status in KiB (VmRSS, VmHWM), if it can be read.
-    std::optional<long> status_kib(pid_t pid, const std::string& key) {
-        std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-        std::string word;
-        while (status >> word) {
-            if (word == key + ":") {
-                long kib = 0;
-                if (status >> kib) {
-                    return kib;
-                }
+// A line of /proc/<pid>/status in KiB (VmRSS, VmHWM), if it can be read.
+std::optional<long> status_kib(pid_t pid, const std::string& key) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    std::string word;
+    while (status >> word) {
+        if (word == key + ":") {
+            long kib = 0;
+            if (status >> kib) {
+                return kib;
+            }
+            break;
+        }
+    }
+    return std::nullopt;
+}
+
+} // namespace
+
+TEST_CASE("kv_server: --max-subscriber-memory: 50 subscribers that never read while a writer "
+          "floods; memory stays under the cap, the writer never waits, a reader gets everything") {
+    constexpr long cap_mib = 64;
+    kv_process server({"--max-subscriber-memory", std::to_string(cap_mib << 20)});
+    kv_client pub(server.port());
+    OTPKV_CHECK_EXCHANGE(pub, "CREATE s\r\n", ok);
+    int counter = 0;
+    // 50 subscribers that read nothing once subscribed (small receive buffers, so the kernel
+    // holds little for them); `synced[i]` is the last event the i-th one read.
+    constexpr int sleepers = 50;
+    std::vector<kv_client> sleeping;
+    std::vector<int> synced;
+    for (int i = 0; i < sleepers; ++i) {
+        sleeping.emplace_back(server.port(), 16 * 1024);
+        otpkv_test::subscribe_synced(sleeping.back(), pub, "s", counter);
+        synced.push_back(counter);
+    }
+    kv_client reader(server.port());
+    otpkv_test::subscribe_synced(reader, pub, "s", counter);
+    const int last_sync = counter;
+
+    // The flood: 48 MiB of events per subscriber (50 sleepers: 2.4 GB if nobody were cut),
+    // in PUTs of 16 KiB values, pipelined 16 at a time. Each value is different, and the keys
+    // are few, so the bucket itself holds little.
+    constexpr int puts = 3072;
+    constexpr int per_batch = 16;
+    std::string events;
+    std::vector<std::string> batches;
+    std::vector<std::size_t> batch_end; // where each batch's events end in `events`
+    for (int i = 0; i < puts; i += per_batch) {
+        std::string batch;
+        for (int j = i; j < i + per_batch; ++j) {
+            std::string value = std::to_string(j) + ":";
+            value.resize(16 * 1024, static_cast<char>('A' + j % 26));
+            batch += "PUT s k" + std::to_string(j % 8) + " " + value + "\r\n";
+            events += "k" + std::to_string(j % 8) + " SET TO " + value + "\r\n";
+        }
+        batches.push_back(std::move(batch));
+        batch_end.push_back(events.size());
+    }
+
+    // The reader reads everything, on its own thread, one batch's events at a time, telling
+    // how far it got.
+    std::atomic<std::size_t> read_so_far{0};
+    std::atomic<bool> reader_stopped{false};
+    std::string reader_got;
+    std::thread reading([&] {
+        const auto deadline = steady::now() + 120s;
+        for (const std::size_t end : batch_end) {
+            const std::string part =
+                reader.read_exact(end - reader_got.size(), otpkv_test::until(deadline));
+            reader_got += part;
+            read_so_far = reader_got.size();
+            if (reader_got.size() < end) {
                 break;
             }
         }
-        return std::nullopt;
+        reader_stopped = true;
+    });
+    // The server's memory, sampled until the flood is over.
+    std::atomic<bool> flooding{true};
+    std::atomic<long> peak_kib{0};
+    std::thread sampling([&] {
+        while (flooding) {
+            const long kib = status_kib(server.pid(), "VmRSS").value_or(0);
+            peak_kib = std::max(peak_kib.load(), kib);
+            std::this_thread::sleep_for(5ms);
+        }
+    });
+
+    // Every PUT is acknowledged: the server never waits for the subscribers that do not read
+    // (a server that did would never answer, and the deadline would pass). The writer keeps
+    // within two batches of the reader, so that the reader's own backlog stays the smallest.
+    const auto deadline = steady::now() + 120s;
+    int acknowledged = 0;
+    std::string wrong;
+    const std::string oks = repeat(ok, per_batch);
+    for (std::size_t b = 0; b < batches.size() && wrong.empty(); ++b) {
+        while (b >= 2 && read_so_far < batch_end[b - 2] && steady::now() < deadline &&
+               !reader_stopped) {
+            std::this_thread::sleep_for(1ms);
+        }
+        const std::string got = pub.exchange(batches[b], oks.size(), otpkv_test::until(deadline));
+        if (got != oks) {
+            wrong = "batch " + std::to_string(b) + ": " + otpkv_test::difference(got, oks);
+        } else {
+            acknowledged += per_batch;
+        }
     }
+    reading.join();
+    flooding = false;
+    sampling.join();
+    CHECK_MESSAGE(wrong.empty(), "writer: " << wrong);
+    CHECK(acknowledged == puts);
 
-    } // namespace
+    // The reader got every event, in order.
+    const bool complete = reader_got == events;
+    CHECK_MESSAGE(complete, "reader: " << otpkv_test::difference(reader_got, events));
 
-    TEST_CASE(
-        "kv_server: --max-subscriber-memory: 50 subscribers that never read while a writer "
-        "floods; memory stays under the cap, the writer never waits, a reader gets everything") {
-        constexpr long cap_mib = 64;
-        kv_process server({"--max-subscriber-memory", std::to_string(cap_mib << 20)});
-        kv_client pub(server.port());
-        OTPKV_CHECK_EXCHANGE(pub, "CREATE s\r\n", ok);
-        int counter = 0;
-        // 50 subscribers that read nothing once subscribed (small receive buffers, so the kernel
-        // holds little for them); `synced[i]` is the last event the i-th one read.
-        constexpr int sleepers = 50;
-        std::vector<kv_client> sleeping;
-        std::vector<int> synced;
-        for (int i = 0; i < sleepers; ++i) {
-            sleeping.emplace_back(server.port(), 16 * 1024);
-            otpkv_test::subscribe_synced(sleeping.back(), pub, "s", counter);
-            synced.push_back(counter);
+    // The server held about the cap, not the gigabytes the sleepers were sent.
+    const long peak = std::max(peak_kib.load(), status_kib(server.pid(), "VmRSS").value_or(0));
+    const long high_water = status_kib(server.pid(), "VmHWM").value_or(0);
+    MESSAGE("kv_server resident memory: peak sampled " << peak / 1024 << " MiB, high-water mark "
+                                                       << high_water / 1024 << " MiB");
+    CHECK(peak > 0);
+    CHECK(peak < (cap_mib + 64) * 1024);
+    CHECK(high_water < (cap_mib + 64) * 1024);
+
+    // Each sleeper got a prefix of its events: the sync events after its own, then the
+    // flood's. Those cut got only part of them, then the end.
+    int cut = 0;
+    for (int i = 0; i < sleepers; ++i) {
+        std::string expected;
+        for (int n = synced[static_cast<std::size_t>(i)] + 1; n <= last_sync; ++n) {
+            expected += "sync SET TO " + std::to_string(n) + "\r\n";
         }
-        kv_client reader(server.port());
-        otpkv_test::subscribe_synced(reader, pub, "s", counter);
-        const int last_sync = counter;
-
-        // The flood: 48 MiB of events per subscriber (50 sleepers: 2.4 GB if nobody were cut),
-        // in PUTs of 16 KiB values, pipelined 16 at a time. Each value is different, and the keys
-        // are few, so the bucket itself holds little.
-        constexpr int puts = 3072;
-        constexpr int per_batch = 16;
-        std::string events;
-        std::vector<std::string> batches;
-        std::vector<std::size_t> batch_end; // where each batch's events end in `events`
-        for (int i = 0; i < puts; i += per_batch) {
-            std::string batch;
-            for (int j = i; j < i + per_batch; ++j) {
-                std::string value = std::to_string(j) + ":";
-                value.resize(16 * 1024, static_cast<char>('A' + j % 26));
-                batch += "PUT s k" + std::to_string(j % 8) + " " + value + "\r\n";
-                events += "k" + std::to_string(j % 8) + " SET TO " + value + "\r\n";
-            }
-            batches.push_back(std::move(batch));
-            batch_end.push_back(events.size());
+        expected += events;
+        kv_client& c = sleeping[static_cast<std::size_t>(i)];
+        const std::string got = c.read_exact(expected.size(), 30s);
+        INFO("sleeper " << i);
+        CHECK(expected.compare(0, got.size(), got) == 0);
+        if (got.size() < expected.size()) {
+            CHECK(c.end() == kv_client::ending::eof);
+            ++cut;
         }
-
-        // The reader reads everything, on its own thread, one batch's events at a time, telling
-        // how far it got.
-        std::atomic<std::size_t> read_so_far{0};
-        std::atomic<bool> reader_stopped{false};
-        std::string reader_got;
-        std::thread reading([&] {
-            const auto deadline = steady::now() + 120s;
-            for (const std::size_t end : batch_end) {
-                const std::string part =
-                    reader.read_exact(end - reader_got.size(), otpkv_test::until(deadline));
-                reader_got += part;
-                read_so_far = reader_got.size();
-                if (reader_got.size() < end) {
-                    break;
-                }
-            }
-            reader_stopped = true;
-        });
-        // The server's memory, sampled until the flood is over.
-        std::atomic<bool> flooding{true};
-        std::atomic<long> peak_kib{0};
-        std::thread sampling([&] {
-            while (flooding) {
-                const long kib = status_kib(server.pid(), "VmRSS").value_or(0);
-                peak_kib = std::max(peak_kib.load(), kib);
-                std::this_thread::sleep_for(5ms);
-            }
-        });
-
-        // Every PUT is acknowledged: the server never waits for the subscribers that do not read
-        // (a server that did would never answer, and the deadline would pass). The writer keeps
-        // within two batches of the reader, so that the reader's own backlog stays the smallest.
-        const auto deadline = steady::now() + 120s;
-        int acknowledged = 0;
-        std::string wrong;
-        const std::string oks = repeat(ok, per_batch);
-        for (std::size_t b = 0; b < batches.size() && wrong.empty(); ++b) {
-            while (b >= 2 && read_so_far < batch_end[b - 2] && steady::now() < deadline &&
-                   !reader_stopped) {
-                std::this_thread::sleep_for(1ms);
-            }
-            const std::string got =
-                pub.exchange(batches[b], oks.size(), otpkv_test::until(deadline));
-            if (got != oks) {
-                wrong = "batch " + std::to_string(b) + ": " + otpkv_test::difference(got, oks);
-            } else {
-                acknowledged += per_batch;
-            }
-        }
-        reading.join();
-        flooding = false;
-        sampling.join();
-        CHECK_MESSAGE(wrong.empty(), "writer: " << wrong);
-        CHECK(acknowledged == puts);
-
-        // The reader got every event, in order.
-        const bool complete = reader_got == events;
-        CHECK_MESSAGE(complete, "reader: " << otpkv_test::difference(reader_got, events));
-
-        // The server held about the cap, not the gigabytes the sleepers were sent.
-        const long peak = std::max(peak_kib.load(), status_kib(server.pid(), "VmRSS").value_or(0));
-        const long high_water = status_kib(server.pid(), "VmHWM").value_or(0);
-        MESSAGE("kv_server resident memory: peak sampled "
-                << peak / 1024 << " MiB, high-water mark " << high_water / 1024 << " MiB");
-        CHECK(peak > 0);
-        CHECK(peak < (cap_mib + 64) * 1024);
-        CHECK(high_water < (cap_mib + 64) * 1024);
-
-        // Each sleeper got a prefix of its events: the sync events after its own, then the
-        // flood's. Those cut got only part of them, then the end.
-        int cut = 0;
-        for (int i = 0; i < sleepers; ++i) {
-            std::string expected;
-            for (int n = synced[static_cast<std::size_t>(i)] + 1; n <= last_sync; ++n) {
-                expected += "sync SET TO " + std::to_string(n) + "\r\n";
-            }
-            expected += events;
-            kv_client& c = sleeping[static_cast<std::size_t>(i)];
-            const std::string got = c.read_exact(expected.size(), 30s);
-            INFO("sleeper " << i);
-            CHECK(expected.compare(0, got.size(), got) == 0);
-            if (got.size() < expected.size()) {
-                CHECK(c.end() == kv_client::ending::eof);
-                ++cut;
-            }
-        }
-        MESSAGE(cut << " of " << sleepers << " subscribers that never read were cut");
-        CHECK(cut > 0);
-        // The reader was not: its stream goes on.
-        OTPKV_CHECK_EXCHANGE(pub, "PUT s after 1\r\n", ok);
-        OTPKV_CHECK_RECEIVES(reader, "after SET TO 1\r\n");
-
-        const otpkv_test::exit_status st = server.stop();
-        CHECK_MESSAGE(st.clean(), "kv_server " << st.describe());
-        // The operator was told.
-        CHECK_MESSAGE(st.err.find("passed --max-subscriber-memory (" +
-                                  std::to_string(cap_mib << 20) + " bytes)") != std::string::npos,
-                      "stderr: " << st.err);
     }
+    MESSAGE(cut << " of " << sleepers << " subscribers that never read were cut");
+    CHECK(cut > 0);
+    // The reader was not: its stream goes on.
+    OTPKV_CHECK_EXCHANGE(pub, "PUT s after 1\r\n", ok);
+    OTPKV_CHECK_RECEIVES(reader, "after SET TO 1\r\n");
+
+    const otpkv_test::exit_status st = server.stop();
+    CHECK_MESSAGE(st.clean(), "kv_server " << st.describe());
+    // The operator was told.
+    CHECK_MESSAGE(st.err.find("passed --max-subscriber-memory (" + std::to_string(cap_mib << 20) +
+                              " bytes)") != std::string::npos,
+                  "stderr: " << st.err);
+}

@@ -418,92 +418,93 @@ TEST_CASE("server: a subscriber that half-closes gets every event; its close is 
         CHECK(pub.exchange("GET b k\n", 7) == "x\r\nOK\r\n");
         CAPTURE(puts);
     }
+}
 
-    TEST_CASE("server: past max_subscriber_memory the largest backlog is cut first, until the "
-              "total is back under the cap") {
-        auto reg = otpkv::registry::start();
-        auto o = loopback();
-        o.max_subscriber_memory = std::size_t{16} << 20;
-        auto srv = start(reg, o);
-        kv_client pub(srv->port());
-        CHECK(pub.exchange("CREATE a\nCREATE b\nCREATE c\n", 12) == "OK\r\nOK\r\nOK\r\n");
-        // Three subscribers that do not read, with small receive buffers so the kernel holds
-        // little of what is sent to them.
-        kv_client big(srv->port(), 16 * 1024);
-        kv_client middle(srv->port(), 16 * 1024);
-        kv_client small(srv->port(), 16 * 1024);
-        CHECK(big.send_all("SUBSCRIBE a\n"));
-        CHECK(middle.send_all("SUBSCRIBE b\n"));
-        CHECK(small.send_all("SUBSCRIBE c\n"));
-        REQUIRE(eventually([&] { return srv->stats().requests == 6; }));
-        CHECK(srv->stats().subscriber_memory == 0);
+TEST_CASE("server: past max_subscriber_memory the largest backlog is cut first, until the "
+          "total is back under the cap") {
+    auto reg = otpkv::registry::start();
+    auto o = loopback();
+    o.max_subscriber_memory = std::size_t{16} << 20;
+    auto srv = start(reg, o);
+    kv_client pub(srv->port());
+    CHECK(pub.exchange("CREATE a\nCREATE b\nCREATE c\n", 12) == "OK\r\nOK\r\nOK\r\n");
+    // Three subscribers that do not read, with small receive buffers so the kernel holds
+    // little of what is sent to them.
+    kv_client big(srv->port(), 16 * 1024);
+    kv_client middle(srv->port(), 16 * 1024);
+    kv_client small(srv->port(), 16 * 1024);
+    CHECK(big.send_all("SUBSCRIBE a\n"));
+    CHECK(middle.send_all("SUBSCRIBE b\n"));
+    CHECK(small.send_all("SUBSCRIBE c\n"));
+    REQUIRE(eventually([&] { return srv->stats().requests == 6; }));
+    CHECK(srv->stats().subscriber_memory == 0);
 
-        // Events of 64 KiB values put straight into the buckets (the publisher is this thread);
-        // each subscriber's expected stream is kept.
-        const std::string value(64 * 1024, 'v');
-        std::map<std::string, std::string> streams;
-        std::map<std::string, int> counts;
-        const auto publish = [&](const std::string& bucket) {
-            const std::string key = bucket + std::to_string(counts[bucket]++);
-            REQUIRE(reg->lookup(bucket)->put(key, value));
-            streams[bucket] += key + " SET TO " + value + "\r\n";
-        };
-        // Publishes into `bucket` until the server holds `target` bytes of unsent events, also
-        // once the loop has sent what the kernel takes (at most 64 MiB of events).
-        const auto fill_to = [&](const std::string& bucket, std::size_t target) {
-            for (int round = 0; round < 100; ++round) {
-                while (srv->stats().subscriber_memory < target && counts[bucket] < 1024) {
-                    publish(bucket);
-                }
-                std::this_thread::sleep_for(20ms);
-                if (srv->stats().subscriber_memory >= target) {
-                    return;
-                }
+    // Events of 64 KiB values put straight into the buckets (the publisher is this thread);
+    // each subscriber's expected stream is kept.
+    const std::string value(64 * 1024, 'v');
+    std::map<std::string, std::string> streams;
+    std::map<std::string, int> counts;
+    const auto publish = [&](const std::string& bucket) {
+        const std::string key = bucket + std::to_string(counts[bucket]++);
+        REQUIRE(reg->lookup(bucket)->put(key, value));
+        streams[bucket] += key + " SET TO " + value + "\r\n";
+    };
+    // Publishes into `bucket` until the server holds `target` bytes of unsent events, also
+    // once the loop has sent what the kernel takes (at most 64 MiB of events).
+    const auto fill_to = [&](const std::string& bucket, std::size_t target) {
+        for (int round = 0; round < 100; ++round) {
+            while (srv->stats().subscriber_memory < target && counts[bucket] < 1024) {
+                publish(bucket);
             }
-            FAIL("the server never held " << target << " bytes for " << bucket);
-        };
-        constexpr std::size_t mib = std::size_t{1} << 20;
-        fill_to("a", 10 * mib); // big holds about 10 MiB
-        fill_to("b", 14 * mib); // middle about 4 MiB
-        CHECK(srv->stats().subscribers_cut == 0);
-        CHECK(srv->stats().subscriber_memory <= 16 * mib + value.size() + 64);
-
-        // Now small's backlog takes the total past 16 MiB, by one event: big, the largest, is
-        // cut, which brings the total back under the cap, so nobody else is.
-        while (srv->stats().subscribers_cut == 0 && counts["c"] < 1024) {
-            publish("c");
+            std::this_thread::sleep_for(20ms);
+            if (srv->stats().subscriber_memory >= target) {
+                return;
+            }
         }
-        CHECK(srv->stats().subscribers_cut == 1);
-        CHECK(eventually([&] { return srv->stats().connections == 3; }));
-        CHECK(srv->stats().subscriber_memory < 16 * mib);
-        // big gets a prefix of its events (what the kernel held), then the end.
-        const std::string got = big.read_to_eof(10s);
-        CHECK(big.end() == kv_client::ending::eof);
-        CHECK(got.size() < streams["a"].size());
-        CHECK(streams["a"].compare(0, got.size(), got) == 0);
+        FAIL("the server never held " << target << " bytes for " << bucket);
+    };
+    constexpr std::size_t mib = std::size_t{1} << 20;
+    fill_to("a", 10 * mib); // big holds about 10 MiB
+    fill_to("b", 14 * mib); // middle about 4 MiB
+    CHECK(srv->stats().subscribers_cut == 0);
+    CHECK(srv->stats().subscriber_memory <= 16 * mib + value.size() + 64);
 
-        // small keeps growing until it has the largest backlog of those left: it goes next, and
-        // middle, smaller, stays.
-        while (srv->stats().subscribers_cut == 1 && counts["c"] < 1024) {
-            publish("c");
-        }
-        CHECK(srv->stats().subscribers_cut == 2);
-        CHECK(eventually([&] { return srv->stats().connections == 2; }));
-        const std::string small_got = small.read_to_eof(10s);
-        CHECK(small.end() == kv_client::ending::eof);
-        CHECK(small_got.size() < streams["c"].size());
-        CHECK(streams["c"].compare(0, small_got.size(), small_got) == 0);
-
-        // middle was never cut: every one of its events, in order, and the stream goes on.
-        CHECK(middle.read_exact(streams["b"].size(), 10s) == streams["b"]);
-        const std::string last = "b" + std::to_string(counts["b"]) + " SET TO " + value + "\r\n";
-        publish("b");
-        CHECK(middle.read_exact(last.size(), 10s) == last);
-        CHECK(middle.end() == kv_client::ending::open);
-        // Everything sent: the server holds nothing for its subscribers any more.
-        CHECK(eventually([&] { return srv->stats().subscriber_memory == 0; }));
-        CHECK(srv->stats().subscribers_cut == 2);
-        middle.close();
-        CHECK(eventually([&] { return srv->stats().connections == 1; }));
-        CHECK(srv->stats().subscriber_memory == 0);
+    // Now small's backlog takes the total past 16 MiB, by one event: big, the largest, is
+    // cut, which brings the total back under the cap, so nobody else is.
+    while (srv->stats().subscribers_cut == 0 && counts["c"] < 1024) {
+        publish("c");
     }
+    CHECK(srv->stats().subscribers_cut == 1);
+    CHECK(eventually([&] { return srv->stats().connections == 3; }));
+    CHECK(srv->stats().subscriber_memory < 16 * mib);
+    // big gets a prefix of its events (what the kernel held), then the end.
+    const std::string got = big.read_to_eof(10s);
+    CHECK(big.end() == kv_client::ending::eof);
+    CHECK(got.size() < streams["a"].size());
+    CHECK(streams["a"].compare(0, got.size(), got) == 0);
+
+    // small keeps growing until it has the largest backlog of those left: it goes next, and
+    // middle, smaller, stays.
+    while (srv->stats().subscribers_cut == 1 && counts["c"] < 1024) {
+        publish("c");
+    }
+    CHECK(srv->stats().subscribers_cut == 2);
+    CHECK(eventually([&] { return srv->stats().connections == 2; }));
+    const std::string small_got = small.read_to_eof(10s);
+    CHECK(small.end() == kv_client::ending::eof);
+    CHECK(small_got.size() < streams["c"].size());
+    CHECK(streams["c"].compare(0, small_got.size(), small_got) == 0);
+
+    // middle was never cut: every one of its events, in order, and the stream goes on.
+    CHECK(middle.read_exact(streams["b"].size(), 10s) == streams["b"]);
+    const std::string last = "b" + std::to_string(counts["b"]) + " SET TO " + value + "\r\n";
+    publish("b");
+    CHECK(middle.read_exact(last.size(), 10s) == last);
+    CHECK(middle.end() == kv_client::ending::open);
+    // Everything sent: the server holds nothing for its subscribers any more.
+    CHECK(eventually([&] { return srv->stats().subscriber_memory == 0; }));
+    CHECK(srv->stats().subscribers_cut == 2);
+    middle.close();
+    CHECK(eventually([&] { return srv->stats().connections == 1; }));
+    CHECK(srv->stats().subscriber_memory == 0);
+}

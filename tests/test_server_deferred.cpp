@@ -975,61 +975,62 @@ TEST_CASE("server: session::channel adds bytes from other threads after the repl
     CHECK(eventually([&] { return server->stats().connections == 0; }));
     server->stop();
     CHECK(st->closed.load() == 1);
+}
 
-    TEST_CASE("server deferred: event streams share max_subscriber_memory with local subscribers; "
-              "the largest backlog, a stream's, is cut first") {
-        deferring fx;
-        auto o = loopback();
-        o.threads = 2; // the stream's and the subscriber's connections may be on different loops
-        o.max_subscriber_memory = std::size_t{8} << 20;
-        auto srv = start(fx.handler(), o);
-        kv_client other(srv->port());
-        OTPKV_CHECK_EXCHANGE(other, "CREATE b\n", "OK\r\n");
-        kv_client relayed(srv->port(), 16 * 1024);
-        kv_client local(srv->port(), 16 * 1024);
-        REQUIRE(relayed.send_all("SUBSCRIBE rs\n"));
-        auto held = fx.take(1);
-        REQUIRE(held.size() == 1);
-        close_probe probe;
-        otpkv::event_stream stream = held[0].reply.stream(probe.callback());
-        REQUIRE(local.send_all("SUBSCRIBE b\n"));
-        REQUIRE(eventually([&] { return srv->stats().requests == 3; })); // SUBSCRIBE b has run
+TEST_CASE("server deferred: event streams share max_subscriber_memory with local subscribers; "
+          "the largest backlog, a stream's, is cut first") {
+    deferring fx;
+    auto o = loopback();
+    o.threads = 2; // the stream's and the subscriber's connections may be on different loops
+    o.max_subscriber_memory = std::size_t{8} << 20;
+    auto srv = start(fx.handler(), o);
+    kv_client other(srv->port());
+    OTPKV_CHECK_EXCHANGE(other, "CREATE b\n", "OK\r\n");
+    kv_client relayed(srv->port(), 16 * 1024);
+    kv_client local(srv->port(), 16 * 1024);
+    REQUIRE(relayed.send_all("SUBSCRIBE rs\n"));
+    auto held = fx.take(1);
+    REQUIRE(held.size() == 1);
+    close_probe probe;
+    otpkv::event_stream stream = held[0].reply.stream(probe.callback());
+    REQUIRE(local.send_all("SUBSCRIBE b\n"));
+    REQUIRE(eventually([&] { return srv->stats().requests == 3; })); // SUBSCRIBE b has run
 
-        // The stream holds about 6 MiB (pushes are counted at once; the loop then sends what the
-        // kernel takes, so push until the figure stays).
-        const std::string value(64 * 1024, 's');
-        std::string pushed;
-        for (int round = 0; round < 100 && srv->stats().subscriber_memory < (std::size_t{6} << 20);
-             ++round) {
-            while (srv->stats().subscriber_memory < (std::size_t{6} << 20) &&
-                   pushed.size() < (std::size_t{64} << 20)) {
-                const std::string event =
-                    "r" + std::to_string(pushed.size()) + " SET TO " + value + "\r\n";
-                REQUIRE(stream.push(event));
-                pushed += event;
-            }
-            std::this_thread::sleep_for(20ms);
+    // The stream holds about 6 MiB (pushes are counted at once; the loop then sends what the
+    // kernel takes, so push until the figure stays).
+    const std::string value(64 * 1024, 's');
+    std::string pushed;
+    for (int round = 0; round < 100 && srv->stats().subscriber_memory < (std::size_t{6} << 20);
+         ++round) {
+        while (srv->stats().subscriber_memory < (std::size_t{6} << 20) &&
+               pushed.size() < (std::size_t{64} << 20)) {
+            const std::string event =
+                "r" + std::to_string(pushed.size()) + " SET TO " + value + "\r\n";
+            REQUIRE(stream.push(event));
+            pushed += event;
         }
-        REQUIRE(srv->stats().subscriber_memory >= (std::size_t{6} << 20));
-        CHECK(srv->stats().subscribers_cut == 0);
-
-        // The local subscriber's events take the total past 8 MiB: the stream, the larger, goes.
-        auto bucket = fx.reg->lookup("b");
-        std::string events;
-        for (int i = 0; srv->stats().subscribers_cut == 0 && i < 1024; ++i) {
-            bucket->put("k" + std::to_string(i), value);
-            events += "k" + std::to_string(i) + " SET TO " + value + "\r\n";
-        }
-        CHECK(srv->stats().subscribers_cut == 1);
-        CHECK(eventually([&] { return probe.calls == 1; }));
-        CHECK_FALSE(stream.push("late SET TO 1\r\n"));
-        const std::string got = relayed.read_to_eof();
-        CHECK(relayed.end() == kv_client::ending::eof);
-        CHECK(got.size() < pushed.size());
-        CHECK(pushed.compare(0, got.size(), got) == 0);
-        // The local subscriber gets every event, in order, and stays.
-        CHECK(local.read_exact(events.size(), 10s) == events);
-        CHECK(eventually([&] { return srv->stats().subscriber_memory == 0; }));
-        CHECK(srv->stats().subscribers_cut == 1);
-        CHECK(srv->stats().connections == 2);
+        std::this_thread::sleep_for(20ms);
     }
+    REQUIRE(srv->stats().subscriber_memory >= (std::size_t{6} << 20));
+    CHECK(srv->stats().subscribers_cut == 0);
+
+    // The local subscriber's events take the total past 8 MiB: the stream, the larger, goes.
+    auto bucket = fx.reg->lookup("b");
+    std::string events;
+    for (int i = 0; srv->stats().subscribers_cut == 0 && i < 1024; ++i) {
+        bucket->put("k" + std::to_string(i), value);
+        events += "k" + std::to_string(i) + " SET TO " + value + "\r\n";
+    }
+    CHECK(srv->stats().subscribers_cut == 1);
+    CHECK(eventually([&] { return probe.calls == 1; }));
+    CHECK_FALSE(stream.push("late SET TO 1\r\n"));
+    const std::string got = relayed.read_to_eof();
+    CHECK(relayed.end() == kv_client::ending::eof);
+    CHECK(got.size() < pushed.size());
+    CHECK(pushed.compare(0, got.size(), got) == 0);
+    // The local subscriber gets every event, in order, and stays.
+    CHECK(local.read_exact(events.size(), 10s) == events);
+    CHECK(eventually([&] { return srv->stats().subscriber_memory == 0; }));
+    CHECK(srv->stats().subscribers_cut == 1);
+    CHECK(srv->stats().connections == 2);
+}

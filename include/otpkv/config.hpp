@@ -138,7 +138,7 @@ struct node_config {
     std::size_t max_buckets = 1'000'000;
     /// `--cookie COOKIE`, or the contents of `--cookie-file FILE`: the cluster cookie, which
     /// peers prove they know (router.hpp). Empty: none given.
-    std::string cookie;
+    std::string cookie{};
     /// `--idle-timeout SECONDS`: an idle client connection (nothing in flight, no
     /// subscription) that sends nothing for this long is closed; 0 to 2147483647, 0: never
     /// (`server_options::idle_timeout`).

@@ -71,13 +71,13 @@ struct client_options {
     std::string self = "nonode";
     /// The cluster cookie, which the handshake proves knowledge of (never sent). Must not
     /// be empty when there are nodes to connect to.
-    std::string cookie;
+    std::string cookie{};
     /// Told one line of text when something happens that an operator should know of: a
     /// node failed the handshake (the router's handler also reports the peers it refuses).
     /// A repeated failure of one node is told once, until the node was up again. Called on
     /// the client's thread or a server's, possibly from several at once; must not block.
     /// Empty: nobody is told.
-    std::function<void(const std::string& message)> log;
+    std::function<void(const std::string& message)> log{};
     /// How long opening a connection and its handshake may take.
     std::chrono::milliseconds connect_timeout{1000};
     /// How long a request may wait for its reply, from the moment it is handed over.

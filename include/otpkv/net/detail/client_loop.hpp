@@ -590,11 +590,10 @@ inline bool client_loop::deliver(peer_connection& c) {
             }
             continue;
         }
+        front.done(framed_reply{std::string(bytes), framed.outcome});
     }
-    front.done(framed_reply{std::string(bytes), framed.outcome});
-}
-c.in.erase(0, used);
-return true;
+    c.in.erase(0, used);
+    return true;
 }
 
 // The connecting side of the handshake (command.hpp, "Between nodes"): reads the other
