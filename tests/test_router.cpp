@@ -653,8 +653,8 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
     CHECK(sub2.end() == kv_client::ending::eof);
     CHECK(eventually([&] { return n.server_b->stats().connections == pool; }));
 
-    // Stopping A's router ends the relayed streams too, and closes the pool (B learns of the
-    // stream's close at its next event).
+    // Stopping A's router ends the relayed streams too, and closes the pool (B may learn of a
+    // close only at the next event it cannot deliver).
     REQUIRE(a.create("nuts").kind == reply_kind::ok);
     kv_client sub3(n.server_a->port());
     otpkv_test::subscribe_synced(sub3, pub, "nuts", counter);
@@ -662,9 +662,10 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
     a.stop();
     CHECK(sub3.read_to_eof(5s) == "");
     CHECK(sub3.end() == kv_client::ending::eof);
-    CHECK(eventually([&] { return n.server_b->stats().connections == 1; }));
-    n.reg_b->lookup("nuts")->put("k", "v");
-    CHECK(eventually([&] { return n.server_b->stats().connections == 0; }));
+    CHECK(eventually([&] {
+        n.reg_b->lookup("nuts")->put("k", "v");
+        return n.server_b->stats().connections == 0;
+    }));
 }
 
 TEST_CASE("router_handler: idle_timeout never closes a peer's connection, nor a relayed stream") {
