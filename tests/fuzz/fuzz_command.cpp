@@ -19,6 +19,7 @@
 //     whole one byte earlier, reads the same alone; a reply read as `known` is written back
 //     by `format_reply` with the same bytes (up to the CR before each LF), and
 //     `parse_routed_reply` gives the same fields.
+//  6. see check_handshake.
 // Input layout: byte 0 picks max_line (1..96, small so that limits are hit often), byte 1
 // seeds the chunk sizes, the rest is the byte stream.
 #include <otpkv/command.hpp>
@@ -134,7 +135,37 @@ outcome frame_chunked(std::string_view in, std::size_t max_line, std::uint32_t s
     return out;
 }
 
+// 6. the peer handshake's lines: what parses as a greeting, an answer or a proof is a
+//    handshake line, is one of them only, and written back parses to the same fields.
+void check_handshake(std::string_view line) {
+    const auto greeting = otpkv::parse_peer_greeting(line);
+    const auto answer = otpkv::parse_peer_answer(line);
+    const auto proof = otpkv::parse_peer_proof(line);
+    check((greeting ? 1 : 0) + (answer ? 1 : 0) + (proof ? 1 : 0) <= 1,
+          "a line parses as two handshake steps");
+    if (greeting || answer || proof) {
+        check(otpkv::is_peer_handshake(line), "a handshake step is no handshake line");
+        check(otpkv::parse(line).kind == otpkv::command_kind::unknown,
+              "a handshake line parses as a request");
+    }
+    if (greeting) {
+        check(otpkv::parse_peer_greeting(
+                  otpkv::peer_greeting_line(greeting->name, greeting->nonce)) == greeting,
+              "a greeting written back parses differently");
+    }
+    if (answer) {
+        check(otpkv::parse_peer_answer(
+                  otpkv::peer_answer_line(answer->name, answer->nonce, answer->proof)) == answer,
+              "an answer written back parses differently");
+    }
+    if (proof) {
+        check(otpkv::parse_peer_proof(otpkv::peer_proof_line(*proof)) == proof,
+              "a proof written back parses differently");
+    }
+}
+
 void check_parse(std::string_view line) {
+    check_handshake(line);
     const otpkv::command cmd = otpkv::parse(line);
     check(cmd == otpkv::parse(std::string(line) + "\r\n"), "a terminator changed the parse");
     if (cmd.kind == otpkv::command_kind::unknown) {
