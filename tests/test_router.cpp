@@ -512,8 +512,8 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
     CHECK(sub.read_for(100ms) == "");
 
     // The subscriber leaving closes A's stream to B. A close looks like a half-close, after
-    // which a subscriber still gets its events: A learns it at the next event, and B, whose
-    // relay connection A then closes, at the one after.
+    // which a client's subscription still gets its events: A learns of it at the next event.
+    // B ends the relay as soon as A closes it (a peer's stream ends at its end of input).
     sub.close();
     CHECK(eventually([&] {
         return pub.exchange("PUT nut after close\r\n", 4) == "OK\r\n" &&
@@ -534,8 +534,7 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
     CHECK(sub2.end() == kv_client::ending::eof);
     CHECK(eventually([&] { return n.server_b->stats().connections == pool; }));
 
-    // Stopping A's router ends the relayed streams too, and closes the pool (B learns of the
-    // stream's close at its next event).
+    // Stopping A's router ends the relayed streams too, and closes the pool.
     REQUIRE(a.create("nuts").kind == reply_kind::ok);
     kv_client sub3(n.server_a->port());
     otpkv_test::subscribe_synced(sub3, pub, "nuts", counter);
@@ -543,8 +542,6 @@ TEST_CASE("router: a relayed SUBSCRIBE streams the owner's events until either s
     a.stop();
     CHECK(sub3.read_to_eof(5s) == "");
     CHECK(sub3.end() == kv_client::ending::eof);
-    CHECK(eventually([&] { return n.server_b->stats().connections == 1; }));
-    n.reg_b->lookup("nuts")->put("k", "v");
     CHECK(eventually([&] { return n.server_b->stats().connections == 0; }));
 }
 

@@ -271,7 +271,7 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
         if (cmd.kind == command_kind::unknown) {
             if (parse_peer_greeting(s.line())) {
                 context = detail::peer_connection_mark;
-                s.exempt_from_idle_timeout(); // a peer's heartbeat watches the connection
+                s.mark_peer(); // no idle timeout (the heartbeat watches it); EOF ends a stream
                 out.append(peer_greeting_line(self->options_.self));
                 return;
             }

@@ -97,7 +97,7 @@ struct connection {
     bool peer_done = false;  // the peer closed its side: no lingering needed
     bool counted = false;    // counts against max_connections
     bool dirty = false;      // in the loop's list of connections to flush after the mail
-    bool exempt = false;     // session::exempt_from_idle_timeout
+    bool peer_node = false;  // another node's connection (session::mark_peer)
     std::size_t index = 0;   // position in the loop's list
     std::chrono::steady_clock::time_point linger_until{};
     std::uint64_t id = 0;      // session::id
@@ -122,9 +122,9 @@ struct connection {
     }
     /// What `idle_timeout` may close: open, nothing in flight or unsent, no subscription
     /// (`link` is set as soon as one is made, also while it waits behind deferred replies),
-    /// not exempted, and counted (a refused connection closes by itself).
+    /// not a peer's, and counted (a refused connection closes by itself).
     [[nodiscard]] bool idle() const noexcept {
-        return state == phase::open && counted && !exempt && !subscribed && link == nullptr &&
+        return state == phase::open && counted && !peer_node && !subscribed && link == nullptr &&
                waiting.empty() && unsent() == 0;
     }
     /// No more requests: the connection closes once its output is sent.
@@ -517,7 +517,7 @@ inline void event_loop::discard_input(connection& c) {
             return;
         }
         // EOF or an error.
-        if (c.state == connection::phase::open && n == 0) {
+        if (c.state == connection::phase::open && n == 0 && !c.peer_node) {
             // A subscriber that half-closed (`nc -N`): it may still be reading, so the
             // events go on until a write fails or the socket reports a hang-up (`handle`).
             // Its input is over: stop asking for it. A client that closed for good looks
@@ -526,7 +526,7 @@ inline void event_loop::discard_input(connection& c) {
             probe_half_closed(c.fd.get());
             set_interest(c);
         } else if (c.state == connection::phase::open) {
-            destroy(c); // a subscriber that went away
+            destroy(c); // a subscriber that went away, or a peer's stream that it closed
         } else if (c.state == connection::phase::lingering || n < 0) {
             destroy(c);
         } else {
@@ -934,8 +934,8 @@ inline std::uint64_t& session::context() noexcept {
     return conn_.context;
 }
 
-inline void session::exempt_from_idle_timeout() noexcept {
-    conn_.exempt = true;
+inline void session::mark_peer() noexcept {
+    conn_.peer_node = true;
 }
 
 namespace detail {
