@@ -31,18 +31,19 @@
 ///   no request being handled or deferred, no unsent output, no subscription (local, or
 ///   relayed through `deferred_reply::stream`), and not another node's (`session::mark_peer`,
 ///   which the router calls for its peers' connections, whose liveness the peers' heartbeat
-///   watches). Subscribers are never cut. A partial
-///   line does not keep a connection open; its bytes count as activity. Each loop keeps a
-///   last-activity time per connection (set from the loop's clock, read once per wake-up,
-///   never per request) and sweeps its connections at most every `idle_timeout / 4`, and at
-///   least every second: a connection is closed between `idle_timeout` and about 1.25 times
-///   it after its last byte. Closed so far: `server_stats::idle_closed`.
+///   watches). Subscribers are never cut. A partial line does not keep a connection open;
+///   its bytes count as activity. Each loop keeps a last-activity time per connection (set
+///   from the loop's clock, read once per wake-up, never per request) and sweeps its
+///   connections at most every `idle_timeout / 4`, and at least every second: a connection
+///   is closed between `idle_timeout` and about 1.25 times it after its last byte. Closed so
+///   far: `server_stats::idle_closed`.
 /// - A subscriber that half-closes (shutdown(SHUT_WR), as `nc -N` does) keeps its stream:
 ///   events flow until the subscription ends or the client closes for good. A close looks
 ///   like a half-close until a write fails: the server learns of it at the next event (or,
 ///   on a quiet bucket, from TCP keepalive probes, within about a minute and a half on
-///   Linux). A half-closed client with requests in flight still gets their replies, then the
-///   connection is closed.
+///   Linux). A peer's stream (`session::mark_peer`) ends at its end of input instead: a node
+///   closes, it never half-closes. A half-closed client with requests in flight still gets
+///   their replies, then the connection is closed.
 /// - A request whose handler throws gets `ERROR internal` and only its connection is closed
 ///   (the guide gives each client a supervised Task for the same containment).
 /// - A partial line followed by a close (or half-close) is dropped; complete lines before
