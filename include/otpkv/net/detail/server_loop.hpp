@@ -396,13 +396,17 @@ inline bool event_loop::refuse_without_descriptor() {
     // first, so that closing does not turn it into a reset that would destroy the answer.
     // Another loop may take the freed descriptor number between the close and the reopen;
     // the spare is then missing until a descriptor frees up, and a connection waiting
-    // meanwhile stays in the backlog until then.
+    // meanwhile stays in the backlog until then (the loops find the listener ready at each
+    // turn and try again).
     const std::lock_guard lock(core_.spare_mutex);
     core_.spare.reset();
     const int victim = accept_connection(core_.listener.get());
     if (victim >= 0) {
         char sink[4096];
-        for (int i = 0; i<reads_per_turn&& ::read(victim, sink, sizeof sink)> 0; ++i) {
+        for (int i = 0; i < reads_per_turn; ++i) {
+            if (::read(victim, sink, sizeof sink) <= 0) {
+                break;
+            }
         }
         std::string answer;
         append_reply(answer, reply::error(error_code::too_many_connections));
@@ -619,7 +623,7 @@ inline void event_loop::flush(connection& c) {
 
 inline void event_loop::set_interest(connection& c) {
     std::uint32_t want = c.unsent() > 0 ? io_write : io_none;
-    if (!c.paused && !c.peer_done) { // a half-closed peer has no more input to give
+    if (!c.paused && !c.peer_done) { // a client that shut its side has no more to give
         want |= io_read;
     }
     if (want != c.interest) {
