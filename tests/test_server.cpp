@@ -267,17 +267,17 @@ TEST_CASE("server: a subscriber past its cap is disconnected; publishers never w
 }
 
 TEST_CASE("server: idle_timeout closes silent connections, silently; never a subscriber, a "
-          "connection its handler exempted, or one waiting for a reply") {
+          "peer's connection, or one waiting for a reply") {
     for (const auto poller : {otpkv::poller_kind::epoll, otpkv::poller_kind::poll}) {
         CAPTURE(static_cast<int>(poller));
         auto reg = otpkv::registry::start();
         auto plain = otpkv::registry_handler(reg);
-        // `EXEMPT` exempts its connection; `SLOW` is deferred, and the test answers it.
+        // `PEER` marks its connection as a peer's; `SLOW` is deferred, and the test answers it.
         std::mutex slow_mutex;
         otpkv::deferred_reply slow_reply;
         auto handler = [&](const otpkv::command& cmd, std::string& out, otpkv::session& s) {
-            if (s.line() == "EXEMPT") {
-                s.exempt_from_idle_timeout();
+            if (s.line() == "PEER") {
+                s.mark_peer();
                 out += "OK\r\n";
             } else if (s.line() == "SLOW") {
                 const std::lock_guard lock(slow_mutex);
@@ -297,8 +297,8 @@ TEST_CASE("server: idle_timeout closes silent connections, silently; never a sub
         kv_client silent(srv->port());
         kv_client partial(srv->port());
         CHECK(partial.send_all("GET b")); // a partial line does not keep it open
-        kv_client exempt(srv->port());
-        CHECK(exempt.exchange("EXEMPT\n", 4) == "OK\r\n");
+        kv_client peer(srv->port());
+        CHECK(peer.exchange("PEER\n", 4) == "OK\r\n");
         kv_client sub(srv->port());
         CHECK(sub.send_all("SUBSCRIBE b\n"));
         kv_client slow(srv->port());
@@ -314,14 +314,14 @@ TEST_CASE("server: idle_timeout closes silent connections, silently; never a sub
         CHECK(silent.end() == kv_client::ending::eof);
         CHECK(partial.read_to_eof().empty());
         CHECK(partial.end() == kv_client::ending::eof);
-        CHECK(exempt.exchange("GET b k\n", 8) == "99\r\nOK\r\n");
+        CHECK(peer.exchange("GET b k\n", 8) == "99\r\nOK\r\n");
         std::string events;
         for (int i = 0; i < 100; ++i) {
             events += "k SET TO " + std::to_string(i) + "\r\n";
         }
         CHECK(sub.read_exact(events.size()) == events);
         CHECK(srv->stats().idle_closed == 2);
-        CHECK(srv->stats().connections == 4); // pub, exempt, sub and slow
+        CHECK(srv->stats().connections == 4); // pub, peer, sub and slow
         {
             const std::lock_guard lock(slow_mutex);
             slow_reply.complete("done\r\n");
@@ -330,13 +330,13 @@ TEST_CASE("server: idle_timeout closes silent connections, silently; never a sub
         // Once its reply is out, the slow one is idle like any other.
         CHECK(slow.read_to_eof().empty());
         CHECK(slow.end() == kv_client::ending::eof);
-        // And so is the publisher, now silent. Only the exempted one and the subscriber stay.
+        // And so is the publisher, now silent. Only the peer and the subscriber stay.
         CHECK(pub.read_to_eof().empty());
         CHECK(pub.end() == kv_client::ending::eof);
         CHECK(eventually([&] { return srv->stats().connections == 2; }));
         CHECK(srv->stats().idle_closed == 4);
-        CHECK(exempt.read_for(10ms).empty());
-        CHECK(exempt.end() == kv_client::ending::open);
+        CHECK(peer.read_for(10ms).empty());
+        CHECK(peer.end() == kv_client::ending::open);
         CHECK(sub.read_for(10ms).empty());
         CHECK(sub.end() == kv_client::ending::open);
         srv->stop();
@@ -512,4 +512,31 @@ TEST_CASE("server: past max_subscriber_memory the largest backlog is cut first, 
         return srv->stats().connections == 1;
     }));
     CHECK(eventually([&] { return srv->stats().subscriber_memory == 0; }));
+}
+
+TEST_CASE("server: a peer's subscribed connection (session::mark_peer) ends at its end of input") {
+    auto reg = otpkv::registry::start();
+    auto plain = otpkv::registry_handler(reg);
+    auto handler = [&](const otpkv::command& cmd, std::string& out, otpkv::session& s) {
+        if (s.line() == "PEER") {
+            s.mark_peer();
+            out += "OK\r\n";
+        } else {
+            plain(cmd, out, s);
+        }
+    };
+    auto started = otpkv::server::start(handler, loopback());
+    REQUIRE(started.has_value());
+    const auto srv = std::move(started).value();
+    kv_client pub(srv->port());
+    CHECK(pub.exchange("CREATE b\n", 4) == "OK\r\n");
+    kv_client node(srv->port());
+    CHECK(node.exchange("PEER\nSUBSCRIBE b\n", 4) == "OK\r\n");
+    CHECK(eventually([&] { return srv->stats().requests == 3; }));
+    CHECK(pub.exchange("PUT b k v\n", 4) == "OK\r\n");
+    CHECK(node.read_exact(12) == "k SET TO v\r\n");
+    node.shutdown_write();
+    CHECK(node.read_to_eof().empty()); // closed at once, no event needed
+    CHECK(node.end() == kv_client::ending::eof);
+    CHECK(eventually([&] { return srv->stats().connections == 1; }));
 }

@@ -370,7 +370,7 @@ inline void router::handshake(std::string& out, session& s) {
         if (proof && peer_proof_matches(expected, *proof)) {
             out.append(detail::ok_line).append(detail::line_end);
             context = detail::peer_connection_mark;
-            s.exempt_from_idle_timeout(); // a peer's heartbeat watches the connection
+            s.mark_peer(); // no idle timeout (the heartbeat watches it); EOF ends its streams
             std::string().swap(stored);
             return;
         }

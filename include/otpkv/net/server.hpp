@@ -41,20 +41,21 @@
 /// - `idle_timeout` (default 300 s; 0: never): a connection that sends nothing for that long
 ///   while it is idle is closed, silently (no reply; the socket is just closed). Idle means:
 ///   no request being handled or deferred, no unsent output, no subscription (local, or
-///   relayed through `deferred_reply::stream`), and not exempted by its handler
-///   (`session::exempt_from_idle_timeout`, which the router calls for its peers' connections,
-///   whose liveness the peers' heartbeat watches). Subscribers are never cut. A partial
-///   line does not keep a connection open; its bytes count as activity. Each loop keeps a
-///   last-activity time per connection (set from the loop's clock, read once per wake-up,
-///   never per request) and sweeps its connections at most every `idle_timeout / 4`, and at
-///   least every second: a connection is closed between `idle_timeout` and about 1.25 times
-///   it after its last byte. Closed so far: `server_stats::idle_closed`.
+///   relayed through `deferred_reply::stream`), and not another node's (`session::mark_peer`,
+///   which the router calls for its peers' connections, whose liveness the peers' heartbeat
+///   watches). Subscribers are never cut. A partial line does not keep a connection open;
+///   its bytes count as activity. Each loop keeps a last-activity time per connection (set
+///   from the loop's clock, read once per wake-up, never per request) and sweeps its
+///   connections at most every `idle_timeout / 4`, and at least every second: a connection
+///   is closed between `idle_timeout` and about 1.25 times it after its last byte. Closed so
+///   far: `server_stats::idle_closed`.
 /// - A subscriber that half-closes (shutdown(SHUT_WR), as `nc -N` does) keeps its stream:
 ///   events flow until the subscription ends or the client closes for good. A close looks
 ///   like a half-close until a write fails: the server learns of it at the next event (or,
 ///   on a quiet bucket, from TCP keepalive probes, within about a minute and a half on
-///   Linux). A half-closed client with requests in flight still gets their replies, then the
-///   connection is closed.
+///   Linux). A peer's stream (`session::mark_peer`) ends at its end of input instead: a node
+///   closes, it never half-closes. A half-closed client with requests in flight still gets
+///   their replies, then the connection is closed.
 /// - A request whose handler throws gets `ERROR internal` and only its connection is closed
 ///   (the guide gives each client a supervised Task for the same containment).
 /// - A partial line followed by a close (or half-close) is dropped; complete lines before
@@ -108,8 +109,8 @@ struct server_options {
     /// Deferred replies (`session::defer`) outstanding per connection at most (0 is taken as
     /// 1); past it the connection's requests stop being read until some complete.
     std::size_t max_deferred = 1024;
-    /// An idle connection (nothing in flight, nothing unsent, no subscription, not exempted
-    /// by `session::exempt_from_idle_timeout`) that sends nothing for this long is closed
+    /// An idle connection (nothing in flight, nothing unsent, no subscription, not marked by
+    /// `session::mark_peer`) that sends nothing for this long is closed
     /// silently; zero: never. See the header comment for the exact rule.
     std::chrono::milliseconds idle_timeout = std::chrono::seconds(300);
 };
@@ -185,9 +186,11 @@ class session {
     /// not fit `context`; freed with the connection. The router keeps a peer's handshake in
     /// them between its two lines.
     [[nodiscard]] std::string& storage() noexcept;
-    /// `server_options::idle_timeout` never closes this connection from now on (the router's
-    /// peer connections: their heartbeat watches them).
-    void exempt_from_idle_timeout() noexcept;
+    /// Marks this connection as another node's (the router's peers), not a client's:
+    /// `server_options::idle_timeout` never closes it (the peers' heartbeat watches it), and
+    /// when it streams events, the end of its input ends it at once (a node that is done with
+    /// a stream closes; only a client half-closes and goes on reading).
+    void mark_peer() noexcept;
 
     /// For the server only.
     session(detail::connection& c, detail::event_loop& loop, std::string_view line) noexcept

@@ -183,7 +183,7 @@ struct connection {
     bool peer_done = false;  // the peer closed its side: no lingering needed
     bool counted = false;    // counts against max_connections
     bool dirty = false;      // in the loop's list of connections to flush after the mail
-    bool exempt = false;     // session::exempt_from_idle_timeout
+    bool peer_node = false;  // another node's connection (session::mark_peer)
     std::size_t index = 0;   // position in the loop's list
     std::chrono::steady_clock::time_point linger_until{};
     std::uint64_t id = 0;      // session::id
@@ -211,9 +211,9 @@ struct connection {
     }
     /// What `idle_timeout` may close: open, nothing in flight or unsent, no subscription
     /// (`link` is set as soon as one is made, also while it waits behind deferred replies),
-    /// not exempted, and counted (a refused connection closes by itself).
+    /// not a peer's, and counted (a refused connection closes by itself).
     [[nodiscard]] bool idle() const noexcept {
-        return state == phase::open && counted && !exempt && !subscribed && link == nullptr &&
+        return state == phase::open && counted && !peer_node && !subscribed && link == nullptr &&
                waiting.empty() && unsent() == 0;
     }
     /// No more requests: the connection closes once its output is sent.
@@ -496,13 +496,17 @@ inline bool event_loop::refuse_without_descriptor() {
     // first, so that closing does not turn it into a reset that would destroy the answer.
     // Another loop may take the freed descriptor number between the close and the reopen;
     // the spare is then missing until a descriptor frees up, and a connection waiting
-    // meanwhile stays in the backlog until then.
+    // meanwhile stays in the backlog until then (the loops find the listener ready at each
+    // turn and try again).
     const std::lock_guard lock(core_.spare_mutex);
     core_.spare.reset();
     const int victim = accept_connection(core_.listener.get());
     if (victim >= 0) {
         char sink[4096];
-        for (int i = 0; i<reads_per_turn&& ::read(victim, sink, sizeof sink)> 0; ++i) {
+        for (int i = 0; i < reads_per_turn; ++i) {
+            if (::read(victim, sink, sizeof sink) <= 0) {
+                break;
+            }
         }
         std::string answer;
         append_reply(answer, reply::error(error_code::too_many_connections));
@@ -617,7 +621,7 @@ inline void event_loop::discard_input(connection& c) {
             return;
         }
         // EOF or an error.
-        if (c.state == connection::phase::open && n == 0) {
+        if (c.state == connection::phase::open && n == 0 && !c.peer_node) {
             // A subscriber that half-closed (`nc -N`): it may still be reading, so the
             // events go on until a write fails or the socket reports a hang-up (`handle`).
             // Its input is over: stop asking for it. A client that closed for good looks
@@ -626,7 +630,7 @@ inline void event_loop::discard_input(connection& c) {
             probe_half_closed(c.fd.get());
             set_interest(c);
         } else if (c.state == connection::phase::open) {
-            destroy(c); // a subscriber that went away
+            destroy(c); // a subscriber that went away, or a peer's stream that it closed
         } else if (c.state == connection::phase::lingering || n < 0) {
             destroy(c);
         } else {
@@ -742,7 +746,7 @@ inline void event_loop::recount(connection& c) noexcept {
 
 inline void event_loop::set_interest(connection& c) {
     std::uint32_t want = c.unsent() > 0 ? io_write : io_none;
-    if (!c.paused && !c.peer_done) { // a half-closed peer has no more input to give
+    if (!c.paused && !c.peer_done) { // a client that shut its side has no more to give
         want |= io_read;
     }
     if (want != c.interest) {
@@ -1173,8 +1177,8 @@ inline std::string& session::storage() noexcept {
     return conn_.storage;
 }
 
-inline void session::exempt_from_idle_timeout() noexcept {
-    conn_.exempt = true;
+inline void session::mark_peer() noexcept {
+    conn_.peer_node = true;
 }
 
 namespace detail {
