@@ -942,6 +942,8 @@ inline void event_loop::settle(deferred_state& d) {
         }
         if (front->stream != nullptr) {
             attach(*c, front->stream); // a barrier: nothing was held behind it
+            c->framer.reset();         // what follows SUBSCRIBE is ignored
+            c->framer.shrink_to_fit();
             break;
         }
         c->out.append(front->after);
@@ -995,8 +997,9 @@ inline void event_loop::attach(connection& c, const std::shared_ptr<subscriber_l
     c.subscribed = true;
     recount(c); // replies still unsent count from now on, like the events behind them
     c.paused = false;
-    c.framer.reset(); // what follows SUBSCRIBE is ignored
-    c.framer.shrink_to_fit();
+    // The input that follows is dropped by the caller: pull_requests once the handler that
+    // subscribed has returned (its session's line() lives in the framer until then), settle
+    // for a deferred SUBSCRIBE.
     // Events pushed before the connection took the stream wait in the link: take them.
     post({link, nullptr});
 }
