@@ -1145,11 +1145,13 @@ TEST_CASE("cluster: a client posing as a peer gets ERROR not a peer and the clos
     // Nothing ran: no fake bucket on n1 (asked over a real peer connection) or on n2.
     kv_client peer1 = c.peer(0);
     kv_client peer2 = c.peer(1);
+    std::uint64_t id = 0;
     for (const std::string name :
          {"jfake1", "Zfake1", "jfake2", "Zfake2", "jfake3", "jfake4", "jfake5", "Zfake5"}) {
         CAPTURE(name);
-        OTPKV_CHECK_EXCHANGE(peer1, "GET " + name + " k\r\n", not_found);
-        OTPKV_CHECK_EXCHANGE(peer2, "GET " + name + " k\r\n", not_found);
+        ++id;
+        OTPKV_CHECK_EXCHANGE(peer1, tagged("GET " + name + " k\r\n", id), answered(not_found, id));
+        OTPKV_CHECK_EXCHANGE(peer2, tagged("GET " + name + " k\r\n", id), answered(not_found, id));
     }
     // And the cluster works as before, through n1.
     kv_client client = c.client(0);
@@ -1182,7 +1184,7 @@ TEST_CASE("cluster: nodes with different cookies cannot talk (each other's bucke
     // Nothing was made where it does not belong: n2, asked with its own cookie, has no apple.
     kv_client p2(ports[1]);
     REQUIRE(handshake_as(p2, "n1", "n2", "beta"));
-    exchange_each(p2, {{"GET apple k\r\n", not_found}});
+    exchange_each(p2, {{tagged("GET apple k\r\n"), answered(not_found)}});
     n2.reset(); // killed: its log is read below from a clean stop
     {
         const exit_status st = n1->stop();
