@@ -969,6 +969,12 @@ TEST_CASE("kv_server: past the open-files limit, new clients get ERROR too many 
             5s);
         CHECK_MESSAGE(ok_now, "client " << i << ", last reply: \"" << escaped(got) << "\"");
     }
+    // Stopped with descriptors to spare: a node stopped while it has none left trips a
+    // supervisor bug under UBSan (a stop on an object with an invalid vptr, reported apart).
+    again.clear();
+    CHECK(otpkv_test::eventually(
+        [&] { return kv_client(server.port()).exchange("GET fd k\r\n", 7, 5s) == "v\r\nOK\r\n"; },
+        5s));
 
     const otpkv_test::exit_status st = server.stop();
     CHECK_MESSAGE(st.clean(), "kv_server " << st.describe());
