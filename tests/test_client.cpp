@@ -477,7 +477,10 @@ TEST_CASE("node_client: a peer whose reply is not the one for the oldest request
         INFO("the peer's fault: " << fault);
         fake_peer peer("n2");
         peer.set_mode(fake_peer::mode::hang);
-        auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, quick(60s));
+        journal told;
+        otpkv::client_options o = quick(60s);
+        o.log = [&told](const std::string& message) { told.add(message); };
+        auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, o);
         journal replies;
         // One connection: the faulty reply's request first, two more in flight behind it.
         client->request(0, "GET b " + fault + "\r\n", command_kind::get, 0, into(replies));
@@ -490,6 +493,15 @@ TEST_CASE("node_client: a peer whose reply is not the one for the oldest request
             expected[0] = fault + "\r\nOK\r\n"; // its own reply came right
         }
         CHECK(replies.take(3) == expected);
+        // The operator is told which node broke the framing, and how.
+        const std::string header = fault == "extra" ? "=1" : fault == "stray" ? "stray" : "=2";
+        const std::string request = fault == "wrongid" ? "1" : "2";
+        CHECK(told.take(1) ==
+              std::vector<std::string>{"node n2 at 127.0.0.1:" + std::to_string(peer.port()) +
+                                       " answered request " + request + " with another header (\"" +
+                                       header +
+                                       "\"): its connection is closed, its requests fail as "
+                                       "unavailable"});
         // That connection is closed; later requests go over a new one, and work.
         peer.set_mode(fake_peer::mode::answer);
         CHECK(client->call(0, parse("GET b k3")) == "k3\r\nOK\r\n");
@@ -499,6 +511,7 @@ TEST_CASE("node_client: a peer whose reply is not the one for the oldest request
         CHECK(client->status(0) == node_status::up);
         client->stop();
         CHECK(replies.size() == 0); // nothing else was delivered, to anyone
+        CHECK(told.size() == 0);
     }
 }
 
@@ -517,6 +530,9 @@ TEST_CASE("node_client: requests and heartbeats carry increasing ids; replies ar
     CHECK(framed->outcome ==
           otpkv::reply_outcome{otpkv::reply_kind::error, otpkv::error_code::internal});
     CHECK(otpkv::closes_connection(framed->outcome));
+    // The peer closes that connection after its reply; a request handed over before the
+    // client reads the close would go out on it and fail: wait for the new connection.
+    CHECK(eventually([&] { return peer.stats().accepted == 2; }));
     CHECK(client->call(0, parse("GET b v")) == "v\r\nOK\r\n");
     CHECK(eventually([&] { return peer.heartbeats() >= 2; }));
     CHECK(client->call(0, parse("PUT b k v")) == "OK\r\n"); // after heartbeats: still matched

@@ -73,7 +73,9 @@ struct client_options {
     /// be empty when there are nodes to connect to.
     std::string cookie{};
     /// Told one line of text when something happens that an operator should know of: a
-    /// node failed the handshake (the router's handler also reports the peers it refuses).
+    /// node failed the handshake (the router's handler also reports the peers it refuses),
+    /// or broke the framing between nodes (a reply that is not the one for the oldest
+    /// request, bytes nobody asked for), which closes that connection.
     /// A repeated failure of one node is told once, until the node was up again. Called on
     /// the client's thread or a server's, possibly from several at once; must not block.
     /// Empty: nobody is told.

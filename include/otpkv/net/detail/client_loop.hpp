@@ -172,6 +172,7 @@ class client_loop {
     bool deliver(peer_connection& c);
     bool handshake(peer_connection& c);
     void refuse(peer_connection& c, const std::string& why);
+    void violation(peer_connection& c, std::string_view why, std::string_view line);
     void flush(peer_connection& c);
     void set_interest(peer_connection& c, std::uint32_t want);
     void close(peer_connection& c);
@@ -508,14 +509,15 @@ inline bool client_loop::deliver(peer_connection& c) {
             const std::size_t end = rest.find('\n');
             if (end == std::string_view::npos) {
                 if (rest.size() > options_.max_reply) {
-                    broken(c);
+                    violation(c, "sent a stream line longer than max_reply", {});
                     return false;
                 }
                 break;
             }
             used += end + 1;
             if (!stream_line(c, rest.substr(0, end + 1))) {
-                broken(c); // an unknown stream: nothing more of it can be trusted
+                // An unknown stream: nothing more of it can be trusted.
+                violation(c, "sent an event of a stream it was not asked for", rest.substr(0, end));
                 return false;
             }
             if (c.state != peer_connection::phase::ready) {
@@ -525,7 +527,8 @@ inline bool client_loop::deliver(peer_connection& c) {
         }
         if (c.waiting.empty()) {
             if (!rest.empty()) {
-                broken(c); // bytes nobody asked for: not a peer to trust with replies
+                // Bytes nobody asked for: not a peer to trust with replies.
+                violation(c, "sent bytes when no reply was owed", rest);
                 return false;
             }
             break;
@@ -537,14 +540,18 @@ inline bool client_loop::deliver(peer_connection& c) {
             const std::size_t end = rest.find('\n');
             if (end == std::string_view::npos) {
                 if (rest.size() > max_peer_header) {
-                    broken(c);
+                    violation(c, "sent a reply without its header", rest);
                     return false;
                 }
                 break;
             }
             const auto tag = parse_peer_reply(rest.substr(0, end + 1));
             if (!tag || tag->mark != peer_reply_mark || tag->id != c.waiting.front().id) {
-                broken(c); // another id, or not a header: its replies cannot be matched
+                // Another id, or not a header: its replies cannot be matched.
+                violation(c,
+                          "answered request " + std::to_string(c.waiting.front().id) +
+                              " with another header",
+                          rest.substr(0, end));
                 return false;
             }
             header = end + 1;
@@ -553,7 +560,8 @@ inline bool client_loop::deliver(peer_connection& c) {
         const reply_view framed = read_reply(c.waiting.front().kind, body);
         const std::size_t size = framed.size;
         if ((size == 0 ? body.size() : size) > options_.max_reply) {
-            broken(c); // no reply is that long: not a peer we understand
+            // No reply is that long: not a peer we understand.
+            violation(c, "sent a reply longer than max_reply", {});
             return false;
         }
         if (size == 0) {
@@ -678,6 +686,26 @@ inline void client_loop::refuse(peer_connection& c, const std::string& why) {
         }
     }
     broken(c); // not ready: the node goes down (a stream is refused as unavailable)
+}
+
+// A peer that broke the framing between nodes (command.hpp, "Between nodes"): told to the
+// log, with the start of the offending line, and the connection is closed (its requests
+// fail as unavailable; the node is tried again as after any broken connection).
+inline void client_loop::violation(peer_connection& c, std::string_view why,
+                                   std::string_view line) {
+    if (options_.log) {
+        const peer_node& p = peers_[c.node]->address;
+        std::string message = "node " + p.name + " at " + p.host + ":" + std::to_string(p.port) +
+                              " " + std::string(why);
+        if (!line.empty() && line.back() == '\r') {
+            line.remove_suffix(1);
+        }
+        if (!line.empty()) {
+            message += " (\"" + escaped(line.substr(0, 60)) + "\")";
+        }
+        options_.log(message + ": its connection is closed, its requests fail as unavailable");
+    }
+    broken(c);
 }
 
 inline void client_loop::fail_all(peer_connection& c) {
