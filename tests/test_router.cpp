@@ -47,6 +47,7 @@ using otpkv_test::eventually;
 using otpkv_test::fake_peer;
 using otpkv_test::journal;
 using otpkv_test::kv_client;
+using otpkv_test::kv_process;
 using otpkv_test::quick;
 using otpkv_test::record_into;
 using otpkv_test::tagged;
@@ -781,4 +782,48 @@ TEST_CASE("router: stop fails the requests in flight as unavailable; later calls
     OTPKV_CHECK_EXCHANGE(c, "GET nut k\r\n", "ERROR node n2 unavailable\r\n");
     OTPKV_CHECK_EXCHANGE(c, "GET apple k\r\n", "\r\nOK\r\n");
     srv->stop();
+}
+
+TEST_CASE("kv_server: an owner that sends one extra reply line cannot shift another client's "
+          "reply: that client gets ERROR node n2 unavailable, never the other's value") {
+    // n2 is a fake owner that holds its replies back and then answers `GET b extra` twice;
+    // n1 is a real kv_server whose table sends every bucket to it.
+    fake_peer owner("n2", otpkv_test::process_cookie);
+    owner.set_mode(fake_peer::mode::hang);
+    kv_process n1({"--node", "n1", "--route", "a-z=n2@127.0.0.1:" + std::to_string(owner.port())});
+    // n1 pools its connections to n2 by client connection: open clients until the attacker's
+    // and the victim's requests share one, so the extra line lands where it would hurt.
+    kv_client attacker(n1.port());
+    REQUIRE(attacker.send_all("GET b extra\r\n"));
+    REQUIRE(eventually([&] { return owner.requests().size() == 1; }));
+    const std::uint64_t shared = owner.requests()[0].connection;
+    std::vector<kv_client> others;
+    std::optional<kv_client> victim;
+    for (int i = 0; i < 8 && !victim; ++i) {
+        kv_client c(n1.port());
+        const std::size_t before = owner.requests().size();
+        REQUIRE(c.send_all("GET b mine\r\n"));
+        REQUIRE(eventually([&] { return owner.requests().size() == before + 1; }));
+        if (owner.requests().back().connection == shared) {
+            victim.emplace(std::move(c));
+        } else {
+            others.push_back(std::move(c));
+        }
+    }
+    REQUIRE(victim.has_value());
+    owner.release(); // `extra\r\nOK\r\n` twice on the shared connection, then `mine`'s reply
+    OTPKV_CHECK_RECEIVES(attacker, "extra\r\nOK\r\n");
+    OTPKV_CHECK_RECEIVES(*victim, "ERROR node n2 unavailable\r\n");
+    CHECK(victim->read_for(100ms).empty()); // nothing else, and never `extra`
+    for (kv_client& c : others) {
+        OTPKV_CHECK_RECEIVES(c, "mine\r\nOK\r\n"); // other connections are unaffected
+    }
+    // n1 says what happened, and serves again over a new connection.
+    owner.set_mode(fake_peer::mode::answer);
+    CHECK(eventually(
+        [&] { return kv_client(n1.port()).exchange("GET b again\r\n", 11) == "again\r\nOK\r\n"; }));
+    const otpkv_test::exit_status st = n1.stop();
+    CHECK_MESSAGE(st.clean(), st.describe());
+    CHECK(st.err.find("kv_server: node n2 at 127.0.0.1:" + std::to_string(owner.port()) +
+                      " answered request ") != std::string::npos);
 }
