@@ -1094,7 +1094,8 @@ namespace detail {
     return line;
 }
 
-/// The hex HMAC-SHA-256 under `cookie` of `otpkv-peer-2 <role> <a> <b> <c> <d>`.
+/// The hex HMAC-SHA-256 under `cookie` of `otpkv-peer-2 ROLE WORD...` (each word after one
+/// space).
 [[nodiscard]] inline std::string peer_mac(std::string_view cookie, std::string_view role,
                                           std::initializer_list<std::string_view> words) {
     std::string text = "otpkv-peer-2 ";
