@@ -38,6 +38,8 @@ struct cookie_file_result {
     std::string error;
     std::vector<std::string> warnings;
     bool created = false;
+    /// The errno of a failed open(2), 0 when the file was opened.
+    int open_error = 0;
 };
 
 /// `strerror(error)`, thread-safe enough for our messages (GNU and XSI `strerror_r` differ,
@@ -62,7 +64,8 @@ struct cookie_file_result {
         fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) {
-        r.error = "cannot open " + quoted_path(path) + ": " + errno_text(errno);
+        r.open_error = errno;
+        r.error = "cannot open " + quoted_path(path) + ": " + errno_text(r.open_error);
         return r;
     }
     struct ::stat st {};
@@ -155,8 +158,11 @@ struct cookie_file_result {
 /// `path`, and `path` never exists half written.
 [[nodiscard]] inline cookie_file_result read_or_create_cookie(const std::string& path) {
     cookie_file_result r = read_cookie(path);
-    if (r.error.empty() || ::access(path.c_str(), F_OK) == 0 || errno != ENOENT) {
-        return r; // there is a file (readable or not): never replaced
+    if (r.open_error != ENOENT) {
+        // There is a file (readable or not), never replaced. Only open's own errno tells:
+        // a second look (access) could see the file another process linked meanwhile and
+        // return the first look's "cannot open".
+        return r;
     }
     const std::string cookie = new_cookie();
     std::uint8_t tag[8];
