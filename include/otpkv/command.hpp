@@ -41,12 +41,13 @@ inline constexpr std::size_t default_max_line = 65536;
 /// What a request line asks for. `erase` is the guide's DELETE (`delete` being a C++
 /// keyword; the bucket's operation has the same name).
 enum class command_kind : std::uint8_t {
-    unknown,  ///< unknown verb, wrong number of tokens, empty or blank line
-    create,   ///< `CREATE bucket`
-    put,      ///< `PUT bucket key value`
-    get,      ///< `GET bucket key`
-    erase,    ///< `DELETE bucket key`
-    subscribe ///< `SUBSCRIBE bucket`
+    unknown,   ///< unknown verb, wrong number of tokens, empty or blank line
+    create,    ///< `CREATE bucket`
+    put,       ///< `PUT bucket key value`
+    get,       ///< `GET bucket key`
+    erase,     ///< `DELETE bucket key`
+    subscribe, ///< `SUBSCRIBE bucket`
+    info       ///< `INFO [SECTION] [NODE]`: a look inside this node or another one
 };
 
 /// One parsed request. The views point into the line that was parsed, so a command is
@@ -57,8 +58,10 @@ struct command {
     std::string_view bucket{};                 ///< every kind but `unknown`
     std::string_view key{};                    ///< `put`, `get`, `erase`
     std::string_view value{};                  ///< `put`
+    std::string_view section{}; ///< `info`: the SECTION word as sent; empty: all sections
+    std::string_view node{};    ///< `info`: the NODE; empty: the node that was asked
 
-    /// Equal when the kinds and all three fields hold the same bytes.
+    /// Equal when the kinds and all fields hold the same bytes.
     friend constexpr bool operator==(const command&, const command&) = default;
 };
 
@@ -978,6 +981,7 @@ reply_outcome run(const command& cmd, Registry& reg, Out& out, OnSubscribe&& on_
             return {reply_kind::subscribed};
         }
         break;
+    case command_kind::info: // answered by the router, which knows the node
     case command_kind::unknown:
         r = reply::unknown_command();
         break;

@@ -7,14 +7,17 @@
 #include <otpkv/bucket.hpp>
 #include <otpkv/command.hpp>
 #include <otpkv/config.hpp>
+#include <otpkv/log.hpp>
 #include <otpkv/net/client.hpp>
 #include <otpkv/net/poller.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/node.hpp>
+#include <otpkv/observer.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/registry.hpp>
 #include <otpkv/route.hpp>
 #include <otpkv/router.hpp>
+#include <otpkv/snapshot.hpp>
 #include <otpkv/supervisor.hpp>
 #include <otpkv/task.hpp>
 #include <otpkv/version.hpp>

@@ -41,6 +41,8 @@ struct registry_options {
     std::size_t max_buckets = 1'000'000;
     /// The settings of every bucket the registry creates.
     bucket_options buckets{};
+    /// Where it reports what happens to it (default: nowhere).
+    logger log{};
 };
 
 /// What happened to a named bucket.

@@ -74,6 +74,8 @@ struct router_options {
     /// peers prove they know (never sent). Needed when the table names other nodes; a node
     /// without one accepts no peer.
     std::string cookie{};
+    /// Where it reports peers going up and down and peers refused (default: nowhere).
+    logger log{};
 };
 
 /// Where a bucket's requests go.

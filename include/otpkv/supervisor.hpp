@@ -34,6 +34,8 @@
 ///   and rest_for_one the children after the failed one stay down until it starts.
 #pragma once
 
+#include <otpkv/log.hpp>
+#include <otpkv/log.hpp>
 #include <otpkv/process.hpp>
 
 #include <algorithm>
@@ -116,6 +118,8 @@ struct supervisor_options {
     int max_restarts = 3;                                            ///< OTP's intensity
     std::chrono::milliseconds max_seconds = std::chrono::seconds(5); ///< OTP's period
     clock_function clock{}; ///< where restart times come from; empty: steady_clock
+    /// Where it reports crashes, restarts and giving up (default: nowhere).
+    logger log{};
 };
 
 namespace detail {

@@ -112,7 +112,8 @@ struct server_options {
     /// An idle connection (nothing in flight, nothing unsent, no subscription, not marked by
     /// `session::mark_peer`) that sends nothing for this long is closed
     /// silently; zero: never. See the header comment for the exact rule.
-    std::chrono::milliseconds idle_timeout = std::chrono::seconds(300);
+    std::chrono::milliseconds idle_timeout = std::chrono::seconds(300);    /// Where it reports limits hit and connections refused (default: nowhere).
+    logger log{};
 };
 
 /// Counters of a running server (each read on its own, so together only roughly
