@@ -16,6 +16,7 @@ close() asks it to quit, then kills that group by its id, the PID of the process
 """
 
 import base64
+import ctypes
 import fcntl
 import json
 import os
@@ -43,6 +44,15 @@ def find_chromium():
     return None
 
 
+def _become_subreaper():
+    """Makes Chromium's helpers orphaned by its exit children of this process (Linux's
+    PR_SET_CHILD_SUBREAPER), so close() can wait for every one of them."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass  # then init reaps them
+
+
 class Browser:
     """One headless Chromium with one page. Not thread-safe: one thread drives it."""
 
@@ -59,6 +69,7 @@ class Browser:
     @classmethod
     def launch(cls, program=None, width=1200, height=800, timeout=30.0):
         """Starts Chromium headless and opens a blank page of width x height CSS pixels."""
+        _become_subreaper()
         program = program or find_chromium()
         if not program:
             raise BrowserError("no chromium program found (install Debian's chromium)")
@@ -220,6 +231,11 @@ class Browser:
             pass
         if self.proc.poll() is None:
             self.proc.wait()
+        while True:  # the group's other processes, killed above: wait for each
+            try:
+                os.waitpid(-self.proc.pid, 0)
+            except ChildProcessError:
+                break
         for fd in (self._out, self._in):
             try:
                 os.close(fd)

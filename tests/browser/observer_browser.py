@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -325,7 +327,6 @@ class Node:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise Failed("node %s not ready in time" % self.name)
-                import select
                 r, _, _ = select.select([fd], [], [], left)
                 if r:
                     chunk = os.read(fd, 4096)
@@ -371,6 +372,12 @@ def run_cluster(browser, program):
             for n in nodes:
                 n.wait_ready(deadline)
             log("cluster up:", " ".join("%s admin %s" % (n.name, n.admin) for n in nodes))
+            # A bucket on each node, so that each registry has a child to draw.
+            for bucket, port in zip(("apples", "kitchen", "shopping"), ports):
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                    c.sendall(b"CREATE %s\r\n" % bucket.encode())
+                    answer = c.makefile("rb").readline()
+                check(answer == b"OK\r\n", "CREATE %s on port %d: %r" % (bucket, port, answer))
             browser.navigate(nodes[0].admin)
             # Every node up and drawn, each tree with the node's four children.
             browser.wait_for("Array.from(document.querySelectorAll('section[data-node]'))"
@@ -384,7 +391,13 @@ def run_cluster(browser, program):
                       "%s drawn with registry, tasks, router, server (%s)" % (s["name"], ids))
                 check(all(c["state"] == "running" for c in s["children"]),
                       "%s: every child running" % s["name"])
-            wait_updates(browser, 2)
+            # Every child the node lists in its cluster.json is drawn (the cluster is idle:
+            # a refresh after the fetch below draws the same children).
+            with urllib.request.urlopen(nodes[0].admin + "cluster.json", timeout=5) as r:
+                cluster = json.load(r)
+            wait_updates(browser, 1)
+            check_drawn(dom(browser), cluster, "real cluster")
+            wait_updates(browser, 1)
 
             nodes[2].kill(signal.SIGKILL)
             t0 = time.monotonic()
@@ -397,6 +410,12 @@ def run_cluster(browser, program):
                   "n1 and n2 still up")
             foreign = [u for u in browser.requested_urls() if not u.startswith(nodes[0].admin)]
             check(not foreign, "every request went to n1's admin port %s" % foreign)
+        except BaseException:
+            for n in nodes:
+                n.stderr.flush()
+                tail = pathlib.Path(n.stderr.name).read_bytes()[-2000:]
+                log("%s's stderr:\n%s" % (n.name, tail.decode(errors="replace")))
+            raise
         finally:
             for n in nodes:
                 n.stop()
