@@ -86,6 +86,19 @@ def expected_children(sup):
     return ids, more
 
 
+def p99_text(latency):
+    """The page's p99 estimate: interpolated in its bucket, 3 digits, in ms or µs."""
+    counts, bounds = latency["counts"], latency["bounds"]
+    rank, below = 0.99 * sum(counts), 0
+    for i, c in enumerate(counts):
+        if c > 0 and below + c >= rank:
+            lo = bounds[i - 1] if i > 0 else 0
+            s = lo + (bounds[i] - lo) * (rank - below) / c
+            return "%.3g %s" % ((s * 1e3, "ms") if s >= 1e-3 else (s * 1e6, "µs"))
+        below += c
+    raise Failed("no p99 in %s" % latency)
+
+
 # The page's view of itself, as JSON: per node section its flags, children and boxes.
 DOM_STATE = """JSON.stringify({
   updated: Number(document.body.dataset.updated),
@@ -210,13 +223,13 @@ def run_canned(browser):
               n1["errors"] == str(sum(snap["server"]["errors"].values())) and
               n1["peers"] == "2 up · 0 down" and n1["connections"] == "3 / 10000",
               "n1's counters %s" % n1)
-        check(n1["p99"].startswith("≈ ") and n1["p99"].endswith(("µs", "ms")),
+        check(n1["p99"] == "≈ %s" % p99_text(snap["server"]["latency"]),
               "n1's p99 estimate %r" % n1["p99"])
         n3_bucket = [c for c in state["nodes"][2]["children"] if c["id"] == "sessions"][0]
         check(n3_bucket["restarts"] == "1" and "1 restart" in n3_bucket["text"],
               "a child restarted in the window is labelled %r" % n3_bucket["text"])
         refreshes = wait_updates(browser, 4)
-        check(refreshes < 4 * 0.5 + 1.0, "4 refreshes took %.2f s (every 500 ms)" % refreshes)
+        check(refreshes < 4.0, "4 refreshes took %.2f s (at least one a second)" % refreshes)
 
         # The change: a child of n2 restarting, n3 down. Measured from the swap.
         server.serve(changed)
@@ -228,7 +241,10 @@ def run_canned(browser):
         state = dom(browser)
         check_drawn(state, changed, "changed")
         kitchen = [c for c in state["nodes"][1]["children"] if c["id"] == "kitchen"][0]
-        check("RESTARTING" in kitchen["text"], "the restarting child says so in text")
+        check("RESTARTING · 1 restart" in kitchen["text"], "the restarting child says so in text")
+        figs = [c for c in state["nodes"][0]["children"] if c["id"] == "figs"][0]
+        check(figs["state"] == "stopped" and "STOPPED · shutdown" in figs["text"],
+              "a stopped child says so in text, with its exit reason")
         check(state["nodes"][0]["counters"]["peers"] == "1 up · 1 down", "n1 counts n3 down")
 
         # The node serving the page goes away: a banner, the last trees kept; then it is back.
