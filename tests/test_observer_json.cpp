@@ -170,9 +170,9 @@ TEST_CASE("JSON strings: quotes, backslashes, control bytes, UTF-8 and stray byt
     CHECK(json_string("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80") ==
           "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\""); // well-formed UTF-8 stays
     CHECK(json_string("\xff\xfe") == R"("\u00ff\u00fe")");
-    CHECK(json_string("\xc3") == R"("\u00c3")");                       // cut short
-    CHECK(json_string("\xc0\xaf") == R"("\u00c0\u00af")");             // overlong '/'
-    CHECK(json_string("\xed\xa0\x80") == R"("\u00ed\u00a0\u0080")");   // a surrogate
+    CHECK(json_string("\xc3") == R"("\u00c3")");                               // cut short
+    CHECK(json_string("\xc0\xaf") == R"("\u00c0\u00af")");                     // overlong '/'
+    CHECK(json_string("\xed\xa0\x80") == R"("\u00ed\u00a0\u0080")");           // a surrogate
     CHECK(json_string("\xf4\x90\x80\x80") == R"("\u00f4\u0090\u0080\u0080")"); // > U+10FFFF
     CHECK(json_string("\xe2\x82") == R"("\u00e2\u0082")");
     CHECK(json_string("a\xe2\x82z") == R"("a\u00e2\u0082z")");
@@ -251,9 +251,9 @@ TEST_CASE("cluster_json: this node first, then the others in order, once each; d
     const std::string two_json = otpkv::snapshot_json(two);
     const std::vector<otpkv::cluster_member> others{
         {"n2", true, two_json + "\r\n", ""},
-        {"n1", true, "{}", ""},             // this node again: skipped
+        {"n1", true, "{}", ""}, // this node again: skipped
         {"n3", false, "", "node n3 unavailable"},
-        {"n2", false, "", "repeated"},      // skipped
+        {"n2", false, "", "repeated"},        // skipped
         {"n4", true, "{\"node\":\"n4\"", ""}, // broken text: shown down
     };
     const std::string json = otpkv::cluster_json(self, others);

@@ -410,7 +410,8 @@ class json_checker {
                 const char e = s_[i_];
                 if (e == 'u') {
                     for (int k = 0; k < 4; ++k) {
-                        if (++i_ >= s_.size() || std::isxdigit(static_cast<unsigned char>(s_[i_])) == 0) {
+                        if (++i_ >= s_.size() ||
+                            std::isxdigit(static_cast<unsigned char>(s_[i_])) == 0) {
                             return false;
                         }
                     }
@@ -640,8 +641,8 @@ inline std::string cluster_json(const node_snapshot& self,
         w.open('{');
         w.string("name", m.name);
         std::string_view text = m.json;
-        while (!text.empty() && (text.back() == '\n' || text.back() == '\r' ||
-                                 text.back() == ' ' || text.back() == '\t')) {
+        while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ' ||
+                                 text.back() == '\t')) {
             text.remove_suffix(1);
         }
         while (!text.empty() && (text.front() == '\n' || text.front() == '\r' ||
@@ -653,8 +654,8 @@ inline std::string cluster_json(const node_snapshot& self,
             w.raw("snapshot", text);
         } else {
             w.boolean("up", false);
-            w.string("error", m.up ? std::string_view("invalid snapshot")
-                                   : std::string_view(m.error));
+            w.string("error",
+                     m.up ? std::string_view("invalid snapshot") : std::string_view(m.error));
         }
         w.close('}');
     }

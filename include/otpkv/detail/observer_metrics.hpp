@@ -156,8 +156,7 @@ inline void collect_supervisors( // NOLINT(misc-no-recursion): bounded by the tr
     }
     for (const child_snapshot& c : s.children) {
         if (!c.supervisor.empty()) {
-            collect_supervisors(c.supervisor.front(), path + "/" + c.supervisor.front().name,
-                                out);
+            collect_supervisors(c.supervisor.front(), path + "/" + c.supervisor.front().name, out);
         }
     }
 }
