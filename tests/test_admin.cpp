@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: MIT
 // admin_server (net/admin.hpp) on 127.0.0.1, port 0: each path with GET and HEAD, the
 // error statuses (400, 404, 405, 408, 431, 500, 503, 504, 505), a slowloris client, and a
-// client that never reads a large reply while others are served.
+// client that never reads a large reply while others are served; and kv_server's
+// --admin-port and --log-level.
 #include <otpkv/net/admin.hpp>
+
+#include "kv_process.hpp"
 
 #include <doctest/doctest.h>
 
@@ -347,4 +350,110 @@ TEST_CASE("admin_server: start errors and stop") {
 
     CHECK(server->stop() == otpkv::exit_reason::shutdown());
     CHECK_FALSE(server->alive());
+}
+
+namespace {
+
+// A kv_server started with `args`; its first stdout lines until the ready line.
+struct kv_server_run {
+    otpkv_test::detail::spawned child;
+    std::vector<std::string> lines;
+
+    explicit kv_server_run(const std::vector<std::string>& args) {
+        child = otpkv_test::detail::spawn(otpkv_test::kv_server_path(), args, {});
+        REQUIRE_MESSAGE(child.pid > 0, child.error);
+        std::string text;
+        const auto until = std::chrono::steady_clock::now() + 10s;
+        while (text.find(" listening on ") == std::string::npos || text.back() != '\n') {
+            REQUIRE_MESSAGE(std::chrono::steady_clock::now() < until, "no ready line: " << text);
+            REQUIRE_MESSAGE(child.out >= 0, "stdout closed: " << text);
+            otpkv_test::detail::wait_pipes(child.out, child.err, 250ms);
+            otpkv_test::detail::drain_pipe(child.out, text);
+        }
+        std::size_t at = 0;
+        while (at < text.size()) {
+            const std::size_t nl = text.find('\n', at);
+            lines.push_back(text.substr(at, nl - at));
+            at = nl + 1;
+        }
+    }
+    ~kv_server_run() {
+        if (child.pid > 0) {
+            ::kill(child.pid, SIGKILL);
+            int status = 0;
+            ::waitpid(child.pid, &status, 0);
+        }
+        otpkv_test::detail::close_fd(child.out);
+        otpkv_test::detail::close_fd(child.err);
+    }
+    kv_server_run(const kv_server_run&) = delete;
+    kv_server_run& operator=(const kv_server_run&) = delete;
+
+    otpkv_test::exit_status stop() {
+        ::kill(child.pid, SIGTERM);
+        auto st = otpkv_test::detail::wait_for_exit(child.pid, child.out, child.err, 10s,
+                                                    std::chrono::steady_clock::now());
+        child.pid = -1;
+        return st;
+    }
+};
+
+std::uint16_t port_after(const std::string& line, const std::string& before) {
+    const std::size_t at = line.find(before);
+    REQUIRE(at != std::string::npos);
+    return static_cast<std::uint16_t>(std::stoul(line.substr(at + before.size())));
+}
+
+} // namespace
+
+TEST_CASE("kv_server --admin-port: announced before the ready line, serves the node's "
+          "metrics; node_started and node_stopped on stderr") {
+    kv_server_run kv({"--port", "0", "--admin-port", "0", "--node", "adm"});
+    REQUIRE(kv.lines.size() == 2);
+    CHECK(kv.lines[0].starts_with("otpkv node adm admin on http://127.0.0.1:"));
+    CHECK(kv.lines[0].ends_with("/"));
+    CHECK(kv.lines[1].starts_with("otpkv node adm listening on 127.0.0.1:"));
+    const std::uint16_t admin = port_after(kv.lines[0], "http://127.0.0.1:");
+    const std::uint16_t main_port = port_after(kv.lines[1], "listening on 127.0.0.1:");
+    const std::string metrics = get(admin, "/metrics");
+    CHECK(metrics.starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(metrics.find("\r\n\r\n# HELP otpkv_build_info ") != std::string::npos);
+    CHECK(metrics.find("\notpkv_connections_max 10000\n") != std::string::npos);
+    const std::string tree = get(admin, "/tree.json");
+    CHECK(tree.find("\r\n\r\n{\"node\":\"adm\",") != std::string::npos);
+    CHECK(body_of(get(admin, "/cluster.json"))
+              .starts_with(R"({"node":"adm","nodes":[{"name":"adm","up":true,)"));
+    const otpkv_test::exit_status st = kv.stop();
+    CHECK(st.clean());
+    const std::string address = "127.0.0.1:" + std::to_string(main_port);
+    CHECK(st.err.find(" info event=node_started node=adm address=" + address + "\n") !=
+          std::string::npos);
+    CHECK(st.err.find(" info event=node_stopped node=adm address=" + address + "\n") !=
+          std::string::npos);
+}
+
+TEST_CASE("kv_server: no admin endpoint by default; --log-level error hides info events; "
+          "bad flags exit 2, a taken admin port 1") {
+    {
+        kv_server_run kv({"--port", "0", "--log-level", "error"});
+        REQUIRE(kv.lines.size() == 1);
+        CHECK(kv.lines[0].find(" listening on ") != std::string::npos);
+        const otpkv_test::exit_status st = kv.stop();
+        CHECK(st.clean());
+        CHECK(st.err.find("event=node_") == std::string::npos);
+    }
+    otpkv_test::exit_status st = otpkv_test::run_kv_server({"--admin-port", "x"});
+    CHECK(st.code == 2);
+    CHECK(
+        st.err.starts_with("kv_server: --admin-port: expected a number from 0 to 65535, got 'x'"));
+    st = otpkv_test::run_kv_server({"--log-level", "trace"});
+    CHECK(st.code == 2);
+    CHECK(st.err.starts_with(
+        "kv_server: --log-level: expected error, warning, info or debug, got 'trace'"));
+
+    const auto taken = start({});
+    st = otpkv_test::run_kv_server({"--port", "0", "--admin-port", std::to_string(taken->port())});
+    CHECK(st.code == 1);
+    CHECK(st.err.find("kv_server: admin endpoint: cannot listen on 127.0.0.1:" +
+                      std::to_string(taken->port())) != std::string::npos);
 }

@@ -28,6 +28,8 @@
 ///   Unavailable` and are closed (as many as `max_connections` more are held while that reply
 ///   is delivered; past those, new connections are closed at once). Logged as `limit_hit`
 ///   (`server=admin limit=max_connections count=N`), at most once a second.
+/// - Out of file descriptors: the listener is left alone for 100 ms at a time (the waiting
+///   clients stay in the kernel's backlog), so the admin thread never spins.
 /// - `request_timeout` from the accept: a client that has not sent its whole request head by
 ///   then (slowloris) gets `408 Request Timeout` and is closed; one that has not read its
 ///   whole reply by then is reset (what the kernel still holds for it is dropped). A client that
@@ -57,6 +59,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -336,6 +339,7 @@ struct admin_core {
     std::size_t serving = 0; ///< connections not refused
     std::uint64_t last_id = 0;
     std::size_t unlogged_rejects = 0;
+    std::optional<clock::time_point> listener_paused_until{};
     clock::time_point last_reject_log{};
 
     explicit admin_core(admin_options o) : options(std::move(o)), poll(options.poller) {}
@@ -378,6 +382,9 @@ inline void admin_core::run(const std::shared_ptr<admin_core>& self) {
         for (const auto& [id, c] : connections) {
             next = std::min(next, c->deadline);
         }
+        if (listener_paused_until) {
+            next = std::min(next, *listener_paused_until);
+        }
         const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();
         poll.wait(ready, static_cast<int>(std::clamp<long long>(wait, 0, 1000)));
         for (const io_event& e : ready) {
@@ -396,6 +403,10 @@ inline void admin_core::run(const std::shared_ptr<admin_core>& self) {
             }
         }
         now = clock::now();
+        if (listener_paused_until && *listener_paused_until <= now) {
+            listener_paused_until.reset();
+            poll.modify(listener.get(), nullptr, io_read);
+        }
         expire(now);
         log_rejects(now, false);
     }
@@ -428,7 +439,13 @@ inline void admin_core::accept_all(const std::shared_ptr<admin_core>& self) {
     for (int n = 0; n < 64; ++n) {
         unique_fd fd(accept_connection(listener.get()));
         if (!fd) {
-            return; // EAGAIN, or out of descriptors: the next wake-up tries again
+            if (errno == EMFILE || errno == ENFILE) {
+                // Out of descriptors: the listener would stay ready and spin this thread.
+                // Look again in 100 ms (the waiting client stays in the backlog meanwhile).
+                poll.modify(listener.get(), nullptr, io_none);
+                listener_paused_until = clock::now() + std::chrono::milliseconds(100);
+            }
+            return; // EAGAIN: all taken
         }
         accepted.fetch_add(1, std::memory_order_relaxed);
         const bool refuse = serving >= options.max_connections;
