@@ -8,6 +8,16 @@
 //             [--max-connections N] [--max-buckets N] [--idle-timeout SECONDS]
 //             [--max-subscriber-memory BYTES]
 //             [--cookie COOKIE | --cookie-file FILE]
+//             [--log-level error|warning|info|debug] [--admin-port N] [--admin-bind ADDR]
+//
+// Logging: the node's events (node_started, node_stopped, ...) go to stderr, one line each
+// (`format_log_line`), at --log-level and above, through a bounded queue written by a
+// thread of its own (`log_writer`): a stderr nobody reads never blocks the node; lines that
+// do not fit are dropped and counted (`log_dropped count=N`).
+//
+// Admin endpoint: with --admin-port N (0: an ephemeral port) it serves /metrics,
+// /tree.json, /cluster.json and / over HTTP on --admin-bind (default 127.0.0.1), and prints
+// `otpkv node NAME admin on http://ADDR:PORT/` before the ready line, which stays last.
 //
 // The cluster cookie: --cookie, --cookie-file, OTPKV_COOKIE or `cookie` in the config file;
 // with none, ~/.otpkv.cookie (made with a random cookie and mode 0400 when missing), read
@@ -28,9 +38,13 @@
 // or value (the message names it). SIGHUP is ignored: a node started in the background
 // from a terminal outlives the terminal (stop it with SIGTERM or SIGINT).
 #include <otpkv/config.hpp>
+#include <otpkv/log_writer.hpp>
+#include <otpkv/net/admin.hpp>
 #include <otpkv/node.hpp>
+#include <otpkv/observer.hpp>
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -38,7 +52,9 @@
 #include <cstddef>
 #include <cstdio>
 #include <ctime>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 extern char** environ; // NOLINT: POSIX declares it for us to declare
@@ -167,6 +183,46 @@ class subscriber_cuts {
     std::size_t told_ = 0;
 };
 
+// The node's snapshot for the admin endpoint, from what `node` shows today (its registry's
+// and server's counters); node::snapshot() takes its place once it exists.
+otpkv::node_snapshot take_snapshot(const otpkv::node& node,
+                                   std::chrono::steady_clock::time_point started) {
+    otpkv::node_snapshot s;
+    s.node = node.config().node;
+    s.version = std::to_string(otpkv::version.major) + "." + std::to_string(otpkv::version.minor) +
+                "." + std::to_string(otpkv::version.patch);
+    s.time = std::chrono::system_clock::now();
+    s.uptime = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - started);
+    s.tree.name = "root";
+    s.router.node = s.node;
+    if (const auto registry = node.registry()) {
+        s.registry.buckets = registry->size();
+        s.registry.max_buckets = registry->max_buckets();
+    }
+    if (const auto server = node.server()) {
+        const otpkv::server_stats stats = server->stats();
+        s.server.address = server->address();
+        s.server.connections = stats.connections;
+        s.server.max_connections = node.config().max_connections;
+        s.server.accepted = stats.accepted;
+        s.server.rejected = stats.rejected;
+        s.server.idle_closed = stats.idle_closed;
+        s.server.subscriber_memory = stats.subscriber_memory;
+        s.server.subscribers_cut = stats.subscribers_cut;
+    }
+    return s;
+}
+
+// One event of kv_server's own (the node's start and stop).
+void log_node_event(const otpkv::logger& log, std::string what, const otpkv::node& node) {
+    otpkv::log_event e;
+    e.level = otpkv::log_level::info;
+    e.what = std::move(what);
+    e.fields = {{"node", node.config().node}, {"address", node.address()}};
+    log.log(std::move(e));
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -235,11 +291,48 @@ int main(int argc, char** argv) {
     const rlim_t descriptors = raise_descriptor_limit(config.max_connections);
     refusal_log refusals(config.max_connections, descriptors);
 
+    // Events go to stderr through a bounded queue (declared first: it outlives the node and
+    // the admin server, which log through it). This logger is also the one for the node's
+    // own pieces once node::start takes one.
+    otpkv::log_writer log_writer(STDERR_FILENO);
+    const otpkv::logger log(log_writer.sink(), config.log_level);
+    const std::optional<std::uint16_t> admin_port = config.admin_port;
+    const std::string admin_bind = config.admin_bind;
+
+    const auto start_time = std::chrono::steady_clock::now();
     auto started = otpkv::node::start(std::move(config), {}, std::move(client));
     if (!started) {
         return fail(start_failure(started.error().reason), 1);
     }
     const std::shared_ptr<otpkv::node> node = std::move(started).value();
+    log_node_event(log, "node_started", *node);
+
+    std::shared_ptr<otpkv::admin_server> admin;
+    if (admin_port) {
+        otpkv::admin_options options;
+        options.bind = admin_bind;
+        options.port = *admin_port;
+        options.log = log;
+        const std::weak_ptr<otpkv::node> weak = node;
+        options.snapshot = [weak, start_time] {
+            const auto n = weak.lock();
+            return n ? take_snapshot(*n, start_time) : otpkv::node_snapshot{};
+        };
+        options.cluster = [weak, start_time](std::function<void(std::string)> done) {
+            const auto n = weak.lock();
+            const otpkv::node_snapshot self =
+                n ? take_snapshot(*n, start_time) : otpkv::node_snapshot{};
+            done(otpkv::cluster_json(self, {}));
+        };
+        auto admin_started = otpkv::admin_server::start(std::move(options));
+        if (!admin_started) {
+            node->stop(otpkv::exit_reason::shutdown(), std::chrono::seconds(4));
+            return fail("admin endpoint: " + start_failure(admin_started.error().reason), 1);
+        }
+        admin = std::move(admin_started).value();
+        std::printf("otpkv node %s admin on http://%s/\n", node->config().node.c_str(),
+                    admin->address().c_str());
+    }
     std::printf("%s\n", node->ready_line().c_str());
     std::fflush(stdout);
 
@@ -256,7 +349,11 @@ int main(int argc, char** argv) {
             if (const auto server = node->server()) {
                 refusals.look(server->stats()); // refusals since the last look are told too
             }
+            if (admin != nullptr) {
+                admin->stop(otpkv::exit_reason::shutdown(), std::chrono::seconds(1));
+            }
             node->stop(otpkv::exit_reason::shutdown(), std::chrono::seconds(4));
+            log_node_event(log, "node_stopped", *node);
             return 0;
         }
         cuts.report(*node);

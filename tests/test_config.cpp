@@ -105,6 +105,9 @@ TEST_CASE("config: defaults") {
     CHECK(r.config.max_buckets == 1'000'000);
     CHECK(r.config.idle_timeout == std::chrono::seconds(300));
     CHECK(r.config.max_subscriber_memory == 256 * 1024 * 1024);
+    CHECK(r.config.log_level == otpkv::log_level::info);
+    CHECK_FALSE(r.config.admin_port.has_value());
+    CHECK(r.config.admin_bind == "127.0.0.1");
     // The same defaults as the protocol core, the registry and the server.
     CHECK(r.config.max_line == otpkv::default_max_line);
     CHECK(r.config.max_buckets == otpkv::registry_options{}.max_buckets);
@@ -131,6 +134,9 @@ TEST_CASE("config: every flag in both spellings") {
         {"--max-connections", "7"},
         {"--max-buckets", "9"},
         {"--max-subscriber-memory", "1048576"},
+        {"--log-level", "debug"},
+        {"--admin-port", "0"},
+        {"--admin-bind", "::1"},
     };
     node_config expected;
     expected.node = "n1";
@@ -142,6 +148,9 @@ TEST_CASE("config: every flag in both spellings") {
     expected.max_connections = 7;
     expected.max_buckets = 9;
     expected.max_subscriber_memory = 1048576;
+    expected.log_level = otpkv::log_level::debug;
+    expected.admin_port = 0;
+    expected.admin_bind = "::1";
 
     std::vector<std::string> separate;
     std::vector<std::string> joined;
@@ -607,6 +616,69 @@ TEST_CASE("config: routes come whole from the highest source that gives any") {
     CHECK(load({"--config", file}, {"OTPKV_ROUTE=", "OTPKV_PORT=5"}).config.routes == from_file);
 }
 
+TEST_CASE("config: --log-level, --admin-port and --admin-bind from each source") {
+    using otpkv::log_level;
+    CHECK(load({"--log-level", "debug"}).config.log_level == log_level::debug);
+    CHECK(load({"--log-level=error"}).config.log_level == log_level::error);
+    CHECK(load({}, {"OTPKV_LOG_LEVEL=warning"}).config.log_level == log_level::warning);
+    CHECK(load({"--log-level", "info"}, {"OTPKV_LOG_LEVEL=debug"}).config.log_level ==
+          log_level::info);
+    CHECK(load({"--log-level", "INFO"}).error ==
+          "--log-level: expected error, warning, info or debug, got 'INFO'");
+    CHECK(load({"--log-level", "warn"}).error ==
+          "--log-level: expected error, warning, info or debug, got 'warn'");
+    CHECK(load({"--log-level="}).error ==
+          "--log-level: expected error, warning, info or debug, got ''");
+    CHECK(load({}, {"OTPKV_LOG_LEVEL=loud"}).error ==
+          "OTPKV_LOG_LEVEL: expected error, warning, info or debug, got 'loud'");
+    CHECK(load({"--log-level"}).error == "--log-level: missing value");
+
+    // 0 is an ephemeral port, not "off": off is the absent value.
+    CHECK(load({"--admin-port", "0"}).config.admin_port == std::optional<std::uint16_t>(0));
+    CHECK(load({"--admin-port=65535"}).config.admin_port == std::optional<std::uint16_t>(65535));
+    CHECK(load({}, {"OTPKV_ADMIN_PORT=9090"}).config.admin_port ==
+          std::optional<std::uint16_t>(9090));
+    CHECK(load({"--admin-port", "1"}, {"OTPKV_ADMIN_PORT=9090"}).config.admin_port ==
+          std::optional<std::uint16_t>(1));
+    CHECK(load({}, {"OTPKV_ADMIN_PORT="}).config.admin_port == std::nullopt); // "" is unset
+    CHECK(load({"--admin-port", "65536"}).error ==
+          "--admin-port: expected a number from 0 to 65535, got '65536'");
+    CHECK(load({"--admin-port", "-1"}).error == "--admin-port: missing value");
+    CHECK(load({}, {"OTPKV_ADMIN_PORT=http"}).error ==
+          "OTPKV_ADMIN_PORT: expected a number from 0 to 65535, got 'http'");
+
+    CHECK(load({"--admin-bind", "0.0.0.0"}).config.admin_bind == "0.0.0.0");
+    CHECK(load({"--admin-bind", "[::1]"}).config.admin_bind == "::1");
+    CHECK(load({}, {"OTPKV_ADMIN_BIND=::"}).config.admin_bind == "::");
+    CHECK(load({"--admin-bind", "localhost"}).error ==
+          "--admin-bind: expected an IPv4 or IPv6 address, got 'localhost'");
+    CHECK(load({"--admin-bind", "010.0.0.1"}).error ==
+          "--admin-bind: expected an IPv4 or IPv6 address, got '010.0.0.1'");
+    // --bind is untouched by --admin-bind, and the other way round.
+    const config_load both = load({"--bind", "::1", "--admin-bind", "127.0.0.2"});
+    CHECK(both.config.bind == "::1");
+    CHECK(both.config.admin_bind == "127.0.0.2");
+
+    temp_dir dir;
+    const std::string file = dir.write("node.conf", "log_level = error\n"
+                                                    "admin_port = 8080\n"
+                                                    "admin-bind = 127.0.0.3\n");
+    const config_load r = load({"--config", file});
+    REQUIRE(r.ok());
+    CHECK(r.config.log_level == log_level::error);
+    CHECK(r.config.admin_port == std::optional<std::uint16_t>(8080));
+    CHECK(r.config.admin_bind == "127.0.0.3");
+    // Flags win over the file.
+    CHECK(load({"--config", file, "--admin-port", "7"}).config.admin_port ==
+          std::optional<std::uint16_t>(7));
+    const std::string bad = dir.write("bad.conf", "\nlog-level = verbose\n");
+    CHECK(load({"--config", bad}).error ==
+          bad + ":2: log-level: expected error, warning, info or debug, got 'verbose'");
+    const std::string bad_port = dir.write("port.conf", "admin_port = 1e3\n");
+    CHECK(load({"--config", bad_port}).error ==
+          bad_port + ":1: admin_port: expected a number from 0 to 65535, got '1e3'");
+}
+
 TEST_CASE("config: usage mentions every flag with its default, and the version line") {
     const std::string text = otpkv::usage("kv_server");
     CHECK(text.starts_with("usage: kv_server [--config FILE] [--node NAME]"));
@@ -623,6 +695,12 @@ TEST_CASE("config: usage mentions every flag with its default, and the version l
                                         "--idle-timeout SECONDS",
                                         "(default: 300)",
                                         "--max-subscriber-memory BYTES",
+                                        "--log-level LEVEL",
+                                        "or debug (default: info)",
+                                        "--admin-port N",
+                                        "(default: none, no admin endpoint)",
+                                        "--admin-bind ADDR",
+                                        "[--log-level LEVEL] [--admin-port N] [--admin-bind ADDR]",
                                         "-h, --help",
                                         "--version",
                                         "(default: nonode)",

@@ -23,6 +23,9 @@
 ///     --max-subscriber-memory BYTES
 ///                              OTPKV_MAX_SUBSCRIBER_MEMORY
 ///                                                     max-subscriber-memory = BYTES
+///     --log-level LEVEL        OTPKV_LOG_LEVEL        log-level = LEVEL
+///     --admin-port N           OTPKV_ADMIN_PORT       admin-port = N
+///     --admin-bind ADDR        OTPKV_ADMIN_BIND       admin-bind = ADDR
 ///
 /// Flags: `--name value` or `--name=value`. In the first spelling the next argument is the
 /// value unless it starts with `-`, in which case the flag is missing its value (so
@@ -51,7 +54,8 @@
 /// file (`config = ...`).
 ///
 /// Values: numbers are decimal digits only (no sign, no spaces, no `0x`; leading zeros are
-/// fine), range-checked, with overflow detected. A node name is 1 to 255 bytes of
+/// fine), range-checked, with overflow detected. A log level is `error`, `warning`, `info` or
+/// `debug`, in lower case. A node name is 1 to 255 bytes of
 /// `[A-Za-z0-9_.-]`. An address to bind is an IPv4 dotted quad (four decimal parts 0-255
 /// without leading zeros, which `inet_aton` would read as octal) or an IPv6 literal (bare
 /// or in brackets, stored bare; an embedded IPv4 tail is allowed, a `%zone` is not).
@@ -94,6 +98,7 @@
 
 #include <otpkv/command.hpp>
 #include <otpkv/detail/cookie_file.hpp>
+#include <otpkv/log.hpp>
 #include <otpkv/route.hpp>
 #include <otpkv/version.hpp>
 
@@ -147,6 +152,14 @@ struct node_config {
     /// which the largest backlogs are disconnected (`server_options::max_subscriber_memory`);
     /// at least 1.
     std::size_t max_subscriber_memory = std::size_t{256} << 20;
+    /// `--log-level LEVEL`: the least level of the events kv_server writes to stderr.
+    otpkv::log_level log_level = otpkv::log_level::info;
+    /// `--admin-port N`: the port of the admin HTTP endpoint (net/admin.hpp), 0 to 65535,
+    /// 0 taking an ephemeral one. Not given (the default): no admin endpoint. "Off" is the
+    /// empty optional, since 0 already means "any free port".
+    std::optional<std::uint16_t> admin_port{};
+    /// `--admin-bind ADDR`: the address the admin endpoint listens on (as `bind`).
+    std::string admin_bind = "127.0.0.1";
 
     /// Equal when every field is.
     friend bool operator==(const node_config&, const node_config&) = default;
@@ -288,7 +301,10 @@ enum class config_key : std::uint8_t {
     cookie,
     cookie_file,
     idle_timeout,
-    max_subscriber_memory
+    max_subscriber_memory,
+    log_level,
+    admin_port,
+    admin_bind
 };
 
 /// How one key is spelled in each source.
@@ -300,7 +316,7 @@ struct config_key_spelling {
 };
 
 /// The one place the keys are spelled (the flags, the file and the environment read it).
-inline constexpr std::array<config_key_spelling, 13> config_keys{{
+inline constexpr std::array<config_key_spelling, 16> config_keys{{
     {config_key::config, "--config", "config", "OTPKV_CONFIG"},
     {config_key::node, "--node", "node", "OTPKV_NODE"},
     {config_key::bind, "--bind", "bind", "OTPKV_BIND"},
@@ -315,6 +331,9 @@ inline constexpr std::array<config_key_spelling, 13> config_keys{{
     {config_key::idle_timeout, "--idle-timeout", "idle-timeout", "OTPKV_IDLE_TIMEOUT"},
     {config_key::max_subscriber_memory, "--max-subscriber-memory", "max-subscriber-memory",
      "OTPKV_MAX_SUBSCRIBER_MEMORY"},
+    {config_key::log_level, "--log-level", "log-level", "OTPKV_LOG_LEVEL"},
+    {config_key::admin_port, "--admin-port", "admin-port", "OTPKV_ADMIN_PORT"},
+    {config_key::admin_bind, "--admin-bind", "admin-bind", "OTPKV_ADMIN_BIND"},
 }};
 
 /// What one source (flags, environment or file) gave; nullopt or empty: not given.
@@ -332,6 +351,9 @@ struct config_layer {
     std::optional<std::string> cookie_file;
     std::optional<std::chrono::seconds::rep> idle_timeout;
     std::optional<std::size_t> max_subscriber_memory;
+    std::optional<otpkv::log_level> log_level;
+    std::optional<std::uint16_t> admin_port;
+    std::optional<std::string> admin_bind;
 };
 
 /// Stores a number from `lo` to `hi` into `slot`; returns "" or the reason it is bad.
@@ -381,7 +403,8 @@ inline constexpr std::uint64_t max_idle_timeout = 2147483647;
         }
         layer.node = std::string(value);
         return {};
-    case config_key::bind: {
+    case config_key::bind:
+    case config_key::admin_bind: {
         std::string_view address = value;
         if (address.size() >= 2 && address.front() == '[' && address.back() == ']') {
             address = address.substr(1, address.size() - 2);
@@ -392,7 +415,7 @@ inline constexpr std::uint64_t max_idle_timeout = 2147483647;
         if (!is_ipv4(address) && !is_ipv6(address)) {
             return "expected an IPv4 or IPv6 address, got " + error_quote(value);
         }
-        layer.bind = std::string(address);
+        (key == config_key::bind ? layer.bind : layer.admin_bind) = std::string(address);
         return {};
     }
     case config_key::port:
@@ -438,6 +461,14 @@ inline constexpr std::uint64_t max_idle_timeout = 2147483647;
         return set_number(layer.idle_timeout, value, 0, max_idle_timeout);
     case config_key::max_subscriber_memory:
         return set_number(layer.max_subscriber_memory, value, 1, size_max);
+    case config_key::log_level:
+        layer.log_level = parse_log_level(value);
+        if (!layer.log_level) {
+            return "expected error, warning, info or debug, got " + error_quote(value);
+        }
+        return {};
+    case config_key::admin_port:
+        return set_number(layer.admin_port, value, 0, std::numeric_limits<std::uint16_t>::max());
     }
     return "unknown key"; // not reached: the switch covers every key
 }
@@ -652,6 +683,15 @@ inline config_load load_config(int argc, const char* const* argv, const char* co
     c.max_subscriber_memory =
         detail::first_given(c.max_subscriber_memory, flags.max_subscriber_memory,
                             env.max_subscriber_memory, file.max_subscriber_memory);
+    c.log_level = detail::first_given(c.log_level, flags.log_level, env.log_level, file.log_level);
+    c.admin_bind =
+        detail::first_given(c.admin_bind, flags.admin_bind, env.admin_bind, file.admin_bind);
+    for (const auto* port : {&flags.admin_port, &env.admin_port, &file.admin_port}) {
+        if (*port) {
+            c.admin_port = *port;
+            break;
+        }
+    }
     for (detail::config_layer* layer : {&flags, &env, &file}) {
         if (!layer->routes.empty()) {
             c.routes = std::move(layer->routes);
@@ -733,6 +773,7 @@ inline std::string usage(std::string_view program) {
     text += indent + "[--cookie COOKIE | --cookie-file FILE]\n";
     text += indent + "[--idle-timeout SECONDS]\n";
     text += indent + "[--max-subscriber-memory BYTES]\n";
+    text += indent + "[--log-level LEVEL] [--admin-port N] [--admin-bind ADDR]\n";
     text += "       " + name + " --help | --version\n";
     text += "\nRuns one otpkv node. Options, with their defaults:\n";
     const auto option = [&text](std::string_view flag, std::string_view what) {
@@ -772,6 +813,16 @@ inline std::string usage(std::string_view program) {
            "unsent events of all subscribers together; past it the largest\n" +
                std::string(24, ' ') + "backlogs are disconnected (default: " +
                std::to_string(defaults.max_subscriber_memory) + ")");
+    option("--log-level LEVEL",
+           "least level of the events written to stderr: error, warning, info\n" +
+               std::string(24, ' ') +
+               "or debug (default: " + std::string(to_string(defaults.log_level)) + ")");
+    option("--admin-port N", "serve the admin HTTP endpoint (/metrics, /tree.json,\n" +
+                                 std::string(24, ' ') +
+                                 "/cluster.json, /) on port N, 0 for an ephemeral one\n" +
+                                 std::string(24, ' ') + "(default: none, no admin endpoint)");
+    option("--admin-bind ADDR",
+           "IPv4 or IPv6 address of the admin endpoint (default: " + defaults.admin_bind + ")");
     option("-h, --help", "print this text and exit");
     option("--version", "print the version and exit");
     text += "\nEach option can also be set in the environment (OTPKV_NODE, OTPKV_MAX_LINE, ...;\n"
