@@ -345,6 +345,27 @@ struct exit_status {
         }
         return text;
     }
+    /// `err` without the log lines at info or debug level (`2026-...Z info event=...`):
+    /// what an operator must look at.
+    [[nodiscard]] std::string err_above_info() const {
+        std::string kept;
+        std::size_t at = 0;
+        while (at < err.size()) {
+            std::size_t end = err.find('\n', at);
+            end = end == std::string::npos ? err.size() : end + 1;
+            const std::string_view line(err.data() + at, end - at);
+            const std::size_t space = line.find(' ');
+            const bool routine = line.size() > 20 && line[4] == '-' && line[10] == 'T' &&
+                                 space != std::string_view::npos &&
+                                 (line.substr(space + 1).starts_with("info ") ||
+                                  line.substr(space + 1).starts_with("debug "));
+            if (!routine) {
+                kept += line;
+            }
+            at = end;
+        }
+        return kept;
+    }
 };
 
 namespace detail {
