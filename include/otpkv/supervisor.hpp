@@ -34,8 +34,8 @@
 ///   and rest_for_one the children after the failed one stay down until it starts.
 ///
 /// Logging (`supervisor_options::log`), as OTP's supervisor reports. Every event has the field
-/// `supervisor=<name>`; those about a child have `child=<id>` (under a dynamic supervisor:
-/// the child's pid text) and the child's process as `pid`:
+/// `supervisor=` with the supervisor's name; those about a child have `child=` with its id
+/// (under a dynamic supervisor: its pid's text) and the child's process as `pid`:
 /// - `child_started` (debug): a child started (at the supervisor's start, `start_child`,
 ///   `restart_child`).
 /// - `child_exited` (info; debug under a dynamic supervisor, whose children, buckets and
@@ -566,7 +566,7 @@ inline void supervisor_core::erase(record_iter it) {
     children_.erase(it);
 }
 
-inline void supervisor_core::on_child_exit(process_id pid, const exit_reason& reason) {
+inline void supervisor_core::on_child_exit(process_id pid, const exit_reason& told) {
     if (exiting_) {
         return;
     }
@@ -576,14 +576,18 @@ inline void supervisor_core::on_child_exit(process_id pid, const exit_reason& re
     }
     it->watch.cancel();
     serial_of_pid_.erase(pid.value());
+    // A child that exited before its monitor was set is told `noproc`; what counts (for
+    // the restart, the log, the snapshot) is the reason it really exited with.
+    const exit_reason reason = told.what() == exit_reason::kind::noproc && it->proc
+                                   ? it->proc->exited().value_or(told)
+                                   : told;
     it->last_exit = std::make_unique<const exit_reason>(reason);
     if (reason.abnormal()) {
         report_child(log_level::error, "child_crashed", *it, &reason);
     } else {
         // A dynamic supervisor's children come and go on demand (a registry's buckets,
         // tasks): their normal ends are routine, reported at debug only.
-        report_child(dynamic_ ? log_level::debug : log_level::info, "child_exited", *it,
-                     &reason);
+        report_child(dynamic_ ? log_level::debug : log_level::info, "child_exited", *it, &reason);
     }
     // The dead process is let go when this returns, after the list is consistent again.
     const std::shared_ptr<process> gone = std::move(it->proc);
