@@ -202,7 +202,10 @@ TEST_CASE("log: a failed restart is restart_failed with its reason, then the ret
     REQUIRE(cap.wait_for(2));
     kids.control_of("A")->fail_starts = 1;
     kids.control_of("A")->exit_with(exit_reason::error("boom"));
-    REQUIRE(eventually([&] { return pid_of(*sup, "A") != a && pid_of(*sup, "A"); }));
+    REQUIRE(eventually([&] {
+        const process_id now = pid_of(*sup, "A");
+        return now && now != a;
+    }));
     REQUIRE(cap.wait_for(5));
     const std::vector<log_event> got = cap.events();
     REQUIRE(got.size() == 5);
@@ -505,7 +508,10 @@ TEST_CASE("snapshot: giving up, and a child waiting for its restart is `restarti
     const process_id pa = pid_of(*sup, "A");
     kids.control_of("A")->fail_starts = 1;
     kids.control_of("A")->exit_with(exit_reason::error("boom"));
-    REQUIRE(eventually([&] { return pid_of(*sup, "A") && pid_of(*sup, "A") != pa; }));
+    REQUIRE(eventually([&] {
+        const process_id now = pid_of(*sup, "A"); // one look: running again, as another
+        return now && now != pa;
+    }));
     REQUIRE(seen);
     const child_snapshot* sa = child_of(*seen, "A");
     REQUIRE(sa != nullptr);
