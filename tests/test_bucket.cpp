@@ -507,3 +507,45 @@ TEST_CASE("visit hands over the stored value without a copy, or reports it missi
     CHECK_FALSE(b.visit("small", record));
     CHECK(seen.size() == 2);
 }
+
+TEST_CASE("bytes: keys' and values' bytes through puts, overwrites, erases, growth and clear") {
+    bucket<std::string, std::string> b;
+    CHECK(b.bytes() == 0);
+    b.put("k", "v");
+    CHECK(b.bytes() == 2);
+    b.put("k", std::string(50, 'x')); // inline to a node
+    CHECK(b.bytes() == 51);
+    b.put("k", "vv"); // and back
+    CHECK(b.bytes() == 3);
+    CHECK(b.update(
+        "k", [](const std::optional<std::string>&) { return std::optional<std::string>("four"); }));
+    CHECK(b.bytes() == 5);
+    b.erase("k");
+    b.erase("absent");
+    CHECK(b.bytes() == 0);
+    std::size_t want = 0;
+    for (int i = 0; i < 2000; ++i) { // several rebuilds of every shard's table
+        const std::string key = "key" + std::to_string(i);
+        const std::string value(static_cast<std::size_t>(i % 40), 'v');
+        b.put(key, value);
+        want += key.size() + value.size();
+    }
+    CHECK(b.bytes() == want);
+    CHECK(b.update("key7", [](const std::optional<std::string>&) {
+        return std::optional<std::string>(); // deletes it
+    }));
+    CHECK(b.bytes() == want - 4 - 7);
+    b.clear();
+    CHECK(b.bytes() == 0);
+    b.put("a", "b");
+    b.stop();
+    CHECK(b.bytes() == 0);
+
+    bucket<int, std::string> ints;
+    ints.put(1, "abc");
+    CHECK(ints.bytes() == sizeof(int) + 3);
+    bucket<std::string, long> longs;
+    longs.put("abc", 5);
+    longs.put(std::string(30, 'k'), 6);
+    CHECK(longs.bytes() == 3 + sizeof(long) + 30 + sizeof(long));
+}

@@ -164,6 +164,12 @@ class bucket : public process {
     /// writers run may mix moments.
     /// Complexity: O(S).
     [[nodiscard]] std::size_t size() const noexcept;
+    /// The bytes of the keys and values held: a `std::string`'s length, `sizeof` of any
+    /// other type (not the table's overhead). Each shard counts its own under the lock its
+    /// writers hold anyway; reads do not touch the counters. A sum taken while writers run
+    /// may mix moments, like `size`.
+    /// Complexity: O(S).
+    [[nodiscard]] std::size_t bytes() const noexcept;
     /// Calls `f(key, value)` for every entry. Not a snapshot (like an ETS traversal): an
     /// entry written meanwhile may or may not be seen; one that stays is seen exactly once
     /// unless the table grows meanwhile. `f` must not hold up other threads for long: it
@@ -377,6 +383,21 @@ template <class K, class V, class Hash, class Eq> struct bucket_traits {
             return inline_capacity + 1;
         }
     }
+    // The bytes an entry counts for (`bucket::bytes`).
+    static std::size_t payload(key_arg k, value_arg v) noexcept {
+        std::size_t n = 0;
+        if constexpr (std::is_same_v<K, std::string>) {
+            n += std::string_view(k).size();
+        } else {
+            n += sizeof(K);
+        }
+        if constexpr (std::is_same_v<V, std::string>) {
+            n += std::string_view(v).size();
+        } else {
+            n += sizeof(V);
+        }
+        return n;
+    }
     static bool fits(key_arg k, value_arg v) noexcept {
         if constexpr (key_inlinable && value_inlinable) {
             return key_size(k) + value_size(v) <= inline_capacity;
@@ -512,6 +533,14 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
         } else {
             std::terminate(); // unreachable: such keys always live in nodes
         }
+    }
+    // The bytes the entry in `img` counts for: its inline lengths are the codecs' sizes,
+    // which are `payload`'s.
+    static std::size_t payload_of(const slot_image& img) noexcept {
+        if (node* n = node_of(img)) {
+            return traits::payload(n->key, n->value);
+        }
+        return std::size_t{img[0]} + std::size_t{img[1]};
     }
     static V value_of(const slot_image& img) {
         if (node* n = node_of(img)) {
@@ -684,6 +713,7 @@ struct alignas(detail::cache_line) bucket<K, V, Hash, Eq>::shard {
     detail::shard_lock lock;
     std::atomic<table*> tab{nullptr};
     std::atomic<std::size_t> live{0};
+    std::atomic<std::size_t> bytes{0}; // keys' and values' bytes, written under `lock`
 };
 
 template <class K, class V, class Hash, class Eq>
@@ -818,12 +848,18 @@ bucket<K, V, Hash, Eq>::store(shard& s, table& t, const detail::slot_position* a
     }
     typename table::slot_image img;
     table::encode(img, key, value, n);
+    // Only this shard's writers write its counters (under the lock): no atomic add needed;
+    // unsigned arithmetic wraps back to the right sum.
+    const std::size_t added = traits::payload(key, value);
     if (at != nullptr) {
         typename table::slot_image old;
         table::load(t.data()[at->group], at->slot, old);
         t.write_slot(*at, table::tag_of(h), img);
+        s.bytes.store(s.bytes.load(std::memory_order_relaxed) + added - table::payload_of(old),
+                      std::memory_order_relaxed);
         return table::node_of(old);
     }
+    s.bytes.store(s.bytes.load(std::memory_order_relaxed) + added, std::memory_order_relaxed);
     const typename table::position p = t.free_slot(h);
     const std::uint64_t was =
         (t.data()[p.group].ctrl.load(std::memory_order_relaxed) >> (8 * p.slot)) & 0xFF;
@@ -886,6 +922,8 @@ void bucket<K, V, Hash, Eq>::remove_at(shard& s, table& t, detail::slot_position
     table::load(t.data()[p.group], p.slot, img);
     t.erase_slot(p);
     s.live.store(s.live.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    s.bytes.store(s.bytes.load(std::memory_order_relaxed) - table::payload_of(img),
+                  std::memory_order_relaxed);
     retire_node(table::node_of(img), retired);
 }
 
@@ -975,6 +1013,16 @@ std::size_t bucket<K, V, Hash, Eq>::size() const noexcept {
 }
 
 template <class K, class V, class Hash, class Eq>
+std::size_t bucket<K, V, Hash, Eq>::bytes() const noexcept {
+    std::size_t n = 0;
+    const shard* all = shards_.load(std::memory_order_acquire);
+    for (std::size_t s = 0; all != nullptr && s <= shard_mask_; ++s) {
+        n += all[s].bytes.load(std::memory_order_relaxed);
+    }
+    return n;
+}
+
+template <class K, class V, class Hash, class Eq>
 template <class F>
 void bucket<K, V, Hash, Eq>::for_each(F&& f) const {
     const detail::epoch_guard guard;
@@ -1011,6 +1059,7 @@ template <class K, class V, class Hash, class Eq> void bucket<K, V, Hash, Eq>::c
             old = sh.tab.load(std::memory_order_relaxed);
             sh.tab.store(nullptr, std::memory_order_release);
             sh.live.store(0, std::memory_order_relaxed);
+            sh.bytes.store(0, std::memory_order_relaxed);
             if (old != nullptr) {
                 old->owns_nodes = true;
                 detail::epoch_domain::instance().retire(old, &table::destroy, old->bytes());

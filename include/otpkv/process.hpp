@@ -190,6 +190,27 @@ class manual_clock {
 };
 
 // ---------------------------------------------------------------------------------------
+// Supervision vocabulary (here, not in supervisor.hpp, so that snapshot.hpp can name them)
+// ---------------------------------------------------------------------------------------
+
+/// Which children a crash takes down with it.
+enum class strategy : std::uint8_t {
+    one_for_one, ///< only the crashed child is restarted
+    one_for_all, ///< all others are terminated, then all are started again
+    rest_for_one ///< the children started after it are terminated, then it and they start
+};
+
+/// When a child is restarted.
+enum class restart : std::uint8_t {
+    permanent, ///< always
+    transient, ///< only after an abnormal exit
+    temporary  ///< never; its spec is dropped when it exits
+};
+
+/// What a child is; supervisors get an `infinity` shutdown by default.
+enum class child_type : std::uint8_t { worker, supervisor };
+
+// ---------------------------------------------------------------------------------------
 // Results
 // ---------------------------------------------------------------------------------------
 

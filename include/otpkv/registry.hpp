@@ -16,10 +16,14 @@
 #include <otpkv/bucket.hpp>
 #include <otpkv/detail/epoch.hpp>
 #include <otpkv/detail/event_hub.hpp>
+#include <otpkv/log.hpp>
 #include <otpkv/process.hpp>
+#include <otpkv/snapshot.hpp>
 #include <otpkv/supervisor.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -41,8 +45,14 @@ struct registry_options {
     std::size_t max_buckets = 1'000'000;
     /// The settings of every bucket the registry creates.
     bucket_options buckets{};
-    /// Where it reports what happens to it (default: nowhere).
+    /// Where it reports what happens to it (default: nowhere): `limit_hit` (warning,
+    /// `limit=max_buckets`, `max_buckets=`, `count=` the creates refused since the last
+    /// such event; at most one a second, the first at once, the rest of a flood folded
+    /// into the next one or reported when the registry stops), and, through its bucket
+    /// supervisor (named `buckets`), the buckets' starts and exits (debug; a crash: error).
     logger log{};
+    /// Where the limit reports' pacing reads the time; empty: `steady_clock`.
+    clock_function clock{};
 };
 
 /// What happened to a named bucket.
@@ -73,7 +83,8 @@ struct registry_event {
 /// Complexity, in each member's comment: n is the number of registered buckets. "Expected"
 /// is for names that hash apart (`std::hash`, mixed again); hashing and comparing a name
 /// cost its length on top.
-template <class Bucket = bucket<std::string, std::string>> class basic_registry : public process {
+template <class Bucket = bucket<std::string, std::string>>
+class basic_registry : public process, public supervision_tree {
   public:
     /// The type of bucket it holds.
     using bucket_type = Bucket;
@@ -141,6 +152,21 @@ template <class Bucket = bucket<std::string, std::string>> class basic_registry 
     /// Complexity: O(1).
     [[nodiscard]] dynamic_supervisor& bucket_supervisor() const noexcept;
 
+    /// The buckets' count, limit, keys and bytes (of keys and values: `bucket::bytes`), and
+    /// the `largest` buckets by keys, most first (ties by name). Each bucket's numbers are
+    /// its own counters' sums, read without a lock; the totals are the sums of the buckets
+    /// listed in `buckets`, so they always agree with each other. Needs `Bucket::size` and
+    /// `Bucket::bytes`.
+    /// Complexity: linear in the name table's slots (see `names`), plus O(log largest) per
+    /// bucket and copying the names of the largest.
+    [[nodiscard]] registry_snapshot snapshot(std::size_t largest = 10) const;
+
+    /// The bucket supervisor's snapshot (`supervisor_base::snapshot`): in a node's tree,
+    /// the registry shows its buckets under it.
+    [[nodiscard]] supervisor_snapshot tree_snapshot(const snapshot_options& options) override {
+        return core_->supervisor->snapshot(options);
+    }
+
     /// Refuses new buckets, stops every bucket (their names go, `exited` events are sent),
     /// then exits with `reason`. Waits up to `wait` for the buckets to stop.
     /// Complexity: n bucket stops (`bucket::stop` each) on the bucket supervisor's thread,
@@ -206,6 +232,39 @@ template <class Bucket> struct basic_registry<Bucket>::core {
     std::atomic<table*> tab{nullptr};
     std::atomic<std::size_t> count{0};
     bool closed = false; // guarded by create_mutex
+    process_id self{};   // the registry's pid, for its log events
+    // limit_hit pacing, guarded by create_mutex: refusals not reported yet, and when the
+    // last report went out.
+    std::size_t refused = 0;
+    std::optional<std::chrono::steady_clock::time_point> reported_at;
+
+    // Under create_mutex: counts a refused create and reports when a second has passed.
+    void note_refusal() {
+        if (!options.log.enabled(log_level::warning)) {
+            return;
+        }
+        ++refused;
+        const auto now = options.clock ? options.clock() : std::chrono::steady_clock::now();
+        if (reported_at && now - *reported_at < std::chrono::seconds(1)) {
+            return;
+        }
+        reported_at = now;
+        report_refusals();
+    }
+    // Under create_mutex: one limit_hit for the refusals counted so far, if any.
+    void report_refusals() {
+        if (refused == 0 || !options.log.enabled(log_level::warning)) {
+            return;
+        }
+        log_event e;
+        e.level = log_level::warning;
+        e.what = "limit_hit";
+        e.pid = self;
+        e.fields = {{"limit", "max_buckets"},
+                    {"max_buckets", std::to_string(options.max_buckets)},
+                    {"count", std::to_string(std::exchange(refused, 0))}};
+        options.log.log(std::move(e));
+    }
     std::shared_ptr<detail::event_hub<registry_event>> hub =
         std::make_shared<detail::event_hub<registry_event>>();
 
@@ -339,7 +398,11 @@ template <class Bucket> struct basic_registry<Bucket>::core {
 template <class Bucket>
 basic_registry<Bucket>::basic_registry(registry_options options) : core_(std::make_shared<core>()) {
     core_->options = options;
-    core_->supervisor = dynamic_supervisor::start();
+    core_->self = id();
+    supervisor_options buckets;
+    buckets.log = options.log;
+    buckets.name = "buckets";
+    core_->supervisor = dynamic_supervisor::start(std::move(buckets));
 }
 
 template <class Bucket>
@@ -367,6 +430,7 @@ auto basic_registry<Bucket>::create(std::string_view name) -> result<handle> {
         return error{errc::shutting_down, {}, {}};
     }
     if (c.count.load(std::memory_order_relaxed) >= c.options.max_buckets) {
+        c.note_refusal();
         return error{errc::max_children, {}, {}};
     }
     // Made here and handed over: the start function owns what it returns (a call
@@ -473,10 +537,58 @@ dynamic_supervisor& basic_registry<Bucket>::bucket_supervisor() const noexcept {
     return *core_->supervisor;
 }
 
+template <class Bucket>
+registry_snapshot basic_registry<Bucket>::snapshot(std::size_t largest) const {
+    registry_snapshot out;
+    out.max_buckets = core_->options.max_buckets;
+    struct ranked {
+        std::size_t keys;
+        std::size_t bytes;
+        const typename core::entry* e;
+    };
+    // Most keys first, then names in order: `heap` is a min-heap of the best so far under
+    // this order, its front the first to go.
+    const auto before = [](const ranked& a, const ranked& b) {
+        return a.keys != b.keys ? a.keys > b.keys : a.e->name < b.e->name;
+    };
+    std::vector<ranked> heap;
+    heap.reserve(std::min(largest, size()));
+    const detail::epoch_guard guard; // entries and their names stay valid inside it
+    const typename core::table* t = core_->tab.load(std::memory_order_acquire);
+    for (std::size_t i = 0; t != nullptr && i <= t->mask; ++i) {
+        const typename core::entry* e = t->slots()[i].load(std::memory_order_acquire);
+        if (e == nullptr || e == core::tombstone() || !e->bucket->alive()) {
+            continue;
+        }
+        const ranked r{e->bucket->size(), e->bucket->bytes(), e};
+        ++out.buckets;
+        out.keys += r.keys;
+        out.bytes += r.bytes;
+        if (largest == 0) {
+            continue;
+        }
+        if (heap.size() < largest) {
+            heap.push_back(r);
+            std::push_heap(heap.begin(), heap.end(), before);
+        } else if (before(r, heap.front())) {
+            std::pop_heap(heap.begin(), heap.end(), before);
+            heap.back() = r;
+            std::push_heap(heap.begin(), heap.end(), before);
+        }
+    }
+    std::sort_heap(heap.begin(), heap.end(), before);
+    out.largest.reserve(heap.size());
+    for (const ranked& r : heap) {
+        out.largest.push_back({r.e->name, r.keys, r.bytes});
+    }
+    return out;
+}
+
 template <class Bucket> exit_reason basic_registry<Bucket>::stop(exit_reason reason, timeout wait) {
     {
         const std::lock_guard creating(core_->create_mutex);
         core_->closed = true;
+        core_->report_refusals(); // the end of a flood not reported yet
     }
     core_->supervisor->stop(exit_reason::shutdown(), wait);
     if (!notify_exit(reason)) {

@@ -13,7 +13,6 @@
 #pragma once
 
 #include <otpkv/process.hpp>
-#include <otpkv/supervisor.hpp>
 
 #include <array>
 #include <chrono>

@@ -32,11 +32,31 @@
 ///   count. A restart whose start fails counts, and is tried again (OTP's
 ///   try_again_restart) as long as the child is still waiting for it; under one_for_all
 ///   and rest_for_one the children after the failed one stay down until it starts.
+///
+/// Logging (`supervisor_options::log`), as OTP's supervisor reports. Every event has the field
+/// `supervisor=` with the supervisor's name; those about a child have `child=` with its id
+/// (under a dynamic supervisor: its pid's text) and the child's process as `pid`:
+/// - `child_started` (debug): a child started (at the supervisor's start, `start_child`,
+///   `restart_child`).
+/// - `child_exited` (info; debug under a dynamic supervisor, whose children, buckets and
+///   tasks, come and go by design): a child exited by itself with `normal` or `shutdown`;
+///   `reason=`.
+/// - `child_crashed` (error): a child exited with any other reason (`reason=`), or did not
+///   stop in time when the supervisor stopped it (`reason=killed`).
+/// - `child_restarted` (info): the supervisor restarted a child (the crashed one and, under
+///   one_for_all and rest_for_one, those it took down); `pid` is the new process.
+/// - `restart_failed` (error): a restart's start failed (`reason=`); it is tried again.
+/// - `supervisor_gave_up` (error): the restart intensity was reached: `child=` the child
+///   whose restart was one too many, `max_restarts=`, `max_seconds=`, `reason=` its exit.
+/// - `supervisor_started`, `supervisor_stopped` (debug; `reason=` its exit reason), with
+///   the supervisor's own `pid`.
+/// Nothing is built for an event whose level the logger does not take, so a dynamic
+/// supervisor of millions of children pays one branch per event when logging is off.
 #pragma once
 
 #include <otpkv/log.hpp>
-#include <otpkv/log.hpp>
 #include <otpkv/process.hpp>
+#include <otpkv/snapshot.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -59,23 +79,6 @@
 
 namespace otpkv {
 inline namespace v0 {
-
-/// Which children a crash takes down with it.
-enum class strategy : std::uint8_t {
-    one_for_one, ///< only the crashed child is restarted
-    one_for_all, ///< all others are terminated, then all are started again
-    rest_for_one ///< the children started after it are terminated, then it and they start
-};
-
-/// When a child is restarted.
-enum class restart : std::uint8_t {
-    permanent, ///< always
-    transient, ///< only after an abnormal exit
-    temporary  ///< never; its spec is dropped when it exits
-};
-
-/// What a child is; supervisors get an `infinity` shutdown by default.
-enum class child_type : std::uint8_t { worker, supervisor };
 
 /// How to start and treat one child (OTP's child specification).
 struct child_spec {
@@ -118,8 +121,29 @@ struct supervisor_options {
     int max_restarts = 3;                                            ///< OTP's intensity
     std::chrono::milliseconds max_seconds = std::chrono::seconds(5); ///< OTP's period
     clock_function clock{}; ///< where restart times come from; empty: steady_clock
-    /// Where it reports crashes, restarts and giving up (default: nowhere).
+    /// Where it reports what happens to its children and to itself (default: nowhere);
+    /// see "Logging" in the file comment for the events.
     logger log{};
+    /// Its name in log events (`supervisor=`) and snapshots; empty: its pid's text.
+    /// `supervisor::child` gives a nested supervisor its child id when this is empty.
+    std::string name{};
+};
+
+/// Anything that can show a supervision tree below it: every supervisor, and processes
+/// that own one without being one (a registry shows its bucket supervisor). A supervisor's
+/// snapshot looks for this interface (with `dynamic_cast`) on each child to go down.
+///
+/// Thread safety: `tree_snapshot` may be called from any thread.
+class supervision_tree {
+  public:
+    supervision_tree() = default;
+    supervision_tree(const supervision_tree&) = delete;
+    supervision_tree& operator=(const supervision_tree&) = delete;
+    /// Nothing to release.
+    virtual ~supervision_tree() = default;
+
+    /// The supervisor under this process, recursively (see `supervisor_base::snapshot`).
+    [[nodiscard]] virtual supervisor_snapshot tree_snapshot(const snapshot_options& options) = 0;
 };
 
 namespace detail {
@@ -129,7 +153,7 @@ class supervisor_core;
 /// What `supervisor` and `dynamic_supervisor` share. The state (mailbox, children, restart
 /// history) lives in a core that the supervisor's thread owns with this object, so the
 /// object may be destroyed on any thread, its own included.
-class supervisor_base : public process {
+class supervisor_base : public process, public supervision_tree {
   public:
     supervisor_base(const supervisor_base&) = delete;
     supervisor_base& operator=(const supervisor_base&) = delete;
@@ -150,6 +174,26 @@ class supervisor_base : public process {
 
     /// Counts of the children. All zero once the supervisor has exited.
     [[nodiscard]] child_counts count_children();
+
+    /// The supervisor and its children at one moment, answered by its thread like
+    /// `which_children` (from that thread itself, at once): settings, the restarts that
+    /// count in the intensity window now, and each child's id, pid, type, restart type,
+    /// state, restarts in the window, last exit and uptime, times read from
+    /// `supervisor_options::clock`. Then, after that answer and outside this supervisor's
+    /// thread, each listed child that is a `supervision_tree` (a nested supervisor, a
+    /// registry) is asked for its own snapshot, recursively; a supervisor's thread never
+    /// waits on another's, so from this supervisor's own thread the children's trees are
+    /// left out. A dynamic supervisor lists its first `options.max_children` children, in
+    /// start order, and counts them all in `child_count`. Once the supervisor has exited:
+    /// its name, pid and settings, no children.
+    /// Complexity: on its thread, O(listed children + restarts in the window log of them);
+    /// then the nested snapshots.
+    [[nodiscard]] supervisor_snapshot snapshot(const snapshot_options& options = {});
+
+    /// `snapshot(options)`.
+    [[nodiscard]] supervisor_snapshot tree_snapshot(const snapshot_options& options) override {
+        return snapshot(options);
+    }
 
   protected:
     supervisor_base(supervisor_options options, bool dynamic, std::size_t max_children);
@@ -243,9 +287,10 @@ namespace detail {
 class supervisor_core : public std::enable_shared_from_this<supervisor_core> {
   public:
     supervisor_core(supervisor_options options, bool dynamic, std::size_t max_children,
-                    std::shared_ptr<exit_signal> signal)
+                    std::shared_ptr<exit_signal> signal, process_id self)
         : options_(std::move(options)), dynamic_(dynamic), max_children_(max_children),
-          signal_(std::move(signal)) {}
+          signal_(std::move(signal)), self_(self),
+          name_(options_.name.empty() ? to_string(self) : options_.name) {}
 
     void loop();
     bool post(std::function<void()> job);
@@ -274,6 +319,16 @@ class supervisor_core : public std::enable_shared_from_this<supervisor_core> {
     std::vector<child_info> list() const;
     child_counts counts() const;
 
+    // A snapshot without the nested trees, and for each listed child the process to ask
+    // for its tree (null when it is not a supervision_tree).
+    struct snapshot_answer {
+        supervisor_snapshot snapshot;
+        std::vector<std::shared_ptr<process>> trees;
+    };
+    snapshot_answer take_snapshot(std::size_t max_listed) const;
+    // Any thread: what a snapshot shows once the supervisor has exited (const state only).
+    supervisor_snapshot empty_snapshot() const;
+
   private:
     struct child_record {
         child_spec spec;
@@ -281,16 +336,32 @@ class supervisor_core : public std::enable_shared_from_this<supervisor_core> {
         monitor_handle watch;
         bool restarting = false;  // a restart failed; try_again will start it
         std::uint64_t serial = 0; // identifies the record across edits of the list
+        process_id pid{};         // its current or last process (a dynamic child's id)
+        std::chrono::steady_clock::time_point started{}; // when `proc` started
+        // Its last exit, or why its last start failed; null: neither happened yet. A
+        // pointer, so that the many children of a dynamic supervisor stay small.
+        std::unique_ptr<const exit_reason> last_exit{};
     };
     using record_iter = std::vector<child_record>::iterator;
 
+    child_record make_record(child_spec spec) {
+        return {std::move(spec), nullptr, {}, false, ++last_serial_, {}, {}, nullptr};
+    }
     bool start_record(child_record& c, exit_reason* failure = nullptr);
     void terminate(child_record& c);
     void erase(record_iter it);
     void on_child_exit(process_id pid, const exit_reason& reason);
     void restart(std::uint64_t serial);
     void try_again(std::uint64_t serial);
-    bool add_restart();
+    bool add_restart(std::uint64_t serial);
+    std::chrono::steady_clock::time_point now() const {
+        return options_.clock ? options_.clock() : std::chrono::steady_clock::now();
+    }
+    // Logging: each builds its event only when the logger takes `level`.
+    void report_child(log_level level, std::string_view what, const child_record& c,
+                      const exit_reason* reason) const;
+    void report_self(log_level level, std::string_view what, const exit_reason* reason,
+                     const child_record* c = nullptr) const;
     void shut_down(const exit_reason& reason);
     std::optional<error> refuse_unless_stopped(record_iter it);
     record_iter find_id(const std::string& id);
@@ -301,6 +372,8 @@ class supervisor_core : public std::enable_shared_from_this<supervisor_core> {
     const bool dynamic_;
     const std::size_t max_children_;
     const std::shared_ptr<exit_signal> signal_;
+    const process_id self_;
+    const std::string name_; // in logs and snapshots
 
     std::mutex mailbox_mutex_;
     std::condition_variable mailbox_ready_;
@@ -313,7 +386,8 @@ class supervisor_core : public std::enable_shared_from_this<supervisor_core> {
     // Running children: pid -> serial, so that an exit among many dynamic children (a
     // registry's buckets) is found without a scan.
     std::unordered_map<std::uint64_t, std::uint64_t> serial_of_pid_;
-    std::deque<std::chrono::steady_clock::time_point> restarts_;
+    // When each restart that may still count happened, and whose it was (a serial).
+    std::deque<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>> restarts_;
     std::uint64_t last_serial_ = 0;
     bool exiting_ = false;
 };
@@ -414,13 +488,15 @@ inline result<void> supervisor_core::start_all(std::vector<child_spec> children)
         if (find_id(spec.id) != children_.end()) {
             return error{errc::already_present, {}, {}};
         }
-        children_.push_back({std::move(spec), nullptr, {}, false, ++last_serial_});
+        children_.push_back(make_record(std::move(spec)));
         exit_reason failure;
         if (!start_record(children_.back(), &failure)) {
             erase(children_.end() - 1);
             return error{errc::start_failed, {}, std::move(failure)};
         }
+        report_child(log_level::debug, "child_started", children_.back(), nullptr);
     }
+    report_self(log_level::debug, "supervisor_started", nullptr);
     return {};
 }
 
@@ -438,6 +514,8 @@ inline bool supervisor_core::start_record(child_record& c, exit_reason* failure)
         c.proc = std::move(proc);
         c.restarting = false;
         const process_id pid = c.proc->id();
+        c.pid = pid;
+        c.started = now();
         serial_of_pid_[pid.value()] = c.serial;
         // The callback only posts: it runs on the child's thread, and holds the core
         // weakly, so it never keeps a finished supervisor alive.
@@ -449,9 +527,11 @@ inline bool supervisor_core::start_record(child_record& c, exit_reason* failure)
         return true;
     } catch (...) {
         c.restarting = true;
+        exit_reason why = exit_reason::from_exception(std::current_exception());
         if (failure != nullptr) {
-            *failure = exit_reason::from_exception(std::current_exception());
+            *failure = why;
         }
+        c.last_exit = std::make_unique<const exit_reason>(std::move(why));
         return false;
     }
 }
@@ -466,7 +546,15 @@ inline void supervisor_core::terminate(child_record& c) {
         c.spec.type == child_type::supervisor ? infinity : default_shutdown);
     // Moved out first: the child's monitors may call back in (reads only) meanwhile.
     const std::shared_ptr<process> proc = std::move(c.proc);
-    proc->stop(exit_reason::shutdown(), wait);
+    const exit_reason why = proc->stop(exit_reason::shutdown(), wait);
+    // `c` is still valid: the monitors that ran meanwhile could only read.
+    if (why.abnormal()) {
+        // It did not stop in time (killed), or it crashed before the stop reached it.
+        report_child(log_level::error, "child_crashed", c, &why);
+    }
+    if (!exiting_) { // a supervisor that shuts down forgets its children anyway
+        c.last_exit = std::make_unique<const exit_reason>(why);
+    }
 }
 
 inline void supervisor_core::erase(record_iter it) {
@@ -478,7 +566,7 @@ inline void supervisor_core::erase(record_iter it) {
     children_.erase(it);
 }
 
-inline void supervisor_core::on_child_exit(process_id pid, const exit_reason& reason) {
+inline void supervisor_core::on_child_exit(process_id pid, const exit_reason& told) {
     if (exiting_) {
         return;
     }
@@ -488,6 +576,19 @@ inline void supervisor_core::on_child_exit(process_id pid, const exit_reason& re
     }
     it->watch.cancel();
     serial_of_pid_.erase(pid.value());
+    // A child that exited before its monitor was set is told `noproc`; what counts (for
+    // the restart, the log, the snapshot) is the reason it really exited with.
+    const exit_reason reason = told.what() == exit_reason::kind::noproc && it->proc
+                                   ? it->proc->exited().value_or(told)
+                                   : told;
+    it->last_exit = std::make_unique<const exit_reason>(reason);
+    if (reason.abnormal()) {
+        report_child(log_level::error, "child_crashed", *it, &reason);
+    } else {
+        // A dynamic supervisor's children come and go on demand (a registry's buckets,
+        // tasks): their normal ends are routine, reported at debug only.
+        report_child(dynamic_ ? log_level::debug : log_level::info, "child_exited", *it, &reason);
+    }
     // The dead process is let go when this returns, after the list is consistent again.
     const std::shared_ptr<process> gone = std::move(it->proc);
     const bool again = it->spec.restart == otpkv::restart::permanent ||
@@ -514,7 +615,9 @@ inline void supervisor_core::restart(std::uint64_t serial) {
     if (exiting_ || find_serial(serial) == children_.end()) {
         return;
     }
-    if (!add_restart()) {
+    if (!add_restart(serial)) {
+        const auto it = find_serial(serial);
+        report_self(log_level::error, "supervisor_gave_up", it->last_exit.get(), &*it);
         shut_down(exit_reason::shutdown());
         return;
     }
@@ -545,18 +648,20 @@ inline void supervisor_core::restart(std::uint64_t serial) {
             continue;
         }
         if (!start_record(*it)) {
+            report_child(log_level::error, "restart_failed", *it, it->last_exit.get());
             // As OTP: the children after it stay down, and this one is tried again, which
             // counts as another restart.
             post([this, each] { try_again(each); });
             return;
         }
+        report_child(log_level::info, "child_restarted", *it, nullptr);
     }
 }
 
-inline bool supervisor_core::add_restart() {
-    const auto now = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
-    restarts_.push_back(now);
-    while (now > restarts_.front() + options_.max_seconds) {
+inline bool supervisor_core::add_restart(std::uint64_t serial) {
+    const auto at = now();
+    restarts_.emplace_back(at, serial);
+    while (at > restarts_.front().first + options_.max_seconds) {
         restarts_.pop_front();
     }
     return restarts_.size() <= static_cast<std::size_t>(std::max(options_.max_restarts, 0));
@@ -579,6 +684,7 @@ inline void supervisor_core::shut_down(const exit_reason& reason) {
         mailbox_closed_ = true;
     }
     mailbox_ready_.notify_all();
+    report_self(log_level::debug, "supervisor_stopped", &reason);
     signal_->exit(reason);
     // Calls still waiting in the mailbox are dropped, after our exit is recorded: each
     // dropped job wakes its caller with nothing (shutting_down).
@@ -634,12 +740,13 @@ inline result<process_id> supervisor_core::add_child(child_spec spec) {
         return it->proc ? error{errc::already_started, it->proc->id(), {}}
                         : error{errc::already_present, {}, {}};
     }
-    children_.push_back({std::move(spec), nullptr, {}, false, ++last_serial_});
+    children_.push_back(make_record(std::move(spec)));
     exit_reason failure;
     if (!start_record(children_.back(), &failure)) {
         erase(children_.end() - 1); // a spec that fails to start is not kept
         return error{errc::start_failed, {}, std::move(failure)};
     }
+    report_child(log_level::debug, "child_started", children_.back(), nullptr);
     return children_.back().proc->id();
 }
 
@@ -683,6 +790,7 @@ inline result<process_id> supervisor_core::restart_by_id(const std::string& id) 
         it->restarting = false; // a manual restart that failed leaves it stopped
         return error{errc::start_failed, {}, std::move(failure)};
     }
+    report_child(log_level::debug, "child_started", *it, nullptr);
     return it->proc->id();
 }
 
@@ -716,12 +824,116 @@ inline supervisor_core::record_iter supervisor_core::find_pid(process_id pid) {
     return it != children_.end() && it->proc && it->proc->id() == pid ? it : children_.end();
 }
 
+inline supervisor_snapshot supervisor_core::empty_snapshot() const {
+    supervisor_snapshot s;
+    s.name = name_;
+    s.pid = self_;
+    s.dynamic = dynamic_;
+    s.strategy = dynamic_ ? strategy::one_for_one : options_.strategy;
+    s.max_restarts = options_.max_restarts;
+    s.max_seconds = options_.max_seconds;
+    return s;
+}
+
+inline supervisor_core::snapshot_answer
+supervisor_core::take_snapshot(std::size_t max_listed) const {
+    using std::chrono::duration_cast;
+    using std::chrono::milliseconds;
+    snapshot_answer out{empty_snapshot(), {}};
+    supervisor_snapshot& s = out.snapshot;
+    const auto at = now();
+    // The restarts that count now (the rule of add_restart), by child.
+    std::vector<std::uint64_t> counted;
+    for (const auto& [when, serial] : restarts_) {
+        if (at <= when + options_.max_seconds) {
+            counted.push_back(serial);
+        }
+    }
+    std::sort(counted.begin(), counted.end());
+    s.restarts = counted.size();
+    s.child_count = children_.size();
+    const std::size_t listed = dynamic_ ? std::min(max_listed, children_.size()) : children_.size();
+    s.children.reserve(listed);
+    out.trees.reserve(listed);
+    for (std::size_t i = 0; i < listed; ++i) {
+        const child_record& c = children_[i];
+        child_snapshot cs;
+        cs.id = dynamic_ ? to_string(c.pid) : c.spec.id;
+        cs.pid = c.proc ? c.pid : process_id{};
+        cs.type = c.spec.type;
+        cs.restart = c.spec.restart;
+        cs.state = c.proc         ? child_state::running
+                   : c.restarting ? child_state::restarting
+                                  : child_state::stopped;
+        const auto [first, last] = std::equal_range(counted.begin(), counted.end(), c.serial);
+        cs.restarts = static_cast<std::size_t>(last - first);
+        cs.last_exit = c.last_exit ? to_string(*c.last_exit) : std::string();
+        cs.uptime = c.proc ? duration_cast<milliseconds>(at - c.started) : milliseconds(0);
+        s.children.push_back(std::move(cs));
+        out.trees.push_back(dynamic_cast<supervision_tree*>(c.proc.get()) != nullptr
+                                ? c.proc
+                                : std::shared_ptr<process>());
+    }
+    return out;
+}
+
+/// `5000 ms` as `5`, `1500 ms` as `1.5`: seconds, as the options are spoken of.
+[[nodiscard]] inline std::string seconds_text(std::chrono::milliseconds d) {
+    std::string out = std::to_string(d.count() / 1000);
+    if (const auto rest = d.count() % 1000; rest != 0) {
+        std::string frac = std::to_string(rest + 1000).substr(1); // three digits
+        while (frac.back() == '0') {
+            frac.pop_back();
+        }
+        out += '.' + frac;
+    }
+    return out;
+}
+
+inline void supervisor_core::report_child(log_level level, std::string_view what,
+                                          const child_record& c, const exit_reason* reason) const {
+    if (!options_.log.enabled(level)) {
+        return; // nothing is built: a dynamic supervisor may have millions of children
+    }
+    log_event e;
+    e.level = level;
+    e.what = what;
+    e.pid = c.pid;
+    e.fields.emplace_back("supervisor", name_);
+    e.fields.emplace_back("child", dynamic_ ? to_string(c.pid) : c.spec.id);
+    if (reason != nullptr) {
+        e.reason = to_string(*reason);
+    }
+    options_.log.log(std::move(e));
+}
+
+inline void supervisor_core::report_self(log_level level, std::string_view what,
+                                         const exit_reason* reason, const child_record* c) const {
+    if (!options_.log.enabled(level)) {
+        return;
+    }
+    log_event e;
+    e.level = level;
+    e.what = what;
+    e.pid = self_;
+    e.fields.emplace_back("supervisor", name_);
+    if (c != nullptr) { // giving up: the child whose restart was one too many
+        e.fields.emplace_back("child", dynamic_ ? to_string(c->pid) : c->spec.id);
+        e.fields.emplace_back("max_restarts", std::to_string(options_.max_restarts));
+        e.fields.emplace_back("max_seconds", seconds_text(options_.max_seconds));
+    }
+    if (reason != nullptr) {
+        e.reason = to_string(*reason);
+    }
+    options_.log.log(std::move(e));
+}
+
 // ---- supervisor_base: the handle
 
 inline supervisor_base::supervisor_base(supervisor_options options, bool dynamic,
                                         std::size_t max_children)
-    : core_(
-          std::make_shared<supervisor_core>(std::move(options), dynamic, max_children, signal())) {}
+    : core_(std::make_shared<supervisor_core>(std::move(options), dynamic, max_children, signal(),
+                                              id())) {}
 
 inline supervisor_base::~supervisor_base() {
     if (!thread_.started()) {
@@ -777,6 +989,25 @@ inline child_counts supervisor_base::count_children() {
     return core_->call([core = core_.get()] { return core->counts(); }).value_or(child_counts{});
 }
 
+inline supervisor_snapshot supervisor_base::snapshot(const snapshot_options& options) {
+    auto answer = core_->call(
+        [core = core_.get(), max = options.max_children] { return core->take_snapshot(max); });
+    if (!answer) {
+        return core_->empty_snapshot();
+    }
+    supervisor_snapshot out = std::move(answer->snapshot);
+    if (!core_->on_own_thread()) {
+        for (std::size_t i = 0; i < answer->trees.size(); ++i) {
+            if (auto* tree = dynamic_cast<supervision_tree*>(answer->trees[i].get())) {
+                out.children[i].supervisor.push_back(tree->tree_snapshot(options));
+            }
+        }
+    }
+    // The children held for this are let go here, on the caller's thread; a process may be
+    // let go from any thread.
+    return out;
+}
+
 inline result<process_id> supervisor_base::add_child(child_spec spec) {
     return core_->ask([core = core_.get(), spec = std::move(spec)]() mutable {
         return core->add_child(std::move(spec));
@@ -812,6 +1043,9 @@ inline result<std::shared_ptr<supervisor>> supervisor::start(std::vector<child_s
 
 inline child_spec supervisor::child(std::string id, std::vector<child_spec> children,
                                     supervisor_options options) {
+    if (options.name.empty()) {
+        options.name = id;
+    }
     auto start = [children = std::move(children), options = std::move(options)]() {
         return std::shared_ptr<process>(supervisor::start(children, options).value());
     };
