@@ -1091,16 +1091,15 @@ TEST_CASE("router: fetch_info gives a node's lines, or why not, from any thread"
     CHECK_FALSE(nowhere.ok);
     CHECK(nowhere.error == "no route");
     CHECK(nowhere.bytes == "ERROR no route\r\n");
-    for (const auto& [node, section] :
-         std::vector<std::pair<std::string, std::string>>{{"B", "bogus"},
-                                                          {"B b", ""},
-                                                          {"", "TREE JSON"},
-                                                          {"n@x", ""},
-                                                          {"", "TREE\r\n"},
-                                                          {"B\r\nGET", ""}}) {
-        CAPTURE(node);
-        CAPTURE(section);
-        auto bad = fetch(a, node, section);
+    for (const auto& asked : std::vector<std::pair<std::string, std::string>>{{"B", "bogus"},
+                                                                              {"B b", ""},
+                                                                              {"", "TREE JSON"},
+                                                                              {"n@x", ""},
+                                                                              {"", "TREE\r\n"},
+                                                                              {"B\r\nGET", ""}}) {
+        CAPTURE(asked.first);
+        CAPTURE(asked.second);
+        auto bad = fetch(a, asked.first, asked.second);
         CHECK_FALSE(bad.ok);
         CHECK(bad.error == "UNKNOWN COMMAND");
         CHECK(bad.lines.empty());
