@@ -6,6 +6,7 @@
 
 #include <otpkv/command.hpp>
 #include <otpkv/detail/random.hpp>
+#include <otpkv/log.hpp>
 #include <otpkv/net/client.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/process.hpp>
@@ -235,7 +236,7 @@ inline std::function<void(const otpkv::node_event&)> record_into(journal& events
 // are still answered; `release` sends what was held, in order); `freeze` holds back every
 // reply, the handshake's included (SIGSTOP). It records each greeting as
 // `OTPKV-PEER 2 <name>` (the nonce left out), and counts the proofs it accepted and the
-// handshakes it refused.
+// handshakes it refused. An INFO is answered `set_info_reply`'s bytes (`OK` by default).
 class fake_peer {
   public:
     enum class mode { answer, hang, freeze };
@@ -326,6 +327,12 @@ class fake_peer {
         const std::lock_guard lock(state_->mutex);
         return state_->heartbeats;
     }
+    // What it answers to an INFO, after the header, as it is (any bytes: a faulty or endless
+    // reply too).
+    void set_info_reply(std::string bytes) {
+        const std::lock_guard lock(state_->mutex);
+        state_->info_reply = std::move(bytes);
+    }
 
   private:
     struct held_reply {
@@ -348,6 +355,7 @@ class fake_peer {
         std::vector<std::string> greetings;
         int heartbeats = 0;
         std::vector<held_reply> held;
+        std::string info_reply = "OK\r\n";
 
         void handle(const otpkv::command& cmd, std::string& out, otpkv::session& s) {
             const std::lock_guard lock(mutex);
@@ -379,7 +387,9 @@ class fake_peer {
                 return;
             }
             requests.push_back({s.id(), std::string(request->rest)});
-            if (req.kind != otpkv::command_kind::get) {
+            if (req.kind == otpkv::command_kind::info) {
+                answer += info_reply;
+            } else if (req.kind != otpkv::command_kind::get) {
                 answer += "OK\r\n";
             } else if (req.key == "endless") {
                 answer.append(endless_reply, 'x'); // and never a line end
@@ -456,6 +466,71 @@ class fake_peer {
 
     std::shared_ptr<state> state_;
     std::shared_ptr<otpkv::server> server_;
+};
+
+// Keeps the structured events a logger is given (any thread), for tests to look at. The
+// state is shared with the loggers made from it, so a late event never finds it gone.
+class event_recorder {
+  public:
+    // A logger that passes every event at `level` or above to this recorder.
+    [[nodiscard]] otpkv::logger logger(otpkv::log_level level = otpkv::log_level::debug) const {
+        return otpkv::logger(
+            [st = state_](const otpkv::log_event& e) {
+                {
+                    const std::lock_guard lock(st->mutex);
+                    st->events.push_back(e);
+                }
+                st->added.notify_all();
+            },
+            level);
+    }
+    // The events of kind `what` (all of them when empty), in order.
+    [[nodiscard]] std::vector<otpkv::log_event> events(std::string_view what = {}) const {
+        const std::lock_guard lock(state_->mutex);
+        std::vector<otpkv::log_event> out;
+        for (const auto& e : state_->events) {
+            if (what.empty() || e.what == what) {
+                out.push_back(e);
+            }
+        }
+        return out;
+    }
+    // Waits (10 s at most) until there are `count` events of kind `what`; true if there are.
+    bool wait_for(std::string_view what, std::size_t count) const {
+        std::unique_lock lock(state_->mutex);
+        return state_->added.wait_for(lock, std::chrono::seconds(10), [&] {
+            std::size_t n = 0;
+            for (const auto& e : state_->events) {
+                n += e.what == what ? 1U : 0U;
+            }
+            return n >= count;
+        });
+    }
+    // `what node=<node field>`, for each event, in order (a compact view for CHECKs).
+    [[nodiscard]] std::vector<std::string> summary() const {
+        std::vector<std::string> out;
+        for (const auto& e : events()) {
+            out.push_back(e.what + " " + field(e, "node"));
+        }
+        return out;
+    }
+    // The value of `key` among `e`'s fields, empty when it has none.
+    [[nodiscard]] static std::string field(const otpkv::log_event& e, std::string_view key) {
+        for (const auto& [k, v] : e.fields) {
+            if (k == key) {
+                return v;
+            }
+        }
+        return {};
+    }
+
+  private:
+    struct state {
+        std::mutex mutex;
+        std::condition_variable added;
+        std::vector<otpkv::log_event> events;
+    };
+    std::shared_ptr<state> state_ = std::make_shared<state>();
 };
 
 } // namespace otpkv_test

@@ -749,6 +749,167 @@ TEST_CASE("node_client: a whole reply longer than max_reply is a broken peer too
     client->stop();
 }
 
+TEST_CASE("node_client: an INFO's reply is its lines up to OK, however it is read; capped by "
+          "max_info_reply, not max_reply") {
+    fake_peer peer("n2");
+    auto options = quick(60s);
+    options.max_reply = 1024;
+    options.max_info_reply = 512 * 1024;
+    auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, options);
+    const auto info = [&client] {
+        auto done = std::make_shared<std::promise<std::optional<otpkv::framed_reply>>>();
+        auto got = done->get_future();
+        client->request(0, "INFO TREE\r\n", command_kind::info, 0,
+                        [done](std::optional<otpkv::framed_reply> r) { done->set_value(r); });
+        REQUIRE(got.wait_for(10s) == std::future_status::ready);
+        return got.get();
+    };
+    // 400 KB of lines, many reads: whole, and its outcome with it.
+    std::string lines;
+    for (int i = 0; lines.size() < 400 * 1024; ++i) {
+        lines += "line " + std::to_string(i) + (i % 7 == 0 ? "\r\n\r\n" : " OK\r\n");
+    }
+    peer.set_info_reply(lines + "OK\r\n");
+    auto r = info();
+    REQUIRE(r.has_value());
+    CHECK(r->bytes == lines + "OK\r\n");
+    CHECK(r->outcome.kind == otpkv::reply_kind::ok);
+    // Followed at once by the next request's reply on the same connection: still paired.
+    peer.set_info_reply("a\r\nOK\r\n");
+    auto first = request(*client, "INFO\r\n", command_kind::info);
+    auto second = request(*client, "GET b k\r\n", command_kind::get);
+    CHECK(first.get().reply == "a\r\nOK\r\n");
+    CHECK(second.get().reply == "k\r\nOK\r\n");
+    for (const std::string refusal :
+         {"UNKNOWN COMMAND\r\n", "ERROR node n3 unavailable\r\n", "NOT FOUND\r\n"}) {
+        peer.set_info_reply(refusal);
+        r = info();
+        REQUIRE(r.has_value());
+        CHECK(r->bytes == refusal);
+    }
+    CHECK(peer.stats().accepted == 1);
+    // Past max_info_reply: the connection goes, the request fails, the next one is served.
+    peer.set_info_reply(lines + lines);
+    CHECK(info() == std::nullopt);
+    CHECK(client->call(0, parse("GET b after")) == "after\r\nOK\r\n");
+    CHECK(peer.stats().accepted == 2);
+    CHECK(client->status(0) == node_status::up);
+    client->stop();
+}
+
+TEST_CASE("node_client: event_log gets node_up and node_down once per transition, peer_refused "
+          "once, and each framing violation; the text log is told as before") {
+    fake_peer peer("n2", "another-cookie");
+    otpkv_test::event_recorder events;
+    log_lines text;
+    auto options = quick(60s);
+    options.event_log = events.logger();
+    options.log = text.sink();
+    auto client = start_client({{"n2", "127.0.0.1", peer.port()}}, options);
+    const std::string address = "127.0.0.1:" + std::to_string(peer.port());
+    CHECK(client->call(0, parse("GET b k")) == std::nullopt);
+    CHECK(eventually([&] { return peer.greetings().size() >= 4; })); // retried, refused
+    CHECK(client->call(0, parse("GET b k")) == std::nullopt);
+    CHECK(events.summary() == std::vector<std::string>{"peer_refused n2", "node_down n2"});
+    for (const auto& e : events.events()) {
+        CHECK(e.level == otpkv::log_level::warning);
+        CHECK(e.reason == "gave a wrong proof (is its cookie another?)");
+        CHECK(otpkv_test::event_recorder::field(e, "address") == address);
+    }
+    CHECK(text.take() == std::vector<std::string>{"node n2 at " + address +
+                                                  " gave a wrong proof (is its cookie another?)"});
+
+    peer.set_cookie(otpkv_test::test_cookie);
+    CHECK(eventually([&] { return client->status(0) == node_status::up; }));
+    REQUIRE(events.wait_for("node_up", 1));
+    CHECK(events.events("node_up").at(0).level == otpkv::log_level::info);
+    // A reply for another request: the connection is closed and made again at once; the node
+    // stays up, so no node_down.
+    CHECK(client->call(0, parse("GET b wrongid")) == std::nullopt);
+    CHECK(client->call(0, parse("GET b k")) == "k\r\nOK\r\n");
+    CHECK(events.summary() == std::vector<std::string>{"peer_refused n2", "node_down n2",
+                                                       "node_up n2", "peer_protocol_error n2"});
+    const auto violation = events.events("peer_protocol_error").at(0);
+    CHECK(violation.level == otpkv::log_level::warning);
+    CHECK(violation.reason.starts_with("answered request "));
+    CHECK(violation.reason.find("with another header (\"=") != std::string::npos);
+    const auto told = text.take();
+    REQUIRE(told.size() == 1);
+    CHECK(told[0].starts_with("node n2 at " + address + " answered request "));
+
+    // A logger at warning is not given node_up.
+    otpkv_test::event_recorder warnings;
+    auto quiet = quick(60s);
+    quiet.event_log = warnings.logger(otpkv::log_level::warning);
+    auto other = start_client({{"n2", "127.0.0.1", peer.port()}}, quiet);
+    CHECK(other->call(0, parse("GET b k")) == "k\r\nOK\r\n");
+    other->stop();
+    CHECK(warnings.events().empty());
+    client->stop();
+}
+
+TEST_CASE("node_client: stats counts each node's requests, failures, requests in flight, "
+          "connections and last error; heartbeats are not requests") {
+    fake_peer hung("n2");
+    fake_peer fine("n3");
+    hung.set_mode(fake_peer::mode::hang);
+    auto options = quick(60s);
+    options.connections = 2;
+    auto client =
+        start_client({{"n2", "127.0.0.1", hung.port()}, {"n3", "127.0.0.1", fine.port()}}, options);
+    otpkv::node_stats s = client->stats(0);
+    CHECK(s.status == node_status::unknown);
+    CHECK(s.requests == 0);
+    CHECK(s.connections == 0);
+    CHECK(s.last_error.empty());
+    CHECK(client->stats(7).status == node_status::down); // no such node
+
+    journal replies;
+    for (std::uint64_t i = 0; i < 4; ++i) {
+        client->request(0, "GET b k\r\n", command_kind::get, i, into(replies));
+    }
+    // Sent (the peer has them all, so both connections were greeted), not answered.
+    CHECK(eventually([&] { return hung.requests().size() == 4; }));
+    s = client->stats(0);
+    CHECK(s.in_flight == 4);
+    CHECK(s.requests == 4);
+    CHECK(s.failures == 0);
+    CHECK(s.status == node_status::up);
+    CHECK(s.connections == 2); // affinities 0 to 3 over a pool of two
+    CHECK(client->call(1, parse("GET b k")) == "k\r\nOK\r\n");
+    CHECK(client->stats(1).requests == 1);
+    CHECK(client->stats(1).connections == 1);
+    CHECK(client->stats(0).requests == 4); // each node its own
+
+    hung.release();
+    CHECK(replies.take(4).size() == 4);
+    CHECK(eventually([&] { return client->stats(0).in_flight == 0; }));
+    CHECK(client->stats(0).failures == 0);
+
+    // Failures: a reply that breaks the framing fails its request; the last error says why.
+    hung.set_mode(fake_peer::mode::answer);
+    CHECK(client->call(0, parse("GET b wrongid")) == std::nullopt);
+    s = client->stats(0);
+    CHECK(s.requests == 5);
+    CHECK(s.failures == 1);
+    CHECK(s.in_flight == 0);
+    CHECK(s.last_error.starts_with("answered request "));
+    client->stop();
+    s = client->stats(0);
+    CHECK(s.connections == 0);
+
+    // Heartbeats do not count.
+    fake_peer beating("n4");
+    auto beat = quick(60s);
+    beat.heartbeat = 20ms;
+    auto c2 = start_client({{"n4", "127.0.0.1", beating.port()}}, beat);
+    CHECK(c2->call(0, parse("GET b k")) == "k\r\nOK\r\n");
+    CHECK(eventually([&] { return beating.heartbeats() >= 3; }));
+    CHECK(c2->stats(0).requests == 1);
+    CHECK(c2->stats(0).in_flight == 0);
+    c2->stop();
+}
+
 // ---------------------------------------------------------------------------------------
 // Streams (SUBSCRIBE)
 // ---------------------------------------------------------------------------------------

@@ -510,6 +510,57 @@ TEST_CASE("cluster: every command through every node, for buckets of every node;
     c.stop();
 }
 
+// The reply to an INFO, read up to its OK (or its one refusal line); what came when nothing
+// more comes within the client's wait.
+std::string read_info(kv_client& c) {
+    std::string got;
+    for (;;) {
+        const std::string line = c.read_lines(1);
+        got += line;
+        if (line.empty() || otpkv::read_reply(otpkv::command_kind::info, got).size == got.size()) {
+            return got;
+        }
+    }
+}
+
+TEST_CASE("cluster: INFO through kv_server: another node's relayed as it answers it, a killed "
+          "node's unavailable, a node not in the table no route; the rest goes on") {
+    cluster c(three_nodes());
+    kv_client via1 = c.client(0);
+    exchange_each(via1, {
+                            {"INFO n2 TREE\r\n", unknown},
+                            {"INFO TREE n2 x\r\n", unknown},
+                            {"INFO nobody\r\n", "ERROR no route\r\n"},
+                            {"INFO JSON nobody\r\n", "ERROR no route\r\n"},
+                            {"CREATE alpha\r\nCREATE sierra\r\n", ok + ok},
+                        });
+    // n2's INFO through n1, and n2's own: the same shape (kv_server without an INFO provider
+    // answers UNKNOWN COMMAND, relayed as it is; with one, its JSON line names n2).
+    REQUIRE(via1.send_all("INFO JSON n2\r\nGET alpha k\r\n"));
+    const std::string relayed = read_info(via1);
+    OTPKV_CHECK_RECEIVES(via1, value_reply(""));
+    kv_client direct = c.client(1);
+    REQUIRE(direct.send_all("INFO JSON\r\n"));
+    const std::string own = read_info(direct);
+    if (own == unknown) {
+        CHECK(relayed == unknown);
+    } else {
+        CHECK(own.ends_with("\r\nOK\r\n"));
+        CHECK(relayed.ends_with("\r\nOK\r\n"));
+        CHECK(relayed.find("\"node\":\"n2\"") != std::string::npos);
+    }
+
+    // A killed node: unavailable within the wait, then at once; the others' buckets served.
+    c.kill(2);
+    OTPKV_CHECK_EXCHANGE(via1, "INFO TREE n3\r\n", unavailable("n3"));
+    OTPKV_CHECK_EXCHANGE(via1, "INFO n3\r\nGET alpha k\r\nGET sierra k\r\nINFO TREE nobody\r\n",
+                         unavailable("n3") + value_reply("") + unavailable("n3") +
+                             "ERROR no route\r\n");
+    kv_client via2 = c.client(1);
+    OTPKV_CHECK_EXCHANGE(via2, "INFO STATS n3\r\n", unavailable("n3"));
+    c.stop();
+}
+
 TEST_CASE("cluster: a bucket no route covers gets ERROR no route; the connection goes on") {
     cluster c(three_nodes());
     for (std::size_t via = 0; via < 3; ++via) {

@@ -471,7 +471,125 @@ TEST_CASE("parse: the guide's examples in command.hpp's doc comment all hold") {
         CHECK(otpkv::to_string(parse(line)) == expected);
         ++checked;
     }
-    CHECK(checked == 7); // CREATE, CREATE with spaces, PUT, GET, DELETE, unknown, GET short
+    // CREATE, CREATE with spaces, PUT, GET, DELETE, unknown, GET short, INFO, INFO reversed
+    CHECK(checked == 9);
+}
+
+// ---- INFO [SECTION] [NODE] ----
+
+namespace {
+constexpr command info(std::string_view section = {}, std::string_view node = {}) {
+    command c;
+    c.kind = command_kind::info;
+    c.section = section;
+    c.node = node;
+    return c;
+}
+} // namespace
+
+TEST_CASE("parse: INFO takes an optional SECTION, in any letter case, then an optional NODE") {
+    struct example {
+        std::string_view line;
+        command cmd;
+    };
+    const std::string longest_name(255, 'n');
+    const example valid[] = {
+        {"INFO", info()},
+        {"  INFO \r\n", info()},
+        {"INFO SERVER", info("SERVER")},
+        {"INFO TREE", info("TREE")},
+        {"INFO STATS", info("STATS")},
+        {"INFO CLUSTER", info("CLUSTER")},
+        {"INFO JSON", info("JSON")},
+        {"INFO server", info("server")}, // kept as sent
+        {"INFO Tree", info("Tree")},
+        {"INFO sTaTs", info("sTaTs")},
+        {"INFO cluster", info("cluster")},
+        {"INFO json", info("json")},
+        {"INFO n2", info({}, "n2")},
+        {"INFO kv.b-1_X", info({}, "kv.b-1_X")},
+        {"INFO TREE n2", info("TREE", "n2")},
+        {"INFO\ttree \v n2\r\n", info("tree", "n2")},
+        {"INFO JSON kv.b-1", info("JSON", "kv.b-1")},
+        {"INFO STATS STATS", info("STATS", "STATS")}, // a node named like a section
+        {"INFO servers", info({}, "servers")},        // not a section: a node name
+        {"INFO TREES", info({}, "TREES")},
+        {"INFO 0", info({}, "0")},
+        {"INFO -", info({}, "-")},
+    };
+    for (const example& e : valid) {
+        CAPTURE(otpkv::escaped(e.line));
+        const command cmd = parse(e.line);
+        CHECK(cmd == e.cmd);
+        CHECK(cmd.bucket.empty());
+        CHECK(cmd.key.empty());
+        CHECK(cmd.value.empty());
+    }
+    const std::string with_longest = "INFO SERVER " + longest_name;
+    CHECK(parse(with_longest) == info("SERVER", longest_name));
+    CHECK(parse("INFO " + longest_name) == info({}, longest_name));
+    // The views point into the line.
+    const std::string line = "INFO tree n2";
+    const command cmd = parse(line);
+    CHECK(cmd.section.data() == line.data() + 5);
+    CHECK(cmd.node.data() == line.data() + 10);
+    static_assert(parse("INFO TREE n2") == info("TREE", "n2"));
+    static_assert(parse("INFO n2 TREE").kind == command_kind::unknown);
+    CHECK(otpkv::verb_name(command_kind::info) == "INFO");
+}
+
+TEST_CASE("parse: INFO with arguments in the wrong order, too many, or no valid name is unknown") {
+    const std::string too_long_name(256, 'n');
+    for (const std::string_view line : {"INFO n2 TREE"sv,
+                                        "INFO n2 n3"sv,
+                                        "INFO TREE JSON n2"sv,
+                                        "INFO TREE n2 x"sv,
+                                        "INFO a b c d e"sv,
+                                        "INFO TREE n2@host"sv,
+                                        "INFO n2@host"sv,
+                                        "INFO n:2"sv,
+                                        "INFO TREE n/2"sv,
+                                        "INFO \x80"sv,
+                                        "INFO TREE \xc3\xa9"sv,
+                                        "INFO a\0b"sv,
+                                        "INFO TREE a\0b"sv,
+                                        "INFO *"sv,
+                                        "INFO a=b"sv,
+                                        "info"sv,
+                                        "Info"sv,
+                                        "info TREE"sv,
+                                        "INFOS"sv,
+                                        "INFO\x00"sv,
+                                        "XINFO TREE"sv}) {
+        CAPTURE(otpkv::escaped(line));
+        CHECK(parse(line) == command{});
+    }
+    CHECK(parse("INFO " + too_long_name) == command{});
+    CHECK(parse("INFO TREE " + too_long_name) == command{});
+}
+
+TEST_CASE("INFO: to_string, request_line and run") {
+    CHECK(otpkv::to_string(parse("INFO")) == "info");
+    CHECK(otpkv::to_string(parse("INFO json")) == "info json");
+    CHECK(otpkv::to_string(parse("INFO n2")) == "info n2");
+    CHECK(otpkv::to_string(parse("INFO TREE n2")) == "info TREE n2");
+    CHECK(otpkv::request_line(parse("INFO")) == "INFO\r\n");
+    CHECK(otpkv::request_line(parse(" INFO  tree \r\n")) == "INFO tree\r\n");
+    CHECK(otpkv::request_line(parse("INFO n2")) == "INFO n2\r\n");
+    CHECK(otpkv::request_line(parse("INFO\tTREE\tn2")) == "INFO TREE n2\r\n");
+    for (const char* line : {"INFO", "INFO tree", "INFO n2", "INFO CLUSTER n2"}) {
+        CAPTURE(line);
+        CHECK(parse(otpkv::request_line(parse(line))) == parse(line));
+    }
+    // `run` knows no node: a registry alone answers INFO as an unknown verb (the router
+    // answers it).
+    auto reg = otpkv::registry::start();
+    for (const char* line : {"INFO", "INFO TREE", "INFO TREE n2"}) {
+        std::string out;
+        const otpkv::reply_outcome outcome = otpkv::run(parse(line), *reg, out);
+        CHECK(out == "UNKNOWN COMMAND\r\n");
+        CHECK(outcome.kind == reply_kind::unknown_command);
+    }
 }
 
 TEST_CASE("to_string and escaped make any bytes readable") {
@@ -776,6 +894,64 @@ TEST_CASE("read_reply: every reply shape is whole only with its last byte") {
     CHECK(otpkv::read_reply(command_kind::put, "3\r\nOK\r\n").size == 3);
     // A GET's "OK" line alone is a value still waiting for its OK.
     CHECK(otpkv::read_reply(command_kind::get, "OK\r\n").size == 0);
+}
+
+TEST_CASE("read_reply: an INFO's reply is its lines up to OK, or one line of refusal") {
+    struct shape {
+        std::string_view bytes;
+        reply_kind kind;
+        std::string_view lines; // the value: the lines before OK
+    };
+    const shape shapes[] = {
+        {"OK\r\n", reply_kind::ok, ""}, // no lines
+        {"a\r\nOK\r\n", reply_kind::ok, "a\r\n"},
+        {"# Server\r\nnode:n2\r\n\r\n# Tree\r\nOKAY\r\n OK\r\nOK \r\nOK\r\n", reply_kind::ok,
+         "# Server\r\nnode:n2\r\n\r\n# Tree\r\nOKAY\r\n OK\r\nOK \r\n"},
+        {"{\"node\":\"n2\"}\r\nOK\r\n", reply_kind::ok, "{\"node\":\"n2\"}\r\n"},
+        {"a\nb\nOK\n", reply_kind::ok, "a\nb\n"}, // bare LF
+        {"\r\nOK\r\n", reply_kind::ok, "\r\n"},   // an empty line
+        {"a\rb\r\nOK\r\n", reply_kind::ok, "a\rb\r\n"},
+        {"UNKNOWN COMMAND\r\n", reply_kind::unknown_command, ""},
+        {"NOT FOUND\r\n", reply_kind::not_found, ""},
+        {"ERROR node n2 unavailable\r\n", reply_kind::error, ""},
+        {"ERROR no route\r\n", reply_kind::error, ""},
+        {"ERROR internal\n", reply_kind::error, ""},
+    };
+    for (const shape& s : shapes) {
+        CAPTURE(otpkv::escaped(s.bytes));
+        for (std::size_t n = 0; n < s.bytes.size(); ++n) {
+            CHECK(otpkv::read_reply(command_kind::info, s.bytes.substr(0, n)).size == 0);
+        }
+        const otpkv::reply_view r = otpkv::read_reply(command_kind::info, s.bytes);
+        CHECK(r.size == s.bytes.size());
+        CHECK(r.known);
+        CHECK(r.outcome.kind == s.kind);
+        CHECK(r.value == s.lines);
+        // What follows is the next reply's.
+        CHECK(otpkv::read_reply(command_kind::info, std::string(s.bytes) + "OK\r\n").size ==
+              s.bytes.size());
+        const otpkv::routed_reply routed =
+            otpkv::parse_routed_reply(command_kind::info, std::string(s.bytes));
+        CHECK(routed.kind == s.kind);
+        CHECK(routed.bytes == s.bytes);
+        CHECK(routed.value == s.lines);
+    }
+    // An error's node, as for any request.
+    const auto down = otpkv::read_reply(command_kind::info, "ERROR node n2 unavailable\r\nx");
+    CHECK(down.outcome.code == error_code::node_unavailable);
+    CHECK(down.node == "n2");
+    // A refusal word is a refusal only as the first line.
+    CHECK(otpkv::read_reply(command_kind::info, "a\r\nERROR internal\r\nOK\r\n").size == 23);
+    CHECK(otpkv::read_reply(command_kind::info, "a\r\nERROR internal\r\n").size == 0);
+    // Resuming the scan where it stopped gives the same end, however the bytes came.
+    const std::string_view whole = "one\r\ntwo\r\nOK\r\n";
+    std::size_t scanned = 0;
+    std::size_t size = 0;
+    for (std::size_t n = 1; n <= whole.size() && size == 0; ++n) {
+        size = otpkv::detail::info_reply_size(whole.substr(0, n), scanned);
+    }
+    CHECK(size == whole.size());
+    CHECK(scanned == 10); // where the OK line starts
 }
 
 TEST_CASE("peer request ids: parse_peer_id, append_peer_id, parse_peer_request, "

@@ -20,10 +20,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -62,14 +64,19 @@ route_entry entry(unsigned char first, unsigned char last, std::string node, std
     return {first, last, std::move(node), std::move(host), port};
 }
 
+using info_provider = std::function<std::string(std::string_view section)>;
+
 std::shared_ptr<otpkv::router>
 start_router(std::string self, std::vector<route_entry> routes, otpkv::client_options client = {},
-             std::shared_ptr<otpkv::registry> reg = otpkv::registry::start()) {
+             std::shared_ptr<otpkv::registry> reg = otpkv::registry::start(),
+             info_provider info = {}, otpkv::logger log = {}) {
     otpkv::router_options o;
     o.self = std::move(self);
     o.routes = std::move(routes);
     o.client = std::move(client);
     o.cookie = otpkv_test::test_cookie;
+    o.info = std::move(info);
+    o.log = std::move(log);
     auto r = otpkv::router::start(std::move(reg), std::move(o));
     REQUIRE(r.has_value());
     return std::move(r).value();
@@ -107,20 +114,39 @@ std::map<std::string, int> owners_by_first_byte(const otpkv::router& r) {
     return count;
 }
 
+// A node's INFO in the tests: which node answered, and for which section word (as sent);
+// STATS is long (2,000 lines, about 50 KB), to travel in many reads.
+std::string info_lines(std::string_view node, std::string_view section) {
+    std::string text = "node:" + std::string(node) + "\r\nsection:" + std::string(section) + "\r\n";
+    if (section == "STATS") {
+        for (int i = 0; i < 2000; ++i) {
+            text += "stat_" + std::to_string(i) + ":" + std::string(12, 'v') + "\r\n";
+        }
+    }
+    return text;
+}
+
+info_provider info_of(std::string node) {
+    return [node = std::move(node)](std::string_view section) { return info_lines(node, section); };
+}
+
 // Two nodes in one process, each a registry, a router and a server on an ephemeral port:
 // B serves everything locally (its table's first entry covers every byte; the second, which
 // never wins, names A, so that B accepts A as a peer), A owns a-m and forwards n-y to B; z
 // and everything outside a-y has no route at A.
+// With `info`, each node's INFO is `info_lines` of its name.
 struct two_nodes {
-    explicit two_nodes(otpkv::client_options client = {}) {
+    explicit two_nodes(otpkv::client_options client = {}, bool info = false,
+                       otpkv::logger log_a = {}) {
         client.heartbeat = 0ms;
         reg_b = otpkv::registry::start();
-        router_b = start_router("B", {entry(0, 255, "B", 1), entry('a', 'a', "A", 1)}, {}, reg_b);
+        router_b = start_router("B", {entry(0, 255, "B", 1), entry('a', 'a', "A", 1)}, {}, reg_b,
+                                info ? info_of("B") : info_provider{});
         server_b = serve(router_b);
         reg_a = otpkv::registry::start();
-        router_a =
-            start_router("A", {entry('a', 'm', "A", 1), entry('n', 'y', "B", server_b->port())},
-                         std::move(client), reg_a);
+        router_a = start_router(
+            "A", {entry('a', 'm', "A", 1), entry('n', 'y', "B", server_b->port())},
+            std::move(client), reg_a, info ? info_of("A") : info_provider{}, std::move(log_a));
         server_a = serve(router_a);
     }
     ~two_nodes() {
@@ -826,4 +852,447 @@ TEST_CASE("kv_server: an owner that sends one extra reply line cannot shift anot
     CHECK_MESSAGE(st.clean(), st.describe());
     CHECK(st.err.find("kv_server: node n2 at 127.0.0.1:" + std::to_string(owner.port()) +
                       " answered request ") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------
+// INFO [SECTION] [NODE]
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+// `fetch_info`, waited for (bounded).
+otpkv::info_reply fetch(otpkv::router& r, std::string node, std::string section) {
+    auto done = std::make_shared<std::promise<otpkv::info_reply>>();
+    auto got = done->get_future();
+    r.fetch_info(std::move(node), std::move(section),
+                 [done](otpkv::info_reply reply) { done->set_value(std::move(reply)); });
+    REQUIRE(got.wait_for(10s) == std::future_status::ready);
+    return got.get();
+}
+
+} // namespace
+
+TEST_CASE("router_handler: INFO with no node, or naming this one, answers the provider's lines "
+          "then OK, byte for byte, in request order") {
+    std::atomic<int> calls{0};
+    auto r = start_router("A", {entry('a', 'm', "A", 1), entry('n', 'y', "n2", 1)}, quick(60s),
+                          otpkv::registry::start(), [&calls](std::string_view section) {
+                              ++calls;
+                              return info_lines("A", section);
+                          });
+    auto srv = serve(r);
+    kv_client c(srv->port());
+    OTPKV_CHECK_EXCHANGE(c, "INFO\r\n", "node:A\r\nsection:\r\nOK\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "INFO tree\r\n", "node:A\r\nsection:tree\r\nOK\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "INFO JSON A\r\n", "node:A\r\nsection:JSON\r\nOK\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "  INFO\tA \r\n", "node:A\r\nsection:\r\nOK\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "INFO STATS\r\n", info_lines("A", "STATS") + "OK\r\n");
+    CHECK(calls == 5);
+    // Pipelined with other requests: each reply in its place.
+    OTPKV_CHECK_EXCHANGE(c, "CREATE apple\r\nINFO cluster\r\nGET apple k\r\nINFO server A\r\n",
+                         "OK\r\nnode:A\r\nsection:cluster\r\nOK\r\n\r\nOK\r\n"
+                         "node:A\r\nsection:server\r\nOK\r\n");
+    CHECK(calls == 7);
+    // What is not an INFO is an unknown command, as before; the provider is not asked.
+    OTPKV_CHECK_EXCHANGE(c, "INFO A TREE\r\nINFO TREE A x\r\ninfo\r\nINFO A@h\r\n",
+                         "UNKNOWN COMMAND\r\nUNKNOWN COMMAND\r\nUNKNOWN COMMAND\r\n"
+                         "UNKNOWN COMMAND\r\n");
+    // A node the table does not have: no route; the connection goes on.
+    OTPKV_CHECK_EXCHANGE(c, "INFO nobody\r\nINFO TREE nobody\r\nGET apple k\r\n",
+                         "ERROR no route\r\nERROR no route\r\n\r\nOK\r\n");
+    CHECK(calls == 7);
+    // The host API: the same bytes.
+    CHECK(r->call(parse("INFO tree")) == "node:A\r\nsection:tree\r\nOK\r\n");
+    CHECK(r->call(parse("INFO TREE A")) == "node:A\r\nsection:TREE\r\nOK\r\n");
+    CHECK(r->call(parse("INFO nobody")) == "ERROR no route\r\n");
+    srv->stop();
+    r->stop();
+}
+
+TEST_CASE("router_handler: a provider's last line gets its line end; no provider: UNKNOWN "
+          "COMMAND") {
+    auto unended = start_router("A", {}, {}, otpkv::registry::start(),
+                                [](std::string_view) { return std::string("a\r\nb"); });
+    auto empty = start_router("A", {}, {}, otpkv::registry::start(),
+                              [](std::string_view) { return std::string(); });
+    auto none = start_router("A", {});
+    CHECK(unended->call(parse("INFO")) == "a\r\nb\r\nOK\r\n");
+    CHECK(empty->call(parse("INFO")) == "OK\r\n");
+    CHECK(none->call(parse("INFO")) == "UNKNOWN COMMAND\r\n");
+    CHECK(none->call(parse("INFO TREE A")) == "UNKNOWN COMMAND\r\n");
+    CHECK(none->call(parse("INFO n2")) == "ERROR no route\r\n"); // a table without n2
+    auto srv = serve(none);
+    kv_client c(srv->port());
+    OTPKV_CHECK_EXCHANGE(c, "INFO\r\nCREATE apple\r\n", "UNKNOWN COMMAND\r\nOK\r\n");
+    srv->stop();
+}
+
+TEST_CASE("router: INFO naming another node is forwarded to it and its reply relayed byte for "
+          "byte; a peer's INFO always runs here") {
+    two_nodes n({}, true);
+    kv_client c(n.server_a->port());
+    OTPKV_CHECK_EXCHANGE(c, "INFO TREE B\r\n", "node:B\r\nsection:TREE\r\nOK\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "INFO B\r\n", "node:B\r\nsection:\r\nOK\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "INFO json B\r\n", "node:B\r\nsection:json\r\nOK\r\n");
+    // About 50 KB: many reads at A, relayed whole.
+    OTPKV_CHECK_EXCHANGE(c, "INFO STATS B\r\n", info_lines("B", "STATS") + "OK\r\n");
+    // Interleaved with local and forwarded requests, pipelined: in request order.
+    OTPKV_CHECK_EXCHANGE(c,
+                         "CREATE nut\r\nINFO CLUSTER B\r\nINFO CLUSTER\r\nPUT nut k v\r\n"
+                         "INFO STATS B\r\nGET nut k\r\n",
+                         "OK\r\nnode:B\r\nsection:CLUSTER\r\nOK\r\nnode:A\r\nsection:CLUSTER\r\n"
+                         "OK\r\nOK\r\n" +
+                             info_lines("B", "STATS") + "OK\r\nv\r\nOK\r\n");
+    CHECK(n.router_a->call(parse("INFO SERVER B")) == "node:B\r\nsection:SERVER\r\nOK\r\n");
+    CHECK(n.router_a->snapshot().peers.at(0).requests >= 7);
+
+    // On a peer's connection, INFO runs here whatever node it names: never forwarded again.
+    kv_client peer(n.server_a->port());
+    REQUIRE(otpkv_test::handshake_as(peer, "B", "A", otpkv_test::test_cookie));
+    OTPKV_CHECK_EXCHANGE(peer, tagged("INFO TREE\r\n", 1),
+                         answered("node:A\r\nsection:TREE\r\nOK\r\n", 1));
+    OTPKV_CHECK_EXCHANGE(peer, tagged("INFO TREE B\r\n", 2),
+                         answered("node:A\r\nsection:TREE\r\nOK\r\n", 2));
+    OTPKV_CHECK_EXCHANGE(peer, tagged("INFO nobody\r\n", 3),
+                         answered("node:A\r\nsection:\r\nOK\r\n", 3));
+}
+
+TEST_CASE("router: INFO to a node that is down or does not answer is ERROR node <name> "
+          "unavailable within the request timeout; the other buckets are served") {
+    two_nodes n(quick(60s), true); // a stopped node refuses at once: nothing waits for 60 s
+    REQUIRE(n.router_a->create("nut").kind == reply_kind::ok);
+    REQUIRE(n.router_a->create("apple").kind == reply_kind::ok);
+    kv_client c(n.server_a->port());
+    n.server_b->stop();
+    const auto start = std::chrono::steady_clock::now();
+    OTPKV_CHECK_EXCHANGE(c, "INFO TREE B\r\n", "ERROR node B unavailable\r\n");
+    CHECK(std::chrono::steady_clock::now() - start < 5s); // not the client's 10 s wait
+    CHECK(eventually([&] { return n.router_a->status("B") == node_status::down; }));
+    // Known down: at once, also through the host API; the rest goes on.
+    OTPKV_CHECK_EXCHANGE(c, "INFO B\r\nGET apple k\r\nINFO\r\nGET nut k\r\n",
+                         "ERROR node B unavailable\r\n\r\nOK\r\nnode:A\r\nsection:\r\nOK\r\n"
+                         "ERROR node B unavailable\r\n");
+    CHECK(n.router_a->call(parse("INFO json B")) == "ERROR node B unavailable\r\n");
+
+    // A node that hangs: the request times out (request_timeout 250 ms), the node is down.
+    fake_peer hung("n2");
+    hung.set_mode(fake_peer::mode::hang);
+    auto r = start_router("A", {entry('a', 'm', "A", 1), entry('n', 'z', "n2", hung.port())},
+                          quick(250ms), otpkv::registry::start(), info_of("A"));
+    auto srv = serve(r);
+    kv_client d(srv->port());
+    const auto asked = std::chrono::steady_clock::now();
+    OTPKV_CHECK_EXCHANGE(d, "INFO TREE n2\r\n", "ERROR node n2 unavailable\r\n");
+    CHECK(std::chrono::steady_clock::now() - asked < 5s);
+    OTPKV_CHECK_EXCHANGE(d, "CREATE apple\r\nINFO TREE\r\n",
+                         "OK\r\nnode:A\r\nsection:TREE\r\nOK\r\n");
+    srv->stop();
+    r->stop();
+}
+
+TEST_CASE("router: the owner is asked INFO [SECTION] without the node; a reply past "
+          "max_info_reply is cut, the request fails as unavailable, and the log says why") {
+    fake_peer peer("n2");
+    otpkv_test::event_recorder events;
+    auto options = quick(60s);
+    options.max_info_reply = 64 * 1024;
+    auto r = start_router("A", {entry('a', 'm', "A", 1), entry('n', 'z', "n2", peer.port())},
+                          options, otpkv::registry::start(), {}, events.logger());
+    auto srv = serve(r);
+    kv_client c(srv->port());
+    peer.set_info_reply("line one\r\n\r\nline three\r\nOK\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "INFO TREE n2\r\n", "line one\r\n\r\nline three\r\nOK\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "INFO n2\r\n", "line one\r\n\r\nline three\r\nOK\r\n");
+    const auto lines = peer.requests();
+    REQUIRE(lines.size() == 2);
+    CHECK(lines[0].text == "INFO TREE");
+    CHECK(lines[1].text == "INFO");
+    // The owner's refusals are relayed as they are.
+    peer.set_info_reply("UNKNOWN COMMAND\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "INFO n2\r\nGET nut k\r\n", "UNKNOWN COMMAND\r\nk\r\nOK\r\n");
+    // Just under the cap, whole: relayed.
+    std::string big;
+    while (big.size() < 60 * 1024) {
+        big += "a line of the reply, " + std::to_string(big.size()) + "\r\n";
+    }
+    peer.set_info_reply(big + "OK\r\n");
+    OTPKV_CHECK_EXCHANGE(c, "INFO STATS n2\r\n", big + "OK\r\n");
+    CHECK(events.events("peer_protocol_error").empty());
+
+    // Past it, with no OK: lines, or one line that never ends.
+    std::string lines_without_end;
+    while (lines_without_end.size() < 200 * 1024) {
+        lines_without_end += "more\r\n";
+    }
+    std::size_t cut = 0;
+    for (const std::string& endless : {lines_without_end, std::string(200 * 1024, 'x')}) {
+        CAPTURE(endless.size());
+        peer.set_info_reply(endless);
+        const std::size_t accepted = peer.stats().accepted;
+        OTPKV_CHECK_EXCHANGE(c, "INFO n2\r\n", "ERROR node n2 unavailable\r\n");
+        ++cut;
+        REQUIRE(events.wait_for("peer_protocol_error", cut));
+        const auto told = events.events("peer_protocol_error").back();
+        CHECK(told.level == otpkv::log_level::warning);
+        CHECK(told.reason == "sent an INFO reply longer than max_info_reply");
+        CHECK(otpkv_test::event_recorder::field(told, "node") == "n2");
+        CHECK(otpkv_test::event_recorder::field(told, "address") ==
+              "127.0.0.1:" + std::to_string(peer.port()));
+        // The connection was closed, and a new one serves again.
+        CHECK(eventually([&] { return peer.stats().accepted == accepted + 1; }));
+        peer.set_info_reply("OK\r\n");
+        OTPKV_CHECK_EXCHANGE(c, "GET nut k\r\nINFO n2\r\n", "k\r\nOK\r\nOK\r\n");
+    }
+    const otpkv::router_snapshot snap = r->snapshot();
+    REQUIRE(snap.peers.size() == 1);
+    CHECK(snap.peers[0].failures == 2);
+    CHECK(snap.peers[0].last_error == "sent an INFO reply longer than max_info_reply");
+    srv->stop();
+    r->stop();
+}
+
+TEST_CASE("router: the default max_info_reply (4 MiB) cuts an endless INFO reply") {
+    fake_peer peer("n2");
+    auto r = start_router("A", {entry('n', 'z', "n2", peer.port())}, quick(60s));
+    CHECK(otpkv::client_options{}.max_info_reply == std::size_t{4} << 20);
+    std::string five_mib;
+    five_mib.reserve(5U << 20);
+    while (five_mib.size() < (5U << 20)) {
+        five_mib += "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n";
+    }
+    peer.set_info_reply(five_mib);
+    CHECK(r->call(parse("INFO n2")) == "ERROR node n2 unavailable\r\n");
+    five_mib.resize((4U << 20) - 64); // whole lines of 64 bytes
+    five_mib += "OK\r\n";             // a whole reply of 4 MiB - 60 passes
+    REQUIRE(five_mib.size() == (4U << 20) - 60);
+    peer.set_info_reply(five_mib);
+    CHECK(eventually([&] { return r->call(parse("INFO n2")) == five_mib; }));
+    r->stop();
+}
+
+TEST_CASE("router: fetch_info gives a node's lines, or why not, from any thread") {
+    two_nodes n({}, true);
+    auto& a = *n.router_a;
+    auto here = fetch(a, "", "TREE");
+    CHECK(here.ok);
+    CHECK(here.lines == "node:A\r\nsection:TREE\r\n");
+    CHECK(here.bytes == "node:A\r\nsection:TREE\r\nOK\r\n");
+    CHECK(here.error.empty());
+    CHECK(fetch(a, "A", "").lines == "node:A\r\nsection:\r\n");
+    auto there = fetch(a, "B", "json");
+    CHECK(there.ok);
+    CHECK(there.lines == "node:B\r\nsection:json\r\n");
+    std::optional<otpkv::info_reply> from_thread;
+    std::thread([&] { from_thread = fetch(a, "B", "STATS"); }).join();
+    REQUIRE(from_thread.has_value());
+    CHECK(from_thread->lines == info_lines("B", "STATS"));
+
+    auto nowhere = fetch(a, "nobody", "");
+    CHECK_FALSE(nowhere.ok);
+    CHECK(nowhere.error == "no route");
+    CHECK(nowhere.bytes == "ERROR no route\r\n");
+    for (const auto& asked : std::vector<std::pair<std::string, std::string>>{{"B", "bogus"},
+                                                                              {"B b", ""},
+                                                                              {"", "TREE JSON"},
+                                                                              {"n@x", ""},
+                                                                              {"", "TREE\r\n"},
+                                                                              {"B\r\nGET", ""}}) {
+        CAPTURE(asked.first);
+        CAPTURE(asked.second);
+        auto bad = fetch(a, asked.first, asked.second);
+        CHECK_FALSE(bad.ok);
+        CHECK(bad.error == "UNKNOWN COMMAND");
+        CHECK(bad.lines.empty());
+    }
+    CHECK(fetch(*n.router_b, "", "").lines == "node:B\r\nsection:\r\n");
+
+    n.server_b->stop();
+    auto down = fetch(a, "B", "JSON");
+    CHECK_FALSE(down.ok);
+    CHECK(down.error == "node B unavailable");
+    CHECK(down.bytes == "ERROR node B unavailable\r\n");
+    // Without a provider: UNKNOWN COMMAND, as from a node that does not know INFO.
+    auto none = start_router("C", {});
+    auto unknown = fetch(*none, "", "");
+    CHECK_FALSE(unknown.ok);
+    CHECK(unknown.error == "UNKNOWN COMMAND");
+}
+
+// ---------------------------------------------------------------------------------------
+// snapshot and events
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("router: snapshot shows the table and each other node: up or down, in flight, "
+          "forwarded, failed, connections, last error") {
+    fake_peer peer("n3");
+    auto options = quick(60s);
+    options.connections = 2;
+    two_nodes n(options);
+    auto& a = *n.router_a;
+    otpkv::router_snapshot snap = a.snapshot();
+    CHECK(snap.node == "A");
+    CHECK(snap.routes ==
+          std::vector<std::string>{"a-m=A@127.0.0.1:1",
+                                   "n-y=B@127.0.0.1:" + std::to_string(n.server_b->port())});
+    REQUIRE(snap.peers.size() == 1);
+    CHECK(snap.peers[0].name == "B");
+    CHECK(snap.peers[0].address == "127.0.0.1:" + std::to_string(n.server_b->port()));
+    CHECK_FALSE(snap.peers[0].up); // never connected
+    CHECK(snap.peers[0].requests == 0);
+    CHECK(snap.peers[0].connections == 0);
+    CHECK(snap.peers[0].last_error.empty());
+    CHECK(snap.peers_refused == 0);
+
+    REQUIRE(a.create("nut").kind == reply_kind::ok);
+    REQUIRE(a.put("nut", "k", "v").kind == reply_kind::ok);
+    REQUIRE(a.create("apple").kind == reply_kind::ok); // local: not counted
+    snap = a.snapshot();
+    CHECK(snap.peers[0].up);
+    CHECK(snap.peers[0].requests == 2);
+    CHECK(snap.peers[0].failures == 0);
+    CHECK(snap.peers[0].in_flight == 0);
+    CHECK(snap.peers[0].connections == 1); // affinity 0: one of the pool's two
+    a.connect_all();
+    CHECK(eventually([&] { return a.snapshot().peers[0].connections == 2; }));
+
+    // Down: the failure is counted, with why; requests refused at once while it is down
+    // never leave and are not counted.
+    const std::uint16_t port_b = n.server_b->port();
+    n.server_b->stop();
+    CHECK(a.get("nut", "k").error == error_code::node_unavailable);
+    CHECK(eventually([&] { return !a.snapshot().peers[0].up; }));
+    snap = a.snapshot();
+    CHECK(snap.peers[0].connections == 0);
+    CHECK(snap.peers[0].requests == 3);
+    CHECK(snap.peers[0].failures == 1);
+    CHECK(snap.peers[0].in_flight == 0);
+    CHECK_FALSE(snap.peers[0].last_error.empty());
+    CHECK(a.get("nut", "k").error == error_code::node_unavailable);
+    CHECK(a.snapshot().peers[0].requests == 3);
+    // Up again.
+    n.server_b = serve(n.router_b, port_b);
+    CHECK(eventually([&] { return a.snapshot().peers[0].up; }));
+    CHECK(a.get("nut", "k").value == "v");
+
+    // In flight: a node that holds its replies back.
+    peer.set_mode(fake_peer::mode::hang);
+    auto r = start_router("A", {entry('n', 'z', "n3", peer.port())}, quick(60s));
+    journal replies;
+    for (int i = 0; i < 3; ++i) {
+        r->send(parse("GET nut k" + std::to_string(i)),
+                [&replies](std::string reply) { replies.add(std::move(reply)); });
+    }
+    CHECK(eventually([&] { return r->snapshot().peers[0].in_flight == 3; }));
+    CHECK(r->snapshot().peers[0].requests == 3);
+    peer.release();
+    CHECK(replies.take(3).size() == 3);
+    CHECK(eventually([&] { return r->snapshot().peers[0].in_flight == 0; }));
+    CHECK(r->snapshot().peers[0].failures == 0);
+    r->stop();
+}
+
+TEST_CASE("router: node_up and node_down are logged once per transition, with the reason, "
+          "never per failed request or retry") {
+    fake_peer peer("n2");
+    otpkv_test::event_recorder events;
+    auto r = start_router("A", {entry('n', 'z', "n2", peer.port())}, quick(60s),
+                          otpkv::registry::start(), {}, events.logger());
+    const std::string address = "127.0.0.1:" + std::to_string(peer.port());
+    for (int i = 0; i < 5; ++i) {
+        CHECK(r->call(parse("GET nut k")) == "k\r\nOK\r\n");
+    }
+    REQUIRE(events.wait_for("node_up", 1));
+    const auto up = events.events("node_up").at(0);
+    CHECK(up.level == otpkv::log_level::info);
+    CHECK(otpkv_test::event_recorder::field(up, "node") == "n2");
+    CHECK(otpkv_test::event_recorder::field(up, "address") == address);
+
+    // Refused from now on: down once, refused once, however many retries and requests.
+    peer.set_known(false);
+    CHECK(r->call(parse("GET nut close")) == "close\r\nOK\r\n"); // its connection closes
+    CHECK(eventually([&] { return peer.refused() >= 4; }));      // retried, refused each time
+    for (int i = 0; i < 5; ++i) {
+        CHECK(r->call(parse("GET nut k")) == "ERROR node n2 unavailable\r\n");
+    }
+    CHECK(events.summary() ==
+          std::vector<std::string>{"node_up n2", "peer_refused n2", "node_down n2"});
+    const auto down = events.events("node_down").at(0);
+    CHECK(down.level == otpkv::log_level::warning);
+    CHECK(down.reason == "refused the greeting (ERROR not a peer): this node is not in its "
+                         "routing table");
+    CHECK(otpkv_test::event_recorder::field(down, "address") == address);
+    CHECK(events.events("peer_refused").at(0).reason == down.reason);
+
+    peer.set_known(true);
+    CHECK(eventually([&] { return r->status("n2") == node_status::up; }));
+    REQUIRE(events.wait_for("node_up", 2));
+    CHECK(r->call(parse("GET nut k")) == "k\r\nOK\r\n");
+    CHECK(events.summary() ==
+          std::vector<std::string>{"node_up n2", "peer_refused n2", "node_down n2", "node_up n2"});
+    r->stop();
+}
+
+TEST_CASE("router_handler: refused handshakes are logged as peer_refused, at most one event per "
+          "interval, whose count= says how many it stands for") {
+    for (const std::chrono::milliseconds interval : {0ms, 3'600'000ms}) {
+        CAPTURE(interval.count());
+        otpkv_test::event_recorder events;
+        otpkv::router_options o;
+        o.self = "A";
+        o.routes = {entry('a', 'm', "A", 1), entry('n', 'z', "B", 1)};
+        o.cookie = otpkv_test::test_cookie;
+        o.log = events.logger();
+        o.refused_log_interval = interval;
+        auto r = otpkv::router::start(otpkv::registry::start(), o).value();
+        auto srv = serve(r);
+        for (int i = 0; i < 5; ++i) {
+            kv_client bad(srv->port());
+            OTPKV_CHECK_EXCHANGE(bad, "OTPKV-PEER 2 X " + otpkv::detail::new_peer_nonce() + "\r\n",
+                                 "ERROR not a peer\r\n");
+            CHECK(bad.read_to_eof() == "");
+        }
+        CHECK(r->snapshot().peers_refused == 5);
+        const auto told = events.events("peer_refused");
+        REQUIRE(told.size() == (interval == 0ms ? 5U : 1U));
+        for (const auto& e : told) {
+            CHECK(e.level == otpkv::log_level::warning);
+            CHECK(e.reason == "node X is not in the routing table");
+            CHECK(otpkv_test::event_recorder::field(e, "count") == "1");
+            CHECK_FALSE(otpkv_test::event_recorder::field(e, "connection").empty());
+        }
+        srv->stop();
+        r->stop();
+    }
+    // A short interval: the refusals in between are told with the next event's count.
+    otpkv_test::event_recorder events;
+    otpkv::router_options o;
+    o.self = "A";
+    o.routes = {entry('n', 'z', "B", 1)};
+    o.cookie = otpkv_test::test_cookie;
+    o.log = events.logger();
+    o.refused_log_interval = 50ms;
+    auto r = otpkv::router::start(otpkv::registry::start(), o).value();
+    auto srv = serve(r);
+    std::size_t sent = 0;
+    const auto counted = [&] {
+        std::size_t sum = 0;
+        bool aggregated = false;
+        for (const auto& e : events.events("peer_refused")) {
+            const std::size_t count = std::stoul(otpkv_test::event_recorder::field(e, "count"));
+            sum += count;
+            aggregated = aggregated || count > 1;
+        }
+        return std::pair{sum, aggregated};
+    };
+    CHECK(eventually([&] {
+        kv_client bad(srv->port());
+        bad.exchange("OTPKV-PROOF " + std::string(64, 'a') + "\r\n", 18);
+        ++sent;
+        return counted().second;
+    }));
+    CHECK(r->snapshot().peers_refused == sent);
+    CHECK(counted().first <= sent);
+    CHECK(events.events("peer_refused").size() < sent);
+    srv->stop();
+    r->stop();
 }

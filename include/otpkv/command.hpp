@@ -14,6 +14,7 @@
 
 #include <otpkv/detail/sha256.hpp>
 #include <otpkv/process.hpp>
+#include <otpkv/route.hpp> // is_node_name
 
 #include <algorithm>
 #include <array>
@@ -52,10 +53,10 @@ enum class command_kind : std::uint8_t {
 
 /// One parsed request. The views point into the line that was parsed, so a command is
 /// valid only as long as that line's bytes are. Fields a kind does not use are empty; the
-/// tokens a kind uses are never empty.
+/// tokens a kind uses are never empty (INFO's two are optional: empty when not given).
 struct command {
     command_kind kind = command_kind::unknown; ///< what is asked
-    std::string_view bucket{};                 ///< every kind but `unknown`
+    std::string_view bucket{};                 ///< every kind but `unknown` and `info`
     std::string_view key{};                    ///< `put`, `get`, `erase`
     std::string_view value{};                  ///< `put`
     std::string_view section{}; ///< `info`: the SECTION word as sent; empty: all sections
@@ -77,6 +78,13 @@ struct command {
 /// each verb takes an exact number of tokens; anything else is `command_kind::unknown`.
 /// Tokens may hold any other byte (NUL, non-UTF-8) and come back unchanged.
 ///
+/// `INFO [SECTION] [NODE]` takes 1 to 3 tokens. A SECTION is one of `SERVER`, `TREE`,
+/// `STATS`, `CLUSTER`, `JSON` in any letter case (kept as sent: `command::section`); a NODE
+/// is a node name (`is_node_name`: 1 to 255 of `A-Z a-z 0-9 _ . -`). With one argument, a
+/// section word is a SECTION (so a node named like a section is asked for one with both
+/// arguments), any other node name a NODE; with two, they must be a SECTION then a NODE.
+/// Anything else is unknown.
+///
 /// The guide's doctests for `KVServer.Command.parse`, in C++ (tests/test_command.cpp reads
 /// the lines below from this header and checks each one, so they cannot go stale):
 ///
@@ -87,11 +95,13 @@ struct command {
 ///     parse("DELETE shopping eggs\r\n")     => delete shopping eggs
 ///     parse("UNKNOWN shopping eggs\r\n")    => unknown
 ///     parse("GET shopping\r\n")             => unknown
+///     parse("INFO tree n2\r\n")             => info tree n2
+///     parse("INFO n2 TREE\r\n")             => unknown
 ///
 /// Complexity: one pass over the line. Thread safety: a pure function.
 [[nodiscard]] constexpr command parse(std::string_view line) noexcept;
 
-/// The protocol verb of a kind (`"CREATE"`, ..., `""` for unknown).
+/// The protocol verb of a kind (`"CREATE"`, ..., `"INFO"`, `""` for unknown).
 [[nodiscard]] constexpr std::string_view verb_name(command_kind kind) noexcept;
 
 /// A readable form of a command, as in the examples above: the lower-case kind followed by
@@ -103,8 +113,10 @@ struct command {
 [[nodiscard]] std::string escaped(std::string_view bytes);
 
 /// The request line for `cmd`, as a client (or a node forwarding it) sends it: its tokens
-/// separated by single spaces, then CRLF; `parse` gives `cmd` back. Not for
-/// `command_kind::unknown`, and every token must be one (`is_token`).
+/// separated by single spaces, then CRLF; `parse` gives `cmd` back. INFO's are `INFO`, then
+/// its SECTION and its NODE when it has them (a router forwarding an INFO to its NODE clears
+/// `node` first: the owner is sent `INFO [SECTION]`). Not for `command_kind::unknown`, and
+/// every token must be one (`is_token`).
 [[nodiscard]] std::string request_line(const command& cmd);
 
 /// True when `token` can be sent as one token of a request line: not empty, and no byte of
@@ -373,7 +385,8 @@ struct reply_view {
     /// False for a line protocol.md does not define as a reply to such a request (a peer's
     /// greeting or `SUBSCRIBED`, or garbage): it is still framed as one line.
     bool known = false;
-    /// `value`: the value; empty when the key is absent.
+    /// `value`: the value; empty when the key is absent. An INFO's `ok`: its lines, each
+    /// with its terminator, the final `OK` left out.
     std::string_view value{};
     /// `error`/`node_unavailable`: the node named (empty in `ERROR node unavailable`).
     std::string_view node{};
@@ -381,10 +394,14 @@ struct reply_view {
 
 /// Reads the reply to a `kind` request at the start of `in` (which may hold more replies
 /// after it, or only part of this one). Every reply is one line, except a GET's value, which
-/// is two (`v`, `OK`; with another second line it is framed the same, but not `known`). A GET's
-/// first line is a value unless it is `NOT FOUND`, `UNKNOWN COMMAND` or `ERROR <reason>`: a value
-/// is one token, so it can be none of those. Lines end at LF, with or without CR, as the framer's
-/// do. Complexity: one pass over the reply's bytes. Thread safety: a pure function.
+/// is two (`v`, `OK`; with another second line it is framed the same, but not `known`), and
+/// an INFO's text, which is any number of lines up to the first line that is `OK` (an `ok`
+/// reply whose `value` is the lines before it). A GET's first line is a value unless it is
+/// `NOT FOUND`, `UNKNOWN COMMAND` or `ERROR <reason>`: a value is one token, so it can be none
+/// of those; an INFO's reply is one line when its first line is one of those (so an INFO's
+/// text never starts with them, and none of its lines is `OK`). Lines end at LF, with or
+/// without CR, as the framer's do. Complexity: one pass over the reply's bytes. Thread
+/// safety: a pure function.
 [[nodiscard]] constexpr reply_view read_reply(command_kind kind, std::string_view in) noexcept;
 
 /// A reply a host program got (through the router, say), parsed, with its bytes kept.
@@ -401,8 +418,9 @@ struct routed_reply {
     }
 };
 
-/// Parses the bytes of one whole reply to a `kind` request (`read_reply`); bytes that are
-/// not one (a reply protocol.md does not define, or not all of one) are an `internal` error.
+/// Parses the bytes of one whole reply to a `kind` request (`read_reply`; an INFO's lines are
+/// its `value`); bytes that are not one (a reply protocol.md does not define, or not all of
+/// one) are an `internal` error.
 [[nodiscard]] routed_reply parse_routed_reply(command_kind kind, std::string bytes);
 
 // ---------------------------------------------------------------------------------------
@@ -570,13 +588,37 @@ struct verb_spec {
     std::size_t tokens;
 };
 /// The protocol's verbs, the one place they are spelled (parse and verb_name read it).
-inline constexpr std::array<verb_spec, 5> verbs{{
+/// INFO's 0 stands for its 1 to 3 tokens, which `parse_info` reads.
+inline constexpr std::array<verb_spec, 6> verbs{{
     {command_kind::create, "CREATE", 2},
     {command_kind::put, "PUT", 4},
     {command_kind::get, "GET", 3},
     {command_kind::erase, "DELETE", 3},
     {command_kind::subscribe, "SUBSCRIBE", 2},
+    {command_kind::info, "INFO", 0},
 }};
+
+/// INFO's sections, as `parse` accepts them in any letter case.
+inline constexpr std::array<std::string_view, 5> info_sections{"SERVER", "TREE", "STATS", "CLUSTER",
+                                                               "JSON"};
+
+/// True when `word` is one of `info_sections`, in any letter case.
+[[nodiscard]] constexpr bool is_info_section(std::string_view word) noexcept {
+    for (const std::string_view section : info_sections) {
+        if (section.size() != word.size()) {
+            continue;
+        }
+        bool same = true;
+        for (std::size_t i = 0; i < word.size() && same; ++i) {
+            const char c = word[i];
+            same = (c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c) == section[i];
+        }
+        if (same) {
+            return true;
+        }
+    }
+    return false;
+}
 
 /// The fixed words of replies, spelled once for writing them and reading them.
 inline constexpr std::string_view ok_line = "OK";
@@ -615,6 +657,26 @@ constexpr std::size_t split_tokens(std::string_view line,
 }
 } // namespace detail
 
+namespace detail {
+/// `INFO [SECTION] [NODE]` from its `count` tokens (`parse`'s rules), or unknown.
+constexpr command parse_info(const std::array<std::string_view, 4>& tok,
+                             std::size_t count) noexcept {
+    command cmd;
+    cmd.kind = command_kind::info;
+    if (count == 2 && is_info_section(tok[1])) {
+        cmd.section = tok[1];
+    } else if (count == 2 && is_node_name(tok[1])) {
+        cmd.node = tok[1];
+    } else if (count == 3 && is_info_section(tok[1]) && is_node_name(tok[2])) {
+        cmd.section = tok[1];
+        cmd.node = tok[2];
+    } else if (count != 1) {
+        return {};
+    }
+    return cmd;
+}
+} // namespace detail
+
 constexpr command parse(std::string_view line) noexcept {
     // No verb takes more than 4 tokens, so a 5th settles the matter without looking on.
     std::array<std::string_view, 4> tok{};
@@ -624,6 +686,9 @@ constexpr command parse(std::string_view line) noexcept {
     }
     for (const detail::verb_spec& verb : detail::verbs) {
         if (verb.name == tok[0]) {
+            if (verb.tokens == 0) {
+                return detail::parse_info(tok, count);
+            }
             // Tokens past `count` are empty views, as the fields a kind does not use are.
             return count == verb.tokens ? command{verb.kind, tok[1], tok[2], tok[3]} : command{};
         }
@@ -690,9 +755,12 @@ constexpr bool is_token(std::string_view token) noexcept {
 inline std::string request_line(const command& cmd) {
     std::string line;
     line.reserve(verb_name(cmd.kind).size() + cmd.bucket.size() + cmd.key.size() +
-                 cmd.value.size() + 5);
-    line.append(verb_name(cmd.kind)).append(" ").append(cmd.bucket);
-    for (const std::string_view tok : {cmd.key, cmd.value}) {
+                 cmd.value.size() + cmd.section.size() + cmd.node.size() + 6);
+    line.append(verb_name(cmd.kind));
+    if (cmd.kind != command_kind::info) {
+        line.append(" ").append(cmd.bucket);
+    }
+    for (const std::string_view tok : {cmd.key, cmd.value, cmd.section, cmd.node}) {
         if (!tok.empty()) {
             line.append(" ").append(tok);
         }
@@ -709,7 +777,7 @@ inline std::string to_string(const command& cmd) {
     for (const char ch : verb_name(cmd.kind)) {
         out += static_cast<char>(ch - 'A' + 'a');
     }
-    for (const std::string_view tok : {cmd.bucket, cmd.key, cmd.value}) {
+    for (const std::string_view tok : {cmd.bucket, cmd.key, cmd.value, cmd.section, cmd.node}) {
         if (!tok.empty()) {
             out += ' ';
             out += escaped(tok);
@@ -1026,6 +1094,26 @@ constexpr void read_error_reason(std::string_view reason, reply_view& r) noexcep
         r.known = true;
     }
 }
+
+/// How an INFO's text reply ends: the size of the reply at the start of `in` through its
+/// `OK` line, or 0 when that line is not there yet. `scanned` is where to go on from: the
+/// lines before it are known to be whole and not `OK` (0 the first time; kept between calls
+/// on a growing `in`, it makes reading a reply that arrives in pieces linear). When the reply
+/// is whole, `scanned` is where its `OK` line starts. The first line is not looked at for
+/// `NOT FOUND`, `UNKNOWN COMMAND` or `ERROR` (`read_reply` does that).
+constexpr std::size_t info_reply_size(std::string_view in, std::size_t& scanned) noexcept {
+    while (scanned < in.size()) {
+        const std::size_t end = in.find('\n', scanned);
+        if (end == std::string_view::npos) {
+            return 0;
+        }
+        if (without_cr(in.substr(scanned, end - scanned)) == ok_line) {
+            return end + 1;
+        }
+        scanned = end + 1;
+    }
+    return 0;
+}
 } // namespace detail
 
 constexpr reply_view read_reply(command_kind kind, std::string_view in) noexcept {
@@ -1044,6 +1132,16 @@ constexpr reply_view read_reply(command_kind kind, std::string_view in) noexcept
         r.known = true;
     } else if (first.starts_with(detail::error_prefix)) {
         detail::read_error_reason(first.substr(detail::error_prefix.size()), r);
+    } else if (kind == command_kind::info) {
+        std::size_t scanned = 0;
+        const std::size_t size = detail::info_reply_size(in, scanned);
+        if (size == 0) {
+            return reply_view{};
+        }
+        r.size = size;
+        r.outcome = {reply_kind::ok};
+        r.value = in.substr(0, scanned);
+        r.known = true;
     } else if (kind == command_kind::get) {
         // A value (one token, or nothing for an absent key), then `OK`.
         const std::size_t second_end = in.find('\n', first_end + 1);

@@ -29,6 +29,24 @@
 /// subscriber gets `ERROR node <name> unavailable` before its connection is closed; when the
 /// bucket exits, a plain close.
 ///
+/// `INFO [SECTION] [NODE]` (command.hpp) is answered from `router_options::info`, the node's
+/// own look inside itself: with no NODE, or this node's name, here (`UNKNOWN COMMAND` when
+/// there is no provider, as from a node that does not know the verb); naming another node of
+/// the table, forwarded to it as `INFO [SECTION]` over the pooled connections and its reply
+/// relayed unchanged (the guide's remote `which_children`); `ERROR node <name> unavailable`
+/// when that node is down or does not answer within the request timeout, and
+/// `ERROR no route` for a name the table does not have. A peer's INFO always runs here. A
+/// reply past `client_options::max_info_reply` (4 MiB) is cut: its connection is closed and
+/// the request fails as unavailable. `fetch_info` does the same for a host program (the admin
+/// port's `/cluster.json`).
+///
+/// Events (`router_options::log`): `node_up`, `node_down`, `peer_refused` and
+/// `peer_protocol_error` from its node_client (net/client.hpp), and `peer_refused` for the
+/// handshakes its handler refuses (fields `connection=` and `count=`; at most one line per
+/// `refused_log_interval`, whose `count=` tells how many refusals it stands for).
+/// `snapshot` shows the table and every other node: up or down, requests in flight, forwarded
+/// and failed, pooled connections, and its last error.
+///
 /// A router is a process: it exits when stopped, or when its client's I/O thread fails (a
 /// supervisor then restarts it, and the server after it). Host programs use it without a
 /// server too: `call`/`send` take any command, `create`/`put`/`get`/`erase` a bucket
@@ -38,16 +56,20 @@
 #include <otpkv/command.hpp>
 #include <otpkv/detail/callback.hpp>
 #include <otpkv/detail/random.hpp>
+#include <otpkv/log.hpp>
 #include <otpkv/net/client.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/registry.hpp>
 #include <otpkv/route.hpp>
+#include <otpkv/snapshot.hpp>
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -74,8 +96,35 @@ struct router_options {
     /// peers prove they know (never sent). Needed when the table names other nodes; a node
     /// without one accepts no peer.
     std::string cookie{};
-    /// Where it reports peers going up and down and peers refused (default: nowhere).
+    /// Where it reports peers going up and down and peers refused (default: nowhere). Also
+    /// its client's `client_options::event_log`, unless that has a sink of its own.
     logger log{};
+    /// This node's `INFO`: the reply's lines for a SECTION word as the request spelled it
+    /// (any letter case; empty: every section), each ending in CRLF, without the final `OK`
+    /// (which the router adds; a last line without its line end gets one). None of them may
+    /// be `OK`, and the first may not be `NOT FOUND`, `UNKNOWN COMMAND` or start with
+    /// `ERROR ` (command.hpp, `read_reply`). Called on the server's event-loop threads,
+    /// several at once, and by `fetch_info`'s callers: it must be thread-safe and quick (a
+    /// snapshot, rendered). Empty: `INFO` gets `UNKNOWN COMMAND` here. The node sets it.
+    std::function<std::string(std::string_view section)> info{};
+    /// The handler's `peer_refused` events come at most once per this interval; each tells
+    /// in `count=` the refusals since the last one (a flood of bad greetings is one line a
+    /// second). Zero: one event per refusal.
+    std::chrono::milliseconds refused_log_interval{1000};
+};
+
+/// What `router::fetch_info` got from a node.
+struct info_reply {
+    /// True when the node answered with its lines (the reply ended in `OK`).
+    bool ok = false;
+    /// `ok`: the lines, each with its line end, the final `OK` left out.
+    std::string lines{};
+    /// Not `ok`: why, as `/cluster.json` shows it: the reason of an `ERROR` reply
+    /// (`node n2 unavailable`, `no route`), else the reply's first line (`UNKNOWN COMMAND`:
+    /// it has no INFO, or the request was not a valid INFO).
+    std::string error{};
+    /// The reply exactly as it came.
+    std::string bytes{};
 };
 
 /// Where a bucket's requests go.
@@ -134,6 +183,7 @@ class router : public process {
     /// (subscribe to a local bucket through the registry, or serve a connection).
     void send(const command& cmd, std::function<void(std::string reply)> done,
               std::uint64_t affinity = 0);
+    /// INFO goes where its NODE says (the file's comment): here at once, or to that node.
     /// `send`, waiting for the reply. Not from the router's own thread (a monitor callback).
     [[nodiscard]] std::string call(const command& cmd, std::uint64_t affinity = 0);
     /// `CREATE bucket` on its owner.
@@ -145,6 +195,21 @@ class router : public process {
     [[nodiscard]] routed_reply get(std::string_view bucket, std::string_view key);
     /// `DELETE bucket key` on its owner.
     [[nodiscard]] routed_reply erase(std::string_view bucket, std::string_view key);
+
+    /// `INFO section node` as a client would send it (`node` empty or this node's name:
+    /// here; `section` empty: all), its reply handed to `done`: at once (before returning)
+    /// when it is answered here, for a name the table does not have, a node known to be
+    /// down, or a `section` that is not a section word or a `node` that is not a node name
+    /// (`UNKNOWN COMMAND`, as for such a line); otherwise later,
+    /// from the router's I/O thread (within the request timeout). `done` must not block.
+    /// From any thread. The admin port's `/cluster.json` asks each node for `INFO JSON`.
+    void fetch_info(std::string node, std::string section, std::function<void(info_reply)> done);
+
+    /// This node, the table (each entry as `route.hpp` writes it) and every other node:
+    /// its address, whether it is up now (as the last request or heartbeat found it), its
+    /// counters (`node_client::stats`) and its last error; and the handshakes refused here.
+    /// Cheap: no lock on any request's path is taken.
+    [[nodiscard]] router_snapshot snapshot() const;
 
     /// Stops the I/O thread: requests in flight fail as unavailable, relayed streams end.
     inline exit_reason stop(exit_reason reason = exit_reason::shutdown(),
@@ -159,7 +224,11 @@ class router : public process {
     void peer_subscribe(const command& cmd, std::uint64_t id, std::string& out, session& s);
     void cancel_peer_stream(std::uint64_t id, session& s);
     void run_local(const command& cmd, std::string& out, session& s, bool peer);
+    void append_info(std::string_view section, std::string& out) const;
+    void info(const command& cmd, std::string& out, session& s);
+    [[nodiscard]] route_target route_node(std::string_view node) const noexcept;
     void handshake(std::string& out, session& s);
+    void log_refused(const session& s, std::string why);
     void forward(const command& cmd, std::size_t node, session& s);
     void forward_subscribe(const command& cmd, std::size_t node, session& s);
     [[nodiscard]] routed_reply operation(const command& cmd);
@@ -173,6 +242,11 @@ class router : public process {
     /// The streams of each peer connection that subscribed here, by its session id.
     std::mutex peers_mutex_;
     std::unordered_map<std::uint64_t, std::shared_ptr<peer_streams>> peers_;
+    /// Handshakes the handler refused (a failure path only), and their aggregated events.
+    std::atomic<std::size_t> refused_{0};
+    std::mutex refused_mutex_;
+    std::chrono::steady_clock::time_point refused_next_{};
+    std::size_t refused_unlogged_ = 0;
     static constexpr std::uint32_t local_slot = 0xffffffff;
     static constexpr std::uint32_t no_route_slot = 0xfffffffe;
 };
@@ -242,6 +316,9 @@ inline result<std::shared_ptr<router>> router::start(std::shared_ptr<otpkv::regi
         }
         options.client.self = options.self;
         options.client.cookie = options.cookie;
+        if (!options.client.event_log.enabled(log_level::error)) {
+            options.client.event_log = options.log; // no sink of its own
+        }
         auto client = node_client::start(std::move(nodes), options.client);
         if (!client) {
             r->notify_exit(client.error().reason);
@@ -311,6 +388,10 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
         }
         if (cmd.kind == command_kind::unknown) {
             append_reply(out, reply::unknown_command());
+            return;
+        }
+        if (cmd.kind == command_kind::info) {
+            self->info(cmd, out, s);
             return;
         }
         const route_target to = self->route(cmd.bucket);
@@ -388,6 +469,36 @@ inline void router::handshake(std::string& out, session& s) {
     if (options_.client.log) {
         options_.client.log("refused a peer on connection " + std::to_string(s.id()) + ": " + why);
     }
+    log_refused(s, std::move(why));
+}
+
+// A flood of bad greetings (anyone may connect and send one) must not become a flood of
+// lines: the first refusal of an interval is told at once, with the number of refusals since
+// the last one told; the others are only counted. Only refusals take the lock.
+inline void router::log_refused(const session& s, std::string why) {
+    refused_.fetch_add(1, std::memory_order_relaxed);
+    if (!options_.log.enabled(log_level::warning)) {
+        return;
+    }
+    std::size_t count = 0;
+    {
+        const auto now = std::chrono::steady_clock::now();
+        const std::lock_guard lock(refused_mutex_);
+        ++refused_unlogged_;
+        if (now >= refused_next_) {
+            count = std::exchange(refused_unlogged_, 0);
+            refused_next_ = now + options_.refused_log_interval;
+        }
+    }
+    if (count == 0) {
+        return;
+    }
+    log_event e;
+    e.level = log_level::warning;
+    e.what = "peer_refused";
+    e.reason = std::move(why);
+    e.fields = {{"connection", std::to_string(s.id())}, {"count", std::to_string(count)}};
+    options_.log.log(std::move(e));
 }
 
 inline void router::run_peer(session& s, std::string& out) {
@@ -407,6 +518,10 @@ inline void router::run_peer(session& s, std::string& out) {
     const command cmd = parse(request->rest);
     if (cmd.kind == command_kind::subscribe) {
         peer_subscribe(cmd, request->id, out, s);
+        return;
+    }
+    if (cmd.kind == command_kind::info) {
+        append_info(cmd.section, out); // here, whatever node it names: never forwarded again
         return;
     }
     if (cmd.kind == command_kind::unknown) {
@@ -556,6 +671,51 @@ inline void router::run_local(const command& cmd, std::string& out, session& s, 
     run_in_session(cmd, *registry_, out, s); // a peer's SUBSCRIBE never comes here
 }
 
+inline void router::append_info(std::string_view section, std::string& out) const {
+    if (!options_.info) {
+        append_reply(out, reply::unknown_command()); // as from a node without INFO
+        return;
+    }
+    const std::string text = options_.info(section);
+    out.append(text);
+    if (!text.empty() && text.back() != '\n') {
+        out.append(detail::line_end);
+    }
+    out.append(detail::ok_line).append(detail::line_end);
+}
+
+inline route_target router::route_node(std::string_view node) const noexcept {
+    if (node.empty() || node == options_.self) {
+        return {route_target::kind::local, 0};
+    }
+    if (const auto i = client_->find(node)) {
+        return {route_target::kind::remote, *i};
+    }
+    return {route_target::kind::none, 0};
+}
+
+inline void router::info(const command& cmd, std::string& out, session& s) {
+    const route_target to = route_node(cmd.node);
+    switch (to.where) {
+    case route_target::kind::local:
+        append_info(cmd.section, out);
+        return;
+    case route_target::kind::none:
+        append_reply(out, reply::error(error_code::no_route));
+        return;
+    case route_target::kind::remote:
+        if (client_->status(to.node) == node_status::down) {
+            append_reply(
+                out, reply::error(error_code::node_unavailable, client_->nodes()[to.node].name));
+            return;
+        }
+        command forwarded = cmd;
+        forwarded.node = {}; // the owner is asked about itself: `INFO [SECTION]`
+        forward(forwarded, to.node, s);
+        return;
+    }
+}
+
 inline void router::forward(const command& cmd, std::size_t node, session& s) {
     const std::string_view name = client_->nodes()[node].name;
     client_->request(node, request_line(cmd), cmd.kind, s.id(),
@@ -611,7 +771,13 @@ inline void router::send(const command& cmd, std::function<void(std::string repl
         done(std::move(out));
         return;
     }
-    const route_target to = route(cmd.bucket);
+    const bool info = cmd.kind == command_kind::info;
+    const route_target to = info ? route_node(cmd.node) : route(cmd.bucket);
+    if (info && to.where == route_target::kind::local) {
+        append_info(cmd.section, out);
+        done(std::move(out));
+        return;
+    }
     if (to.where == route_target::kind::local) {
         run(cmd, *registry_, out);
         done(std::move(out));
@@ -623,10 +789,72 @@ inline void router::send(const command& cmd, std::function<void(std::string repl
         return;
     }
     const std::string_view name = client_->nodes()[to.node].name;
-    client_->request(to.node, request_line(cmd), cmd.kind, affinity,
+    command forwarded = cmd;
+    forwarded.node = {}; // an INFO's owner is asked about itself
+    client_->request(to.node, request_line(forwarded), cmd.kind, affinity,
                      [done = std::move(done), name](std::optional<std::string> reply) {
                          done(detail::relayed(std::move(reply), name));
                      });
+}
+
+inline void router::fetch_info(std::string node, std::string section,
+                               std::function<void(info_reply)> done) {
+    // What a client sending `INFO section node` would get; each must be one word of its kind.
+    command cmd;
+    if ((section.empty() || detail::is_info_section(section)) &&
+        (node.empty() || is_node_name(node))) {
+        cmd.kind = command_kind::info;
+        cmd.section = section;
+        cmd.node = node;
+    }
+    const auto answer = [done = std::move(done)](std::string bytes) {
+        info_reply r;
+        const routed_reply read = parse_routed_reply(command_kind::info, bytes);
+        if (read.kind == reply_kind::ok) {
+            r.ok = true;
+            r.lines = read.value;
+        } else {
+            std::string_view first = bytes;
+            first = detail::without_cr(first.substr(0, first.find('\n')));
+            if (read.kind == reply_kind::error && first.starts_with(detail::error_prefix)) {
+                first.remove_prefix(detail::error_prefix.size());
+            }
+            r.error = std::string(first);
+        }
+        r.bytes = std::move(bytes);
+        done(std::move(r));
+    };
+    if (cmd.kind != command_kind::info) {
+        answer(format_reply(reply::unknown_command()));
+        return;
+    }
+    send(cmd, answer);
+}
+
+inline router_snapshot router::snapshot() const {
+    router_snapshot snap;
+    snap.node = options_.self;
+    snap.routes.reserve(options_.routes.size());
+    for (const route_entry& e : options_.routes) {
+        snap.routes.push_back(to_string(e));
+    }
+    const std::vector<peer_node>& others = client_->nodes();
+    snap.peers.reserve(others.size());
+    for (std::size_t i = 0; i < others.size(); ++i) {
+        node_stats st = client_->stats(i);
+        peer_snapshot p;
+        p.name = others[i].name;
+        p.address = detail::host_port(others[i]);
+        p.up = st.status == node_status::up;
+        p.in_flight = st.in_flight;
+        p.requests = st.requests;
+        p.failures = st.failures;
+        p.connections = st.connections;
+        p.last_error = std::move(st.last_error);
+        snap.peers.push_back(std::move(p));
+    }
+    snap.peers_refused = refused_.load(std::memory_order_relaxed);
+    return snap;
 }
 
 inline std::string router::call(const command& cmd, std::uint64_t affinity) {

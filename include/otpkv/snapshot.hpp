@@ -134,6 +134,7 @@ struct router_snapshot {
     std::string node{};                 ///< this node's name
     std::vector<std::string> routes{};  ///< the table, `a-m=n1@127.0.0.1:4040`, in order
     std::vector<peer_snapshot> peers{}; ///< the other nodes of the table, in table order
+    std::size_t peers_refused = 0;      ///< peer handshakes this node refused since start
 };
 
 /// How much a snapshot shows.

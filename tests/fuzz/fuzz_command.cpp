@@ -12,12 +12,14 @@
 //     max_line + 1 bytes, and the views of a pulled batch stay valid until it is used,
 //     also when the batch ends with too_long;
 //  4. a parsed command's tokens are non-empty views into the line with no separator, the
-//     command written back as a request parses to the same command, and a terminator
-//     added to the line changes nothing.
+//     command written back as a request parses to the same command (`request_line` too),
+//     and a terminator added to the line changes nothing; an INFO's SECTION is a section
+//     word and its NODE a node name, and it has no other token.
 //  5. the input read as a stream of replies, to each kind of request: each reply read ends
-//     with an LF and is no longer than the input, has as many lines as its shape, is not
-//     whole one byte earlier, reads the same alone; a reply read as `known` is written back
-//     by `format_reply` with the same bytes (up to the CR before each LF), and
+//     with an LF and is no longer than the input, has as many lines as its shape (an
+//     INFO's: as a plain model of its framing says), is not whole one byte earlier, reads
+//     the same alone; a reply read as `known` is written back by `format_reply` with the
+//     same bytes (up to the CR before each LF; an INFO's text: its lines, then OK), and
 //     `parse_routed_reply` gives the same fields.
 //  6. see check_handshake.
 // Input layout: byte 0 picks max_line (1..96, small so that limits are hit often), byte 1
@@ -172,8 +174,17 @@ void check_parse(std::string_view line) {
         check(cmd == otpkv::command{}, "unknown command carries tokens");
         return;
     }
+    if (cmd.kind == otpkv::command_kind::info) {
+        check(cmd.bucket.empty() && cmd.key.empty() && cmd.value.empty(),
+              "an INFO carries a bucket, key or value");
+        check(cmd.section.empty() || otpkv::detail::is_info_section(cmd.section),
+              "an INFO's section is no section word");
+        check(cmd.node.empty() || otpkv::is_node_name(cmd.node), "an INFO's node is no node name");
+    } else {
+        check(cmd.section.empty() && cmd.node.empty(), "a command other than INFO has a section");
+    }
     std::string request(otpkv::verb_name(cmd.kind));
-    for (const std::string_view tok : {cmd.bucket, cmd.key, cmd.value}) {
+    for (const std::string_view tok : {cmd.bucket, cmd.key, cmd.value, cmd.section, cmd.node}) {
         if (tok.empty()) {
             continue;
         }
@@ -186,6 +197,28 @@ void check_parse(std::string_view line) {
         request += tok;
     }
     check(otpkv::parse(request) == cmd, "written back, the command parses differently");
+    check(otpkv::request_line(cmd) == request + "\r\n", "request_line writes another line");
+}
+
+// The plain model of an INFO reply's framing: one line when the first is NOT FOUND, UNKNOWN
+// COMMAND or ERROR <reason>; else every line up to the first that is OK. Its size, or 0.
+std::size_t info_reference(std::string_view in) {
+    std::size_t start = 0;
+    for (bool first = true;; first = false) {
+        const std::size_t lf = in.find('\n', start);
+        if (lf == std::string_view::npos) {
+            return 0;
+        }
+        std::string_view line = in.substr(start, lf - start);
+        if (!line.empty() && line.back() == '\r') {
+            line.remove_suffix(1);
+        }
+        if (line == "OK" || (first && (line == "NOT FOUND" || line == "UNKNOWN COMMAND" ||
+                                       line.substr(0, 6) == "ERROR "))) {
+            return lf + 1;
+        }
+        start = lf + 1;
+    }
 }
 
 // The bytes with the CR before each LF removed: a reader accepts both line ends.
@@ -203,9 +236,12 @@ void check_replies(std::string_view in) {
     using otpkv::command_kind;
     for (const command_kind kind :
          {command_kind::create, command_kind::put, command_kind::get, command_kind::erase,
-          command_kind::subscribe, command_kind::unknown}) {
+          command_kind::subscribe, command_kind::unknown, command_kind::info}) {
         for (std::string_view rest = in;;) {
             const otpkv::reply_view r = otpkv::read_reply(kind, rest);
+            if (kind == command_kind::info) {
+                check(r.size == info_reference(rest), "an INFO reply framed unlike the model");
+            }
             if (r.size == 0) {
                 break;
             }
@@ -217,7 +253,9 @@ void check_replies(std::string_view in) {
                                    r.outcome.kind != otpkv::reply_kind::not_found &&
                                    r.outcome.kind != otpkv::reply_kind::unknown_command &&
                                    !bytes.starts_with("ERROR ");
-            check(lines == (two_lines ? 2U : 1U), "a reply has the wrong number of lines");
+            if (kind != command_kind::info) {
+                check(lines == (two_lines ? 2U : 1U), "a reply has the wrong number of lines");
+            }
             check(otpkv::read_reply(kind, bytes.substr(0, r.size - 1)).size == 0,
                   "a reply is whole before its last byte");
             const otpkv::reply_view alone = otpkv::read_reply(kind, bytes);
@@ -225,7 +263,12 @@ void check_replies(std::string_view in) {
                       alone.value == r.value && alone.node == r.node,
                   "a reply reads differently alone");
             const otpkv::routed_reply parsed = otpkv::parse_routed_reply(kind, std::string(bytes));
-            if (r.known) {
+            if (r.known && kind == command_kind::info && r.outcome.kind == otpkv::reply_kind::ok) {
+                check(bare_lf(std::string(r.value) + "OK\r\n") == bare_lf(bytes),
+                      "an INFO's lines and OK are not its bytes");
+                check(parsed.kind == otpkv::reply_kind::ok && parsed.value == r.value,
+                      "parse_routed_reply disagrees with read_reply on an INFO");
+            } else if (r.known) {
                 otpkv::reply back{r.outcome.kind, r.value, r.outcome.code, r.node};
                 check(bare_lf(otpkv::format_reply(back)) == bare_lf(bytes),
                       "a reply read does not write back to its bytes");

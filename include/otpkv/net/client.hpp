@@ -12,8 +12,8 @@
 /// between them). Requests go out only once the handshake is done. A node that answers with
 /// another name than the routing table gives it, with a wrong proof (another cookie), or with
 /// `ERROR not a peer` (it does not know this node, or not this cookie) is treated as down:
-/// it is not the node the table means, or not one of this cluster. `client_options::log` is
-/// told why. Each request carries an id that
+/// it is not the node the table means, or not one of this cluster. `client_options::event_log`
+/// (and `client_options::log`) is told why. Each request carries an id that
 /// its reply echoes; a reply that does not name the oldest request waiting on its
 /// connection closes that connection, and its requests fail as unavailable (command.hpp,
 /// "Between nodes"). SUBSCRIBEs are multiplexed over the same pooled connections (events
@@ -32,6 +32,21 @@
 /// opened on first use, like Erlang's (`connect` opens them eagerly). Up and down
 /// transitions are published to `monitor_nodes` subscribers (`:net_kernel.monitor_nodes`).
 ///
+/// Events (`client_options::event_log`; the router passes its `router_options::log`), each
+/// with the fields `node=` and `address=` (`host:port`) and a `reason` where there is one:
+/// - `node_up` (info): a node is up, from unknown or down; once per transition.
+/// - `node_down` (warning): a node is down, from unknown or up, with why (the connection
+///   was refused, a request timed out, ...); once per transition, never per failed retry
+///   or request.
+/// - `peer_refused` (warning): a node failed the handshake (another name, another cookie,
+///   `ERROR not a peer`); told once until it was up again or fails another way.
+/// - `peer_protocol_error` (warning): a node broke the framing between nodes (a reply for
+///   another request, bytes nobody asked for, an unknown stream, a reply past its cap); its
+///   connection is closed and its requests fail as unavailable.
+///
+/// Counters (`stats`): per node, kept by the I/O thread alone (nothing is added to a
+/// caller's path), read by any thread.
+///
 /// Ordering: requests given the same `affinity` go over the same connection, so the owner
 /// runs them in the order they were handed over (the server uses the client connection's
 /// id: one client's pipelined requests keep their order).
@@ -40,6 +55,7 @@
 #include <otpkv/command.hpp>
 #include <otpkv/detail/callback.hpp>
 #include <otpkv/detail/event_hub.hpp> // subscription
+#include <otpkv/log.hpp>
 #include <otpkv/process.hpp>
 
 #include <chrono>
@@ -78,8 +94,14 @@ struct client_options {
     /// request, bytes nobody asked for), which closes that connection.
     /// A repeated failure of one node is told once, until the node was up again. Called on
     /// the client's thread or a server's, possibly from several at once; must not block.
-    /// Empty: nobody is told.
+    /// Empty: nobody is told. The same reports, and nodes going up and down, come as
+    /// structured events through `event_log`, which a new host should use instead.
     std::function<void(const std::string& message)> log{};
+    /// Where it reports nodes going up and down, refused handshakes and framing violations
+    /// as structured events (see the file's comment for the kinds). Called on the client's
+    /// thread (the router's handler also reports the peers it refuses, from a server's).
+    /// The router sets it to `router_options::log`.
+    logger event_log{};
     /// How long opening a connection and its handshake may take.
     std::chrono::milliseconds connect_timeout{1000};
     /// How long a request may wait for its reply, from the moment it is handed over.
@@ -98,6 +120,9 @@ struct client_options {
     /// A reply longer than this is a broken peer (its connection is dropped): a value is at
     /// most a line long.
     std::size_t max_reply = std::size_t{1} << 20;
+    /// The same for the reply to an INFO, which is many lines: one that is not whole within
+    /// this many bytes closes its connection, and the request fails as unavailable.
+    std::size_t max_info_reply = std::size_t{4} << 20;
 };
 
 /// A node went up or down (`monitor_nodes`).
@@ -111,6 +136,16 @@ enum class node_status : std::uint8_t {
     unknown, ///< never connected yet
     up,      ///< connected and greeted
     down     ///< failed; requests fail at once while it is retried
+};
+
+/// What a `node_client` counted for one node (`node_client::stats`).
+struct node_stats {
+    node_status status = node_status::unknown; ///< up, down, or never connected
+    std::size_t in_flight = 0;                 ///< requests sent (or queued) and not answered yet
+    std::size_t requests = 0;                  ///< requests and SUBSCRIBEs handed to its I/O thread
+    std::size_t failures = 0;    ///< of those, the ones that failed (unavailable, timeout)
+    std::size_t connections = 0; ///< pooled connections open and greeted now
+    std::string last_error{};    ///< why it last went down or failed; empty: never
 };
 
 /// The outcome of a forwarded request: the reply's exact bytes, or nullopt when the node is
@@ -174,6 +209,11 @@ class node_client : public process {
     [[nodiscard]] std::optional<std::size_t> find(std::string_view name) const noexcept;
     /// A node's state.
     [[nodiscard]] node_status status(std::size_t node) const noexcept;
+    /// A node's counters and state (`down` and zeros for an index it does not have). A
+    /// request refused at once because its node is known down never reaches the I/O
+    /// thread and is not counted. Each counter is read on its own (together they are only
+    /// roughly consistent).
+    [[nodiscard]] node_stats stats(std::size_t node) const;
 
     /// Sends `line` (one request, with its terminator) to `node` and calls `done` with the
     /// reply. `kind` tells how long the reply is (`read_reply`). Requests with the same

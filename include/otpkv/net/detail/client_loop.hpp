@@ -33,6 +33,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -51,6 +52,7 @@ struct awaited {
     client_clock::time_point deadline;
     std::uint64_t id = 0;     // the request id its reply's header must name
     std::uint64_t stream = 0; // a SUBSCRIBE's: the stream's id (node_client::subscribe's)
+    bool counted = false;     // a caller's request or SUBSCRIBE (not a heartbeat, UNSUBSCRIBE)
 };
 
 /// A relayed stream on a peer connection (command.hpp, "Between nodes": `*<id>` events,
@@ -78,6 +80,7 @@ struct peer_connection {
     std::size_t sent = 0;
     std::string backlog; // requests that wait for the handshake's end
     std::string in;
+    std::size_t scanned = 0;              // an INFO reply's whole lines before its OK, so far
     std::deque<awaited> waiting;          // replies owed, in order
     std::uint64_t next_id = 1;            // the next request id (never reused on this object)
     std::string nonce;                    // this connection's handshake nonce
@@ -96,7 +99,38 @@ struct peer_state {
     std::chrono::milliseconds backoff{0};
     bool probing = false; // down, and a connection attempt is on its way
     std::string refusal;  // the handshake failure last logged (until it is up again)
+
+    // The counters `node_client::stats` reads. Only the I/O thread writes them (a relaxed
+    // load and store, no read-modify-write: there is no other writer), any thread reads.
+    std::atomic<std::size_t> in_flight{0};
+    std::atomic<std::size_t> requests{0};
+    std::atomic<std::size_t> failures{0};
+    std::atomic<std::size_t> connections{0};
+    mutable std::mutex error_mutex; // taken on failures and by `stats`, never per request
+    std::string last_error;
+
+    static void add(std::atomic<std::size_t>& counter, std::size_t n = 1) noexcept {
+        counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+    static void sub(std::atomic<std::size_t>& counter) noexcept {
+        counter.store(counter.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    }
+    void set_error(std::string why) {
+        const std::lock_guard lock(error_mutex);
+        last_error = std::move(why);
+    }
 };
+
+/// `host:port`, an IPv6 literal in brackets.
+[[nodiscard]] inline std::string host_port(const peer_node& n) {
+    const bool v6 = n.host.find(':') != std::string::npos;
+    return (v6 ? "[" + n.host + "]" : n.host) + ":" + std::to_string(n.port);
+}
+
+/// The text of an errno value.
+[[nodiscard]] inline std::string socket_error_text(int err) {
+    return std::system_category().message(err);
+}
 
 /// What other threads hand the loop.
 struct client_mail {
@@ -138,6 +172,21 @@ class client_loop {
                                     : node_status::down;
     }
     std::shared_ptr<event_hub<node_event>> hub() const noexcept { return hub_; }
+    node_stats stats(std::size_t node) const {
+        node_stats s;
+        s.status = status(node);
+        if (node >= peers_.size()) {
+            return s;
+        }
+        const peer_state& p = *peers_[node];
+        s.in_flight = p.in_flight.load(std::memory_order_relaxed);
+        s.requests = p.requests.load(std::memory_order_relaxed);
+        s.failures = p.failures.load(std::memory_order_relaxed);
+        s.connections = p.connections.load(std::memory_order_relaxed);
+        const std::lock_guard lock(p.error_mutex);
+        s.last_error = p.last_error;
+        return s;
+    }
 
     /// From any thread. False when the loop has finished (the mail is not taken).
     bool post(client_mail&& m) { return mailbox_.post(std::move(m)); }
@@ -176,10 +225,11 @@ class client_loop {
     void flush(peer_connection& c);
     void set_interest(peer_connection& c, std::uint32_t want);
     void close(peer_connection& c);
-    void broken(peer_connection& c);
-    void node_down(std::size_t node);
+    void broken(peer_connection& c, std::string why);
+    void node_down(std::size_t node, std::string why);
     void node_up(std::size_t node);
     void fail_all(peer_connection& c);
+    void log(log_level level, std::string_view what, std::size_t node, std::string reason = {});
     void queue(peer_connection& c, std::uint64_t id, std::string_view request);
     bool stream_line(peer_connection& c, std::string_view line);
     void unsubscribe(peer_connection& c, std::uint64_t id);
@@ -254,18 +304,31 @@ inline void client_loop::take_mail() {
                             p->status.load(std::memory_order_relaxed) == node_status::down;
         switch (m.what) {
         case client_mail::kind::request: {
+            if (p != nullptr) {
+                peer_state::add(p->requests);
+            }
             if (refuse) {
+                if (p != nullptr) {
+                    peer_state::add(p->failures);
+                }
                 m.done(std::nullopt);
                 break;
             }
             peer_connection& c = *p->pool[m.affinity % p->pool.size()];
             const std::uint64_t id = c.next_id++;
-            c.waiting.push_back({m.command, std::move(m.done), m.deadline, id, 0});
+            c.waiting.push_back({m.command, std::move(m.done), m.deadline, id, 0, true});
+            peer_state::add(p->in_flight);
             queue(c, id, m.line);
             break;
         }
         case client_mail::kind::subscribe: {
+            if (p != nullptr) {
+                peer_state::add(p->requests);
+            }
             if (refuse) {
+                if (p != nullptr) {
+                    peer_state::add(p->failures);
+                }
                 m.callbacks.refused(std::nullopt);
                 break;
             }
@@ -276,7 +339,8 @@ inline void client_loop::take_mail() {
             c.streams.emplace(id, stream_entry{m.affinity, std::move(m.callbacks), false, false});
             stream_index_[m.affinity] = {&c, id};
             c.waiting.push_back({command_kind::subscribe, [](std::optional<framed_reply>) {},
-                                 m.deadline, id, m.affinity});
+                                 m.deadline, id, m.affinity, true});
+            peer_state::add(p->in_flight);
             queue(c, id, "SUBSCRIBE " + m.line + "\r\n");
             break;
         }
@@ -390,12 +454,20 @@ inline void client_loop::open(peer_connection& c) {
     c.out = peer_greeting_line(options_.self, c.nonce);
     socket_address address;
     int fd = -1;
-    if (!c.nonce.empty() && resolve(where.host, where.port, address)) {
+    std::string why;
+    if (c.nonce.empty()) {
+        why = "no random bytes for a handshake nonce";
+    } else if (!resolve(where.host, where.port, address)) {
+        why = "cannot resolve " + where.host;
+    } else {
         fd = ::socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            why = "socket: " + socket_error_text(errno);
+        }
     }
     if (fd < 0) {
         c.state = peer_connection::phase::connecting; // so that `broken` sees an attempt
-        broken(c);
+        broken(c, std::move(why));
         return;
     }
     c.fd.reset(fd);
@@ -407,7 +479,7 @@ inline void client_loop::open(peer_connection& c) {
         rc = ::connect(fd, address.get(), address.length);
     } while (rc < 0 && errno == EINTR);
     if (rc < 0 && errno != EINPROGRESS) {
-        broken(c);
+        broken(c, "connect: " + socket_error_text(errno));
         return;
     }
     c.interest = io_write;
@@ -427,7 +499,7 @@ inline void client_loop::handle(peer_connection& c, std::uint32_t events) {
         int err = 0;
         socklen_t len = sizeof err;
         if (::getsockopt(c.fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
-            broken(c);
+            broken(c, "connect: " + socket_error_text(err != 0 ? err : errno));
             return;
         }
         if ((events & (io_write | io_error)) == 0) {
@@ -448,7 +520,7 @@ inline void client_loop::handle(peer_connection& c, std::uint32_t events) {
 
 inline void client_loop::flush(peer_connection& c) {
     if (!send_pending(c.fd.get(), c.out, c.sent, 65536)) {
-        broken(c);
+        broken(c, "send: " + socket_error_text(errno));
         return;
     }
     set_interest(c, c.out.empty() ? io_read : io_read | io_write);
@@ -485,7 +557,8 @@ inline void client_loop::read_replies(peer_connection& c) {
             return;
         } else {
             // EOF or reset.
-            broken(c);
+            broken(c, n == 0 ? std::string("it closed the connection")
+                             : "read: " + socket_error_text(errno));
             return;
         }
     }
@@ -557,11 +630,39 @@ inline bool client_loop::deliver(peer_connection& c) {
             header = end + 1;
         }
         const std::string_view body = rest.substr(header);
-        const reply_view framed = read_reply(c.waiting.front().kind, body);
+        const command_kind kind = c.waiting.front().kind;
+        reply_view framed;
+        if (kind != command_kind::info) {
+            framed = read_reply(kind, body);
+        } else {
+            // Many lines: each is looked at once, however many reads the reply takes
+            // (`scanned`), and the reply is read whole once its OK is there.
+            std::size_t whole = 0;
+            if (c.scanned == 0) {
+                const std::size_t first_end = body.find('\n');
+                if (first_end != std::string_view::npos) {
+                    // ERROR, UNKNOWN COMMAND, NOT FOUND, or OK alone: one line.
+                    whole = read_reply(kind, body.substr(0, first_end + 1)).size;
+                    if (whole == 0) {
+                        whole = detail::info_reply_size(body, c.scanned);
+                    }
+                }
+            } else {
+                whole = detail::info_reply_size(body, c.scanned);
+            }
+            if (whole != 0) {
+                framed = read_reply(kind, body.substr(0, whole));
+            }
+        }
         const std::size_t size = framed.size;
-        if ((size == 0 ? body.size() : size) > options_.max_reply) {
+        const bool info = kind == command_kind::info;
+        if ((size == 0 ? body.size() : size) >
+            (info ? options_.max_info_reply : options_.max_reply)) {
             // No reply is that long: not a peer we understand.
-            violation(c, "sent a reply longer than max_reply", {});
+            violation(c,
+                      info ? "sent an INFO reply longer than max_info_reply"
+                           : "sent a reply longer than max_reply",
+                      {});
             return false;
         }
         if (size == 0) {
@@ -569,14 +670,18 @@ inline bool client_loop::deliver(peer_connection& c) {
         }
         awaited front = std::move(c.waiting.front());
         c.waiting.pop_front();
+        c.scanned = 0;
         c.last_used = client_clock::now();
+        if (front.counted) {
+            peer_state::sub(peers_[c.node]->in_flight);
+        }
         const std::string_view bytes = body.substr(0, size);
         used += header + size;
         if (front.stream != 0) {
             // A SUBSCRIBE's answer: `SUBSCRIBED`, or the refusal.
             const auto found = c.streams.find(front.id);
             if (found == c.streams.end()) {
-                broken(c); // cannot happen: an entry lives until its answer or its end
+                broken(c, "internal: a stream without its entry"); // cannot happen
                 return false;
             }
             stream_entry& e = found->second;
@@ -666,6 +771,7 @@ inline bool client_loop::handshake(peer_connection& c) {
         }
         c.in.erase(0, end + 1);
         c.state = peer_connection::phase::ready;
+        peer_state::add(peers_[c.node]->connections);
         node_up(c.node);
         c.out.append(c.backlog);
         std::string().swap(c.backlog);
@@ -684,8 +790,9 @@ inline void client_loop::refuse(peer_connection& c, const std::string& why) {
             options_.log("node " + p.address.name + " at " + p.address.host + ":" +
                          std::to_string(p.address.port) + " " + why);
         }
+        log(log_level::warning, "peer_refused", c.node, why);
     }
-    broken(c); // not ready: the node goes down (a stream is refused as unavailable)
+    broken(c, why); // not ready: the node goes down (a stream is refused as unavailable)
 }
 
 // A peer that broke the framing between nodes (command.hpp, "Between nodes"): told to the
@@ -693,19 +800,34 @@ inline void client_loop::refuse(peer_connection& c, const std::string& why) {
 // fail as unavailable; the node is tried again as after any broken connection).
 inline void client_loop::violation(peer_connection& c, std::string_view why,
                                    std::string_view line) {
+    std::string reason(why);
+    if (!line.empty() && line.back() == '\r') {
+        line.remove_suffix(1);
+    }
+    if (!line.empty()) {
+        reason += " (\"" + escaped(line.substr(0, 60)) + "\")";
+    }
     if (options_.log) {
         const peer_node& p = peers_[c.node]->address;
-        std::string message = "node " + p.name + " at " + p.host + ":" + std::to_string(p.port) +
-                              " " + std::string(why);
-        if (!line.empty() && line.back() == '\r') {
-            line.remove_suffix(1);
-        }
-        if (!line.empty()) {
-            message += " (\"" + escaped(line.substr(0, 60)) + "\")";
-        }
-        options_.log(message + ": its connection is closed, its requests fail as unavailable");
+        options_.log("node " + p.name + " at " + p.host + ":" + std::to_string(p.port) + " " +
+                     reason + ": its connection is closed, its requests fail as unavailable");
     }
-    broken(c);
+    log(log_level::warning, "peer_protocol_error", c.node, reason);
+    broken(c, std::move(reason));
+}
+
+inline void client_loop::log(log_level level, std::string_view what, std::size_t node,
+                             std::string reason) {
+    if (!options_.event_log.enabled(level)) {
+        return;
+    }
+    const peer_node& p = peers_[node]->address;
+    log_event e;
+    e.level = level;
+    e.what = std::string(what);
+    e.reason = std::move(reason);
+    e.fields = {{"node", p.name}, {"address", host_port(p)}};
+    options_.event_log.log(std::move(e));
 }
 
 inline void client_loop::fail_all(peer_connection& c) {
@@ -714,6 +836,13 @@ inline void client_loop::fail_all(peer_connection& c) {
     failed.swap(c.waiting);
     std::unordered_map<std::uint64_t, stream_entry> streams;
     streams.swap(c.streams);
+    peer_state& p = *peers_[c.node];
+    for (auto& w : failed) {
+        if (w.counted) {
+            peer_state::sub(p.in_flight);
+            peer_state::add(p.failures);
+        }
+    }
     for (auto& w : failed) {
         if (w.done) {
             w.done(std::nullopt);
@@ -740,6 +869,9 @@ inline void client_loop::fail_all(peer_connection& c) {
 }
 
 inline void client_loop::close(peer_connection& c) {
+    if (c.state == peer_connection::phase::ready) {
+        peer_state::sub(peers_[c.node]->connections);
+    }
     if (c.fd) {
         poller_.remove(c.fd.get());
         c.fd.reset();
@@ -750,27 +882,36 @@ inline void client_loop::close(peer_connection& c) {
     c.sent = 0;
     c.backlog.clear();
     c.in.clear();
+    c.scanned = 0;
     c.proved = false;
 }
 
-inline void client_loop::broken(peer_connection& c) {
+inline void client_loop::broken(peer_connection& c, std::string why) {
     const bool was_ready = c.state == peer_connection::phase::ready;
     peer_state& p = *peers_[c.node];
     if (!was_ready || p.status.load(std::memory_order_relaxed) != node_status::up) {
-        node_down(c.node); // fails this connection's requests too, with the node down
+        // Fails this connection's requests too, with the node down.
+        node_down(c.node, std::move(why));
         return;
     }
     // A working connection broke (the node restarted its server, or died): one attempt at
     // once tells which; its failure takes the node down.
+    if (!c.waiting.empty()) {
+        p.set_error(why); // its requests fail
+    }
     close(c);
     fail_all(c);
     open(c);
 }
 
-inline void client_loop::node_down(std::size_t node) {
+inline void client_loop::node_down(std::size_t node, std::string why) {
     peer_state& p = *peers_[node];
     const node_status before = p.status.exchange(node_status::down, std::memory_order_acq_rel);
     p.probing = false;
+    p.set_error(why);
+    if (before != node_status::down) {
+        log(log_level::warning, "node_down", node, std::move(why));
+    }
     for (const auto& c : p.pool) {
         close(*c);
         fail_all(*c);
@@ -793,6 +934,7 @@ inline void client_loop::node_up(std::size_t node) {
     const node_status before = p.status.exchange(node_status::up, std::memory_order_acq_rel);
     if (before != node_status::up) {
         p.backoff = options_.retry_min;
+        log(log_level::info, "node_up", node);
         publish(node, true);
     }
 }
@@ -809,12 +951,14 @@ inline int client_loop::check_timers() {
     const auto consider = [&](client_clock::time_point t) { next = std::min(next, t); };
     for (std::size_t i = 0; i < peers_.size(); ++i) {
         peer_state& p = *peers_[i];
-        bool down = false;
+        const char* down = nullptr; // why
         for (const auto& c : p.pool) {
             if (c->state == peer_connection::phase::connecting ||
                 c->state == peer_connection::phase::greeting) {
                 if (now >= c->setup_deadline) {
-                    down = true;
+                    down = c->state == peer_connection::phase::connecting
+                               ? "not connected within connect_timeout"
+                               : "no handshake within connect_timeout";
                     break;
                 }
                 consider(c->setup_deadline);
@@ -823,7 +967,10 @@ inline int client_loop::check_timers() {
                 // One timeout for all, so the oldest request has the earliest deadline.
                 const auto deadline = c->waiting.front().deadline;
                 if (now >= deadline) {
-                    down = true; // frozen or hung: it does not answer
+                    // Frozen or hung: it does not answer.
+                    down = c->waiting.front().counted ? "no reply within request_timeout"
+                                                      : "no answer to a heartbeat within "
+                                                        "request_timeout";
                     break;
                 }
                 consider(deadline);
@@ -847,8 +994,8 @@ inline int client_loop::check_timers() {
                 }
             }
         }
-        if (down) {
-            node_down(i);
+        if (down != nullptr) {
+            node_down(i, down);
         }
         if (p.status.load(std::memory_order_relaxed) == node_status::down) {
             if (!p.probing && now >= p.retry_at) {
@@ -926,6 +1073,10 @@ inline std::optional<std::size_t> node_client::find(std::string_view name) const
 
 inline node_status node_client::status(std::size_t node) const noexcept {
     return loop_->status(node);
+}
+
+inline node_stats node_client::stats(std::size_t node) const {
+    return loop_->stats(node);
 }
 
 inline void node_client::request(std::size_t node, std::string line, command_kind kind,
