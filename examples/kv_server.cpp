@@ -183,46 +183,6 @@ class subscriber_cuts {
     std::size_t told_ = 0;
 };
 
-// The node's snapshot for the admin endpoint, from what `node` shows today (its registry's
-// and server's counters); node::snapshot() takes its place once it exists.
-otpkv::node_snapshot take_snapshot(const otpkv::node& node,
-                                   std::chrono::steady_clock::time_point started) {
-    otpkv::node_snapshot s;
-    s.node = node.config().node;
-    s.version = std::to_string(otpkv::version.major) + "." + std::to_string(otpkv::version.minor) +
-                "." + std::to_string(otpkv::version.patch);
-    s.time = std::chrono::system_clock::now();
-    s.uptime = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::chrono::steady_clock::now() - started);
-    s.tree.name = "root";
-    s.router.node = s.node;
-    if (const auto registry = node.registry()) {
-        s.registry.buckets = registry->size();
-        s.registry.max_buckets = registry->max_buckets();
-    }
-    if (const auto server = node.server()) {
-        const otpkv::server_stats stats = server->stats();
-        s.server.address = server->address();
-        s.server.connections = stats.connections;
-        s.server.max_connections = node.config().max_connections;
-        s.server.accepted = stats.accepted;
-        s.server.rejected = stats.rejected;
-        s.server.idle_closed = stats.idle_closed;
-        s.server.subscriber_memory = stats.subscriber_memory;
-        s.server.subscribers_cut = stats.subscribers_cut;
-    }
-    return s;
-}
-
-// One event of kv_server's own (the node's start and stop).
-void log_node_event(const otpkv::logger& log, std::string what, const otpkv::node& node) {
-    otpkv::log_event e;
-    e.level = otpkv::log_level::info;
-    e.what = std::move(what);
-    e.fields = {{"node", node.config().node}, {"address", node.address()}};
-    log.log(std::move(e));
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
@@ -282,30 +242,22 @@ int main(int argc, char** argv) {
         }
         config.cookie = found.cookie;
     }
-    // Peers refused, either way, are told on stderr.
-    otpkv::client_options client;
-    client.log = [](const std::string& message) {
-        std::fprintf(stderr, "kv_server: %s\n", message.c_str());
-    };
-
     const rlim_t descriptors = raise_descriptor_limit(config.max_connections);
     refusal_log refusals(config.max_connections, descriptors);
 
-    // Events go to stderr through a bounded queue (declared first: it outlives the node and
-    // the admin server, which log through it). This logger is also the one for the node's
-    // own pieces once node::start takes one.
+    // Events (the node's, its peers', the admin server's) go to stderr through a bounded
+    // queue (declared first: it outlives the node and the admin server, which log through
+    // it).
     otpkv::log_writer log_writer(STDERR_FILENO);
     const otpkv::logger log(log_writer.sink(), config.log_level);
     const std::optional<std::uint16_t> admin_port = config.admin_port;
     const std::string admin_bind = config.admin_bind;
 
-    const auto start_time = std::chrono::steady_clock::now();
-    auto started = otpkv::node::start(std::move(config), {}, std::move(client));
+    auto started = otpkv::node::start(std::move(config), {.log = log});
     if (!started) {
         return fail(start_failure(started.error().reason), 1);
     }
     const std::shared_ptr<otpkv::node> node = std::move(started).value();
-    log_node_event(log, "node_started", *node);
 
     std::shared_ptr<otpkv::admin_server> admin;
     if (admin_port) {
@@ -314,15 +266,16 @@ int main(int argc, char** argv) {
         options.port = *admin_port;
         options.log = log;
         const std::weak_ptr<otpkv::node> weak = node;
-        options.snapshot = [weak, start_time] {
+        options.snapshot = [weak] {
             const auto n = weak.lock();
-            return n ? take_snapshot(*n, start_time) : otpkv::node_snapshot{};
+            return n ? n->snapshot() : otpkv::node_snapshot{};
         };
-        options.cluster = [weak, start_time](std::function<void(std::string)> done) {
-            const auto n = weak.lock();
-            const otpkv::node_snapshot self =
-                n ? take_snapshot(*n, start_time) : otpkv::node_snapshot{};
-            done(otpkv::cluster_json(self, {}));
+        options.cluster = [weak](std::function<void(std::string)> done) {
+            if (const auto n = weak.lock()) {
+                n->cluster_json(std::move(done));
+            } else {
+                done(otpkv::cluster_json(otpkv::node_snapshot{}, {}));
+            }
         };
         auto admin_started = otpkv::admin_server::start(std::move(options));
         if (!admin_started) {
@@ -353,7 +306,6 @@ int main(int argc, char** argv) {
                 admin->stop(otpkv::exit_reason::shutdown(), std::chrono::seconds(1));
             }
             node->stop(otpkv::exit_reason::shutdown(), std::chrono::seconds(4));
-            log_node_event(log, "node_stopped", *node);
             return 0;
         }
         cuts.report(*node);
