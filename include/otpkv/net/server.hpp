@@ -72,10 +72,14 @@
 /// consistent copy (its latency count, the histogram's sum and the commands' sum agree) and
 /// adds them up. A request is counted when its reply is queued (a deferred one when it
 /// completes), under the verb `parse` gives its line (`unknown` for anything else, bad
-/// arity included); its reply, when it is `ERROR <reason>`, `NOT FOUND` or `UNKNOWN
-/// COMMAND`, under one of `server_error_reasons` (`node <name> unavailable` as `node
+/// arity included); its reply, when it is `ERROR` and a reason, `NOT FOUND` or `UNKNOWN
+/// COMMAND`, under one of `server_error_reasons` (`node NAME unavailable` as `node
 /// unavailable`, a reason no node gives as `other`): never a client's bytes. Its latency
-/// runs from its line being framed to its reply being queued.
+/// runs from its line being framed to its reply being queued. The requests a loop runs back
+/// to back (a pipelined batch, up to 64) are timed together, with two clock reads: the
+/// batch's time is spread over them by their place, the `i`-th of `n` taking `(i + 1) / n`
+/// of it (it waited for those before it). A deferred request is timed on its own, to its
+/// completion.
 ///
 /// Events (`server_options::log`), aggregated: the first of a kind is reported at once,
 /// the ones after it at most once a second per kind as one event whose `count=` says how

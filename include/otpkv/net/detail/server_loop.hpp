@@ -156,6 +156,29 @@ class loop_counters {
         bump(latency_sum_ns_, ns);
         end_write();
     }
+    /// The requests of one batch that ran back to back (`request_batch`): `verb_of[i]` and
+    /// `reason_of[i]` of each, and the time from the first one's line being framed to the last
+    /// one's reply being queued, spread over them in proportion to their places (the
+    /// `i`-th of `n` took `(i + 1) / n` of it: each waited for those before it).
+    void record_batch(const std::uint8_t* verb_of, const std::uint8_t* reason_of, std::size_t n,
+                      std::chrono::nanoseconds took) noexcept {
+        const auto total = static_cast<std::uint64_t>(std::max<std::int64_t>(0, took.count()));
+        begin_write();
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::uint64_t ns = total * (i + 1) / n;
+            std::size_t bucket = 0;
+            while (bucket < latency_bounds_ns.size() && ns > latency_bounds_ns[bucket]) {
+                ++bucket;
+            }
+            bump(commands_[verb_of[i]], 1);
+            if (reason_of[i] != no_error) {
+                bump(errors_[reason_of[i]], 1);
+            }
+            bump(latency_[bucket], 1);
+            bump(latency_sum_ns_, ns);
+        }
+        end_write();
+    }
     /// An error reply that answers no request (`line too long`, `too many connections`).
     void record_error(std::size_t reason) noexcept {
         begin_write();
@@ -232,6 +255,53 @@ class loop_counters {
     std::atomic<std::uint64_t> bytes_out_{0};
     std::array<std::atomic<std::uint64_t>, latency_bounds.size() + 1> latency_{};
     std::atomic<std::uint64_t> latency_sum_ns_{0};
+};
+
+/// The requests a loop runs back to back in one pull (a pipelined batch), counted together
+/// when it ends: two clock reads and one write of the loop's counters per batch, not per
+/// request.
+class request_batch {
+  public:
+    static constexpr std::size_t capacity = 64;
+
+    explicit request_batch(loop_counters& counters) noexcept : counters_(counters) {}
+    request_batch(const request_batch&) = delete;
+    request_batch& operator=(const request_batch&) = delete;
+    ~request_batch() { flush(); }
+
+    /// When the batch's first line was framed (read at the first call).
+    [[nodiscard]] std::chrono::steady_clock::time_point start() noexcept {
+        if (n_ == 0 && !started_) {
+            start_ = std::chrono::steady_clock::now();
+            started_ = true;
+        }
+        return start_;
+    }
+    /// One request of the batch, answered.
+    void add(std::size_t verb, std::size_t reason) noexcept {
+        verbs_[n_] = static_cast<std::uint8_t>(verb);
+        reasons_[n_] = static_cast<std::uint8_t>(reason);
+        if (++n_ == capacity) {
+            flush();
+        }
+    }
+    /// Counts the requests so far; the next one starts a new batch.
+    void flush() noexcept {
+        if (n_ > 0) {
+            counters_.record_batch(verbs_.data(), reasons_.data(), n_,
+                                   std::chrono::steady_clock::now() - start_);
+        }
+        n_ = 0;
+        started_ = false;
+    }
+
+  private:
+    loop_counters& counters_;
+    std::chrono::steady_clock::time_point start_{};
+    bool started_ = false;
+    std::size_t n_ = 0;
+    std::array<std::uint8_t, capacity> verbs_{};
+    std::array<std::uint8_t, capacity> reasons_{};
 };
 
 /// The kinds of event a server aggregates (`event_tally`), in `server_event_names` order.
@@ -1015,9 +1085,9 @@ inline void event_loop::discard_input(connection& c) {
 }
 
 inline void event_loop::pull_requests(connection& c) {
-    // A request's latency runs from its line being framed to its reply being queued: one
-    // clock read per request, since the end of one is the start of the next.
-    std::chrono::steady_clock::time_point started{};
+    // A request's latency runs from its line being framed to its reply being queued; the
+    // requests pulled here run back to back and are timed together (request_batch).
+    request_batch batch(counters_);
     while (c.state == connection::phase::open && !c.subscribed) {
         if (c.unsent() + c.held > core_.options.max_output ||
             c.waiting.size() >= core_.options.max_deferred || c.barred()) {
@@ -1038,9 +1108,7 @@ inline void event_loop::pull_requests(connection& c) {
             c.begin_close();
             return;
         }
-        if (started == std::chrono::steady_clock::time_point{}) {
-            started = std::chrono::steady_clock::now();
-        }
+        const auto started = batch.start();
         // One writer: a plain increment, no read-modify-write shared between loops.
         requests_.store(requests_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         std::string& out = c.reply_target();
@@ -1083,12 +1151,8 @@ inline void event_loop::pull_requests(connection& c) {
             deferred->timed = true; // counted when it completes (settle)
             deferred->verb = static_cast<std::uint8_t>(verb);
             deferred->started = started;
-            started = std::chrono::steady_clock::now();
         } else {
-            const auto done = std::chrono::steady_clock::now();
-            counters_.record(verb, reply_reason(std::string_view(out).substr(before)),
-                             done - started);
-            started = done;
+            batch.add(verb, reply_reason(std::string_view(out).substr(before)));
         }
     }
 }
