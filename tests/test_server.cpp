@@ -16,8 +16,11 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
+#include <utility>
+#include <vector>
 
 using otpkv_test::eventually;
 using otpkv_test::guide_replies;
@@ -539,4 +542,340 @@ TEST_CASE("server: a peer's subscribed connection (session::mark_peer) ends at i
     CHECK(node.read_to_eof().empty()); // closed at once, no event needed
     CHECK(node.end() == kv_client::ending::eof);
     CHECK(eventually([&] { return srv->stats().connections == 1; }));
+}
+
+// ---------------------------------------------------------------------------------------
+// Statistics (server::snapshot) and events (server_options::log)
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+std::size_t sum(const auto& counts) {
+    std::size_t n = 0;
+    for (const auto c : counts) {
+        n += c;
+    }
+    return n;
+}
+
+std::size_t verb(std::string_view name) {
+    for (std::size_t i = 0; i < otpkv::command_verbs.size(); ++i) {
+        if (otpkv::command_verbs[i] == name) {
+            return i;
+        }
+    }
+    FAIL("no verb " << name);
+    return 0;
+}
+
+std::size_t errors_of(const otpkv::server_snapshot& s, std::string_view reason) {
+    for (const auto& [r, n] : s.errors) {
+        if (r == reason) {
+            return n;
+        }
+    }
+    return 0;
+}
+
+// The events a logger handed over, kept for the test.
+class event_log {
+  public:
+    otpkv::logger logger(otpkv::log_level level = otpkv::log_level::debug) {
+        return otpkv::logger(
+            [this](const otpkv::log_event& e) {
+                const std::lock_guard lock(mutex_);
+                events_.push_back(e);
+            },
+            level);
+    }
+    std::vector<otpkv::log_event> events() {
+        const std::lock_guard lock(mutex_);
+        return events_;
+    }
+    // The events of `what` (and `limit=`, when given), and the sum of their `count=`.
+    std::pair<std::size_t, std::size_t> tally(std::string_view what, std::string_view limit = {}) {
+        std::size_t events = 0;
+        std::size_t count = 0;
+        for (const auto& e : this->events()) {
+            if (e.what != what || (!limit.empty() && field(e, "limit") != limit)) {
+                continue;
+            }
+            ++events;
+            count += std::stoul(field(e, "count"));
+        }
+        return {events, count};
+    }
+    static std::string field(const otpkv::log_event& e, std::string_view key) {
+        for (const auto& [k, v] : e.fields) {
+            if (k == key) {
+                return v;
+            }
+        }
+        return {};
+    }
+
+  private:
+    std::mutex mutex_;
+    std::vector<otpkv::log_event> events_;
+};
+
+} // namespace
+
+TEST_CASE("server: snapshot counts commands per verb, errors per reason, bytes and latency") {
+    auto reg = otpkv::registry::start();
+    auto srv = start(reg, loopback());
+    kv_client a(srv->port());
+    const std::string requests = "CREATE a\nPUT a k v\nGET a k\nGET nope k\nDELETE a k\n"
+                                 "FOO a\nGET a\nput a k v\nPUT a k v extra\n";
+    const std::string replies = "OK\r\nOK\r\nv\r\nOK\r\nNOT FOUND\r\nOK\r\nUNKNOWN COMMAND\r\n"
+                                "UNKNOWN COMMAND\r\nUNKNOWN COMMAND\r\nUNKNOWN COMMAND\r\n";
+    CHECK(a.exchange(requests, replies.size()) == replies);
+    kv_client sub(srv->port());
+    CHECK(sub.send_all("SUBSCRIBE a\n"));
+    CHECK(eventually([&] { return srv->snapshot().subscribers == 1; }));
+    // The counters of a reply are written right after its send: wait for the last one.
+    CHECK(eventually([&] { return srv->snapshot().bytes_out == replies.size(); }));
+    const otpkv::server_snapshot s = srv->snapshot();
+    CHECK(s.address == srv->address());
+    CHECK(s.connections == 2);
+    CHECK(s.accepted == 2);
+    CHECK(s.max_connections == 10000);
+    CHECK(s.commands[verb("create")] == 1);
+    CHECK(s.commands[verb("put")] == 1);
+    CHECK(s.commands[verb("get")] == 2);
+    CHECK(s.commands[verb("delete")] == 1);
+    CHECK(s.commands[verb("subscribe")] == 1);
+    CHECK(s.commands[verb("info")] == 0);
+    CHECK(s.commands[verb("unknown")] == 4); // FOO, bad arity twice, a verb in lower case
+    CHECK(s.errors == std::vector<std::pair<std::string, std::size_t>>{{"unknown command", 4},
+                                                                       {"not found", 1}});
+    CHECK(s.bytes_in == requests.size() + std::string("SUBSCRIBE a\n").size());
+    CHECK(s.bytes_out == replies.size());
+    CHECK(s.latency_count == 10);
+    CHECK(sum(s.latency) == 10);
+    CHECK(sum(s.commands) == 10);
+    CHECK(s.latency_sum > 0);
+    CHECK(s.latency_sum < 10.0);
+    CHECK(srv->stats().requests == 10);
+}
+
+TEST_CASE("server: error replies are counted under a fixed set of reasons, never the bytes a "
+          "handler wrote") {
+    auto o = loopback();
+    o.max_line = 16;
+    const auto srv = [&] {
+        auto s = otpkv::server::start(
+            [](const otpkv::command&, std::string& out, otpkv::session& session) {
+                const std::string_view line = session.line();
+                if (line == "down") {
+                    out += "ERROR node n\x01zz unavailable\r\n";
+                } else if (line == "odd") {
+                    out += "ERROR secret user bytes\r\n";
+                } else if (line == "route") {
+                    out += "ERROR no route\r\n";
+                } else if (line == "value") {
+                    out += "ERRORS\r\nOK\r\n"; // a value, not an error
+                } else {
+                    out += "OK\r\n";
+                }
+            },
+            o);
+        REQUIRE(s.has_value());
+        return std::move(s).value();
+    }();
+    kv_client a(srv->port());
+    const std::string replies = "ERROR node n\x01zz unavailable\r\nERROR secret user bytes\r\n"
+                                "ERROR no route\r\nERRORS\r\nOK\r\nOK\r\n";
+    CHECK(a.exchange("down\nodd\nroute\nvalue\nfine\n", replies.size()) == replies);
+    kv_client b(srv->port());
+    CHECK(b.exchange(std::string(17, 'x') + "\n", 21) == "ERROR line too long\r\n");
+    CHECK(eventually([&] { return srv->snapshot().errors.size() == 4; }));
+    const auto s = srv->snapshot();
+    CHECK(errors_of(s, "node unavailable") == 1);
+    CHECK(errors_of(s, "other") == 1);
+    CHECK(errors_of(s, "no route") == 1);
+    CHECK(errors_of(s, "line too long") == 1);
+    CHECK(s.commands[verb("unknown")] == 5); // the over-long line is no command
+    CHECK(s.latency_count == 5);
+}
+
+TEST_CASE("server: a snapshot under load is never torn: count, histogram and commands agree") {
+    auto reg = otpkv::registry::start();
+    REQUIRE(reg->create("b"));
+    auto srv = start(reg, loopback());
+    std::atomic<bool> done{false};
+    std::vector<std::thread> clients;
+    constexpr int rounds = 200;
+    for (int t = 0; t < 4; ++t) {
+        clients.emplace_back([&, t] {
+            kv_client c(srv->port());
+            std::string batch;
+            std::string expected;
+            for (int i = 0; i < 16; ++i) {
+                batch +=
+                    "PUT b k" + std::to_string(t) + " v\nGET b k" + std::to_string(t) + "\nNOPE\n";
+                expected += "OK\r\nv\r\nOK\r\nUNKNOWN COMMAND\r\n";
+            }
+            for (int r = 0; r < rounds; ++r) {
+                CHECK(c.exchange(batch, expected.size()) == expected);
+            }
+        });
+    }
+    std::size_t snapshots = 0;
+    std::size_t last = 0;
+    std::thread reader([&] {
+        while (!done.load()) {
+            const auto s = srv->snapshot();
+            ++snapshots;
+            const std::size_t commands = sum(s.commands);
+            CHECK(s.latency_count == sum(s.latency));
+            CHECK(s.latency_count == commands);
+            CHECK(errors_of(s, "unknown command") == s.commands[verb("unknown")]);
+            CHECK(commands >= last);
+            last = commands;
+        }
+    });
+    for (auto& c : clients) {
+        c.join();
+    }
+    done = true;
+    reader.join();
+    CHECK(snapshots > 0);
+    const auto s = srv->snapshot();
+    CHECK(sum(s.commands) == 4 * rounds * 48);
+    CHECK(s.commands[verb("put")] == 4 * rounds * 16);
+    CHECK(s.latency_count == 4 * rounds * 48);
+}
+
+TEST_CASE("server: refused connections are logged once, then at most once a second with a "
+          "count") {
+    event_log log;
+    auto reg = otpkv::registry::start();
+    auto o = loopback();
+    o.max_connections = 1;
+    o.log = log.logger(otpkv::log_level::info);
+    auto srv = start(reg, o);
+    kv_client held(srv->port());
+    CHECK(held.exchange("CREATE a\n", 4) == "OK\r\n");
+    constexpr std::size_t refused = 30;
+    for (std::size_t i = 0; i < refused; ++i) {
+        kv_client c(srv->port());
+        CHECK(c.read_to_eof() == "ERROR too many connections\r\n");
+    }
+    // The first at once; the rest in one or two more within about a second.
+    CHECK(eventually([&] { return log.tally("limit_hit").second == refused; }, 5s));
+    const auto [events, count] = log.tally("limit_hit", "max_connections");
+    CHECK(count == refused);
+    CHECK(events >= 2);
+    CHECK(events <= 4);
+    const auto first = log.events().front();
+    CHECK(first.level == otpkv::log_level::warning);
+    CHECK(first.what == "limit_hit");
+    CHECK(first.reason == "too many connections");
+    CHECK(first.fields ==
+          std::vector<std::pair<std::string, std::string>>{{"limit", "max_connections"},
+                                                           {"count", "1"},
+                                                           {"max", "1"},
+                                                           {"address", srv->address()}});
+    const auto s = srv->snapshot();
+    CHECK(s.rejected == refused);
+    CHECK(errors_of(s, "too many connections") == refused);
+}
+
+TEST_CASE("server: a line too long and idle closes are logged; debug events stay out of an info "
+          "logger") {
+    event_log info;
+    event_log debug;
+    for (auto* log : {&info, &debug}) {
+        auto reg = otpkv::registry::start();
+        auto o = loopback();
+        o.max_line = 8;
+        o.idle_timeout = 50ms;
+        o.log = log->logger(log == &info ? otpkv::log_level::info : otpkv::log_level::debug);
+        auto srv = start(reg, o);
+        kv_client a(srv->port());
+        CHECK(a.exchange("CREATE aaaaaaaa\n", 21) == "ERROR line too long\r\n");
+        kv_client idle1(srv->port());
+        kv_client idle2(srv->port());
+        CHECK(idle1.read_to_eof() == "");
+        CHECK(idle2.read_to_eof() == "");
+        CHECK(eventually([&] { return srv->stats().idle_closed == 2; }));
+        CHECK(eventually([&] { return log->tally("limit_hit", "max_line").second == 1; }));
+        if (log == &debug) {
+            CHECK(eventually([&] { return log->tally("idle_closed").second == 2; }));
+            for (const auto& e : log->events()) {
+                if (e.what == "idle_closed") {
+                    CHECK(e.level == otpkv::log_level::debug);
+                    CHECK(event_log::field(e, "idle_timeout_ms") == "50");
+                }
+            }
+        }
+    }
+    CHECK(info.tally("idle_closed").first == 0);
+    const auto line = info.events().front();
+    CHECK(line.reason == "line too long");
+    CHECK(event_log::field(line, "max") == "8");
+}
+
+TEST_CASE("server: a subscriber cut for its cap is logged as max_subscriber_output") {
+    event_log log;
+    auto reg = otpkv::registry::start();
+    auto o = loopback();
+    o.max_subscriber_output = 64 * 1024;
+    o.log = log.logger();
+    auto srv = start(reg, o);
+    kv_client pub(srv->port());
+    CHECK(pub.exchange("CREATE b\n", 4) == "OK\r\n");
+    kv_client sub(srv->port(), 16 * 1024);
+    CHECK(sub.send_all("SUBSCRIBE b\n"));
+    CHECK(eventually([&] { return srv->snapshot().subscribers == 1; }));
+    const std::string put = "PUT b k " + std::string(4000, 'x') + "\n";
+    std::string batch;
+    std::string oks;
+    for (int i = 0; i < 1000; ++i) {
+        batch += put;
+        oks += "OK\r\n";
+    }
+    CHECK(pub.exchange(batch, oks.size(), 20s) == oks);
+    CHECK(eventually([&] { return srv->snapshot().subscribers == 0; }));
+    CHECK(eventually([&] { return log.tally("limit_hit", "max_subscriber_output").second == 1; }));
+    CHECK(log.tally("limit_hit", "max_subscriber_memory").first == 0);
+}
+
+TEST_CASE("server: the event tally reports the first hit at once, then one count a period") {
+    otpkv::detail::event_tally t(std::chrono::nanoseconds(1000));
+    using otpkv::detail::server_event;
+    CHECK(t.hit(server_event::max_line, 0) == 1);
+    CHECK(t.hit(server_event::max_line, 10) == 0);
+    CHECK(t.hit(server_event::max_line, 20, 5) == 0);
+    CHECK(t.hit(server_event::max_connections, 30) == 1); // kinds are apart
+    CHECK(t.pending());
+    CHECK(t.due(server_event::max_line, 999) == 0);
+    CHECK(t.due(server_event::max_line, 1000) == 6);
+    CHECK_FALSE(t.pending());
+    CHECK(t.due(server_event::max_line, 5000) == 0); // nothing to report: no period used
+    CHECK(t.hit(server_event::max_line, 5001) == 1);
+    CHECK(t.hit(server_event::max_line, 5002) == 0);
+    CHECK(t.hit(server_event::max_line, 6001) == 2);
+}
+
+TEST_CASE("server: reply_reason reads only the first line, and only the protocol's shapes") {
+    using otpkv::detail::reply_reason;
+    const auto is = [](std::string_view bytes, std::string_view reason) {
+        const std::size_t i = reply_reason(bytes);
+        return i < otpkv::server_error_reasons.size() && otpkv::server_error_reasons[i] == reason;
+    };
+    CHECK(reply_reason("OK\r\n") == otpkv::detail::no_error);
+    CHECK(reply_reason("") == otpkv::detail::no_error);
+    CHECK(reply_reason("NOTHING\r\nOK\r\n") == otpkv::detail::no_error);
+    CHECK(reply_reason("ERRORS\r\nOK\r\n") == otpkv::detail::no_error);
+    CHECK(is("NOT FOUND\r\n", "not found"));
+    CHECK(is("UNKNOWN COMMAND\r\n", "unknown command"));
+    CHECK(is("ERROR too many buckets\r\n", "too many buckets"));
+    CHECK(is("ERROR not a peer\r\n", "not a peer"));
+    CHECK(is("ERROR node unavailable\r\n", "node unavailable"));
+    CHECK(is("ERROR node n2 unavailable\r\nOK\r\n", "node unavailable"));
+    CHECK(is("ERROR internal\n", "internal"));
+    CHECK(is("ERROR node  unavailable\r\n", "other"));
+    CHECK(is("ERROR \r\n", "other"));
 }

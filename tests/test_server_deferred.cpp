@@ -1042,3 +1042,55 @@ TEST_CASE("server deferred: event streams share max_subscriber_memory with local
     CHECK(srv->stats().subscribers_cut == 1);
     CHECK(srv->stats().connections == 2);
 }
+
+TEST_CASE("server deferred: a deferred request is counted when it completes, with its latency "
+          "and its reply's error; one dropped counts as internal") {
+    deferring fx;
+    auto srv = start(fx.handler(), one_loop());
+    kv_client probe(srv->port());
+    kv_client c(srv->port());
+    REQUIRE(c.send_all("GET r1 k\nPUT b k v\n"));
+    auto held = fx.take(1);
+    REQUIRE(held.size() == 1);
+    CHECK(eventually([&] { return fx.calls == 2; }));
+    settle(probe);
+    const auto get = 2U; // command_verbs: create put get ...
+    const auto before = srv->snapshot();
+    CHECK(before.commands[get] == 0); // not complete: not counted yet
+    CHECK(before.commands[1] == 1);   // the PUT behind it ran and is counted
+    CHECK(before.latency_count == before.commands[1] + before.commands[6]); // and the probes
+    // The latency runs until the completion: hold it at least 30 ms.
+    const auto held_since = std::chrono::steady_clock::now();
+    std::this_thread::sleep_for(30ms);
+    const double held_for =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - held_since).count();
+    fx.complete(held[0], "ERROR no route\r\n");
+    CHECK(c.read_exact(27) == "ERROR no route\r\nNOT FOUND\r\n");
+    const auto after = srv->snapshot();
+    CHECK(after.commands[get] == 1);
+    CHECK(after.latency_count == before.latency_count + 1);
+    std::size_t slow = 0; // requests timed at 25 ms or more
+    for (std::size_t i = 0; i < otpkv::latency_bounds.size() + 1; ++i) {
+        if (i > 0 && otpkv::latency_bounds[i - 1] >= 0.025) {
+            slow += after.latency[i];
+        }
+    }
+    CHECK(slow == 1);
+    CHECK(after.latency_sum >= held_for);
+    CHECK(after.errors.front() == std::pair<std::string, std::size_t>{"no route", 1});
+
+    kv_client d(srv->port());
+    CHECK(d.exchange("GET drop k\n", 16) == "ERROR internal\r\n");
+    CHECK(eventually([&] { return srv->snapshot().commands[get] == 2; }));
+    const auto dropped = srv->snapshot();
+    std::size_t internal = 0;
+    for (const auto& [reason, n] : dropped.errors) {
+        internal += reason == "internal" ? n : 0;
+    }
+    CHECK(internal == 1);
+    std::size_t sum = 0;
+    for (const auto n : dropped.commands) {
+        sum += n;
+    }
+    CHECK(dropped.latency_count == sum);
+}

@@ -64,13 +64,43 @@
 ///   side is shut down (FIN), and input is read and discarded until the peer closes (or 2 s
 ///   pass), so the kernel never turns unread input into a reset that would destroy the
 ///   reply in flight.
+///
+/// Statistics (`server::snapshot`): each event loop keeps its own block of counters
+/// (commands per verb, error replies per reason, bytes in and out, the request-latency
+/// histogram), written only by its thread under a sequence lock, so a request costs a few
+/// plain stores and no shared write; a snapshot reads each block until it gets one
+/// consistent copy (its latency count, the histogram's sum and the commands' sum agree) and
+/// adds them up. A request is counted when its reply is queued (a deferred one when it
+/// completes), under the verb `parse` gives its line (`unknown` for anything else, bad
+/// arity included); its reply, when it is `ERROR` and a reason, `NOT FOUND` or `UNKNOWN
+/// COMMAND`, under one of `server_error_reasons` (`node NAME unavailable` as `node
+/// unavailable`, a reason no node gives as `other`): never a client's bytes. Its latency
+/// runs from its line being framed to its reply being queued. The requests a loop runs back
+/// to back (a pipelined batch, up to 64) are timed together, with two clock reads: the
+/// batch's time is spread over them by their place, the `i`-th of `n` taking `(i + 1) / n`
+/// of it (it waited for those before it). A deferred request is timed on its own, to its
+/// completion.
+///
+/// Events (`server_options::log`), aggregated: the first of a kind is reported at once,
+/// the ones after it at most once a second per kind as one event whose `count=` says how
+/// many there were since the last (a flood of refused connections is one line a second):
+/// - `limit_hit` (warning), fields `limit=`, `count=`, `max=` (the limit's value), `address=`
+///   (the server's), for `limit=max_connections` (refused: `reason=too many connections`),
+///   `out_of_descriptors` (refused; `max=` is the soft RLIMIT_NOFILE), `max_line` (`ERROR
+///   line too long`, connection closed), `max_subscriber_output` (a subscriber or channel
+///   disconnected), `max_subscriber_memory` (subscribers cut; `count=` counts them),
+///   `max_deferred` (a connection stopped being read until its deferred replies complete).
+/// - `idle_closed` (debug), fields `count=`, `idle_timeout_ms=`, `address=`.
 #pragma once
 
 #include <otpkv/command.hpp>
+#include <otpkv/log.hpp>
 #include <otpkv/net/poller.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/registry.hpp>
+#include <otpkv/snapshot.hpp>
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -112,9 +142,19 @@ struct server_options {
     /// An idle connection (nothing in flight, nothing unsent, no subscription, not marked by
     /// `session::mark_peer`) that sends nothing for this long is closed
     /// silently; zero: never. See the header comment for the exact rule.
-    std::chrono::milliseconds idle_timeout = std::chrono::seconds(300);    /// Where it reports limits hit and connections refused (default: nowhere).
+    std::chrono::milliseconds idle_timeout = std::chrono::seconds(300);
+    /// Where it reports limits hit and connections closed for `idle_timeout` (default:
+    /// nowhere); see the header comment, "Events", for what it says.
     logger log{};
 };
+
+/// The reasons a server counts error replies under (`server_snapshot::errors`), in this
+/// order: `error_text` of each `error_code`, then `not found` (`NOT FOUND`), `unknown
+/// command` (`UNKNOWN COMMAND`) and `other` (an `ERROR` line with any other reason, as a
+/// handler may relay).
+inline constexpr std::array<std::string_view, 10> server_error_reasons{
+    "line too long", "no route",   "node unavailable", "too many buckets", "too many connections",
+    "internal",      "not a peer", "not found",        "unknown command",  "other"};
 
 /// Counters of a running server (each read on its own, so together only roughly
 /// consistent). Thread safety: any thread.
@@ -312,6 +352,10 @@ class server : public process {
     [[nodiscard]] std::string address() const;
     /// The counters.
     [[nodiscard]] server_stats stats() const noexcept;
+    /// The server's part of a node's snapshot: the counters above, and the sums of every
+    /// event loop's statistics, each loop's read consistently (see the header comment).
+    /// Cheap: a few hundred loads per loop, no lock; it never makes a loop wait.
+    [[nodiscard]] server_snapshot snapshot() const;
 
     /// Stops accepting, closes every connection (after one last attempt to send what each
     /// still has to send) and exits with `reason`, waiting up to `wait` for the loops.

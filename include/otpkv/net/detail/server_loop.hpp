@@ -15,6 +15,8 @@
 #include <otpkv/detail/mailbox.hpp>
 #include <otpkv/detail/socket.hpp>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -23,6 +25,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -40,6 +43,333 @@ namespace detail {
 
 class event_loop;
 struct subscriber_link;
+
+/// The index in `command_verbs` (and `server_snapshot::commands`) of a parsed kind.
+[[nodiscard]] constexpr std::size_t verb_index(command_kind kind) noexcept {
+    switch (kind) {
+    case command_kind::create:
+        return 0;
+    case command_kind::put:
+        return 1;
+    case command_kind::get:
+        return 2;
+    case command_kind::erase:
+        return 3;
+    case command_kind::subscribe:
+        return 4;
+    case command_kind::info:
+        return 5;
+    case command_kind::unknown:
+        break;
+    }
+    return 6;
+}
+
+/// No error reply (`reply_reason`).
+inline constexpr std::size_t no_error = server_error_reasons.size();
+
+/// The index in `server_error_reasons` of the reply that starts `bytes` (its first line),
+/// or `no_error`. Cheap for the usual reply: one byte is looked at.
+[[nodiscard]] constexpr std::size_t reply_reason(std::string_view bytes) noexcept {
+    if (bytes.empty() || (bytes[0] != 'E' && bytes[0] != 'N' && bytes[0] != 'U')) {
+        return no_error;
+    }
+    if (bytes.starts_with("NOT FOUND\r\n")) {
+        return 7;
+    }
+    if (bytes.starts_with("UNKNOWN COMMAND\r\n")) {
+        return 8;
+    }
+    if (!bytes.starts_with("ERROR ")) {
+        return no_error; // a value that starts with one of those letters
+    }
+    std::string_view reason = bytes.substr(6);
+    reason = reason.substr(0, reason.find('\n'));
+    if (!reason.empty() && reason.back() == '\r') {
+        reason.remove_suffix(1);
+    }
+    for (std::size_t i = 0; i < 7; ++i) {
+        if (reason == server_error_reasons[i]) {
+            return i;
+        }
+    }
+    if (reason.starts_with("node ") && reason.ends_with(" unavailable") && reason.size() > 17) {
+        return 2;
+    }
+    return 9;
+}
+
+static_assert(server_error_reasons[0] == error_text(error_code::line_too_long) &&
+              server_error_reasons[1] == error_text(error_code::no_route) &&
+              server_error_reasons[2] == error_text(error_code::node_unavailable) &&
+              server_error_reasons[3] == error_text(error_code::too_many_buckets) &&
+              server_error_reasons[4] == error_text(error_code::too_many_connections) &&
+              server_error_reasons[5] == error_text(error_code::internal) &&
+              server_error_reasons[6] == error_text(error_code::not_a_peer));
+
+/// The request-latency bounds in nanoseconds (`latency_bounds`).
+inline constexpr std::array<std::uint64_t, latency_bounds.size()> latency_bounds_ns = [] {
+    std::array<std::uint64_t, latency_bounds.size()> ns{};
+    for (std::size_t i = 0; i < ns.size(); ++i) {
+        ns[i] = static_cast<std::uint64_t>(latency_bounds[i] * 1e9 + 0.5);
+    }
+    return ns;
+}();
+
+/// One event loop's statistics: written by that loop's thread only, read by any thread.
+///
+/// A sequence lock: the writer makes `seq_` odd, updates the counters, and makes it even
+/// again; a reader copies the counters between two reads of `seq_` and keeps the copy only
+/// when both saw the same even value, else tries again. The counters are relaxed atomics
+/// (a reader may read them while they change; the sequence tells it to throw such a copy
+/// away), each written with a plain load and store: one writer, so no read-modify-write.
+/// A writer never waits; a reader waits only while a write is in progress (a few
+/// nanoseconds each).
+///
+/// Thread safety: `record`, `add_in`, `add_out` on the owning loop's thread only; `read` on
+/// any thread.
+class loop_counters {
+  public:
+    /// A consistent copy.
+    struct values {
+        std::array<std::uint64_t, command_verbs.size()> commands{};
+        std::array<std::uint64_t, server_error_reasons.size()> errors{};
+        std::uint64_t bytes_in = 0;
+        std::uint64_t bytes_out = 0;
+        std::array<std::uint64_t, latency_bounds.size() + 1> latency{};
+        std::uint64_t latency_sum_ns = 0;
+    };
+
+    /// One request: its verb, its reply's error reason (or `no_error`), its latency.
+    void record(std::size_t verb, std::size_t reason, std::chrono::nanoseconds took) noexcept {
+        const auto ns = static_cast<std::uint64_t>(std::max<std::int64_t>(0, took.count()));
+        std::size_t bucket = 0;
+        while (bucket < latency_bounds_ns.size() && ns > latency_bounds_ns[bucket]) {
+            ++bucket;
+        }
+        begin_write();
+        bump(commands_[verb], 1);
+        if (reason != no_error) {
+            bump(errors_[reason], 1);
+        }
+        bump(latency_[bucket], 1);
+        bump(latency_sum_ns_, ns);
+        end_write();
+    }
+    /// The requests of one batch that ran back to back (`request_batch`): `verb_of[i]` and
+    /// `reason_of[i]` of each, and the time from the first one's line being framed to the last
+    /// one's reply being queued, spread over them in proportion to their places (the
+    /// `i`-th of `n` took `(i + 1) / n` of it: each waited for those before it).
+    void record_batch(const std::uint8_t* verb_of, const std::uint8_t* reason_of, std::size_t n,
+                      std::chrono::nanoseconds took) noexcept {
+        const auto total = static_cast<std::uint64_t>(std::max<std::int64_t>(0, took.count()));
+        begin_write();
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::uint64_t ns = total * (i + 1) / n;
+            std::size_t bucket = 0;
+            while (bucket < latency_bounds_ns.size() && ns > latency_bounds_ns[bucket]) {
+                ++bucket;
+            }
+            bump(commands_[verb_of[i]], 1);
+            if (reason_of[i] != no_error) {
+                bump(errors_[reason_of[i]], 1);
+            }
+            bump(latency_[bucket], 1);
+            bump(latency_sum_ns_, ns);
+        }
+        end_write();
+    }
+    /// An error reply that answers no request (`line too long`, `too many connections`).
+    void record_error(std::size_t reason) noexcept {
+        begin_write();
+        bump(errors_[reason], 1);
+        end_write();
+    }
+    /// Bytes read from a client.
+    void add_in(std::uint64_t n) noexcept {
+        begin_write();
+        bump(bytes_in_, n);
+        end_write();
+    }
+    /// Bytes written to a client.
+    void add_out(std::uint64_t n) noexcept {
+        begin_write();
+        bump(bytes_out_, n);
+        end_write();
+    }
+
+    /// A copy no write was in progress during.
+    [[nodiscard]] values read() const noexcept {
+        values v;
+        for (unsigned tries = 0;; ++tries) {
+            // acquire: pairs with end_write's release, so the counters read below are at
+            // least those of the write that made `seq_` this even value.
+            const std::uint64_t before = seq_.load(std::memory_order_acquire);
+            if ((before & 1U) == 0) {
+                copy(commands_, v.commands);
+                copy(errors_, v.errors);
+                v.bytes_in = bytes_in_.load(std::memory_order_relaxed);
+                v.bytes_out = bytes_out_.load(std::memory_order_relaxed);
+                copy(latency_, v.latency);
+                v.latency_sum_ns = latency_sum_ns_.load(std::memory_order_relaxed);
+                // acquire fence: pairs with begin_write's release fence. If a load above
+                // saw a store of a write that began after `before`, the load of `seq_`
+                // below sees that write's odd value (or later), and the copy is retried.
+                std::atomic_thread_fence(std::memory_order_acquire);
+                if (seq_.load(std::memory_order_relaxed) == before) {
+                    return v;
+                }
+            }
+            if (tries % 64 == 63) {
+                std::this_thread::yield(); // the writer was preempted mid-write
+            }
+        }
+    }
+
+  private:
+    template <std::size_t N>
+    static void copy(const std::array<std::atomic<std::uint64_t>, N>& from,
+                     std::array<std::uint64_t, N>& to) noexcept {
+        for (std::size_t i = 0; i < N; ++i) {
+            to[i] = from[i].load(std::memory_order_relaxed);
+        }
+    }
+    static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n) noexcept {
+        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+    void begin_write() noexcept {
+        seq_.store(seq_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        // release fence: the odd value above is ordered before the counters' stores that
+        // follow (see `read`'s acquire fence).
+        std::atomic_thread_fence(std::memory_order_release);
+    }
+    void end_write() noexcept {
+        // release: the counters' stores are visible to a reader that sees this even value.
+        seq_.store(seq_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    }
+
+    std::atomic<std::uint64_t> seq_{0};
+    std::array<std::atomic<std::uint64_t>, command_verbs.size()> commands_{};
+    std::array<std::atomic<std::uint64_t>, server_error_reasons.size()> errors_{};
+    std::atomic<std::uint64_t> bytes_in_{0};
+    std::atomic<std::uint64_t> bytes_out_{0};
+    std::array<std::atomic<std::uint64_t>, latency_bounds.size() + 1> latency_{};
+    std::atomic<std::uint64_t> latency_sum_ns_{0};
+};
+
+/// The requests a loop runs back to back in one pull (a pipelined batch), counted together
+/// when it ends: two clock reads and one write of the loop's counters per batch, not per
+/// request.
+class request_batch {
+  public:
+    static constexpr std::size_t capacity = 64;
+
+    explicit request_batch(loop_counters& counters) noexcept : counters_(counters) {}
+    request_batch(const request_batch&) = delete;
+    request_batch& operator=(const request_batch&) = delete;
+    ~request_batch() { flush(); }
+
+    /// When the batch's first line was framed (read at the first call).
+    [[nodiscard]] std::chrono::steady_clock::time_point start() noexcept {
+        if (n_ == 0 && !started_) {
+            start_ = std::chrono::steady_clock::now();
+            started_ = true;
+        }
+        return start_;
+    }
+    /// One request of the batch, answered.
+    void add(std::size_t verb, std::size_t reason) noexcept {
+        verbs_[n_] = static_cast<std::uint8_t>(verb);
+        reasons_[n_] = static_cast<std::uint8_t>(reason);
+        if (++n_ == capacity) {
+            flush();
+        }
+    }
+    /// Counts the requests so far; the next one starts a new batch.
+    void flush() noexcept {
+        if (n_ > 0) {
+            counters_.record_batch(verbs_.data(), reasons_.data(), n_,
+                                   std::chrono::steady_clock::now() - start_);
+        }
+        n_ = 0;
+        started_ = false;
+    }
+
+  private:
+    loop_counters& counters_;
+    std::chrono::steady_clock::time_point start_{};
+    bool started_ = false;
+    std::size_t n_ = 0;
+    std::array<std::uint8_t, capacity> verbs_{};
+    std::array<std::uint8_t, capacity> reasons_{};
+};
+
+/// The kinds of event a server aggregates (`event_tally`), in `server_event_names` order.
+enum class server_event : std::uint8_t {
+    max_connections,
+    out_of_descriptors,
+    max_line,
+    max_subscriber_output,
+    max_subscriber_memory,
+    max_deferred,
+    idle_closed
+};
+inline constexpr std::size_t server_event_kinds = 7;
+/// The `limit=` word of each kind (the last is the `idle_closed` event's own name).
+inline constexpr std::array<std::string_view, server_event_kinds> server_event_names{
+    "max_connections",       "out_of_descriptors", "max_line",   "max_subscriber_output",
+    "max_subscriber_memory", "max_deferred",       "idle_closed"};
+
+/// Turns a flood of events of a kind into at most one report per `period`: the first hit
+/// is reported at once, the hits after it are counted and reported together (`count`) at
+/// the first hit or `due` call at least `period` after the last report.
+///
+/// Thread safety: any thread; lock-free. Relaxed atomics throughout: the count and the
+/// time are independent figures, and a report that comes a hit early or late is fine (no
+/// hit is lost or counted twice: `exchange` hands each to exactly one report).
+class event_tally {
+  public:
+    /// Reports at most once per `period`.
+    explicit event_tally(std::chrono::nanoseconds period = std::chrono::seconds(1)) noexcept
+        : period_(period.count()) {}
+
+    /// Counts one hit of `kind` (or `n`) at `now` (any monotonic clock, in nanoseconds);
+    /// returns how many hits to report now (0: none).
+    [[nodiscard]] std::uint64_t hit(server_event kind, std::int64_t now,
+                                    std::uint64_t n = 1) noexcept {
+        slots_[index(kind)].pending.fetch_add(n, std::memory_order_relaxed);
+        return due(kind, now);
+    }
+    /// The hits of `kind` to report at `now`, if a report is due (0: none).
+    [[nodiscard]] std::uint64_t due(server_event kind, std::int64_t now) noexcept {
+        slot& s = slots_[index(kind)];
+        if (s.pending.load(std::memory_order_relaxed) == 0) {
+            return 0;
+        }
+        std::int64_t next = s.next.load(std::memory_order_relaxed);
+        if (now < next ||
+            !s.next.compare_exchange_strong(next, now + period_, std::memory_order_relaxed)) {
+            return 0; // too soon, or another thread reports
+        }
+        return s.pending.exchange(0, std::memory_order_relaxed);
+    }
+    /// True when some hits wait to be reported.
+    [[nodiscard]] bool pending() const noexcept {
+        return std::any_of(slots_.begin(), slots_.end(), [](const slot& s) {
+            return s.pending.load(std::memory_order_relaxed) != 0;
+        });
+    }
+
+  private:
+    struct slot {
+        std::atomic<std::uint64_t> pending{0};
+        std::atomic<std::int64_t> next{std::numeric_limits<std::int64_t>::min()};
+    };
+    static std::size_t index(server_event kind) noexcept { return static_cast<std::size_t>(kind); }
+
+    std::int64_t period_;
+    std::array<slot, server_event_kinds> slots_{};
+};
 
 /// The unsent event bytes of all of a server's subscribers, kept under
 /// `max_subscriber_memory` (server.hpp tells how). `total` counts what publishers appended
@@ -77,8 +407,8 @@ struct subscriber_budget {
     void remove(subscriber_link& l) noexcept;
     /// Marks the links with the largest backlogs cut, largest first, until what they hold
     /// brings the total back to the cap; returns those to post to their loops (the others
-    /// are posted already), and in `any` whether it cut one.
-    [[nodiscard]] std::vector<std::shared_ptr<subscriber_link>> choose_victims(bool& any);
+    /// are posted already), and in `cuts` how many it cut.
+    [[nodiscard]] std::vector<std::shared_ptr<subscriber_link>> choose_victims(std::size_t& cuts);
 };
 
 /// What joins a subscribed connection and the bucket's publishers, who run on any thread.
@@ -132,6 +462,7 @@ struct subscriber_link : std::enable_shared_from_this<subscriber_link> {
     std::string pending;                // events not yet handed to the loop
     bool queued = false;                // posted to the loop and not yet taken
     bool overflowed = false;            // passed the cap: disconnect
+    bool cut_for_memory = false;        // overflowed: cut for max_subscriber_memory
     bool ended = false;                 // the bucket exited: close after the last event
     std::atomic<std::size_t> unsent{0}; // the connection's unsent bytes, as its loop saw last
     std::size_t cap = 0;
@@ -162,6 +493,10 @@ struct deferred_state {
     bool dropped = false;    // dropped without a reply: `ERROR internal`, then close
     bool then_close = false; // close after `reply`
     std::shared_ptr<subscriber_link> stream;
+    // The loop thread's: a request the handler deferred is counted when it completes.
+    bool timed = false;
+    std::uint8_t verb = 0; // its index in command_verbs
+    std::chrono::steady_clock::time_point started{};
 };
 
 /// One client connection. Owned by its loop; touched only by the loop's thread.
@@ -248,12 +583,95 @@ struct server_core : std::enable_shared_from_this<server_core> {
     std::atomic<std::size_t> out_of_descriptors{0};
     std::atomic<std::size_t> idle_closed{0};
     std::atomic<std::size_t> lingering{0};
+    std::atomic<std::size_t> subscribers{0}; // connections streaming events now
     std::atomic<std::uint64_t> next_id{1};
+    std::string address_text; // `address`, for the events
+    event_tally tally;        // limit_hit and idle_closed, at most one a second per kind
     std::shared_ptr<subscriber_budget> budget = std::make_shared<subscriber_budget>();
 
     void request_stop(const exit_reason& why);
     void loop_finished();
+    /// Counts `n` events of `kind` (when the logger takes them) and reports them if due.
+    void hit(server_event kind, std::uint64_t n = 1);
+    /// Reports every kind whose report is due.
+    void report_due();
+    /// Tells the logger about `count` events of `kind`.
+    void report(server_event kind, std::uint64_t count) const;
 };
+
+/// Nanoseconds on the steady clock (the event tally's time).
+[[nodiscard]] inline std::int64_t steady_ns() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+[[nodiscard]] inline log_level level_of(server_event kind) noexcept {
+    return kind == server_event::idle_closed ? log_level::debug : log_level::warning;
+}
+
+inline void server_core::hit(server_event kind, std::uint64_t n) {
+    if (!options.log.enabled(level_of(kind))) {
+        return;
+    }
+    if (const std::uint64_t count = tally.hit(kind, steady_ns(), n)) {
+        report(kind, count);
+    }
+}
+
+inline void server_core::report_due() {
+    const std::int64_t now = steady_ns();
+    for (std::size_t i = 0; i < server_event_kinds; ++i) {
+        const auto kind = static_cast<server_event>(i);
+        if (const std::uint64_t count = tally.due(kind, now)) {
+            report(kind, count);
+        }
+    }
+}
+
+inline void server_core::report(server_event kind, std::uint64_t count) const {
+    log_event e;
+    e.level = level_of(kind);
+    e.what = kind == server_event::idle_closed ? "idle_closed" : "limit_hit";
+    if (kind != server_event::idle_closed) {
+        e.fields.emplace_back("limit", server_event_names[static_cast<std::size_t>(kind)]);
+    }
+    e.fields.emplace_back("count", std::to_string(count));
+    std::uint64_t max = 0;
+    switch (kind) {
+    case server_event::max_connections:
+        max = options.max_connections;
+        e.reason = error_text(error_code::too_many_connections);
+        break;
+    case server_event::out_of_descriptors: {
+        rlimit lim{};
+        max = ::getrlimit(RLIMIT_NOFILE, &lim) == 0 ? static_cast<std::uint64_t>(lim.rlim_cur) : 0;
+        e.reason = error_text(error_code::too_many_connections);
+        break;
+    }
+    case server_event::max_line:
+        max = options.max_line;
+        e.reason = error_text(error_code::line_too_long);
+        break;
+    case server_event::max_subscriber_output:
+        max = options.max_subscriber_output;
+        break;
+    case server_event::max_subscriber_memory:
+        max = options.max_subscriber_memory;
+        break;
+    case server_event::max_deferred:
+        max = options.max_deferred;
+        break;
+    case server_event::idle_closed:
+        e.fields.emplace_back("idle_timeout_ms", std::to_string(options.idle_timeout.count()));
+        break;
+    }
+    if (kind != server_event::idle_closed) {
+        e.fields.emplace_back("max", std::to_string(max));
+    }
+    e.fields.emplace_back("address", address_text);
+    options.log.log(std::move(e));
+}
 
 /// Lingering connections at most (closing ones that drain input, refused ones included);
 /// past it a closing connection is closed at once.
@@ -319,7 +737,9 @@ struct mail {
 class event_loop {
   public:
     event_loop(server_core& core, poller_kind kind)
-        : core_(core), poller_(kind), spare_framer_(core.options.max_line) {
+        : core_(core), poller_(kind), spare_framer_(core.options.max_line),
+          logging_(core.options.log.enabled(log_level::debug) ||
+                   core.options.log.enabled(log_level::warning)) {
         poller_.add(wake_.read_fd(), &wake_, io_read);
         poller_.add(core_.listener.get(), &core_.listener, io_read, true);
     }
@@ -347,6 +767,7 @@ class event_loop {
     [[nodiscard]] std::size_t requests() const noexcept {
         return requests_.load(std::memory_order_relaxed);
     }
+    [[nodiscard]] const loop_counters& counters() const noexcept { return counters_; }
 
   private:
     void accept_all();
@@ -386,6 +807,9 @@ class event_loop {
     std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
     std::chrono::steady_clock::time_point next_idle_sweep_{};
     std::atomic<std::size_t> requests_{0};
+    bool logging_ = false; // the logger takes some of the server's events
+    // Its own cache lines: other threads read it (snapshots), only this one writes it.
+    alignas(64) loop_counters counters_;
 
     mailbox<mail> mailbox_{wake_};
     std::vector<mail> taken_;
@@ -427,6 +851,11 @@ inline int event_loop::wait_limit() const noexcept {
         limit = limit < 0 ? static_cast<int>(every.count())
                           : std::min(limit, static_cast<int>(every.count()));
     }
+    if (logging_ && core_.tally.pending()) {
+        // Events counted and not yet reported: look again soon, so the last of a burst is
+        // reported within about a second even if nothing else happens.
+        limit = limit < 0 ? 250 : std::min(limit, 250);
+    }
     return limit;
 }
 
@@ -457,6 +886,9 @@ inline void event_loop::run() {
         if (lingering_here_ > 0) {
             expire_lingering();
         }
+        if (logging_ && core_.tally.pending()) {
+            core_.report_due();
+        }
     }
     shut_down_all();
 }
@@ -477,6 +909,8 @@ inline void event_loop::accept_all() {
             adopt(fd, false);
             connection& c = *conns_.back();
             append_reply(c.out, reply::error(error_code::too_many_connections));
+            counters_.record_error(reply_reason(c.out));
+            core_.hit(server_event::max_connections);
             c.begin_close();
             flush(c);
             continue;
@@ -510,13 +944,20 @@ inline bool event_loop::refuse_without_descriptor() {
         }
         std::string answer;
         append_reply(answer, reply::error(error_code::too_many_connections));
-        [[maybe_unused]] const ssize_t n = send_some(victim, answer.data(), answer.size());
+        const ssize_t n = send_some(victim, answer.data(), answer.size());
         ::shutdown(victim, SHUT_WR);
         ::close(victim);
         core_.rejected.fetch_add(1, std::memory_order_relaxed);
         core_.out_of_descriptors.fetch_add(1, std::memory_order_relaxed);
+        if (n > 0) {
+            counters_.add_out(static_cast<std::uint64_t>(n));
+        }
+        counters_.record_error(reply_reason(answer));
     }
     core_.spare.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (victim >= 0) {
+        core_.hit(server_event::out_of_descriptors); // after the spare is back
+    }
     return victim >= 0;
 }
 
@@ -574,6 +1015,7 @@ inline void event_loop::read_requests(connection& c) {
         const ssize_t n = ::read(c.fd.get(), space.data(), space.size());
         if (n > 0) {
             c.last_active = now_;
+            counters_.add_in(static_cast<std::uint64_t>(n));
             c.framer.commit(static_cast<std::size_t>(n));
             pull_requests(c);
             if (static_cast<std::size_t>(n) < space.size()) {
@@ -612,6 +1054,7 @@ inline void event_loop::discard_input(connection& c) {
     for (int i = 0; i < reads_per_turn; ++i) {
         const ssize_t n = ::read(c.fd.get(), sink, sizeof sink);
         if (n > 0) {
+            counters_.add_in(static_cast<std::uint64_t>(n));
             continue;
         }
         if (n < 0 && errno == EINTR) {
@@ -642,9 +1085,15 @@ inline void event_loop::discard_input(connection& c) {
 }
 
 inline void event_loop::pull_requests(connection& c) {
+    // A request's latency runs from its line being framed to its reply being queued; the
+    // requests pulled here run back to back and are timed together (request_batch).
+    request_batch batch(counters_);
     while (c.state == connection::phase::open && !c.subscribed) {
         if (c.unsent() + c.held > core_.options.max_output ||
             c.waiting.size() >= core_.options.max_deferred || c.barred()) {
+            if (c.waiting.size() >= core_.options.max_deferred && !c.paused) {
+                core_.hit(server_event::max_deferred);
+            }
             c.paused = true;
             return;
         }
@@ -654,9 +1103,12 @@ inline void event_loop::pull_requests(connection& c) {
         }
         if (f.status == frame_status::too_long) {
             append_reply(c.reply_target(), reply::error(error_code::line_too_long));
+            counters_.record_error(0);
+            core_.hit(server_event::max_line);
             c.begin_close();
             return;
         }
+        const auto started = batch.start();
         // One writer: a plain increment, no read-modify-write shared between loops.
         requests_.store(requests_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         std::string& out = c.reply_target();
@@ -664,10 +1116,11 @@ inline void event_loop::pull_requests(connection& c) {
         const std::size_t before = out.size();
         const std::size_t deferred_before = c.waiting.size();
         session s(c, *this, f.line);
+        const command cmd = parse(f.line);
         try {
             // The command's views point into the framer's buffer: it is left alone until
             // the handler returns.
-            core_.handler(parse(f.line), out, s);
+            core_.handler(cmd, out, s);
             if (c.subscribed) {
                 c.framer.reset(); // what follows SUBSCRIBE is ignored
                 c.framer.shrink_to_fit();
@@ -686,11 +1139,31 @@ inline void event_loop::pull_requests(connection& c) {
         if (holding) {
             c.held += out.size() - before;
         }
+        const std::size_t verb = verb_index(cmd.kind);
+        deferred_state* deferred = nullptr;
+        for (std::size_t i = deferred_before; i < c.waiting.size(); ++i) {
+            if (!c.waiting[i]->done) { // the handler's (a SUBSCRIBE's wait is done already)
+                deferred = c.waiting[i].get();
+                break;
+            }
+        }
+        if (deferred != nullptr) {
+            deferred->timed = true; // counted when it completes (settle)
+            deferred->verb = static_cast<std::uint8_t>(verb);
+            deferred->started = started;
+        } else {
+            batch.add(verb, reply_reason(std::string_view(out).substr(before)));
+        }
     }
 }
 
 inline void event_loop::flush(connection& c) {
-    if (!send_pending(c.fd.get(), c.out, c.sent, 4096)) {
+    const std::size_t unsent_before = c.unsent();
+    const bool sent = send_pending(c.fd.get(), c.out, c.sent, 4096);
+    if (c.unsent() < unsent_before) { // what it sent (it clears `out` once all is sent)
+        counters_.add_out(unsent_before - c.unsent());
+    }
+    if (!sent) {
         destroy(c);
         return;
     }
@@ -792,6 +1265,9 @@ inline void event_loop::take_mail() {
             continue;
         }
         if (overflowed) {
+            if (!link->cut_for_memory) { // those are reported by the loop that cut them
+                core_.hit(server_event::max_subscriber_output);
+            }
             destroy(*c); // protocol.md: a subscriber past a cap is disconnected
             continue;
         }
@@ -817,10 +1293,10 @@ inline void event_loop::relieve() {
     // One loop chooses at a time; a loop that finds another choosing goes on with its work
     // (the chooser looks again when it is done, so nothing added meanwhile is missed).
     while (b.over() && !b.choosing.exchange(true, std::memory_order_acquire)) {
-        bool any = false;
+        std::size_t cuts = 0;
         std::vector<std::shared_ptr<subscriber_link>> victims;
         try {
-            victims = b.choose_victims(any);
+            victims = b.choose_victims(cuts);
         } catch (...) {
             b.choosing.store(false, std::memory_order_release);
             throw;
@@ -829,7 +1305,10 @@ inline void event_loop::relieve() {
         for (const auto& v : victims) {
             v->loop->post({v, nullptr}); // its loop disconnects it (this one too, by mail)
         }
-        if (!any) {
+        if (cuts > 0) {
+            core_.hit(server_event::max_subscriber_memory, cuts);
+        }
+        if (cuts == 0) {
             return; // nothing left to cut: what is over is on its way out
         }
     }
@@ -853,7 +1332,8 @@ inline void subscriber_budget::remove(subscriber_link& l) noexcept {
     l.listed = false;
 }
 
-inline std::vector<std::shared_ptr<subscriber_link>> subscriber_budget::choose_victims(bool& any) {
+inline std::vector<std::shared_ptr<subscriber_link>>
+subscriber_budget::choose_victims(std::size_t& cuts) {
     std::vector<std::shared_ptr<subscriber_link>> victims;
     // Links held while the list is locked are let go after it is unlocked: a last
     // reference dropped under the lock would take it again in ~subscriber_link.
@@ -890,11 +1370,12 @@ inline std::vector<std::shared_ptr<subscriber_link>> subscriber_budget::choose_v
         }
         const std::size_t held = l->backlog();
         l->overflowed = true; // its loop disconnects it, as past its own cap
+        l->cut_for_memory = true;
         l->drop_pending();
         l->doomed = l->conn != nullptr ? l->unsent.load(std::memory_order_relaxed) : 0;
         doomed.fetch_add(l->doomed, std::memory_order_relaxed);
         cut.fetch_add(1, std::memory_order_relaxed);
-        any = true;
+        ++cuts;
         over_by -= std::min(over_by, held);
         if (!l->queued) {
             l->queued = true;
@@ -912,6 +1393,12 @@ inline void event_loop::to_flush(connection& c) {
 }
 
 inline void event_loop::settle(deferred_state& d) {
+    if (d.timed) {
+        // The request the handler deferred is counted now that its reply is complete.
+        d.timed = false;
+        counters_.record(d.verb, d.dropped ? std::size_t{5} /* internal */ : reply_reason(d.reply),
+                         std::chrono::steady_clock::now() - d.started);
+    }
     connection* const c = d.conn;
     if (c == nullptr) {
         detach(d.stream); // the connection went away first: a stream's source is told
@@ -994,6 +1481,9 @@ inline void event_loop::attach(connection& c, const std::shared_ptr<subscriber_l
         link->unsent.store(c.unsent(), std::memory_order_relaxed);
     }
     c.link = link;
+    if (!c.subscribed) {
+        core_.subscribers.fetch_add(1, std::memory_order_relaxed);
+    }
     c.subscribed = true;
     recount(c); // replies still unsent count from now on, like the events behind them
     c.paused = false;
@@ -1032,6 +1522,7 @@ inline void event_loop::expire_idle() {
             c.last_active = now_;
         } else if (now_ - c.last_active >= core_.options.idle_timeout) {
             core_.idle_closed.fetch_add(1, std::memory_order_relaxed);
+            core_.hit(server_event::idle_closed);
             destroy(c); // silently; moves the last connection into slot i
             continue;
         }
@@ -1062,6 +1553,9 @@ inline void event_loop::destroy(connection& c) {
         detach(c.link); // an event_stream's source: stop sending
     }
     detach(c.channel); // its source: stop sending
+    if (c.subscribed) {
+        core_.subscribers.fetch_sub(1, std::memory_order_relaxed);
+    }
     if (c.counted) {
         core_.connections.fetch_sub(1, std::memory_order_relaxed);
     }
@@ -1087,8 +1581,10 @@ inline void event_loop::shut_down_all() {
         connection& c = *conns_.back();
         if (c.unsent() > 0) {
             // One last attempt; a client that does not read loses the rest.
-            [[maybe_unused]] const auto n =
-                send_some(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent);
+            const auto n = send_some(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent);
+            if (n > 0) {
+                counters_.add_out(static_cast<std::uint64_t>(n));
+            }
         }
         destroy(c);
     }
@@ -1357,6 +1853,7 @@ inline result<std::shared_ptr<server>> server::start(request_handler handler,
         }
         core->listener = detail::listen_on(where, SOMAXCONN);
         core->address = detail::local_address(core->listener.get());
+        core->address_text = core->address.to_string();
         core->spare.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
         if (options.threads == 0) {
             options.threads = std::max(1U, std::thread::hardware_concurrency());
@@ -1421,6 +1918,48 @@ inline server_stats server::stats() const noexcept {
             core_->idle_closed.load(std::memory_order_relaxed),
             core_->budget->total.load(std::memory_order_relaxed),
             core_->budget->cut.load(std::memory_order_relaxed)};
+}
+
+inline server_snapshot server::snapshot() const {
+    server_snapshot s;
+    const detail::server_core& core = *core_;
+    s.address = core.address_text;
+    s.connections = core.connections.load(std::memory_order_relaxed);
+    s.max_connections = core.options.max_connections;
+    s.accepted = core.accepted.load(std::memory_order_relaxed);
+    s.rejected = core.rejected.load(std::memory_order_relaxed);
+    s.idle_closed = core.idle_closed.load(std::memory_order_relaxed);
+    s.subscribers = core.subscribers.load(std::memory_order_relaxed);
+    s.subscriber_memory = core.budget->total.load(std::memory_order_relaxed);
+    s.subscribers_cut = core.budget->cut.load(std::memory_order_relaxed);
+    std::array<std::uint64_t, server_error_reasons.size()> errors{};
+    std::uint64_t latency_ns = 0;
+    for (const auto& loop : core.loops) {
+        const auto v = loop->counters().read();
+        s.bytes_in += static_cast<std::size_t>(v.bytes_in);
+        s.bytes_out += static_cast<std::size_t>(v.bytes_out);
+        for (std::size_t i = 0; i < v.commands.size(); ++i) {
+            s.commands[i] += static_cast<std::size_t>(v.commands[i]);
+        }
+        for (std::size_t i = 0; i < v.errors.size(); ++i) {
+            errors[i] += v.errors[i];
+        }
+        for (std::size_t i = 0; i < v.latency.size(); ++i) {
+            s.latency[i] += static_cast<std::size_t>(v.latency[i]);
+            s.latency_count += static_cast<std::size_t>(v.latency[i]);
+        }
+        latency_ns += v.latency_sum_ns;
+    }
+    s.latency_sum = static_cast<double>(latency_ns) / 1e9;
+    for (std::size_t i = 0; i < errors.size(); ++i) {
+        if (errors[i] != 0) {
+            s.errors.emplace_back(std::string(server_error_reasons[i]),
+                                  static_cast<std::size_t>(errors[i]));
+        }
+    }
+    std::stable_sort(s.errors.begin(), s.errors.end(),
+                     [](const auto& a, const auto& b) { return a.second > b.second; });
+    return s;
 }
 
 inline exit_reason server::stop(exit_reason reason, timeout wait) {
