@@ -28,10 +28,9 @@
 // margin for its own descriptors, as far as the hard limit allows, and says on stderr when
 // that is not enough. Connections the descriptors cannot hold get `ERROR too many
 // connections` (the server keeps a spare descriptor for that), and so do those past
-// --max-connections; either is said on stderr once per burst.
-//
-// Subscribers disconnected because all subscribers' unsent events passed
-// --max-subscriber-memory are reported on stderr (within 200 ms, as a count).
+// --max-connections; either is logged as `limit_hit` (limit=out_of_descriptors or
+// max_connections), the first at once, then at most once a second with the count. So are
+// subscribers cut for --max-subscriber-memory (limit=max_subscriber_memory).
 //
 // Exit codes: 0 after a signal (a graceful stop takes well under 5 s), 1 when the node
 // cannot start (the port is in use, say) or its supervision tree gives up, 2 for a bad flag
@@ -107,82 +106,6 @@ rlim_t raise_descriptor_limit(std::size_t max_connections) {
     return lim.rlim_cur;
 }
 
-/// Says on stderr when the server starts refusing connections, once per burst: a burst
-/// goes on while each look (every 200 ms) finds more refusals than the one before.
-class refusal_log {
-  public:
-    refusal_log(std::size_t max_connections, rlim_t descriptors)
-        : max_connections_(max_connections), descriptors_(descriptors) {}
-
-    /// `now`: the server's counters (a restarted server's start again from 0).
-    void look(const otpkv::server_stats& now) {
-        // Read one by one, the counters may disagree a little: never below zero.
-        const std::size_t out_of_descriptors = now.out_of_descriptors;
-        const std::size_t over_limit =
-            now.rejected > out_of_descriptors ? now.rejected - out_of_descriptors : 0;
-        if (now.accepted < accepted_) {
-            out_of_descriptors_ = 0; // a new server
-            over_limit_ = 0;
-        }
-        accepted_ = now.accepted;
-        if (out_of_descriptors > out_of_descriptors_ && !descriptors_burst_) {
-            std::fprintf(stderr,
-                         "kv_server: out of file descriptors (limit %llu): new connections get "
-                         "ERROR too many connections\n",
-                         static_cast<unsigned long long>(descriptors_));
-        }
-        if (over_limit > over_limit_ && !limit_burst_) {
-            std::fprintf(stderr,
-                         "kv_server: --max-connections %zu reached: new connections get ERROR "
-                         "too many connections\n",
-                         max_connections_);
-        }
-        descriptors_burst_ = out_of_descriptors > out_of_descriptors_;
-        limit_burst_ = over_limit > over_limit_;
-        out_of_descriptors_ = std::max(out_of_descriptors_, out_of_descriptors);
-        over_limit_ = std::max(over_limit_, over_limit);
-    }
-
-  private:
-    std::size_t max_connections_;
-    rlim_t descriptors_;
-    std::size_t accepted_ = 0;
-    std::size_t out_of_descriptors_ = 0;
-    std::size_t over_limit_ = 0;
-    bool descriptors_burst_ = false;
-    bool limit_burst_ = false;
-};
-
-// Tells stderr about subscribers the server disconnected for --max-subscriber-memory, from
-// its counter (a restarted server counts from 0 again).
-class subscriber_cuts {
-  public:
-    void report(const otpkv::node& node) {
-        const std::shared_ptr<otpkv::server> server = node.server();
-        if (server == nullptr) {
-            return;
-        }
-        if (server != server_) {
-            server_ = server;
-            told_ = 0;
-        }
-        const std::size_t cut = server->stats().subscribers_cut;
-        if (cut > told_) {
-            std::fprintf(stderr,
-                         "kv_server: disconnected %zu subscriber%s with the largest backlogs: the "
-                         "unsent events of all subscribers passed --max-subscriber-memory "
-                         "(%zu bytes)\n",
-                         cut - told_, cut - told_ == 1 ? "" : "s",
-                         node.config().max_subscriber_memory);
-            told_ = cut;
-        }
-    }
-
-  private:
-    std::shared_ptr<otpkv::server> server_;
-    std::size_t told_ = 0;
-};
-
 } // namespace
 
 int main(int argc, char** argv) {
@@ -242,8 +165,7 @@ int main(int argc, char** argv) {
         }
         config.cookie = found.cookie;
     }
-    const rlim_t descriptors = raise_descriptor_limit(config.max_connections);
-    refusal_log refusals(config.max_connections, descriptors);
+    raise_descriptor_limit(config.max_connections);
 
     // Events (the node's, its peers', the admin server's) go to stderr through a bounded
     // queue (declared first: it outlives the node and the admin server, which log through
@@ -289,26 +211,18 @@ int main(int argc, char** argv) {
     std::printf("%s\n", node->ready_line().c_str());
     std::fflush(stdout);
 
-    // Wait for a signal, looking every 200 ms whether the tree gave up by itself, whether
-    // the server refuses connections, and whether subscribers were cut for the memory cap.
+    // Wait for a signal, looking every 200 ms whether the tree gave up by itself. (Limits
+    // hit, refused connections and subscribers cut are the server's events, logged above.)
     const timespec tick{0, 200'000'000};
-    subscriber_cuts cuts;
     while (node->alive()) {
-        if (const auto server = node->server()) {
-            refusals.look(server->stats());
-        }
         const int sig = sigtimedwait(&stop_signals, nullptr, &tick);
         if (sig == SIGINT || sig == SIGTERM) {
-            if (const auto server = node->server()) {
-                refusals.look(server->stats()); // refusals since the last look are told too
-            }
             if (admin != nullptr) {
                 admin->stop(otpkv::exit_reason::shutdown(), std::chrono::seconds(1));
             }
             node->stop(otpkv::exit_reason::shutdown(), std::chrono::seconds(4));
             return 0;
         }
-        cuts.report(*node);
     }
     return fail("the node exited: " + otpkv::to_string(*node->exited()), 1);
 }

@@ -534,21 +534,28 @@ TEST_CASE("cluster: INFO through kv_server: another node's relayed as it answers
                             {"INFO JSON nobody\r\n", "ERROR no route\r\n"},
                             {"CREATE alpha\r\nCREATE sierra\r\n", ok + ok},
                         });
-    // n2's INFO through n1, and n2's own: the same shape (kv_server without an INFO provider
-    // answers UNKNOWN COMMAND, relayed as it is; with one, its JSON line names n2).
+    // n2's INFO through n1, and n2's own: one JSON line naming n2, then OK.
     REQUIRE(via1.send_all("INFO JSON n2\r\nGET alpha k\r\n"));
     const std::string relayed = read_info(via1);
     OTPKV_CHECK_RECEIVES(via1, value_reply(""));
     kv_client direct = c.client(1);
     REQUIRE(direct.send_all("INFO JSON\r\n"));
     const std::string own = read_info(direct);
-    if (own == unknown) {
-        CHECK(relayed == unknown);
-    } else {
-        CHECK(own.ends_with("\r\nOK\r\n"));
-        CHECK(relayed.ends_with("\r\nOK\r\n"));
-        CHECK(relayed.find("\"node\":\"n2\"") != std::string::npos);
+    for (const std::string& reply : {own, relayed}) {
+        CHECK(reply.starts_with("{\"node\":\"n2\","));
+        CHECK(reply.ends_with("}\r\nOK\r\n"));
+        CHECK(std::count(reply.begin(), reply.end(), '\n') == 2);
     }
+    // Text sections, through n1 and at n2 itself: n2's tree and its server.
+    REQUIRE(via1.send_all("INFO TREE n2\r\n"));
+    const std::string tree = read_info(via1);
+    CHECK(tree.starts_with("# Tree\r\n"));
+    CHECK(tree.find("registry") != std::string::npos);
+    CHECK(tree.find("server") != std::string::npos);
+    CHECK(tree.ends_with("\r\nOK\r\n"));
+    REQUIRE(direct.send_all("INFO SERVER\r\n"));
+    const std::string server = read_info(direct);
+    CHECK(server.find("node:n2\r\n") != std::string::npos);
 
     // A killed node: unavailable within the wait, then at once; the others' buckets served.
     c.kill(2);
@@ -1240,8 +1247,9 @@ TEST_CASE("cluster: nodes with different cookies cannot talk (each other's bucke
     {
         const exit_status st = n1->stop();
         CHECK(st.clean());
-        CHECK_MESSAGE(st.err.find("kv_server: node n2 at 127.0.0.1:" + std::to_string(ports[1]) +
-                                  " gave a wrong proof (is its cookie another?)") !=
+        CHECK_MESSAGE(st.err.find(" warning event=peer_refused node=n2 address=127.0.0.1:" +
+                                  std::to_string(ports[1]) +
+                                  " reason=\"gave a wrong proof (is its cookie another?)\"\n") !=
                           std::string::npos,
                       st.err);
     }
@@ -1255,8 +1263,9 @@ TEST_CASE("cluster: nodes with different cookies cannot talk (each other's bucke
     {
         const exit_status st = n2->stop();
         CHECK(st.clean());
-        CHECK_MESSAGE(st.err.find("kv_server: node n1 at 127.0.0.1:" + std::to_string(ports[0]) +
-                                  " gave a wrong proof") != std::string::npos,
+        CHECK_MESSAGE(st.err.find(" warning event=peer_refused node=n1 address=127.0.0.1:" +
+                                  std::to_string(ports[0]) + " reason=\"gave a wrong proof") !=
+                          std::string::npos,
                       st.err);
     }
 

@@ -984,8 +984,9 @@ TEST_CASE("kv_server: past the open-files limit, new clients get ERROR too many 
                       "the limit is 40 (hard limit 40)") != std::string::npos);
     // Said once per burst, not once per refusal.
     std::size_t said = 0;
-    for (std::size_t at = 0; (at = st.err.find("kv_server: out of file descriptors (limit 40)",
-                                               at)) != std::string::npos;
+    for (std::size_t at = 0;
+         (at = st.err.find(" warning event=limit_hit limit=out_of_descriptors count=", at)) !=
+         std::string::npos;
          ++at) {
         ++said;
     }
@@ -1012,7 +1013,8 @@ TEST_CASE("kv_server: raises its open-files limit toward --max-connections, up t
     const otpkv_test::exit_status st = server.stop();
     CHECK_MESSAGE(st.clean(), "kv_server " << st.describe());
     CHECK(st.err.find("file descriptors") == std::string::npos);
-    CHECK(st.err.find("kv_server: --max-connections 150 reached") != std::string::npos);
+    CHECK(st.err.find(" warning event=limit_hit limit=max_connections count=1 max=150 ") !=
+          std::string::npos);
 }
 
 // kv_server is built like the tests: under a sanitizer, its shadow memory (TSan: several
@@ -1189,7 +1191,10 @@ TEST_CASE("kv_server: --max-subscriber-memory: 50 subscribers that never read wh
     const otpkv_test::exit_status st = server.stop();
     CHECK_MESSAGE(st.clean(), "kv_server " << st.describe());
     // The operator was told.
-    CHECK_MESSAGE(st.err.find("passed --max-subscriber-memory (" + std::to_string(cap_mib << 20) +
-                              " bytes)") != std::string::npos,
-                  "stderr: " << st.err);
+    const std::size_t hit =
+        st.err.find(" warning event=limit_hit limit=max_subscriber_memory count=");
+    CHECK_MESSAGE(
+        (hit != std::string::npos &&
+         st.err.find(" max=" + std::to_string(cap_mib << 20) + " ", hit) != std::string::npos),
+        "stderr: " << st.err);
 }

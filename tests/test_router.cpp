@@ -850,8 +850,10 @@ TEST_CASE("kv_server: an owner that sends one extra reply line cannot shift anot
         [&] { return kv_client(n1.port()).exchange("GET b again\r\n", 11) == "again\r\nOK\r\n"; }));
     const otpkv_test::exit_status st = n1.stop();
     CHECK_MESSAGE(st.clean(), st.describe());
-    CHECK(st.err.find("kv_server: node n2 at 127.0.0.1:" + std::to_string(owner.port()) +
-                      " answered request ") != std::string::npos);
+    CHECK_MESSAGE(st.err.find(" warning event=peer_protocol_error node=n2 address=127.0.0.1:" +
+                              std::to_string(owner.port()) + " reason=\"answered request ") !=
+                      std::string::npos,
+                  st.err);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <stop_token>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -573,6 +574,11 @@ struct server_core : std::enable_shared_from_this<server_core> {
     std::shared_ptr<exit_signal> signal;
 
     std::atomic<bool> stopping{false};
+    // Requested with `stopping`. The loops' threads take its token as their
+    // `current_stop_token`, so a handler waiting on a supervisor (INFO's snapshot asks the
+    // node's supervisors) gives up when the server is stopped, by that very supervisor say,
+    // instead of deadlocking the stop that waits for the loop.
+    std::stop_source stop_requests;
     std::mutex reason_mutex;
     exit_reason reason;
     std::atomic<std::size_t> loops_running{0};
@@ -825,6 +831,7 @@ inline void server_core::request_stop(const exit_reason& why) {
         reason = why;
         stopping.store(true, std::memory_order_release);
     }
+    stop_requests.request_stop();
     for (const auto& loop : loops) {
         loop->wake();
     }
@@ -860,6 +867,7 @@ inline int event_loop::wait_limit() const noexcept {
 }
 
 inline void event_loop::run() {
+    current_stop_token = core_.stop_requests.get_token();
     const bool idle_timeout = core_.options.idle_timeout.count() > 0;
     while (!core_.stopping.load(std::memory_order_acquire)) {
         poller_.wait(events_, wait_limit());
