@@ -19,7 +19,8 @@ finds every build snippet it shows in a consumer project that the tests build.
   interactive session: the first line of the text is typed, then the server's reply lines
   (read until it is quiet, CRLF shown as a line break) must be the lines that follow;
   the next line is typed, and so on. So a transcript shows what to type and what comes
-  back, and is checked byte for byte (apart from the CR before each LF).
+  back, and is checked byte for byte (apart from the CR before each LF), except that a
+  `…` in a reply line stands for any text within that line (a time, a pid, a port).
 - A ```console block is shown and not run: a command for a tool CI cannot have (vcpkg,
   Conan); the README says what tests stand in for it. Any other kind of block is an error,
   so that nothing shown escapes these checks.
@@ -114,6 +115,15 @@ def read_quiet(fd, quiet=0.3, limit=5.0):
     return data
 
 
+def line_matches(shown, got):
+    """A reply line the README shows against the one the server sent: equal, or with each
+    `…` of the shown line standing for any text within the line."""
+    if "…" not in shown:
+        return shown == got
+    pattern = ".*?".join(re.escape(part) for part in shown.split("…"))
+    return re.fullmatch(pattern, got, flags=re.S) is not None
+
+
 def nc_session(body, transcript):
     """Runs the nc command and types the transcript's lines into it (see the docstring)."""
     print(f"::: README $ {body.strip()} (typing the session)", flush=True)
@@ -130,7 +140,9 @@ def nc_session(body, transcript):
             got = got.replace("\r\n", "\n")
             sys.stdout.write(got)
             want = got.splitlines(keepends=True)
-            if not want or lines[i + 1:i + 1 + len(want)] != want:
+            shown = lines[i + 1:i + 1 + len(want)]
+            if (not want or len(shown) != len(want)
+                    or not all(line_matches(s, g) for s, g in zip(shown, want))):
                 sys.exit(f"README session: after typing {lines[i]!r} the server sent "
                          f"{got!r}, the README shows {''.join(lines[i + 1:i + 1 + len(want)])!r}")
             i += 1 + len(want)
@@ -152,7 +164,7 @@ def snippet_found(body, files):
 
 def main():
     readme = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "README.md"
-    blocks = fenced_blocks(readme.read_text())
+    blocks = fenced_blocks(readme.read_text(encoding="utf-8"))
     consumers = ROOT / "tests" / "consumers"
     snippet_files = {"cmake": sorted(consumers.glob("*/CMakeLists.txt")),
                      "meson": sorted(consumers.glob("*/meson.build")),
