@@ -29,10 +29,10 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <system_error>
-#include <stop_token>
 #include <thread>
 #include <utility>
 #include <vector>
