@@ -6,6 +6,7 @@
 #include <otpkv/net/admin.hpp>
 
 #include "kv_process.hpp"
+#include "support.hpp"
 
 #include <doctest/doctest.h>
 
@@ -28,6 +29,7 @@
 namespace {
 
 using namespace std::chrono_literals;
+using otpkv_test::eventually;
 
 otpkv::node_snapshot small_snapshot() {
     otpkv::node_snapshot s;
@@ -109,17 +111,6 @@ otpkv::admin_options with_snapshot() {
     otpkv::admin_options o;
     o.snapshot = small_snapshot;
     return o;
-}
-
-bool eventually(const std::function<bool()>& done, std::chrono::milliseconds limit = 5s) {
-    const auto until = std::chrono::steady_clock::now() + limit;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > until) {
-            return false;
-        }
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
 }
 
 } // namespace

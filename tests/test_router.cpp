@@ -1157,20 +1157,22 @@ TEST_CASE("router: snapshot shows the table and each other node: up or down, in 
     a.connect_all();
     CHECK(eventually([&] { return a.snapshot().peers[0].connections == 2; }));
 
-    // Down: the failure is counted, with why; requests refused at once while it is down
-    // never leave and are not counted.
+    // Down: a request sent to it fails and is counted, with why; one refused at once, the
+    // node being known down already (its connections' close may be seen first, on a busy
+    // machine), never leaves and is not counted. Either way, the counts agree.
     const std::uint16_t port_b = n.server_b->port();
     n.server_b->stop();
     CHECK(a.get("nut", "k").error == error_code::node_unavailable);
     CHECK(eventually([&] { return !a.snapshot().peers[0].up; }));
     snap = a.snapshot();
     CHECK(snap.peers[0].connections == 0);
-    CHECK(snap.peers[0].requests == 3);
-    CHECK(snap.peers[0].failures == 1);
+    const std::size_t sent = snap.peers[0].requests;
+    CHECK(
+        ((sent == 3 && snap.peers[0].failures == 1) || (sent == 2 && snap.peers[0].failures == 0)));
     CHECK(snap.peers[0].in_flight == 0);
     CHECK_FALSE(snap.peers[0].last_error.empty());
     CHECK(a.get("nut", "k").error == error_code::node_unavailable);
-    CHECK(a.snapshot().peers[0].requests == 3);
+    CHECK(a.snapshot().peers[0].requests == sent);
     // Up again.
     n.server_b = serve(n.router_b, port_b);
     CHECK(eventually([&] { return a.snapshot().peers[0].up; }));
