@@ -6,8 +6,8 @@
 // and prints the numbers and their ratios, so a comparison never depends on two tools or two
 // runs agreeing. Redis carries the same workload as inline HSET/HGET, one hash per bucket.
 //
-//   kv_load [--sweep] [--forward] [--idle N] [--fill N] [--slow-subscriber] [--only kv|redis]
-//           [--kv-server PATH] ...
+//   kv_load [--sweep] [--forward] [--idle N] [--fill N] [--slow-subscriber] [--observer]
+//           [--only kv|redis] [--kv-server PATH] ...
 //   (kv_load --help lists every option; with no mode given, --sweep runs.)
 //
 // Modes (several may be given; each starts fresh servers):
@@ -25,6 +25,10 @@
 //             a time: its p50/p99/max latency with one subscriber that reads every event, and
 //             with one more that reads nothing (cut off by the server past 32 MiB), in
 //             alternating passes; then the lagging/alone ratios.
+//   --observer two kv_server, --log-level error and info, with admin ports and stderr in a
+//             file each: the --sweep workload at P=16 on the error one unscraped and while
+//             /metrics is scraped 10 times a second, and on the info one, in rounds with the
+//             order alternating; the medians and the scraped/unscraped and info/error ratios.
 //
 // The client shares the machine with the server under test, so it is kept cheap: one thread
 // by default (--client-threads), non-blocking sockets on one epoll per thread, TCP_NODELAY,
@@ -52,6 +56,7 @@
 //   sweep.hpp      --sweep and --forward
 //   memory.hpp     --idle and --fill
 //   slow_subscriber.hpp  --slow-subscriber
+//   observer_overhead.hpp  --observer
 #include <sys/resource.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -62,6 +67,7 @@
 #include <vector>
 
 #include "memory.hpp"
+#include "observer_overhead.hpp"
 #include "options.hpp"
 #include "processes.hpp"
 #include "report.hpp"
@@ -149,6 +155,7 @@ int main(int argc, char** argv) {
         run_fill(ss);
     }
     kv_mode(o.slow_subscriber, run_slow_subscriber, "--slow-subscriber needs kv_server; skipped");
+    kv_mode(o.observer, run_observer, "--observer needs kv_server; skipped");
     if (ss.errors > 0) {
         std::printf("\nFAILED: %llu errors (mismatches, error replies, protocol errors, lost "
                     "replies; details on stderr)\n",

@@ -33,9 +33,10 @@ struct options {
     std::size_t idle = 0;
     std::size_t fill = 0;
     bool slow_subscriber = false;
+    bool observer = false;
     std::size_t puts = 840;          // --slow-subscriber: PUTs per pass
     std::size_t value_bytes = 60000; // --slow-subscriber: bytes per value
-    unsigned rounds = 3;             // --slow-subscriber: pairs of passes (alone, lagging)
+    unsigned rounds = 0;             // --rounds; 0: the mode's own (3 slow-subscriber, 5 observer)
     double seconds = 5.0;
     double warmup = 1.0;
     std::size_t connections = 50;
@@ -56,6 +57,10 @@ modes (default --sweep; several may be given, each starts fresh servers):
   --fill N              N entries (10-byte keys, 8-byte values): RSS bytes per entry
   --slow-subscriber     one kv_server; a publisher's PUT latency with a fast subscriber only,
                         and with one more that never reads, alternating; then the ratios
+  --observer            two kv_server, --log-level error and info, both with --admin-port 0;
+                        the --sweep workload at the last P of --pipeline (default 16) on the
+                        error one unscraped and scraped (GET /metrics 10 times a second), and
+                        on the info one; rounds of the three, alternating; medians and ratios
 options:
   --only kv|redis       run one server only
   --kv-server PATH      kv_server binary (default: ../examples/kv_server next to kv_load)
@@ -71,7 +76,8 @@ options:
   --warmup S            unmeasured seconds before each run (default 1)
   --puts N              --slow-subscriber: PUTs per pass (default 840)
   --value-bytes V       --slow-subscriber: bytes per value (default 60000: 48 MiB of events)
-  --rounds R            --slow-subscriber: rounds of (alone, lagging) passes (default 3)
+  --rounds R            rounds of passes: --slow-subscriber (alone, lagging), default 3;
+                        --observer (unscraped, scraped, info), default 5
 )";
 
 template <class T> bool parse_number(std::string_view text, T& out) {
@@ -142,6 +148,9 @@ inline std::optional<options> parse_options(int argc, char** argv) {
             any_mode = true;
         } else if (arg == "--slow-subscriber") {
             o.slow_subscriber = any_mode = true;
+            used_value = false;
+        } else if (arg == "--observer") {
+            o.observer = any_mode = true;
             used_value = false;
         } else if (arg == "--puts") {
             ok = parse_number(value, o.puts) && o.puts > 0 && o.puts <= 1'000'000;

@@ -151,6 +151,7 @@ struct server {
     pid_t pid = -1;
     int port = 0;
     int stdout_fd = -1; // kv_server's stdout, kept open so it never gets SIGPIPE
+    int admin_port = 0; // kv_server's admin HTTP port, when it announced one
     std::string command;
 };
 

@@ -214,13 +214,31 @@ inline int free_port() {
 
 // A node of a cluster (--forward): its name, its port (chosen beforehand, as every node's
 // routes name every node's port) and the routes. The default is a lone node on port 0.
+// `more` are further kv_server arguments (--observer: --log-level, --admin-port); kv_server's
+// stderr goes to `stderr_fd` when it is 0 or more, else to kv_load's own.
 struct node_spec {
     std::string name;
     int port = 0;
     std::vector<std::string> routes;
+    std::vector<std::string> more;
+    int stderr_fd = -1;
 };
 
-// kv_server; it announces its port with one line on stdout:
+// The port of an admin line, `otpkv node NAME admin on http://ADDR:PORT/`; 0 if it is not one.
+inline int admin_port_of(std::string_view line) {
+    const std::size_t at = line.find(" admin on http://");
+    if (!line.starts_with("otpkv node ") || at == std::string_view::npos || !line.ends_with("/")) {
+        return 0;
+    }
+    line.remove_suffix(1);
+    const std::size_t colon = line.rfind(':');
+    int port = 0;
+    return colon > at && parse_number(line.substr(colon + 1), port) && port > 0 ? port : 0;
+}
+
+// kv_server; it announces its port with one line on stdout, after its admin port's line when
+// it has one:
+//   otpkv node NAME admin on http://127.0.0.1:PORT/
 //   otpkv node NAME listening on 127.0.0.1:PORT
 inline std::optional<server> start_kv(const options& o, std::size_t max_connections,
                                       const node_spec& spec) {
@@ -238,6 +256,7 @@ inline std::optional<server> start_kv(const options& o, std::size_t max_connecti
     if (max_connections > 0) {
         args.insert(args.end(), {"--max-connections", std::to_string(max_connections)});
     }
+    args.insert(args.end(), spec.more.begin(), spec.more.end());
     server s;
     s.kind = server_kind::kv;
     s.command = command_line(args);
@@ -246,7 +265,7 @@ inline std::optional<server> start_kv(const options& o, std::size_t max_connecti
         issue("pipe2: %s", std::strerror(errno));
         return std::nullopt;
     }
-    s.pid = spawn(args, pipe_fds[1], -1);
+    s.pid = spawn(args, pipe_fds[1], spec.stderr_fd);
     ::close(pipe_fds[1]);
     s.stdout_fd = pipe_fds[0];
     if (s.pid < 0) {
@@ -254,20 +273,35 @@ inline std::optional<server> start_kv(const options& o, std::size_t max_connecti
         stop(s);
         return std::nullopt;
     }
+    // The next line of its stdout into `line`; false (reported, kv_server stopped) if none.
+    std::string got;
     std::string line;
-    const read_end end = read_until(s.stdout_fd, now_ns() + 15'000'000'000, line, has_line);
-    if (end != read_end::enough) {
-        if (end == read_end::timeout) {
-            issue("kv_server printed no ready line within 15 s");
-        } else {
-            issue("kv_server closed its stdout before its ready line (got %s)",
-                  printable(line).c_str());
-            alive(s);
+    const std::int64_t deadline = now_ns() + 15'000'000'000;
+    const auto next_line = [&] {
+        const read_end end = read_until(s.stdout_fd, deadline, got, has_line);
+        if (end != read_end::enough) {
+            if (end == read_end::timeout) {
+                issue("kv_server printed no ready line within 15 s");
+            } else {
+                issue("kv_server closed its stdout before its ready line (got %s)",
+                      printable(got).c_str());
+                alive(s);
+            }
+            stop(s);
+            return false;
         }
-        stop(s);
+        const std::size_t newline = got.find('\n');
+        line = got.substr(0, newline);
+        got.erase(0, newline + 1);
+        return true;
+    };
+    if (!next_line()) {
         return std::nullopt;
     }
-    line.resize(line.find('\n'));
+    s.admin_port = admin_port_of(line);
+    if (s.admin_port > 0 && !next_line()) {
+        return std::nullopt;
+    }
     const std::size_t colon = line.rfind(':');
     if (!line.starts_with("otpkv node ") || line.find(" listening on ") == std::string::npos ||
         colon == std::string::npos ||

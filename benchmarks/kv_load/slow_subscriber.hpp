@@ -252,6 +252,7 @@ inline void print_pass_row(const std::string& pass, const std::string& round, co
 
 inline void run_slow_subscriber(session& ss) {
     const options& o = ss.opt;
+    const unsigned rounds = o.rounds > 0 ? o.rounds : 3;
     const publication pub(o.puts, o.value_bytes);
     std::printf("\n## slow subscriber: one publisher, %s PUTs of %s-byte values (%s of events), "
                 "one at a\ntime, without and with a subscriber that never reads\n\n",
@@ -264,7 +265,7 @@ inline void run_slow_subscriber(session& ss) {
                 "unsent). %u round(s) of (alone, lagging); one\nunmeasured pass first puts every "
                 "key once. Latency: from the send() of a PUT to the recv() that\ncompleted its "
                 "OK.\n\n",
-                o.rounds);
+                rounds);
     auto srv = start(server_kind::kv, o, 0);
     if (!srv) {
         ++ss.errors;
@@ -284,7 +285,7 @@ inline void run_slow_subscriber(session& ss) {
     }
     pass_total alone;
     pass_total lagging;
-    for (unsigned round = 1; ok && round <= o.rounds; ++round) {
+    for (unsigned round = 1; ok && round <= rounds; ++round) {
         for (const bool lag : {false, true}) {
             if (!alive(*srv)) {
                 ++ss.errors;

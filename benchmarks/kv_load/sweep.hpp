@@ -247,12 +247,14 @@ inline void run_forward(session& ss) {
         }
         const std::vector<std::string> routes{"a-z=n1@127.0.0.1:" + std::to_string(ports[0]),
                                               "A-Z=n2@127.0.0.1:" + std::to_string(ports[1])};
-        auto first = start(server_kind::kv, o, sweep_max_connections(o), {"n1", ports[0], routes});
+        auto first =
+            start(server_kind::kv, o, sweep_max_connections(o), {"n1", ports[0], routes, {}, -1});
         if (!first) {
             continue;
         }
         n1 = *first;
-        auto second = start(server_kind::kv, o, sweep_max_connections(o), {"n2", ports[1], routes});
+        auto second =
+            start(server_kind::kv, o, sweep_max_connections(o), {"n2", ports[1], routes, {}, -1});
         if (!second) {
             stop(n1);
             continue;
