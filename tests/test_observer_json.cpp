@@ -2,6 +2,7 @@
 // snapshot_json, cluster_json and metrics_text (observer.hpp): the exact text for a
 // hand-built snapshot, valid JSON for hostile bytes (checked by python3's json module), and
 // `promtool check metrics` on the metrics (registered only where CMake finds promtool).
+#include <otpkv/node.hpp>
 #include <otpkv/observer.hpp>
 
 #include <doctest/doctest.h>
@@ -357,7 +358,23 @@ TEST_CASE("metrics_text: promtool check metrics is clean" * doctest::skip()) {
     REQUIRE_MESSAGE(promtool != nullptr, "OTPKV_PROMTOOL names no promtool");
     otpkv::node_snapshot hostile = sample_snapshot();
     hostile.server.errors = {{"not found", 1}, {"line too long", 2}, {"a \"quoted\" \\ one", 3}};
-    for (const otpkv::node_snapshot& s : {sample_snapshot(), otpkv::node_snapshot{}, hostile}) {
+    // And a real node's, with buckets, a forwarded-to node that is down, and errors counted.
+    otpkv::node_config config;
+    config.node = "n1";
+    config.port = 0;
+    config.threads = 1;
+    config.cookie = "test";
+    config.routes = {{'a', 'm', "n1", "127.0.0.1", 1}, {'n', 'z', "n2", "127.0.0.1", 1}};
+    auto started = otpkv::node::start(config);
+    REQUIRE(started.has_value());
+    const std::shared_ptr<otpkv::node> n = std::move(started).value();
+    REQUIRE(n->registry()->create("apples").has_value());
+    const otpkv::node_snapshot real = n->snapshot();
+    n->stop();
+    CHECK(real.registry.buckets == 1);
+    REQUIRE(real.router.peers.size() == 1);
+    for (const otpkv::node_snapshot& s :
+         {sample_snapshot(), otpkv::node_snapshot{}, hostile, real}) {
         const auto checked =
             run_with_input(std::string("'") + promtool + "' check metrics", otpkv::metrics_text(s));
         INFO(checked.second);
