@@ -1188,6 +1188,9 @@ TEST_CASE("router: snapshot shows the table and each other node: up or down, in 
     }
     CHECK(eventually([&] { return r->snapshot().peers[0].in_flight == 3; }));
     CHECK(r->snapshot().peers[0].requests == 3);
+    // Sent is not yet received: release only once the peer holds all three (a reply the
+    // peer holds after `release` would stay held).
+    CHECK(eventually([&] { return peer.requests().size() == 3; }));
     peer.release();
     CHECK(replies.take(3).size() == 3);
     CHECK(eventually([&] { return r->snapshot().peers[0].in_flight == 0; }));
