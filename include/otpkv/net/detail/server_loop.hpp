@@ -12,6 +12,7 @@
 
 #include <otpkv/net/server.hpp>
 
+#include <otpkv/detail/epoch.hpp>
 #include <otpkv/detail/mailbox.hpp>
 #include <otpkv/detail/socket.hpp>
 
@@ -209,14 +210,16 @@ class loop_counters {
             if ((before & 1U) == 0) {
                 copy(commands_, v.commands);
                 copy(errors_, v.errors);
-                v.bytes_in = bytes_in_.load(std::memory_order_relaxed);
-                v.bytes_out = bytes_out_.load(std::memory_order_relaxed);
+                v.bytes_in = bytes_in_.load(seqlock_load);
+                v.bytes_out = bytes_out_.load(seqlock_load);
                 copy(latency_, v.latency);
-                v.latency_sum_ns = latency_sum_ns_.load(std::memory_order_relaxed);
+                v.latency_sum_ns = latency_sum_ns_.load(seqlock_load);
                 // acquire fence: pairs with begin_write's release fence. If a load above
                 // saw a store of a write that began after `before`, the load of `seq_`
                 // below sees that write's odd value (or later), and the copy is retried.
-                std::atomic_thread_fence(std::memory_order_acquire);
+                // (epoch.hpp's seqlock helpers: under ThreadSanitizer, which does not
+                // model fences, acquire loads and release stores instead.)
+                seqlock_read_fence();
                 if (seq_.load(std::memory_order_relaxed) == before) {
                     return v;
                 }
@@ -232,17 +235,17 @@ class loop_counters {
     static void copy(const std::array<std::atomic<std::uint64_t>, N>& from,
                      std::array<std::uint64_t, N>& to) noexcept {
         for (std::size_t i = 0; i < N; ++i) {
-            to[i] = from[i].load(std::memory_order_relaxed);
+            to[i] = from[i].load(seqlock_load);
         }
     }
     static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n) noexcept {
-        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+        c.store(c.load(std::memory_order_relaxed) + n, seqlock_store);
     }
     void begin_write() noexcept {
         seq_.store(seq_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         // release fence: the odd value above is ordered before the counters' stores that
         // follow (see `read`'s acquire fence).
-        std::atomic_thread_fence(std::memory_order_release);
+        seqlock_write_fence();
     }
     void end_write() noexcept {
         // release: the counters' stores are visible to a reader that sees this even value.
