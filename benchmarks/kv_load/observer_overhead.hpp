@@ -10,6 +10,7 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -180,22 +181,55 @@ struct variant_passes {
     std::vector<double> p99;
 };
 
-// `top` over `bottom`: the ratio of their medians, and round by round when both have every
-// round (a failed pass leaves no row).
+// A distribution-free 95% confidence interval of the median of n values (n >= 6): the ranks
+// k and n+1-k (from 1) of the sorted values, k the largest with P(Binomial(n, 1/2) < k) <=
+// 2.5%. Returns k, or 0 when n is too small for one.
+inline std::size_t median_ci_rank(std::size_t n) {
+    double below = 0;                                    // P(X < k), X ~ Binomial(n, 1/2)
+    double term = std::pow(0.5, static_cast<double>(n)); // P(X == 0)
+    std::size_t k = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        if (below + term > 0.025) {
+            break;
+        }
+        below += term;
+        k = i + 1;
+        term = term * static_cast<double>(n - i) / static_cast<double>(i + 1); // P(X == i + 1)
+    }
+    return k;
+}
+
+// `top` over `bottom`, round by round (the two passes of a round ran side by side, so a drift
+// of the machine cancels out): the median of those ratios, its 95% confidence interval, and
+// whether the target (0.98 or more) holds; then the ratio of the medians, and each round's.
 inline void print_observer_ratio(const variant_passes& top, const variant_passes& bottom,
                                  const char* title) {
     if (top.ops_per_s.empty() || bottom.ops_per_s.empty()) {
         return;
     }
-    const double ops = median_of(top.ops_per_s) / median_of(bottom.ops_per_s);
-    std::printf("- %s: median ops/s %.3fx (%+.1f%%), median p99 latency %.2fx; %s the 2%% "
-                "target\n",
-                title, ops, (ops - 1) * 100, median_of(top.p99) / median_of(bottom.p99),
-                ops >= 0.98 ? "within" : "MISSES");
+    std::vector<double> ratios;
+    for (std::size_t i = 0; i < std::min(top.ops_per_s.size(), bottom.ops_per_s.size()); ++i) {
+        ratios.push_back(top.ops_per_s[i] / bottom.ops_per_s[i]);
+    }
+    const double round_median = median_of(ratios);
+    std::printf("- %s: median of the round-by-round ops/s ratios %.3fx (%+.1f%%), ", title,
+                round_median, (round_median - 1) * 100);
+    std::vector<double> sorted = ratios;
+    std::sort(sorted.begin(), sorted.end());
+    if (const std::size_t k = median_ci_rank(sorted.size()); k > 0) {
+        std::printf("95%% confidence interval %.3f-%.3f; ", sorted[k - 1],
+                    sorted[sorted.size() - k]);
+    } else {
+        std::printf("too few rounds for a confidence interval; ");
+    }
+    std::printf("%s the 2%% target\n", round_median >= 0.98 ? "within" : "MISSES");
+    std::printf("  - ratio of the median ops/s %.3fx, median p99 latency %.2fx\n",
+                median_of(top.ops_per_s) / median_of(bottom.ops_per_s),
+                median_of(top.p99) / median_of(bottom.p99));
     if (top.ops_per_s.size() == bottom.ops_per_s.size()) {
         std::printf("  - ops/s round by round:");
-        for (std::size_t i = 0; i < top.ops_per_s.size(); ++i) {
-            std::printf(" %.3f", top.ops_per_s[i] / bottom.ops_per_s[i]);
+        for (const double r : ratios) {
+            std::printf(" %.3f", r);
         }
         std::printf("\n");
     }
