@@ -62,6 +62,7 @@ def run_sh(body):
     if shutil.which("sudo") is None and os.geteuid() == 0:
         prelude = 'sudo() { "$@"; }\n'
     print(f"::: README $ {body.strip()}", flush=True)
+    started = time.monotonic()
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", prelude + body], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True, errors="replace")
     out = []
@@ -71,6 +72,7 @@ def run_sh(body):
     sys.stdout.flush()
     if proc.wait() != 0:
         sys.exit(f"README command failed with exit code {proc.returncode}: {body.strip()}")
+    print(f"::: README took {time.monotonic() - started:.0f} s", flush=True)
     return "".join(out)
 
 
