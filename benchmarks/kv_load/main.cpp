@@ -25,10 +25,11 @@
 //             a time: its p50/p99/max latency with one subscriber that reads every event, and
 //             with one more that reads nothing (cut off by the server past 32 MiB), in
 //             alternating passes; then the lagging/alone ratios.
-//   --observer two kv_server, --log-level error and info, with admin ports and stderr in a
-//             file each: the --sweep workload at P=16 on the error one unscraped and while
-//             /metrics is scraped 10 times a second, and on the info one, in rounds with the
-//             order alternating; the medians and the scraped/unscraped and info/error ratios.
+//   --observer three kv_server, --log-level error, info and error again (a control), with
+//             admin ports and stderr in a file each: the --sweep workload at P=16 on the error
+//             one unscraped and with /metrics scraped 10 times a second in every other 250 ms
+//             window of a pass, and on the info and control ones, in rounds with the order
+//             alternating; the medians of the paired ratios and their confidence intervals.
 //
 // The client shares the machine with the server under test, so it is kept cheap: one thread
 // by default (--client-threads), non-blocking sockets on one epoll per thread, TCP_NODELAY,

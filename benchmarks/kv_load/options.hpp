@@ -57,10 +57,12 @@ modes (default --sweep; several may be given, each starts fresh servers):
   --fill N              N entries (10-byte keys, 8-byte values): RSS bytes per entry
   --slow-subscriber     one kv_server; a publisher's PUT latency with a fast subscriber only,
                         and with one more that never reads, alternating; then the ratios
-  --observer            two kv_server, --log-level error and info, both with --admin-port 0;
-                        the --sweep workload at the last P of --pipeline (default 16) on the
-                        error one unscraped and scraped (GET /metrics 10 times a second), and
-                        on the info one; rounds of the three, alternating; medians and ratios
+  --observer            three kv_server, --log-level error, info and error again (a control),
+                        all with --admin-port 0; the --sweep workload at the last P of
+                        --pipeline (default 16) on the error one unscraped, then scraped (GET
+                        /metrics 10 times a second) in every other 250 ms window, and on the
+                        info and control ones; rounds of the four, alternating; medians of
+                        the paired ratios with 95% confidence intervals
 options:
   --only kv|redis       run one server only
   --kv-server PATH      kv_server binary (default: ../examples/kv_server next to kv_load)
@@ -77,7 +79,7 @@ options:
   --puts N              --slow-subscriber: PUTs per pass (default 840)
   --value-bytes V       --slow-subscriber: bytes per value (default 60000: 48 MiB of events)
   --rounds R            rounds of passes: --slow-subscriber (alone, lagging), default 3;
-                        --observer (unscraped, scraped, info), default 5
+                        --observer (unscraped, scraped half, info, control), default 5
 )";
 
 template <class T> bool parse_number(std::string_view text, T& out) {

@@ -6,10 +6,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "options.hpp"
@@ -77,9 +80,11 @@ inline bool sweep_prefill(session& ss, const server& via, sweep_data& d) {
     return true;
 }
 
-// One timed run: C fresh connections with P in flight each, warm-up, then the window.
+// One timed run: C fresh connections with P in flight each, warm-up, then the window; with
+// `during` and `progress` as in workload.
 inline void sweep_run(session& ss, sweep_target& t, std::uint32_t depth,
-                      std::vector<sweep_row>& rows) {
+                      std::vector<sweep_row>& rows, std::function<void()> during = {},
+                      std::atomic<std::uint64_t>* progress = nullptr) {
     const options& o = ss.opt;
     std::vector<pid_t> pids;
     for (server* s : t.servers) {
@@ -120,6 +125,8 @@ inline void sweep_run(session& ss, sweep_target& t, std::uint32_t depth,
     w.window_begin = now_ns() + static_cast<std::int64_t>(o.warmup * 1e9);
     w.window_end = w.window_begin + static_cast<std::int64_t>(o.seconds * 1e9);
     w.deadline = w.window_end + 10'000'000'000;
+    w.progress = progress;
+    w.during = std::move(during);
     std::fprintf(stderr, "kv_load: %s, %zu connections, P=%u: %.1f s + %.1f s\n", t.name.c_str(),
                  o.connections, depth, o.warmup, o.seconds);
     const outcome r = drive(w, conns, o.client_threads, pids);

@@ -9,12 +9,14 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstdarg>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <string>
 #include <thread>
@@ -90,6 +92,12 @@ struct workload {
     std::int64_t window_begin = 0; // replies received in [begin, end) are measured
     std::int64_t window_end = 0;   // no request is sent from here on
     std::int64_t deadline = 0;     // connections still waiting for replies here fail
+    // Replies so far, all client threads together, published after each epoll round, for a
+    // caller that samples throughput within the window; nullptr: not published.
+    std::atomic<std::uint64_t>* progress = nullptr;
+    // Runs on drive()'s calling thread once the window opens (a timed run only), and returns
+    // by its end: what changes the conditions part way through a window, and samples progress.
+    std::function<void()> during;
 };
 
 struct stats {
@@ -188,6 +196,10 @@ class driver {
                     flush(c);
                 }
                 check_finished(c);
+            }
+            if (w_.progress != nullptr && s_.replies != published_) {
+                w_.progress->fetch_add(s_.replies - published_, std::memory_order_relaxed);
+                published_ = s_.replies;
             }
             // When sending stops, connections with nothing in flight are done at once.
             if (!swept && stopping()) {
@@ -434,6 +446,7 @@ class driver {
     int epoll_ = -1;
     std::size_t active_ = 0;
     std::int64_t now_ = 0;
+    std::uint64_t published_ = 0; // s_.replies as last added to w_.progress
 };
 
 // ------------------------------------------------------------------------------------------
@@ -478,6 +491,9 @@ inline outcome drive(const workload& w, std::vector<connection>& conns, unsigned
         sleep_until_ns(w.window_begin);
         const double server0 = servers_cpu_seconds(server_pids);
         const double client0 = self_cpu_seconds();
+        if (w.during) {
+            w.during();
+        }
         sleep_until_ns(w.window_end);
         out.seconds = static_cast<double>(w.window_end - w.window_begin) / 1e9;
         out.server_cpu = (servers_cpu_seconds(server_pids) - server0) / out.seconds;
