@@ -178,7 +178,7 @@ def main():
     for index, (info, body) in enumerate(blocks):
         following = blocks[index + 1] if index + 1 < len(blocks) else (None, None)
         interactive = info == "sh" and re.fullmatch(r"nc \S+ \d+\n", body)
-        if info == "sh" and not interactive and server is not None:
+        if info in ("sh", "sh server") and not interactive and server is not None:
             stop_server(server)
             server = None
         if info == "sh server" or interactive:
