@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <limits>
 #include <mutex>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -168,11 +169,9 @@ inline std::string check_key(const std::string& key, const std::vector<const lin
     }
     for (std::size_t i = 0; i < n; ++i) {
         const auto& v = ops[i]->value;
-        if (!v) {
-            value_of[i] = 0;
-        } else if (ops[i]->kind == lin_kind::write) {
+        if (v && ops[i]->kind == lin_kind::write) {
             value_of[i] = i + 1;
-        } else {
+        } else if (v) {
             const auto it = written.find(*v);
             value_of[i] = it != written.end() ? it->second : never;
         }
@@ -199,9 +198,7 @@ inline std::string check_key(const std::string& key, const std::vector<const lin
         }
     }
     std::vector<std::size_t> order(list.size());
-    for (std::size_t i = 0; i < order.size(); ++i) {
-        order[i] = i;
-    }
+    std::iota(order.begin(), order.end(), std::size_t{0});
     std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
         return list[a].at != list[b].at ? list[a].at < list[b].at : list[a].call && !list[b].call;
     });
@@ -219,29 +216,31 @@ inline std::string check_key(const std::string& key, const std::vector<const lin
             list[call_of[list[e].op]].match = e;
         }
     }
-    const auto lift = [&](std::size_t call) {
-        list[list[call].prev].next = list[call].next;
-        if (list[call].next != npos) {
-            list[list[call].next].prev = list[call].prev;
+    // An entry out of the list and back in (its neighbours still name it, dancing links).
+    const auto unlink = [&](std::size_t e) {
+        list[list[e].prev].next = list[e].next;
+        if (list[e].next != npos) {
+            list[list[e].next].prev = list[e].prev;
         }
-        if (const std::size_t r = list[call].match; r != npos) {
-            list[list[r].prev].next = list[r].next;
-            if (list[r].next != npos) {
-                list[list[r].next].prev = list[r].prev;
-            }
+    };
+    const auto relink = [&](std::size_t e) {
+        list[list[e].prev].next = e;
+        if (list[e].next != npos) {
+            list[list[e].next].prev = e;
+        }
+    };
+    // An operation placed: its call and its return (if it has one) leave the list.
+    const auto lift = [&](std::size_t call) {
+        unlink(call);
+        if (list[call].match != npos) {
+            unlink(list[call].match);
         }
     };
     const auto unlift = [&](std::size_t call) {
-        if (const std::size_t r = list[call].match; r != npos) {
-            list[list[r].prev].next = r;
-            if (list[r].next != npos) {
-                list[list[r].next].prev = r;
-            }
+        if (list[call].match != npos) {
+            relink(list[call].match);
         }
-        list[list[call].prev].next = call;
-        if (list[call].next != npos) {
-            list[list[call].next].prev = call;
-        }
+        relink(call);
     };
 
     std::vector<std::uint64_t> placed((n + 63) / 64, 0);
