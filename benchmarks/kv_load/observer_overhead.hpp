@@ -259,17 +259,22 @@ inline void print_paired_ratios(std::vector<double> ratios, const char* title, c
     }
 }
 
-// `top` over `bottom`, round by round, then the ratio of their medians and of their p99s.
+// `top` over `bottom`, round by round when both have every round (a failed pass leaves no
+// row, and the rounds would no longer pair up), then the ratio of their medians and p99s.
 inline void print_round_ratios(const variant_passes& top, const variant_passes& bottom,
                                const char* title) {
     if (top.ops_per_s.empty() || bottom.ops_per_s.empty()) {
         return;
     }
-    std::vector<double> ratios;
-    for (std::size_t i = 0; i < std::min(top.ops_per_s.size(), bottom.ops_per_s.size()); ++i) {
-        ratios.push_back(top.ops_per_s[i] / bottom.ops_per_s[i]);
+    if (top.ops_per_s.size() == bottom.ops_per_s.size()) {
+        std::vector<double> ratios;
+        for (std::size_t i = 0; i < top.ops_per_s.size(); ++i) {
+            ratios.push_back(top.ops_per_s[i] / bottom.ops_per_s[i]);
+        }
+        print_paired_ratios(ratios, title, "round-by-round ops/s");
+    } else {
+        std::printf("- %s: a pass failed, so the rounds do not pair up\n", title);
     }
-    print_paired_ratios(ratios, title, "round-by-round ops/s");
     std::printf("  - ratio of the median ops/s %.3fx, median p99 latency %.2fx\n",
                 median_of(top.ops_per_s) / median_of(bottom.ops_per_s),
                 median_of(top.p99) / median_of(bottom.p99));
