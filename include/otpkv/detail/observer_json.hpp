@@ -17,10 +17,10 @@
 /// as the same double (`0.00001`); a value that is not finite is written `0`.
 #pragma once
 
+#include <otpkv/detail/json.hpp>
 #include <otpkv/log.hpp>
 #include <otpkv/observer.hpp>
 
-#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -61,7 +61,8 @@ inline void append_json_double(std::string& out, double value);
 /// Appends a duration as seconds with at most three decimals.
 inline void append_json_seconds(std::string& out, std::chrono::milliseconds d);
 /// True when `text` is exactly one JSON object, with nothing but whitespace around it, nested
-/// at most `max_depth` deep.
+/// at most `max_depth` deep: json.hpp's grammar (`json_parser` in its `check` mode), which
+/// builds nothing and takes any four hex digits after `\u`, as RFC 8259's ABNF does.
 [[nodiscard]] inline bool is_json_object(std::string_view text, int max_depth = 64);
 
 } // namespace detail
@@ -71,49 +72,6 @@ inline void append_json_seconds(std::string& out, std::chrono::milliseconds d);
 // =======================================================================================
 
 namespace detail {
-
-/// The length of the well-formed UTF-8 sequence at the start of `s`, or 0 when the first
-/// byte does not start one (RFC 3629's table: no overlong forms, no surrogates).
-[[nodiscard]] inline std::size_t utf8_sequence(std::string_view s) noexcept {
-    const auto at = [&s](std::size_t i) { return static_cast<unsigned char>(s[i]); };
-    const unsigned char b0 = at(0);
-    const auto tail = [&](std::size_t n, unsigned char lo, unsigned char hi) -> std::size_t {
-        if (s.size() < n || at(1) < lo || at(1) > hi) {
-            return 0;
-        }
-        for (std::size_t i = 2; i < n; ++i) {
-            if (at(i) < 0x80 || at(i) > 0xbf) {
-                return 0;
-            }
-        }
-        return n;
-    };
-    if (b0 < 0x80) {
-        return 1;
-    }
-    if (b0 >= 0xc2 && b0 <= 0xdf) {
-        return tail(2, 0x80, 0xbf);
-    }
-    if (b0 == 0xe0) {
-        return tail(3, 0xa0, 0xbf);
-    }
-    if (b0 == 0xed) {
-        return tail(3, 0x80, 0x9f); // not the surrogates
-    }
-    if (b0 >= 0xe1 && b0 <= 0xef) {
-        return tail(3, 0x80, 0xbf);
-    }
-    if (b0 == 0xf0) {
-        return tail(4, 0x90, 0xbf);
-    }
-    if (b0 >= 0xf1 && b0 <= 0xf3) {
-        return tail(4, 0x80, 0xbf);
-    }
-    if (b0 == 0xf4) {
-        return tail(4, 0x80, 0x8f); // at most U+10FFFF
-    }
-    return 0;
-}
 
 inline void append_json_string(std::string& out, std::string_view text) {
     constexpr std::string_view hex = "0123456789abcdef";
@@ -333,168 +291,15 @@ inline void write_supervisor_json(json_writer& w, const supervisor_snapshot& s) 
     w.close('}');
 }
 
-/// A recursive-descent check of RFC 8259's grammar (strings must hold valid UTF-8).
-class json_checker {
-  public:
-    json_checker(std::string_view text, int max_depth) : s_(text), max_depth_(max_depth) {}
-
-    [[nodiscard]] bool object_document() {
-        space();
-        if (i_ >= s_.size() || s_[i_] != '{' || !value(0)) {
-            return false;
-        }
-        space();
-        return i_ == s_.size();
-    }
-
-  private:
-    void space() noexcept {
-        while (i_ < s_.size() &&
-               (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) {
-            ++i_;
-        }
-    }
-    bool literal(std::string_view word) noexcept {
-        if (s_.substr(i_, word.size()) != word) {
-            return false;
-        }
-        i_ += word.size();
-        return true;
-    }
-    bool digits() noexcept {
-        const std::size_t from = i_;
-        while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') {
-            ++i_;
-        }
-        return i_ > from;
-    }
-    bool number() noexcept {
-        if (i_ < s_.size() && s_[i_] == '-') {
-            ++i_;
-        }
-        if (i_ < s_.size() && s_[i_] == '0') {
-            ++i_;
-        } else if (!digits()) {
-            return false;
-        }
-        if (i_ < s_.size() && s_[i_] == '.') {
-            ++i_;
-            if (!digits()) {
-                return false;
-            }
-        }
-        if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
-            ++i_;
-            if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) {
-                ++i_;
-            }
-            return digits();
-        }
-        return true;
-    }
-    bool string() noexcept {
-        ++i_; // the opening quote
-        while (i_ < s_.size()) {
-            const auto u = static_cast<unsigned char>(s_[i_]);
-            if (u == '"') {
-                ++i_;
-                return true;
-            }
-            if (u < 0x20) {
-                return false;
-            }
-            if (u == '\\') {
-                if (++i_ >= s_.size()) {
-                    return false;
-                }
-                const char e = s_[i_];
-                if (e == 'u') {
-                    for (int k = 0; k < 4; ++k) {
-                        if (++i_ >= s_.size() ||
-                            std::isxdigit(static_cast<unsigned char>(s_[i_])) == 0) {
-                            return false;
-                        }
-                    }
-                } else if (std::string_view("\"\\/bfnrt").find(e) == std::string_view::npos) {
-                    return false;
-                }
-                ++i_;
-                continue;
-            }
-            const std::size_t n = utf8_sequence(s_.substr(i_));
-            if (n == 0) {
-                return false;
-            }
-            i_ += n;
-        }
+inline bool is_json_object(std::string_view text, int max_depth) {
+    // json.hpp's grammar, checking only; a text that does not start with `{` is refused
+    // before any of it is read.
+    const std::size_t first = text.find_first_not_of(" \t\n\r");
+    if (first == std::string_view::npos || text[first] != '{') {
         return false;
     }
-    bool value(int depth) { // NOLINT(misc-no-recursion): bounded by max_depth
-        space();
-        if (i_ >= s_.size()) {
-            return false;
-        }
-        const char c = s_[i_];
-        if (c == '{' || c == '[') {
-            if (depth >= max_depth_) {
-                return false;
-            }
-            const char end = c == '{' ? '}' : ']';
-            ++i_;
-            space();
-            if (i_ < s_.size() && s_[i_] == end) {
-                ++i_;
-                return true;
-            }
-            for (;;) {
-                if (c == '{') {
-                    space();
-                    if (i_ >= s_.size() || s_[i_] != '"' || !string()) {
-                        return false;
-                    }
-                    space();
-                    if (i_ >= s_.size() || s_[i_] != ':') {
-                        return false;
-                    }
-                    ++i_;
-                }
-                if (!value(depth + 1)) {
-                    return false;
-                }
-                space();
-                if (i_ < s_.size() && s_[i_] == ',') {
-                    ++i_;
-                    continue;
-                }
-                if (i_ < s_.size() && s_[i_] == end) {
-                    ++i_;
-                    return true;
-                }
-                return false;
-            }
-        }
-        if (c == '"') {
-            return string();
-        }
-        if (c == 't') {
-            return literal("true");
-        }
-        if (c == 'f') {
-            return literal("false");
-        }
-        if (c == 'n') {
-            return literal("null");
-        }
-        return number();
-    }
-
-    std::string_view s_;
-    std::size_t i_ = 0;
-    int max_depth_;
-};
-
-inline bool is_json_object(std::string_view text, int max_depth) {
-    return json_checker(text, max_depth).object_document();
+    json_parser parser(text, max_depth, json_parser::mode::check);
+    return parser.run() && parser.take_result().is_object();
 }
 
 } // namespace detail
