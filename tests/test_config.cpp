@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Node configuration: flags, OTPKV_* environment, config file, routes, precedence.
+// Node configuration: flags, OTPKV_* environment, config file, routes (of one node or
+// several), the replication settings and their checks, precedence.
 #include <otpkv/command.hpp>
 #include <otpkv/config.hpp>
 #include <otpkv/net/server.hpp>
@@ -23,9 +24,11 @@
 
 using namespace std::string_literals;
 using otpkv::config_load;
+using otpkv::http_endpoint;
 using otpkv::load_config;
 using otpkv::node_config;
 using otpkv::route_entry;
+using otpkv::route_node;
 
 namespace {
 
@@ -85,6 +88,13 @@ route_entry route(unsigned char first, unsigned char last, std::string node, std
     return route_entry{first, last, std::move(node), std::move(host), port};
 }
 
+// An entry naming `nodes` (at least one), the first being the preferred one.
+route_entry chain(unsigned char first, unsigned char last, std::vector<route_node> nodes) {
+    route_entry r{first, last, nodes.front().name, nodes.front().host, nodes.front().port};
+    r.replicas.assign(nodes.begin() + 1, nodes.end());
+    return r;
+}
+
 const std::string size_max_text = std::to_string(std::numeric_limits<std::size_t>::max());
 
 } // namespace
@@ -108,6 +118,10 @@ TEST_CASE("config: defaults") {
     CHECK(r.config.log_level == otpkv::log_level::info);
     CHECK_FALSE(r.config.admin_port.has_value());
     CHECK(r.config.admin_bind == "127.0.0.1");
+    CHECK(r.config.etcd.empty());
+    CHECK_FALSE(r.config.replicas.has_value());
+    CHECK(r.config.lease == std::chrono::milliseconds(1000));
+    CHECK(otpkv::replication_config_error(r.config).empty());
     // The same defaults as the protocol core, the registry and the server.
     CHECK(r.config.max_line == otpkv::default_max_line);
     CHECK(r.config.max_buckets == otpkv::registry_options{}.max_buckets);
@@ -137,6 +151,9 @@ TEST_CASE("config: every flag in both spellings") {
         {"--log-level", "debug"},
         {"--admin-port", "0"},
         {"--admin-bind", "::1"},
+        {"--etcd", "http://127.0.0.1:2379"},
+        {"--replicas", "2"},
+        {"--lease-ms", "500"},
     };
     node_config expected;
     expected.node = "n1";
@@ -151,6 +168,9 @@ TEST_CASE("config: every flag in both spellings") {
     expected.log_level = otpkv::log_level::debug;
     expected.admin_port = 0;
     expected.admin_bind = "::1";
+    expected.etcd = {http_endpoint{"127.0.0.1", 2379}};
+    expected.replicas = 2;
+    expected.lease = std::chrono::milliseconds(500);
 
     std::vector<std::string> separate;
     std::vector<std::string> joined;
@@ -227,6 +247,8 @@ TEST_CASE("config: numeric flags reject bad values and name the flag") {
          "OTPKV_MAX_SUBSCRIBER_MEMORY",
          "from 1 to " + size_max_text,
          {"0", "256MiB", "1M"}},
+        {"--replicas", "OTPKV_REPLICAS", "from 1 to 7", {"0", "8", "00"}},
+        {"--lease-ms", "OTPKV_LEASE_MS", "from 100 to 60000", {"0", "99", "60001", "1s"}},
     };
     const std::vector<std::string> not_numbers{"abc",
                                                "",
@@ -274,6 +296,10 @@ TEST_CASE("config: numbers at the edges of their ranges") {
     CHECK(load({"--max-subscriber-memory", "1"}).config.max_subscriber_memory == 1);
     CHECK(load({"--max-subscriber-memory", size_max_text}).config.max_subscriber_memory ==
           std::numeric_limits<std::size_t>::max());
+    CHECK(load({"--replicas", "1"}).config.replicas == std::optional<std::size_t>(1));
+    CHECK(load({"--replicas", "7"}).config.replicas == std::optional<std::size_t>(7));
+    CHECK(load({"--lease-ms", "100"}).config.lease == std::chrono::milliseconds(100));
+    CHECK(load({"--lease-ms", "60000"}).config.lease == std::chrono::milliseconds(60000));
 }
 
 TEST_CASE("config: unknown flags, missing values and positional arguments are errors") {
@@ -291,7 +317,8 @@ TEST_CASE("config: unknown flags, missing values and positional arguments are er
 
     for (const std::string flag :
          {"--config", "--node", "--bind", "--port", "--threads", "--route", "--max-line",
-          "--max-connections", "--max-buckets", "--max-subscriber-memory"}) {
+          "--max-connections", "--max-buckets", "--max-subscriber-memory", "--etcd", "--replicas",
+          "--lease-ms"}) {
         INFO(flag);
         CHECK(load({flag}).error == flag + ": missing value");
         // The next argument is not a value when it looks like a flag.
@@ -389,9 +416,221 @@ TEST_CASE("config: --route repeats in order, and a bad one names the flag") {
           "--route: bad route 'a-m=foo@h:0': PORT must be a number from 1 to 65535");
     CHECK(load({"--route="}).error ==
           "--route: bad route '': empty route, expected FIRST-LAST=NAME@HOST:PORT");
-    // One route per flag: a list is not split.
+    // One route per flag: a list of routes is not split.
     CHECK(load({"--route", "a-m=foo@h:1,n-z=bar@h:2"}).error ==
-          "--route: bad route 'a-m=foo@h:1,n-z=bar@h:2': PORT must be a number from 1 to 65535");
+          "--route: bad route 'a-m=foo@h:1,n-z=bar@h:2': node 2: expected NAME@HOST:PORT, got "
+          "another route's FIRST-LAST=");
+    // A route may name several nodes: its replica set, in preferred order.
+    const config_load several =
+        load({"--route", "a-m=n1@127.0.0.1:4041,n2@127.0.0.1:4042,n3@[::1]:4043", "--route",
+              "n-z=n2@127.0.0.1:4042"});
+    REQUIRE(several.ok());
+    CHECK(several.config.routes ==
+          std::vector<route_entry>{
+              chain('a', 'm',
+                    {{"n1", "127.0.0.1", 4041}, {"n2", "127.0.0.1", 4042}, {"n3", "::1", 4043}}),
+              route('n', 'z', "n2", "127.0.0.1", 4042)});
+    CHECK(load({"--route", "a-m=n1@h:1,n1@h:2"}).error ==
+          "--route: bad route 'a-m=n1@h:1,n1@h:2': node 2: n1 is named twice (also node 1): a "
+          "node may appear once in a route");
+    CHECK(load({"--route", "a-m=n1@h:1,"}).error ==
+          "--route: bad route 'a-m=n1@h:1,': node 2 is empty: expected NAME@HOST:PORT on each "
+          "side of a ','");
+    CHECK(load({"--route=a-m=n1@h:1,n2@h:2,n3@h:3,n4@h:4,n5@h:5,n6@h:6,n7@h:7,n8@h:8"}).error ==
+          "--route: bad route 'a-m=n1@h:1,n2@h:2,n3@h:3,n4@h:4,n5@h:5,n6@h:6,n7@h:7,n8@h:8': a "
+          "route names at most 7 nodes, got 8");
+}
+
+TEST_CASE("config: OTPKV_ROUTE: a piece that starts with FIRST-LAST= begins a route, any other "
+          "piece is one more node of the route before it") {
+    using otpkv::detail::split_routes;
+    CHECK(split_routes("a-m=n1@h:1,n2@h:2,n3@h:3") ==
+          std::vector<std::string>{"a-m=n1@h:1,n2@h:2,n3@h:3"});
+    // Commas and whitespace both separate; runs of them count as one.
+    CHECK(split_routes(" a-m=n1@h:1, n2@h:2\tn-z=n2@h:2 ,, n3@h:3 ") ==
+          std::vector<std::string>{"a-m=n1@h:1,n2@h:2", "n-z=n2@h:2,n3@h:3"});
+    CHECK(split_routes("a-m=n1@h:1,b-c=n2@h:2") ==
+          std::vector<std::string>{"a-m=n1@h:1", "b-c=n2@h:2"});
+    // A LAST of ',' stays in its route; a FIRST of ',' is written \x2c.
+    CHECK(split_routes("!-,=n1@h:1,n2@h:2,\\x2c-.=m@h:3") ==
+          std::vector<std::string>{"!-,=n1@h:1,n2@h:2", "\\x2c-.=m@h:3"});
+    // A node name that looks like a range has no '=' after it: a node, not a route.
+    CHECK(split_routes("a-z=n1@h:1,a-b@h:2") == std::vector<std::string>{"a-z=n1@h:1,a-b@h:2"});
+    // A first piece that starts no route stands alone.
+    CHECK(split_routes("n1@h:1,a-m=n2@h:2") == std::vector<std::string>{"n1@h:1", "a-m=n2@h:2"});
+    CHECK(split_routes(" ,\n").empty());
+
+    const config_load r =
+        load({}, {"OTPKV_ROUTE=a-m=n1@127.0.0.1:4041,n2@127.0.0.1:4042, n3@127.0.0.1:4043 "
+                  "n-z=n3@127.0.0.1:4043,n1@127.0.0.1:4041"});
+    REQUIRE(r.ok());
+    CHECK(
+        r.config.routes ==
+        std::vector<route_entry>{
+            chain(
+                'a', 'm',
+                {{"n1", "127.0.0.1", 4041}, {"n2", "127.0.0.1", 4042}, {"n3", "127.0.0.1", 4043}}),
+            chain('n', 'z', {{"n3", "127.0.0.1", 4043}, {"n1", "127.0.0.1", 4041}}),
+        });
+    // Errors quote the route as it was put together.
+    CHECK(load({}, {"OTPKV_ROUTE=a-m=n1@h:1, n1@h:2"}).error ==
+          "OTPKV_ROUTE: bad route 'a-m=n1@h:1,n1@h:2': node 2: n1 is named twice (also node 1): "
+          "a node may appear once in a route");
+    CHECK(load({}, {"OTPKV_ROUTE=a-m=n1@h:1 junk"}).error ==
+          "OTPKV_ROUTE: bad route 'a-m=n1@h:1,junk': node 2: expected '@' between NAME and HOST");
+    CHECK(load({}, {"OTPKV_ROUTE=n1@h:1,a-m=n2@h:2"}).error ==
+          "OTPKV_ROUTE: bad route 'n1@h:1': expected '-' after FIRST");
+    CHECK(load({}, {"OTPKV_ROUTE=a-z=n1@h:1,n2@h:2,n3@h:3,n4@h:4,n5@h:5,n6@h:6,n7@h:7,n8@h:8"})
+              .error == "OTPKV_ROUTE: bad route "
+                        "'a-z=n1@h:1,n2@h:2,n3@h:3,n4@h:4,n5@h:5,n6@h:6,n7@h:7,n8@h:8': a route "
+                        "names at most 7 nodes, got 8");
+
+    // In the file, one route per line, which may name several nodes.
+    temp_dir dir;
+    const std::string file =
+        dir.write("node.conf", "route = a-m=n1@h:1,n2@h:2\nroute = n-z=n2@h:2\n");
+    CHECK(load({"--config", file}).config.routes ==
+          std::vector<route_entry>{chain('a', 'm', {{"n1", "h", 1}, {"n2", "h", 2}}),
+                                   route('n', 'z', "n2", "h", 2)});
+    const std::string spaced = dir.write("spaced.conf", "route = a-m=n1@h:1, n2@h:2\n");
+    CHECK(load({"--config", spaced}).error ==
+          spaced + ":1: route: bad route 'a-m=n1@h:1, n2@h:2': node 2: NAME must be 1 to 255 of "
+                   "A-Z a-z 0-9 _ . -");
+}
+
+TEST_CASE("config: --etcd, --replicas and --lease-ms from each source") {
+    const http_endpoint local{"127.0.0.1", 2379};
+    CHECK(load({"--etcd", "http://127.0.0.1:2379"}).config.etcd ==
+          std::vector<http_endpoint>{local});
+    CHECK(load({"--etcd=http://127.0.0.1:2379/,http://[::1]:2380,http://etcd-3.example.com:2379"})
+              .config.etcd ==
+          std::vector<http_endpoint>{local, {"::1", 2380}, {"etcd-3.example.com", 2379}});
+    CHECK(load({}, {"OTPKV_ETCD=http://a:1, http://b:2\thttp://c:3"}).config.etcd ==
+          std::vector<http_endpoint>{{"a", 1}, {"b", 2}, {"c", 3}});
+    // A repeated flag keeps its last value, as for every key but --route.
+    CHECK(load({"--etcd", "http://a:1", "--etcd", "http://b:2"}).config.etcd ==
+          std::vector<http_endpoint>{{"b", 2}});
+    CHECK(load({}, {"OTPKV_ETCD="}).config.etcd.empty()); // "" is unset
+
+    CHECK(load({"--etcd="}).error ==
+          "--etcd: expected one or more etcd URLs (http://HOST:PORT), got ''");
+    CHECK(load({"--etcd", ", ,"}).error ==
+          "--etcd: expected one or more etcd URLs (http://HOST:PORT), got ', ,'");
+    CHECK(load({"--etcd", "https://127.0.0.1:2379"}).error ==
+          "--etcd: bad etcd URL 'https://127.0.0.1:2379': TLS (https) is not supported: give "
+          "etcd's plain http:// client URL, on a trusted network");
+    CHECK(load({"--etcd", "http://a:1,http://b"}).error ==
+          "--etcd: bad etcd URL 'http://b': expected ':PORT' after HOST");
+    CHECK(load({"--etcd", "http://a:1/v3"}).error ==
+          "--etcd: bad etcd URL 'http://a:1/v3': a path is not allowed, expected "
+          "http://HOST:PORT (a single '/' may follow)");
+    CHECK(load({"--etcd", "http://a:1,http://a:01/"}).error ==
+          "--etcd: etcd URL 'http://a:01/' names http://a:1 again");
+    CHECK(load({}, {"OTPKV_ETCD=127.0.0.1:2379"}).error ==
+          "OTPKV_ETCD: bad etcd URL '127.0.0.1:2379': expected http://HOST:PORT (the scheme is "
+          "required)");
+    CHECK(load({"--etcd", "-x"}).error == "--etcd: missing value");
+
+    CHECK(load({"--replicas", "3"}).config.replicas == std::optional<std::size_t>(3));
+    CHECK(load({}, {"OTPKV_REPLICAS=2"}).config.replicas == std::optional<std::size_t>(2));
+    CHECK(load({"--replicas", "3"}, {"OTPKV_REPLICAS=2"}).config.replicas ==
+          std::optional<std::size_t>(3));
+    CHECK(load({}, {"OTPKV_REPLICAS="}).config.replicas == std::nullopt);
+    CHECK(load({"--lease-ms", "250"}).config.lease == std::chrono::milliseconds(250));
+    CHECK(load({}, {"OTPKV_LEASE_MS=2000"}).config.lease == std::chrono::milliseconds(2000));
+    CHECK(load({"--lease-ms=300"}, {"OTPKV_LEASE_MS=2000"}).config.lease ==
+          std::chrono::milliseconds(300));
+
+    temp_dir dir;
+    const std::string file = dir.write("node.conf", "etcd = http://a:1, http://b:2\n"
+                                                    "replicas = 2\n"
+                                                    "lease_ms = 5000\n");
+    const config_load r = load({"--config", file});
+    REQUIRE(r.ok());
+    CHECK(r.config.etcd == std::vector<http_endpoint>{{"a", 1}, {"b", 2}});
+    CHECK(r.config.replicas == std::optional<std::size_t>(2));
+    CHECK(r.config.lease == std::chrono::milliseconds(5000));
+    CHECK(load({"--config", dir.write("dash.conf", "lease-ms = 400\n")}).config.lease ==
+          std::chrono::milliseconds(400));
+    // The highest source that gives etcd URLs gives the whole list; flags > env > file.
+    CHECK(load({"--config", file}, {"OTPKV_ETCD=http://c:3"}).config.etcd ==
+          std::vector<http_endpoint>{{"c", 3}});
+    CHECK(load({"--config", file, "--etcd", "http://d:4"}, {"OTPKV_ETCD=http://c:3"}).config.etcd ==
+          std::vector<http_endpoint>{{"d", 4}});
+    CHECK(load({"--config", file, "--replicas", "3", "--lease-ms", "100"}).config.replicas ==
+          std::optional<std::size_t>(3));
+    CHECK(load({"--config", file, "--lease-ms", "100"}).config.lease ==
+          std::chrono::milliseconds(100));
+    const std::string bad = dir.write("bad.conf", "etcd = http://a:1 unix://b:2\n");
+    CHECK(load({"--config", bad}).error ==
+          bad + ":1: etcd: bad etcd URL 'unix://b:2': the scheme must be http, expected "
+                "http://HOST:PORT");
+    const std::string bad_lease = dir.write("lease.conf", "\nlease_ms = 50\n");
+    CHECK(load({"--config", bad_lease}).error ==
+          bad_lease + ":2: lease_ms: expected a number from 100 to 60000, got '50'");
+}
+
+TEST_CASE("config: replication_config_error checks the replication settings together") {
+    using otpkv::replication_config_error;
+    const auto error = [](const std::vector<std::string>& args) {
+        const config_load r = load(args);
+        REQUIRE_MESSAGE(r.ok(), r.error);
+        return replication_config_error(r.config);
+    };
+    const std::string three = "a-m=n1@127.0.0.1:4041,n2@127.0.0.1:4042,n3@127.0.0.1:4043";
+    const std::string etcd = "http://127.0.0.1:2379";
+
+    // Fine: nothing of replication; routes of one node each, with or without etcd; etcd
+    // alone; --replicas 1 anywhere; --lease-ms without etcd; a replica set with etcd.
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+             {},
+             {"--route", "a-m=n1@h:1", "--route", "n-z=n2@h:2"},
+             {"--route", "a-m=n1@h:1", "--etcd", etcd},
+             {"--etcd", etcd},
+             {"--replicas", "1"},
+             {"--replicas", "1", "--route", "a-m=n1@h:1"},
+             {"--lease-ms", "200"},
+             {"--route", three, "--etcd", etcd},
+             {"--route", three, "--etcd", etcd, "--replicas", "3"},
+             {"--route", three, "--etcd", etcd, "--replicas", "2", "--lease-ms", "500"},
+             {"--route", three, "--route", "n-z=n1@h:1,n2@h:2", "--etcd", etcd, "--replicas", "2"},
+         }) {
+        INFO(args.size());
+        CHECK(error(args) == "");
+    }
+
+    // A route naming several nodes needs etcd; the first such route is named.
+    CHECK(error({"--route", "0-9=n1@h:1", "--route", three}) ==
+          "route a-m names 3 nodes (a replica set): replication needs --etcd URL, the membership "
+          "authority that keeps each range's chain; give --etcd or name one node per route");
+    CHECK(error({"--route", "\\x80-\\xff=n1@h:1,n2@h:2", "--lease-ms", "200"}) ==
+          "route \\x80-\\xff names 2 nodes (a replica set): replication needs --etcd URL, the "
+          "membership authority that keeps each range's chain; give --etcd or name one node per "
+          "route");
+    CHECK(error({"--route", three, "--replicas", "3"}).starts_with("route a-m names 3 nodes"));
+
+    // --replicas above 1 needs etcd, and routes that name that many nodes.
+    CHECK(error({"--replicas", "2"}) ==
+          "--replicas 2 needs --etcd URL: a chain of more than one node is kept by etcd, the "
+          "membership authority; give --etcd, or leave --replicas out");
+    CHECK(error({"--replicas", "2", "--route", "a-m=n1@h:1"}) ==
+          "--replicas 2 needs --etcd URL: a chain of more than one node is kept by etcd, the "
+          "membership authority; give --etcd, or leave --replicas out");
+    CHECK(error({"--replicas", "2", "--etcd", etcd}) ==
+          "--replicas 2: there is no route, so every bucket is local to this node and has no "
+          "chain; give routes that name 2 nodes or more");
+    CHECK(error({"--route", three, "--etcd", etcd, "--replicas", "4"}) ==
+          "--replicas 4 is more than route a-m names (3 nodes): a range's chain is made of the "
+          "nodes its route names");
+    CHECK(error({"--route", three, "--route", "n-z=n1@h:1", "--etcd", etcd, "--replicas", "2"}) ==
+          "--replicas 2 is more than route n-z names (1 node): a range's chain is made of the "
+          "nodes its route names");
+
+    // The same from the environment (the messages use the flags' spellings).
+    const config_load env =
+        load({}, {"OTPKV_ROUTE=a-m=n1@h:1,n2@h:2 n-z=n2@h:2,n1@h:1", "OTPKV_REPLICAS=2"});
+    REQUIRE(env.ok());
+    CHECK(replication_config_error(env.config).starts_with("route a-m names 2 nodes"));
 }
 
 TEST_CASE("config: the environment") {
@@ -700,6 +939,14 @@ TEST_CASE("config: usage mentions every flag with its default, and the version l
                                         "--admin-port N",
                                         "(default: none, no admin endpoint)",
                                         "--admin-bind ADDR",
+                                        "--route FIRST-LAST=NAME@HOST:PORT[,NAME@HOST:PORT]...",
+                                        "replica set",
+                                        "--etcd URL[,URL...]",
+                                        "--replicas R",
+                                        "1 to 7 (default: the nodes its route names)",
+                                        "--lease-ms MS",
+                                        "100 to 60000 (default: 1000)",
+                                        "[--etcd URL[,URL...]] [--replicas R] [--lease-ms MS]",
                                         "[--log-level LEVEL] [--admin-port N] [--admin-bind ADDR]",
                                         "-h, --help",
                                         "--version",

@@ -26,6 +26,9 @@
 ///     --log-level LEVEL        OTPKV_LOG_LEVEL        log-level = LEVEL
 ///     --admin-port N           OTPKV_ADMIN_PORT       admin-port = N
 ///     --admin-bind ADDR        OTPKV_ADMIN_BIND       admin-bind = ADDR
+///     --etcd URL[,URL...]      OTPKV_ETCD             etcd = URL[,URL...]
+///     --replicas R             OTPKV_REPLICAS         replicas = R
+///     --lease-ms MS            OTPKV_LEASE_MS         lease-ms = MS
 ///
 /// Flags: `--name value` or `--name=value`. In the first spelling the next argument is the
 /// value unless it starts with `-`, in which case the flag is missing its value (so
@@ -41,8 +44,14 @@
 /// the array the first one counts, as with `getenv`. A variable set to the empty string
 /// counts as unset. `OTPKV_ROUTE` holds one or more routes separated by commas and/or
 /// whitespace (`a-m=foo@127.0.0.1:4040, n-z=bar@127.0.0.1:4041`); inside it write a
-/// FIRST byte `,` as `\x2c`. `load_config` never reads the process's environment by
-/// itself: the caller passes `environ` (or a test passes its own array).
+/// FIRST byte `,` as `\x2c`. A comma also separates the nodes of one route, so the list is
+/// read in pieces between commas and whitespace: a piece that starts with a route's
+/// `FIRST-LAST=` (read by position, so a LAST of `,` stays in it) begins a new route, and
+/// any other piece is one more node of the route before it:
+/// `a-m=n1@h:4041,n2@h:4042 n-z=n2@h:4042, n3@h:4043` is two routes of two nodes each.
+/// `--route` and the file's `route = ...` take one route each, which may name several nodes
+/// (commas, no spaces). `load_config` never reads the process's environment by itself: the
+/// caller passes `environ` (or a test passes its own array).
 ///
 /// Config file (from `--config`, else `OTPKV_CONFIG`): one `key = value` per line, keys
 /// being the flag names without their leading dashes; in a key, `_` may be written for `-`
@@ -59,8 +68,11 @@
 /// `[A-Za-z0-9_.-]`. An address to bind is an IPv4 dotted quad (four decimal parts 0-255
 /// without leading zeros, which `inet_aton` would read as octal) or an IPv6 literal (bare
 /// or in brackets, stored bare; an embedded IPv4 tail is allowed, a `%zone` is not).
-/// Routes: see `parse_route` in route.hpp. A cookie is any non-empty value (bytes other than
-/// the separators, in a flag or variable; inner spaces are kept in a file's `cookie = ...`).
+/// Routes: see `parse_route` in route.hpp. etcd URLs (`--etcd`): one or more
+/// `http://HOST:PORT` (see `parse_http_url` in route.hpp), separated by commas and/or
+/// whitespace, no endpoint twice. `--replicas`: 1 to `max_route_nodes` (7). `--lease-ms`:
+/// 100 to 60000. A cookie is any non-empty value (bytes other than the separators, in a flag
+/// or variable; inner spaces are kept in a file's `cookie = ...`).
 ///
 /// The cluster cookie (as Erlang's): `--cookie` gives it, `--cookie-file` names a file that
 /// holds it (its contents, whitespace trimmed at both ends; an empty file is an error). The
@@ -70,6 +82,20 @@
 /// Erlang refuses such a file, we say how to fix it: `chmod 400`). With neither, `cookie` is
 /// left empty and the program decides: kv_server then uses `home_cookie` (`~/.otpkv.cookie`,
 /// created when missing), when its table names another node.
+///
+/// Replication (issue 16): a route naming several nodes names its range's replica set, which
+/// chain replication keeps with etcd (`--etcd`) as the membership authority; `--replicas R`
+/// is each range's chain length (unset: as many nodes as its route names) and `--lease-ms`
+/// the node's etcd lease. `load_config` checks each value; `replication_config_error` checks
+/// them together, by these rules:
+/// - a route naming several nodes needs `--etcd` (without a membership authority there is
+///   no chain to keep);
+/// - `--replicas R` with R > 1 needs `--etcd` too, and every route must name at least R
+///   nodes (with no route at all, R > 1 is refused: every bucket is local); `--replicas 1`
+///   is always fine;
+/// - `--etcd` with routes that each name one node (or with none) is fine, and so is
+///   `--lease-ms` without `--etcd` (it is then unused).
+/// Its messages use the flags' spellings, whichever source gave the value.
 ///
 /// Precedence: flags win over the environment, which wins over the file, key by key. For
 /// routes, the highest source that gives any route supplies the whole list: lists are never
@@ -160,6 +186,16 @@ struct node_config {
     std::optional<std::uint16_t> admin_port{};
     /// `--admin-bind ADDR`: the address the admin endpoint listens on (as `bind`).
     std::string admin_bind = "127.0.0.1";
+    /// `--etcd URL[,URL...]`: the client URLs of the etcd cluster that is the membership
+    /// authority of replicated ranges (route.hpp, `parse_http_url`), in the order given.
+    /// Empty (the default): no etcd.
+    std::vector<http_endpoint> etcd{};
+    /// `--replicas R`: each range's chain length, 1 to `max_route_nodes`. Unset (the
+    /// default): as many nodes as its route names.
+    std::optional<std::size_t> replicas{};
+    /// `--lease-ms MS`: this node's etcd lease (how long after its last keep-alive etcd
+    /// counts it dead), 100 to 60000 ms.
+    std::chrono::milliseconds lease{1000};
 
     /// Equal when every field is.
     friend bool operator==(const node_config&, const node_config&) = default;
@@ -210,6 +246,13 @@ struct cookie_load {
 /// Errors: HOME unset or empty, the file cannot be read or made, or it is empty. A file that
 /// others than its owner may read or change is used, with a warning.
 [[nodiscard]] cookie_load home_cookie(const char* const* envp);
+
+/// Checks the replication settings of `c` together (the rules at the top of this file):
+/// empty when they are fine, else one line saying what is wrong and why, without a program
+/// name, e.g. `route a-m names 3 nodes (a replica set): replication needs --etcd URL, ...`.
+/// A program prints it and exits with status 2, as for `config_load::error`.
+/// Complexity: linear in the routes. Thread safety: a pure function.
+[[nodiscard]] std::string replication_config_error(const node_config& c);
 
 /// The usage text: the command line of design.md, then one option per line with its
 /// default, then the environment and file spellings. Ends with a newline.
@@ -267,9 +310,39 @@ namespace detail {
     return out;
 }
 
-/// Splits OTPKV_ROUTE into routes at commas and whitespace. Each piece's `FIRST-LAST` is
-/// read by position first, so a LAST of `,` stays inside its route.
-[[nodiscard]] inline std::vector<std::string_view> split_routes(std::string_view s) {
+/// Splits OTPKV_ROUTE into the texts of its routes. Pieces are separated by commas and/or
+/// whitespace. A piece that starts with a route's `FIRST-LAST=` (read by position, so a
+/// LAST of `,` stays inside it) begins a new route; any other piece is one more node of the
+/// route before it, joined to it with a `,`. A first piece that is no route's start stands
+/// alone (parse_route then says what is wrong with it).
+[[nodiscard]] inline std::vector<std::string> split_routes(std::string_view s) {
+    std::vector<std::string> out;
+    std::size_t i = 0;
+    while (i < s.size()) {
+        if (is_config_space(s[i]) || s[i] == ',') {
+            ++i;
+            continue;
+        }
+        const bool starts = starts_route(s.substr(i));
+        std::size_t j = starts ? i + route_head_length(s.substr(i)) + 1 : i;
+        while (j < s.size() && !is_config_space(s[j]) && s[j] != ',') {
+            ++j;
+        }
+        const std::string_view piece = s.substr(i, j - i);
+        if (starts || out.empty()) {
+            out.emplace_back(piece);
+        } else {
+            out.back() += ',';
+            out.back() += piece;
+        }
+        i = j;
+    }
+    return out;
+}
+
+/// Splits a list of values (`--etcd`'s URLs) at commas and whitespace; empty pieces are
+/// skipped.
+[[nodiscard]] inline std::vector<std::string_view> split_list(std::string_view s) {
     std::vector<std::string_view> out;
     std::size_t i = 0;
     while (i < s.size()) {
@@ -277,7 +350,7 @@ namespace detail {
             ++i;
             continue;
         }
-        std::size_t j = i + route_head_length(s.substr(i));
+        std::size_t j = i;
         while (j < s.size() && !is_config_space(s[j]) && s[j] != ',') {
             ++j;
         }
@@ -304,7 +377,10 @@ enum class config_key : std::uint8_t {
     max_subscriber_memory,
     log_level,
     admin_port,
-    admin_bind
+    admin_bind,
+    etcd,
+    replicas,
+    lease_ms
 };
 
 /// How one key is spelled in each source.
@@ -316,7 +392,7 @@ struct config_key_spelling {
 };
 
 /// The one place the keys are spelled (the flags, the file and the environment read it).
-inline constexpr std::array<config_key_spelling, 16> config_keys{{
+inline constexpr std::array<config_key_spelling, 19> config_keys{{
     {config_key::config, "--config", "config", "OTPKV_CONFIG"},
     {config_key::node, "--node", "node", "OTPKV_NODE"},
     {config_key::bind, "--bind", "bind", "OTPKV_BIND"},
@@ -334,6 +410,9 @@ inline constexpr std::array<config_key_spelling, 16> config_keys{{
     {config_key::log_level, "--log-level", "log-level", "OTPKV_LOG_LEVEL"},
     {config_key::admin_port, "--admin-port", "admin-port", "OTPKV_ADMIN_PORT"},
     {config_key::admin_bind, "--admin-bind", "admin-bind", "OTPKV_ADMIN_BIND"},
+    {config_key::etcd, "--etcd", "etcd", "OTPKV_ETCD"},
+    {config_key::replicas, "--replicas", "replicas", "OTPKV_REPLICAS"},
+    {config_key::lease_ms, "--lease-ms", "lease-ms", "OTPKV_LEASE_MS"},
 }};
 
 /// What one source (flags, environment or file) gave; nullopt or empty: not given.
@@ -354,6 +433,9 @@ struct config_layer {
     std::optional<otpkv::log_level> log_level;
     std::optional<std::uint16_t> admin_port;
     std::optional<std::string> admin_bind;
+    std::optional<std::vector<http_endpoint>> etcd;
+    std::optional<std::size_t> replicas;
+    std::optional<std::chrono::milliseconds::rep> lease_ms;
 };
 
 /// Stores a number from `lo` to `hi` into `slot`; returns "" or the reason it is bad.
@@ -371,6 +453,10 @@ template <class T>
 
 /// The longest `--idle-timeout`, in seconds (68 years: as milliseconds it fits any clock).
 inline constexpr std::uint64_t max_idle_timeout = 2147483647;
+
+/// The shortest and the longest `--lease-ms`, in milliseconds.
+inline constexpr std::uint64_t min_lease_ms = 100;
+inline constexpr std::uint64_t max_lease_ms = 60000;
 
 /// `key` as the config file's table spells it: a `_` read as `-`.
 [[nodiscard]] inline std::string file_key(std::string_view key) {
@@ -423,13 +509,13 @@ inline constexpr std::uint64_t max_idle_timeout = 2147483647;
     case config_key::threads:
         return set_number(layer.threads, value, 1, 256);
     case config_key::route: {
-        std::vector<std::string_view> texts;
+        std::vector<std::string> texts;
         if (route_list) {
             texts = split_routes(value);
         } else {
-            texts.push_back(value);
+            texts.emplace_back(value);
         }
-        for (const std::string_view text : texts) {
+        for (const std::string& text : texts) {
             std::string why;
             auto route = parse_route(text, &why);
             if (!route) {
@@ -469,6 +555,32 @@ inline constexpr std::uint64_t max_idle_timeout = 2147483647;
         return {};
     case config_key::admin_port:
         return set_number(layer.admin_port, value, 0, std::numeric_limits<std::uint16_t>::max());
+    case config_key::etcd: {
+        std::vector<http_endpoint> endpoints;
+        for (const std::string_view url : split_list(value)) {
+            std::string why;
+            auto endpoint = parse_http_url(url, &why);
+            if (!endpoint) {
+                return "bad etcd URL " + error_quote(url) + ": " + why;
+            }
+            for (const http_endpoint& earlier : endpoints) {
+                if (earlier == *endpoint) {
+                    return "etcd URL " + error_quote(url) + " names " + to_string(earlier) +
+                           " again";
+                }
+            }
+            endpoints.push_back(std::move(*endpoint));
+        }
+        if (endpoints.empty()) {
+            return "expected one or more etcd URLs (http://HOST:PORT), got " + error_quote(value);
+        }
+        layer.etcd = std::move(endpoints);
+        return {};
+    }
+    case config_key::replicas:
+        return set_number(layer.replicas, value, 1, max_route_nodes);
+    case config_key::lease_ms:
+        return set_number(layer.lease_ms, value, min_lease_ms, max_lease_ms);
     }
     return "unknown key"; // not reached: the switch covers every key
 }
@@ -698,6 +810,20 @@ inline config_load load_config(int argc, const char* const* argv, const char* co
             break;
         }
     }
+    for (detail::config_layer* layer : {&flags, &env, &file}) {
+        if (layer->etcd) {
+            c.etcd = std::move(*layer->etcd);
+            break;
+        }
+    }
+    for (const auto* replicas : {&flags.replicas, &env.replicas, &file.replicas}) {
+        if (*replicas) {
+            c.replicas = *replicas;
+            break;
+        }
+    }
+    c.lease = std::chrono::milliseconds(
+        detail::first_given(c.lease.count(), flags.lease_ms, env.lease_ms, file.lease_ms));
     // The cookie: the highest source that gives it, either way.
     const auto& cookie_key =
         detail::config_keys[static_cast<std::size_t>(detail::config_key::cookie)];
@@ -734,6 +860,46 @@ inline config_load load_config(int argc, const char* const* argv, const char* co
     return result;
 }
 
+inline std::string replication_config_error(const node_config& c) {
+    const auto range = [](const route_entry& r) {
+        return "route " + detail::route_range_text(r.first, r.last);
+    };
+    const auto nodes = [](std::size_t n) {
+        return std::to_string(n) + (n == 1 ? " node" : " nodes");
+    };
+    if (c.etcd.empty()) {
+        for (const route_entry& r : c.routes) {
+            if (!r.replicas.empty()) {
+                return range(r) + " names " + nodes(1 + r.replicas.size()) +
+                       " (a replica set): replication needs --etcd URL, the membership "
+                       "authority that keeps each range's chain; give --etcd or name one node "
+                       "per route";
+            }
+        }
+    }
+    if (!c.replicas || *c.replicas <= 1) {
+        return {};
+    }
+    const std::string asked = "--replicas " + std::to_string(*c.replicas);
+    if (c.etcd.empty()) {
+        return asked + " needs --etcd URL: a chain of more than one node is kept by etcd, the "
+                       "membership authority; give --etcd, or leave --replicas out";
+    }
+    if (c.routes.empty()) {
+        return asked +
+               ": there is no route, so every bucket is local to this node and has no "
+               "chain; give routes that name " +
+               nodes(*c.replicas) + " or more";
+    }
+    for (const route_entry& r : c.routes) {
+        if (1 + r.replicas.size() < *c.replicas) {
+            return asked + " is more than " + range(r) + " names (" + nodes(1 + r.replicas.size()) +
+                   "): a range's chain is made of the nodes its route names";
+        }
+    }
+    return {};
+}
+
 inline cookie_load home_cookie(const char* const* envp) {
     cookie_load result;
     std::string_view home;
@@ -768,12 +934,13 @@ inline std::string usage(std::string_view program) {
     const std::string indent(7 + name.size() + 1, ' ');
     std::string text;
     text += "usage: " + name + " [--config FILE] [--node NAME] [--bind ADDR] [--port N]\n";
-    text += indent + "[--threads N] [--route FIRST-LAST=NAME@HOST:PORT]...\n";
+    text += indent + "[--threads N] [--route FIRST-LAST=NAME@HOST:PORT[,NAME@HOST:PORT]...]...\n";
     text += indent + "[--max-line BYTES] [--max-connections N] [--max-buckets N]\n";
     text += indent + "[--cookie COOKIE | --cookie-file FILE]\n";
     text += indent + "[--idle-timeout SECONDS]\n";
     text += indent + "[--max-subscriber-memory BYTES]\n";
     text += indent + "[--log-level LEVEL] [--admin-port N] [--admin-bind ADDR]\n";
+    text += indent + "[--etcd URL[,URL...]] [--replicas R] [--lease-ms MS]\n";
     text += "       " + name + " --help | --version\n";
     text += "\nRuns one otpkv node. Options, with their defaults:\n";
     const auto option = [&text](std::string_view flag, std::string_view what) {
@@ -792,10 +959,12 @@ inline std::string usage(std::string_view program) {
     option("--port N",
            "TCP port, 0 for an ephemeral one (default: " + std::to_string(defaults.port) + ")");
     option("--threads N", "event-loop threads, 1 to 256 (default: the hardware threads)");
-    option("--route FIRST-LAST=NAME@HOST:PORT",
+    option("--route FIRST-LAST=NAME@HOST:PORT[,NAME@HOST:PORT]...",
            "buckets whose name starts with a byte from FIRST to LAST live on node\n" +
                std::string(24, ' ') +
-               "NAME at HOST:PORT; repeatable (default: none, every bucket is local)");
+               "NAME at HOST:PORT; repeatable (default: none, every bucket is local);\n" +
+               std::string(24, ' ') +
+               "several nodes are the range's replica set, preferred first (needs --etcd)");
     option("--max-line BYTES",
            "longest request line (default: " + std::to_string(defaults.max_line) + ")");
     option("--max-connections N",
@@ -823,6 +992,14 @@ inline std::string usage(std::string_view program) {
                                  std::string(24, ' ') + "(default: none, no admin endpoint)");
     option("--admin-bind ADDR",
            "IPv4 or IPv6 address of the admin endpoint (default: " + defaults.admin_bind + ")");
+    option("--etcd URL[,URL...]",
+           "etcd client URLs (http://HOST:PORT) for replication (default: none)");
+    option("--replicas R", "chain length of each range, 1 to " + std::to_string(max_route_nodes) +
+                               " (default: the nodes its route names)");
+    option("--lease-ms MS", "this node's etcd lease in ms, " +
+                                std::to_string(detail::min_lease_ms) + " to " +
+                                std::to_string(detail::max_lease_ms) +
+                                " (default: " + std::to_string(defaults.lease.count()) + ")");
     option("-h, --help", "print this text and exit");
     option("--version", "print the version and exit");
     text += "\nEach option can also be set in the environment (OTPKV_NODE, OTPKV_MAX_LINE, ...;\n"
