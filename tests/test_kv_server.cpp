@@ -410,6 +410,61 @@ TEST_CASE("kv_server: a port in use exits 1 with a message; the first server is 
     stop_cleanly(first);
 }
 
+TEST_CASE("kv_server: replication settings that do not fit, and replication itself (not in "
+          "this build yet), exit 2 with the reason before listening") {
+    // The port is held by another server: one that tried to listen would exit 1 with
+    // "cannot listen on ...", so exit 2 with the reason shows it refused before listening.
+    kv_process holder;
+    const std::string port = std::to_string(holder.port());
+    const std::string three = "a-m=n1@127.0.0.1:4041,n2@127.0.0.1:4042,n3@127.0.0.1:4043";
+    const std::string not_yet = "kv_server: replication (--etcd with a route naming several "
+                                "nodes) is not available in this build yet\n";
+    struct refused {
+        std::vector<std::string> args;
+        std::vector<std::string> env;
+        std::string err;
+    };
+    const std::vector<refused> cases{
+        {{"--node", "n1", "--route", three},
+         {},
+         "kv_server: route a-m names 3 nodes (a replica set): replication needs --etcd URL, the "
+         "membership authority that keeps each range's chain; give --etcd or name one node per "
+         "route\n"},
+        {{"--replicas", "2", "--route", "a-z=n1@127.0.0.1:4041"},
+         {},
+         "kv_server: --replicas 2 needs --etcd URL: a chain of more than one node is kept by "
+         "etcd, the membership authority; give --etcd, or leave --replicas out\n"},
+        {{"--node", "n1", "--route", three, "--etcd", "http://127.0.0.1:2379"}, {}, not_yet},
+        {{"--node", "n1"},
+         {"OTPKV_ROUTE=a-m=n1@127.0.0.1:4041, n2@127.0.0.1:4042",
+          "OTPKV_ETCD=http://127.0.0.1:2379", "OTPKV_REPLICAS=2", "OTPKV_LEASE_MS=500"},
+         not_yet},
+    };
+    for (const refused& c : cases) {
+        CAPTURE(c.err);
+        std::vector<std::string> args{"--port", port};
+        args.insert(args.end(), c.args.begin(), c.args.end());
+        const otpkv_test::exit_status st = otpkv_test::run_kv_server(args, c.env);
+        CHECK_MESSAGE(st.exited, st.describe());
+        CHECK(st.signal == 0);
+        CHECK(st.code == 2);
+        CHECK(st.err == c.err);
+        CHECK(st.out.empty()); // no ready line
+    }
+    // A bad etcd URL is a bad value like any other.
+    const otpkv_test::exit_status tls =
+        otpkv_test::run_kv_server({"--port", port, "--etcd", "https://127.0.0.1:2379"});
+    CHECK(tls.code == 2);
+    CHECK(tls.err == "kv_server: --etcd: bad etcd URL 'https://127.0.0.1:2379': TLS (https) is "
+                     "not supported: give etcd's plain http:// client URL, on a trusted "
+                     "network\n(kv_server --help lists the options)\n");
+    CHECK(tls.out.empty());
+    // The holder was never disturbed.
+    kv_client c(holder.port());
+    OTPKV_CHECK_EXCHANGE(c, "CREATE r\r\n", ok);
+    stop_cleanly(holder);
+}
+
 TEST_CASE("kv_server: SIGTERM and SIGINT stop it with exit code 0 within 5 s") {
     for (const int sig : {SIGTERM, SIGINT}) {
         CAPTURE(sig);
