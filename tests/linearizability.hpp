@@ -13,6 +13,9 @@
 //   moment from its invocation to the end of the history). A failed or unknown read tells
 //   nothing and is left out; an unknown write may be placed anywhere after its invocation,
 //   or nowhere.
+// - Unknown writes are narrowed before the search (`narrow_unknown`): one that no read
+//   could have observed is left out, and a PUT whose value was read must have taken effect
+//   before the first read of it completed.
 // - Keys are checked one by one (linearizability is compositional: a history is
 //   linearizable when each key's is).
 // - The search is Wing and Gong's, with Lowe's memo of (operations placed, register value)
@@ -109,11 +112,13 @@ class lin_history {
         return out;
     }
 
-  private:
+    // Now, on the history's clock (ns since its start): to mark a moment of the run, such
+    // as a fault.
     std::int64_t now() const {
         return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start_).count();
     }
 
+  private:
     mutable std::mutex mutex_;
     const clock::time_point start_ = clock::now();
     std::vector<lin_op> ops_;
@@ -259,6 +264,26 @@ inline std::string check_key(const std::string& key, const std::vector<const lin
     std::size_t placed_required = 0;
     std::size_t deepest = 0;
     std::size_t blocked = npos; // the return that stopped the deepest attempt
+    // Unknown DELETEs all write "absent" and stay open to the end: any one of them does what
+    // another does. They are placed in the order they were invoked (the k-th placed is the
+    // k-th invoked): if some order places k of them, the first k invoked, in that order, fit
+    // the same places, since the k-th place comes after at least k of their calls. This
+    // keeps their placements from multiplying the search.
+    std::vector<std::size_t> open_deletes; // ops, by invocation
+    for (std::size_t i = 0; i < n; ++i) {
+        if (ops[i]->kind == lin_kind::write && !ops[i]->value &&
+            ops[i]->result == lin_result::unknown) {
+            open_deletes.push_back(i);
+        }
+    }
+    std::stable_sort(open_deletes.begin(), open_deletes.end(), [&](std::size_t a, std::size_t b) {
+        return ops[a]->invoked < ops[b]->invoked;
+    });
+    std::vector<bool> is_open_delete(n, false);
+    for (const std::size_t i : open_deletes) {
+        is_open_delete[i] = true;
+    }
+    std::size_t deletes_placed = 0;
     std::size_t entry_at = list[head].next;
     while (placed_required < required) {
         if (entry_at == npos) {
@@ -268,7 +293,9 @@ inline std::string check_key(const std::string& key, const std::vector<const lin
         if (e.call) {
             const std::size_t i = e.op;
             const bool is_write = ops[i]->kind == lin_kind::write;
-            const bool fits = is_write || value_of[i] == state;
+            const bool in_turn = !is_open_delete[i] || (deletes_placed < open_deletes.size() &&
+                                                        open_deletes[deletes_placed] == i);
+            const bool fits = in_turn && (is_write || value_of[i] == state);
             std::size_t next_state = is_write ? value_of[i] : state;
             bool fresh = false;
             if (fits) {
@@ -282,6 +309,7 @@ inline std::string check_key(const std::string& key, const std::vector<const lin
                 stack.emplace_back(entry_at, state);
                 state = next_state;
                 placed_required += ops[i]->result == lin_result::ok ? 1U : 0U;
+                deletes_placed += is_open_delete[i] ? 1U : 0U;
                 lift(entry_at);
                 entry_at = list[head].next;
                 if (placed_required > deepest) {
@@ -303,6 +331,7 @@ inline std::string check_key(const std::string& key, const std::vector<const lin
             const std::size_t i = list[call].op;
             placed[i / 64] &= ~(std::uint64_t{1} << (i % 64));
             placed_required -= ops[i]->result == lin_result::ok ? 1U : 0U;
+            deletes_placed -= is_open_delete[i] ? 1U : 0U;
             state = before;
             unlift(call);
             entry_at = list[call].next;
@@ -344,6 +373,49 @@ inline std::string check_key(const std::string& key, const std::vector<const lin
     return r;
 }
 
+// Narrows the unknown writes before the search (each one left open to the end of the
+// history multiplies it):
+// - one that no successful read could have observed (no read completing after the write's
+//   invocation returned its value, or "absent" for a DELETE) is left out: placing it can
+//   only constrain the reads after it, never explain one, so the history is linearizable
+//   with it exactly when it is without it;
+// - a PUT whose value some read returned must have taken effect before the first such read
+//   completed (values are unique, so nothing else explains that read): it becomes a
+//   completed write that returned then.
+// `storage` keeps the rewritten operations; `ops` points into it or at the originals.
+inline void narrow_unknown(std::vector<const lin_op*>& ops, std::vector<lin_op>& storage) {
+    // The earliest and the latest completion of a successful read of each value ("" stands
+    // for absent, which no written value can be: a token is never empty).
+    std::unordered_map<std::string, std::pair<std::int64_t, std::int64_t>> reads;
+    for (const lin_op* op : ops) {
+        if (op->kind == lin_kind::read && op->result == lin_result::ok) {
+            auto [it, fresh] =
+                reads.try_emplace(op->value.value_or(""), op->completed, op->completed);
+            if (!fresh) {
+                it->second.first = std::min(it->second.first, op->completed);
+                it->second.second = std::max(it->second.second, op->completed);
+            }
+        }
+    }
+    std::erase_if(ops, [&](const lin_op* op) {
+        if (op->kind != lin_kind::write || op->result != lin_result::unknown) {
+            return false;
+        }
+        const auto it = reads.find(op->value.value_or(""));
+        return it == reads.end() || it->second.second <= op->invoked;
+    });
+    storage.reserve(ops.size()); // no reallocation below: `ops` points into it
+    for (const lin_op*& op : ops) {
+        if (op->kind == lin_kind::write && op->result == lin_result::unknown && op->value) {
+            lin_op bounded = *op;
+            bounded.result = lin_result::ok;
+            bounded.completed = std::max(reads.at(*op->value).first, op->invoked);
+            storage.push_back(std::move(bounded));
+            op = &storage.back();
+        }
+    }
+}
+
 } // namespace lin_detail
 
 // Checks `ops` key by key; a key starts absent unless `initial` gives its value. Stops at
@@ -370,6 +442,8 @@ check_linearizable(const std::vector<lin_op>& ops,
     std::sort(keys.begin(), keys.end());
     for (const std::string& key : keys) {
         ++v.keys;
+        std::vector<lin_op> bounded;
+        lin_detail::narrow_unknown(by_key[key], bounded);
         const auto init = initial.find(key);
         std::string report = lin_detail::check_key(
             key, by_key[key],
