@@ -133,14 +133,6 @@ int main(int argc, char** argv) {
     if (const std::string why = otpkv::replication_config_error(loaded.config); !why.empty()) {
         return fail(why, 2);
     }
-    if (!loaded.config.etcd.empty() &&
-        std::any_of(loaded.config.routes.begin(), loaded.config.routes.end(),
-                    [](const otpkv::route_entry& r) { return !r.replicas.empty(); })) {
-        // issue 16: replaced by the chain replication wiring
-        return fail("replication (--etcd with a route naming several nodes) is not available "
-                    "in this build yet",
-                    2);
-    }
 
     // The signals are blocked before any thread starts, so every thread inherits the mask
     // and only sigtimedwait below ever takes them. A peer that closes while we write must
@@ -159,8 +151,11 @@ int main(int argc, char** argv) {
     }
     otpkv::node_config config = loaded.config;
     if (!config.routes.empty() &&
-        std::none_of(config.routes.begin(), config.routes.end(),
-                     [&](const otpkv::route_entry& e) { return e.node == config.node; })) {
+        std::none_of(config.routes.begin(), config.routes.end(), [&](const otpkv::route_entry& e) {
+            const auto nodes = otpkv::route_nodes(e);
+            return std::any_of(nodes.begin(), nodes.end(),
+                               [&](const auto& n) { return n.name == config.node; });
+        })) {
         // Legal (a node may only forward), but far more often a typo in --node or a route.
         std::fprintf(stderr,
                      "kv_server: warning: node %s is in no route, so it owns no bucket: every "
@@ -169,8 +164,12 @@ int main(int argc, char** argv) {
     }
     // No cookie given: ~/.otpkv.cookie, as Erlang's nodes do, made when missing. Only a node
     // whose table names another node needs one (a node alone accepts no peer).
-    const bool has_peers = std::any_of(config.routes.begin(), config.routes.end(),
-                                       [&](const auto& r) { return r.node != config.node; });
+    const bool has_peers =
+        std::any_of(config.routes.begin(), config.routes.end(), [&](const auto& r) {
+            const auto nodes = otpkv::route_nodes(r);
+            return std::any_of(nodes.begin(), nodes.end(),
+                               [&](const auto& n) { return n.name != config.node; });
+        });
     if (config.cookie.empty() && has_peers) {
         const otpkv::cookie_load found = otpkv::home_cookie(environ);
         for (const std::string& warning : found.warnings) {

@@ -410,15 +410,13 @@ TEST_CASE("kv_server: a port in use exits 1 with a message; the first server is 
     stop_cleanly(first);
 }
 
-TEST_CASE("kv_server: replication settings that do not fit, and replication itself (not in "
-          "this build yet), exit 2 with the reason before listening") {
+TEST_CASE("kv_server: replication settings that do not fit exit 2 with the reason before "
+          "listening") {
     // The port is held by another server: one that tried to listen would exit 1 with
     // "cannot listen on ...", so exit 2 with the reason shows it refused before listening.
     kv_process holder;
     const std::string port = std::to_string(holder.port());
     const std::string three = "a-m=n1@127.0.0.1:4041,n2@127.0.0.1:4042,n3@127.0.0.1:4043";
-    const std::string not_yet = "kv_server: replication (--etcd with a route naming several "
-                                "nodes) is not available in this build yet\n";
     struct refused {
         std::vector<std::string> args;
         std::vector<std::string> env;
@@ -434,11 +432,11 @@ TEST_CASE("kv_server: replication settings that do not fit, and replication itse
          {},
          "kv_server: --replicas 2 needs --etcd URL: a chain of more than one node is kept by "
          "etcd, the membership authority; give --etcd, or leave --replicas out\n"},
-        {{"--node", "n1", "--route", three, "--etcd", "http://127.0.0.1:2379"}, {}, not_yet},
         {{"--node", "n1"},
          {"OTPKV_ROUTE=a-m=n1@127.0.0.1:4041, n2@127.0.0.1:4042",
-          "OTPKV_ETCD=http://127.0.0.1:2379", "OTPKV_REPLICAS=2", "OTPKV_LEASE_MS=500"},
-         not_yet},
+          "OTPKV_ETCD=http://127.0.0.1:2379", "OTPKV_REPLICAS=3", "OTPKV_LEASE_MS=500"},
+         "kv_server: --replicas 3 is more than route a-m names (2 nodes): a range's chain is "
+         "made of the nodes its route names\n"},
     };
     for (const refused& c : cases) {
         CAPTURE(c.err);

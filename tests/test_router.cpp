@@ -99,6 +99,8 @@ std::string owner(const otpkv::router& r, std::string_view bucket) {
         return "(local)";
     case route_target::kind::none:
         return "(none)";
+    case route_target::kind::chain:
+        return "(chain " + std::to_string(t.node) + ")";
     case route_target::kind::remote:
         return t.node < r.nodes().size() ? r.nodes()[t.node].name : "(bad index)";
     }

@@ -249,7 +249,11 @@ enum class error_code : std::uint8_t {
     too_many_buckets,     ///< `ERROR too many buckets`
     too_many_connections, ///< `ERROR too many connections`; the connection is then closed
     internal,             ///< `ERROR internal`; the connection is then closed
-    not_a_peer ///< `ERROR not a peer`: a failed peer handshake; the connection is then closed
+    not_a_peer, ///< `ERROR not a peer`: a failed peer handshake; the connection is then closed
+    /// `ERROR range unavailable: <why>`: a replicated range cannot take the request now
+    /// (its chain is changing, etcd is out of reach, ...); whether a write it answers took
+    /// effect is unknown (replication.hpp)
+    range_unavailable
 };
 
 /// The reason text after `ERROR ` (`"node unavailable"` when no node name is known).
@@ -295,7 +299,8 @@ struct reply {
     }
     /// A successful SUBSCRIBE: no reply bytes; the server switches the connection over.
     static constexpr reply subscribed() noexcept { return {reply_kind::subscribed, {}, {}, {}}; }
-    /// `ERROR <reason>`; `node` names the node for `node_unavailable`.
+    /// `ERROR <reason>`; `node` names the node for `node_unavailable`, and says why for
+    /// `range_unavailable`.
     static constexpr reply error(error_code c, std::string_view node = {}) noexcept {
         return {reply_kind::error, {}, c, node};
     }
@@ -388,7 +393,8 @@ struct reply_view {
     /// `value`: the value; empty when the key is absent. An INFO's `ok`: its lines, each
     /// with its terminator, the final `OK` left out.
     std::string_view value{};
-    /// `error`/`node_unavailable`: the node named (empty in `ERROR node unavailable`).
+    /// `error`/`node_unavailable`: the node named (empty in `ERROR node unavailable`);
+    /// `range_unavailable`: the reason after `: `.
     std::string_view node{};
 };
 
@@ -627,6 +633,7 @@ inline constexpr std::string_view unknown_command_line = "UNKNOWN COMMAND";
 inline constexpr std::string_view error_prefix = "ERROR ";
 inline constexpr std::string_view node_prefix = "node ";        // ERROR node <name> unavailable
 inline constexpr std::string_view node_suffix = " unavailable"; // ERROR node <name> unavailable
+inline constexpr std::string_view reason_separator = ": ";      // ERROR range unavailable: <why>
 inline constexpr std::string_view line_end = "\r\n";
 
 /// Splits `line` into its tokens (runs of bytes that are not `is_token_separator`) and
@@ -928,6 +935,8 @@ constexpr std::string_view error_text(error_code code) noexcept {
         return "too many connections";
     case error_code::not_a_peer:
         return "not a peer";
+    case error_code::range_unavailable:
+        return "range unavailable";
     case error_code::internal:
         break;
     }
@@ -944,6 +953,7 @@ constexpr bool closes_connection(error_code code) noexcept {
     case error_code::no_route:
     case error_code::node_unavailable:
     case error_code::too_many_buckets:
+    case error_code::range_unavailable:
         break;
     }
     return false;
@@ -983,6 +993,10 @@ template <byte_sink Out> void append_reply(Out& out, const reply& r) {
             detail::append(out, detail::node_prefix);
             detail::append(out, r.node);
             detail::append(out, detail::node_suffix);
+        } else if (r.code == error_code::range_unavailable && !r.node.empty()) {
+            detail::append(out, error_text(r.code));
+            detail::append(out, detail::reason_separator);
+            detail::append(out, r.node);
         } else {
             detail::append(out, error_text(r.code));
         }
@@ -1072,19 +1086,24 @@ constexpr std::string_view without_cr(std::string_view line) noexcept {
 constexpr void read_error_reason(std::string_view reason, reply_view& r) noexcept {
     r.outcome = {reply_kind::error, error_code::internal};
     // `node unavailable` too: what `append_reply` writes when it knows no node name.
-    constexpr std::array codes{error_code::line_too_long,
-                               error_code::no_route,
-                               error_code::node_unavailable,
-                               error_code::too_many_buckets,
-                               error_code::too_many_connections,
-                               error_code::internal,
-                               error_code::not_a_peer};
+    constexpr std::array codes{error_code::line_too_long,        error_code::no_route,
+                               error_code::node_unavailable,     error_code::too_many_buckets,
+                               error_code::too_many_connections, error_code::internal,
+                               error_code::not_a_peer,           error_code::range_unavailable};
     for (const error_code code : codes) {
         if (reason == error_text(code)) {
             r.outcome.code = code;
             r.known = true;
             return;
         }
+    }
+    const std::string_view range = error_text(error_code::range_unavailable);
+    if (reason.size() > range.size() + reason_separator.size() && reason.starts_with(range) &&
+        reason.substr(range.size()).starts_with(reason_separator)) {
+        r.outcome.code = error_code::range_unavailable;
+        r.node = reason.substr(range.size() + reason_separator.size());
+        r.known = true;
+        return;
     }
     if (reason.size() > node_prefix.size() + node_suffix.size() &&
         reason.starts_with(node_prefix) && reason.ends_with(node_suffix)) {

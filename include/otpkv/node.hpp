@@ -7,9 +7,17 @@
 /// root (rest_for_one)
 ///  ├── registry          the buckets' names, over its own dynamic supervisor of buckets
 ///  ├── tasks             a task_supervisor for the host program's work
-///  ├── router            the routing table and the connections to the other nodes
+///  ├── membership        only with `etcd` in the config: this node's window on etcd
+///  │                     (etcd.hpp), the authority of the replicated ranges' chains
+///  ├── router            the routing table, the connections to the other nodes, and the
+///  │                     chains of the replicated ranges (replication.hpp)
 ///  └── server            the TCP line server, its requests handled by the router
 /// ```
+///
+/// The membership child registers the node in etcd under its own route's address (the
+/// address the table gives it; its name alone when no route names it) with a lease of
+/// `config.lease`; a restarted one takes a new lease (the old one was revoked on its
+/// stop), and the router started after it follows.
 ///
 /// `rest_for_one`, as in the guide: a registry that crashes takes the router and the server
 /// started after it down too, and all are restarted in order, so the server never serves a
@@ -26,6 +34,7 @@
 #pragma once
 
 #include <otpkv/config.hpp>
+#include <otpkv/etcd.hpp>
 #include <otpkv/log.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/observer.hpp>
@@ -108,6 +117,7 @@ class node : public process {
         mutable std::mutex mutex;
         std::shared_ptr<otpkv::registry> registry;
         std::shared_ptr<task_supervisor> tasks;
+        std::shared_ptr<etcd_view> membership; // null without etcd
         std::shared_ptr<otpkv::router> router;
         std::shared_ptr<otpkv::server> server;
         std::uint16_t port = 0;
@@ -178,6 +188,28 @@ node::start(node_config config, supervisor_options root_options, client_options 
                           restart::permanent, infinity, child_type::supervisor};
     router_options routing{cfg.node, cfg.routes, client, cfg.cookie};
     routing.log = log;
+    routing.replicas = cfg.replicas.value_or(0);
+    std::vector<child_spec> specs;
+    if (!cfg.etcd.empty()) {
+        etcd_options eo;
+        eo.endpoints = cfg.etcd;
+        eo.node = cfg.node;
+        for (const route_entry& e : cfg.routes) {
+            for (const route_node& rn : route_nodes(e)) {
+                if (rn.name == cfg.node && eo.address.empty()) {
+                    eo.address = detail::host_port(peer_node{rn.name, rn.host, rn.port});
+                }
+            }
+        }
+        eo.lease = cfg.lease;
+        eo.log = log;
+        specs.push_back({"membership", [kids, eo] {
+                             auto v = detail::started(etcd_view::start(eo));
+                             const std::lock_guard lock(kids->mutex);
+                             kids->membership = v;
+                             return v;
+                         }});
+    }
     // INFO's text, from the node's snapshot. A weak pointer: the router (held by `kids`)
     // must not keep `kids` alive; and never the node itself, whose last reference dropped on
     // an event loop would stop the node from its own loop.
@@ -191,11 +223,13 @@ node::start(node_config config, supervisor_options root_options, client_options 
     };
     child_spec router_spec{"router", [kids, options = routing] {
                                std::shared_ptr<otpkv::registry> reg;
+                               router_options o = options;
                                {
                                    const std::lock_guard lock(kids->mutex);
                                    reg = kids->registry;
+                                   o.membership = kids->membership;
                                }
-                               auto r = detail::started(otpkv::router::start(reg, options));
+                               auto r = detail::started(otpkv::router::start(reg, std::move(o)));
                                const std::lock_guard lock(kids->mutex);
                                kids->router = r;
                                return r;
@@ -225,8 +259,10 @@ node::start(node_config config, supervisor_options root_options, client_options 
                            }};
 
     root_options.strategy = strategy::rest_for_one;
-    auto root =
-        supervisor::start({registry_spec, tasks_spec, router_spec, server_spec}, root_options);
+    specs.insert(specs.begin(), {registry_spec, tasks_spec});
+    specs.push_back(router_spec);
+    specs.push_back(server_spec);
+    auto root = supervisor::start(std::move(specs), root_options);
     if (!root) {
         n->notify_exit(root.error().reason);
         return root.error();

@@ -7,7 +7,9 @@
 #include <otpkv/bucket.hpp>
 #include <otpkv/command.hpp>
 #include <otpkv/config.hpp>
+#include <otpkv/etcd.hpp>
 #include <otpkv/log.hpp>
+#include <otpkv/membership.hpp>
 #include <otpkv/net/client.hpp>
 #include <otpkv/net/poller.hpp>
 #include <otpkv/net/server.hpp>
@@ -15,6 +17,7 @@
 #include <otpkv/observer.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/registry.hpp>
+#include <otpkv/replication.hpp>
 #include <otpkv/route.hpp>
 #include <otpkv/router.hpp>
 #include <otpkv/snapshot.hpp>

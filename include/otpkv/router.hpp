@@ -57,10 +57,12 @@
 #include <otpkv/detail/callback.hpp>
 #include <otpkv/detail/random.hpp>
 #include <otpkv/log.hpp>
+#include <otpkv/membership.hpp>
 #include <otpkv/net/client.hpp>
 #include <otpkv/net/server.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/registry.hpp>
+#include <otpkv/replication.hpp>
 #include <otpkv/route.hpp>
 #include <otpkv/snapshot.hpp>
 
@@ -107,6 +109,13 @@ struct router_options {
     /// several at once, and by `fetch_info`'s callers: it must be thread-safe and quick (a
     /// snapshot, rendered). Empty: `INFO` gets `UNKNOWN COMMAND` here. The node sets it.
     std::function<std::string(std::string_view section)> info{};
+    /// The membership authority of the replicated ranges (entries naming several nodes;
+    /// replication.hpp): required when there are any, unused otherwise.
+    std::shared_ptr<view_service> membership{};
+    /// A replicated range's chain length: 0 for as many nodes as its entry names.
+    std::size_t replicas = 0;
+    /// **Tests only** (replication_options::unsafe_ack_at_head).
+    bool unsafe_ack_at_head = false;
     /// The handler's `peer_refused` events come at most once per this interval; each tells
     /// in `count=` the refusals since the last one (a flood of bad greetings is one line a
     /// second). Zero: one event per refusal.
@@ -132,7 +141,8 @@ struct route_target {
     enum class kind : std::uint8_t {
         local,  ///< this node
         remote, ///< another node: `node` is its index in `router::nodes()`
-        none    ///< no entry covers the name: `ERROR no route`
+        none,   ///< no entry covers the name: `ERROR no route`
+        chain   ///< a replicated range: `node` is its index among them (replication.hpp)
     };
     kind where = kind::none;
     std::size_t node = 0;
@@ -221,6 +231,8 @@ class router : public process {
     struct peer_streams;
     router() = default;
     void run_peer(session& s, std::string& out);
+    [[nodiscard]] bool run_replicated(const command& cmd, std::string_view line,
+                                      const std::string& header, std::string& out, session& s);
     void peer_subscribe(const command& cmd, std::uint64_t id, std::string& out, session& s);
     void cancel_peer_stream(std::uint64_t id, session& s);
     void run_local(const command& cmd, std::string& out, session& s, bool peer);
@@ -231,6 +243,7 @@ class router : public process {
     void log_refused(const session& s, std::string why);
     void forward(const command& cmd, std::size_t node, session& s);
     void forward_subscribe(const command& cmd, std::size_t node, session& s);
+    void chained(const command& cmd, std::size_t range, std::string& out, session& s);
     [[nodiscard]] routed_reply operation(const command& cmd);
 
     router_options options_;
@@ -247,6 +260,8 @@ class router : public process {
     std::mutex refused_mutex_;
     std::chrono::steady_clock::time_point refused_next_{};
     std::size_t refused_unlogged_ = 0;
+    std::shared_ptr<replicator> replicator_; // null without replicated ranges
+    static constexpr std::uint32_t chain_slot_base = 0x80000000;
     static constexpr std::uint32_t local_slot = 0xffffffff;
     static constexpr std::uint32_t no_route_slot = 0xfffffffe;
 };
@@ -275,6 +290,16 @@ inline constexpr std::uint64_t peer_greeted_mark = 0x6772656574; // "greet"
                  : format_reply(otpkv::reply::error(error_code::node_unavailable, node));
 }
 
+/// A `replicator::later_fn` over a session: the reply is deferred, behind `header` (a peer
+/// reply's `=<id>` line; empty for a client's).
+[[nodiscard]] inline replicator::later_fn defer_into(session& s, std::string header = {}) {
+    return [&s, header = std::move(header)]() -> replicator::completion {
+        auto d = std::make_shared<deferred_reply>(s.defer());
+        return [d, header](std::string bytes) {
+            d->complete(header.empty() ? std::move(bytes) : header + bytes);
+        };
+    };
+}
 } // namespace detail
 
 inline result<std::shared_ptr<router>> router::start(std::shared_ptr<otpkv::registry> reg,
@@ -285,18 +310,33 @@ inline result<std::shared_ptr<router>> router::start(std::shared_ptr<otpkv::regi
         // backwards so that the first entry covering a byte is the one left standing.
         std::vector<peer_node> nodes;
         std::vector<std::uint32_t> slots;
+        std::vector<route_entry> chained;
         for (const auto& e : options.routes) {
-            std::uint32_t slot = local_slot;
-            if (e.node != options.self) {
-                slot = 0;
-                while (slot < nodes.size() && nodes[slot].name != e.node) {
-                    ++slot;
+            for (const otpkv::route_node& n : route_nodes(e)) {
+                if (n.name != options.self &&
+                    std::none_of(nodes.begin(), nodes.end(),
+                                 [&](const peer_node& p) { return p.name == n.name; })) {
+                    nodes.push_back({n.name, n.host, n.port});
                 }
-                if (slot == nodes.size()) {
-                    nodes.push_back({e.node, e.host, e.port});
+            }
+            std::uint32_t slot = local_slot;
+            if (!e.replicas.empty()) {
+                slot = chain_slot_base + static_cast<std::uint32_t>(chained.size());
+                chained.push_back(e);
+            } else if (e.node != options.self) {
+                slot = 0;
+                while (nodes[slot].name != e.node) {
+                    ++slot;
                 }
             }
             slots.push_back(slot);
+        }
+        if (!chained.empty() && options.membership == nullptr) {
+            const std::string text = to_string(chained.front());
+            throw std::invalid_argument(
+                "route " + text.substr(0, text.find('=')) + " names " +
+                std::to_string(1 + chained.front().replicas.size()) +
+                " nodes (a replica set): replication needs a membership authority (etcd)");
         }
         r->table_.fill(options.routes.empty() ? local_slot : no_route_slot);
         for (std::size_t i = options.routes.size(); i-- > 0;) {
@@ -306,11 +346,14 @@ inline result<std::shared_ptr<router>> router::start(std::shared_ptr<otpkv::regi
         }
         // Two addresses for one node is a mistake in the table, not something to guess at.
         for (const auto& e : options.routes) {
-            for (const auto& n : nodes) {
-                if (n.name == e.node && (n.host != e.host || n.port != e.port)) {
-                    throw std::invalid_argument(
-                        "routes give node " + e.node + " two addresses: " + n.host + ":" +
-                        std::to_string(n.port) + " and " + e.host + ":" + std::to_string(e.port));
+            for (const otpkv::route_node& m : route_nodes(e)) {
+                for (const auto& n : nodes) {
+                    if (n.name == m.name && (n.host != m.host || n.port != m.port)) {
+                        throw std::invalid_argument("routes give node " + m.name +
+                                                    " two addresses: " + n.host + ":" +
+                                                    std::to_string(n.port) + " and " + m.host +
+                                                    ":" + std::to_string(m.port));
+                    }
                 }
             }
         }
@@ -326,6 +369,16 @@ inline result<std::shared_ptr<router>> router::start(std::shared_ptr<otpkv::regi
         }
         r->client_ = std::move(client).value();
         r->registry_ = std::move(reg);
+        if (!chained.empty()) {
+            replication_options ro;
+            ro.self = options.self;
+            ro.replicas = options.replicas;
+            ro.view = options.membership;
+            ro.log = options.log;
+            ro.unsafe_ack_at_head = options.unsafe_ack_at_head;
+            r->replicator_ =
+                replicator::start(r->registry_, r->client_, std::move(chained), std::move(ro));
+        }
         r->options_ = std::move(options);
         // The router exits with its client's thread (a failure there is the router's).
         r->client_monitor_ = r->client_->monitor(
@@ -354,6 +407,9 @@ inline route_target router::route(std::string_view bucket) const noexcept {
     }
     if (slot == no_route_slot) {
         return {route_target::kind::none, 0};
+    }
+    if (slot >= chain_slot_base) {
+        return {route_target::kind::chain, slot - chain_slot_base};
     }
     return {route_target::kind::remote, slot};
 }
@@ -401,6 +457,9 @@ inline request_handler router_handler(std::shared_ptr<router> r) {
             return;
         case route_target::kind::none:
             append_reply(out, reply::error(error_code::no_route));
+            return;
+        case route_target::kind::chain:
+            self->chained(cmd, to.node, out, s);
             return;
         case route_target::kind::remote:
             if (self->client_->status(to.node) == node_status::down) {
@@ -501,6 +560,28 @@ inline void router::log_refused(const session& s, std::string why) {
     options_.log.log(std::move(e));
 }
 
+// A peer's replication line, or its request for a bucket of a replicated range (run only by
+// that range's head or tail, which may answer later): true when it was one of those.
+inline bool router::run_replicated(const command& cmd, std::string_view line,
+                                   const std::string& header, std::string& out, session& s) {
+    const route_target to = route(cmd.bucket);
+    const bool chained_request =
+        (cmd.kind == command_kind::create || cmd.kind == command_kind::put ||
+         cmd.kind == command_kind::get || cmd.kind == command_kind::erase) &&
+        to.where == route_target::kind::chain;
+    std::string mine;
+    const auto later = detail::defer_into(s, header);
+    if (chained_request) {
+        replicator_->local_request(to.node, cmd, mine, later);
+    } else if (cmd.kind != command_kind::unknown || !replicator_->peer_line(line, mine, later)) {
+        return false;
+    }
+    if (!mine.empty()) {
+        out.append(header).append(mine);
+    }
+    return true;
+}
+
 inline void router::run_peer(session& s, std::string& out) {
     // `<id> <request>` (command.hpp, "Between nodes"): run here, whatever the table says,
     // behind the header `=<id>` that lets the relaying node match the reply to its request.
@@ -512,10 +593,14 @@ inline void router::run_peer(session& s, std::string& out) {
         s.close_after_reply();
         return;
     }
-    out.push_back(peer_reply_mark);
-    append_peer_id(out, request->id);
-    out.append("\r\n");
+    std::string header(1, peer_reply_mark);
+    append_peer_id(header, request->id);
+    header.append("\r\n");
     const command cmd = parse(request->rest);
+    if (replicator_ != nullptr && run_replicated(cmd, request->rest, header, out, s)) {
+        return;
+    }
+    out.append(header);
     if (cmd.kind == command_kind::subscribe) {
         peer_subscribe(cmd, request->id, out, s);
         return;
@@ -701,6 +786,7 @@ inline void router::info(const command& cmd, std::string& out, session& s) {
         append_info(cmd.section, out);
         return;
     case route_target::kind::none:
+    case route_target::kind::chain: // not a node: route_node never gives it
         append_reply(out, reply::error(error_code::no_route));
         return;
     case route_target::kind::remote:
@@ -729,6 +815,32 @@ inline void router::forward(const command& cmd, std::size_t node, session& s) {
                          const bool closes = closes_connection(reply->outcome);
                          d.complete(std::move(reply->bytes), closes);
                      });
+}
+
+// A client's request for a replicated range: run here when this node is the head (writes)
+// or the tail (reads, SUBSCRIBE) of the chain as it sees it, else forwarded to that node.
+inline void router::chained(const command& cmd, std::size_t range, std::string& out, session& s) {
+    const std::string to = replicator_->target(range, cmd.kind);
+    if (to.empty()) {
+        append_reply(out, reply::error(error_code::range_unavailable, "no chain yet"));
+        return;
+    }
+    if (to == options_.self) {
+        if (cmd.kind == command_kind::subscribe) {
+            run_local(cmd, out, s, false);
+        } else {
+            replicator_->local_request(range, cmd, out, detail::defer_into(s));
+        }
+        return;
+    }
+    const auto node = client_->find(to);
+    if (!node || client_->status(*node) == node_status::down) {
+        append_reply(out, reply::error(error_code::node_unavailable, to));
+    } else if (cmd.kind == command_kind::subscribe) {
+        forward_subscribe(cmd, *node, s);
+    } else {
+        forward(cmd, *node, s);
+    }
 }
 
 /// What a relayed SUBSCRIBE's callbacks share (all on the client's thread).
@@ -788,10 +900,31 @@ inline void router::send(const command& cmd, std::function<void(std::string repl
         done(std::move(out));
         return;
     }
-    const std::string_view name = client_->nodes()[to.node].name;
+    std::size_t node = to.node;
+    if (to.where == route_target::kind::chain) {
+        const std::string target = replicator_->target(to.node, cmd.kind);
+        const auto found = client_->find(target);
+        if (target == options_.self) {
+            auto shared = std::make_shared<std::function<void(std::string)>>(std::move(done));
+            replicator_->local_request(to.node, cmd, out, [shared] {
+                return [shared](std::string bytes) { (*shared)(std::move(bytes)); };
+            });
+            if (!out.empty()) {
+                (*shared)(std::move(out));
+            }
+            return;
+        }
+        if (!found) {
+            append_reply(out, reply::error(error_code::range_unavailable, "no chain yet"));
+            done(std::move(out));
+            return;
+        }
+        node = *found;
+    }
+    const std::string_view name = client_->nodes()[node].name;
     command forwarded = cmd;
     forwarded.node = {}; // an INFO's owner is asked about itself
-    client_->request(to.node, request_line(forwarded), cmd.kind, affinity,
+    client_->request(node, request_line(forwarded), cmd.kind, affinity,
                      [done = std::move(done), name](std::optional<std::string> reply) {
                          done(detail::relayed(std::move(reply), name));
                      });
@@ -889,6 +1022,9 @@ inline routed_reply router::erase(std::string_view bucket, std::string_view key)
 }
 
 inline exit_reason router::stop(exit_reason reason, timeout wait) {
+    if (replicator_ != nullptr) {
+        replicator_->stop(); // refuses requests from now on
+    }
     client_monitor_.cancel();
     client_->stop(exit_reason::shutdown(), wait);
     notify_exit(reason);

@@ -24,6 +24,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -151,6 +152,27 @@ struct socket_address {
         return (family() == AF_INET6 ? "[" + h + "]" : h) + ":" + std::to_string(port());
     }
 };
+
+/// Resolves `host:port` (a literal at once; a host name through getaddrinfo, which may
+/// block) into the first address found.
+inline bool resolve(const std::string& host, std::uint16_t port, socket_address& out) {
+    if (socket_address::parse(host, port, out)) {
+        return true;
+    }
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    addrinfo* found = nullptr;
+    const std::string service = std::to_string(port);
+    if (::getaddrinfo(host.c_str(), service.c_str(), &hints, &found) != 0 || found == nullptr) {
+        return false;
+    }
+    std::memcpy(&out.storage, found->ai_addr, found->ai_addrlen);
+    out.length = static_cast<socklen_t>(found->ai_addrlen);
+    ::freeaddrinfo(found);
+    return true;
+}
 
 /// A non-blocking listening TCP socket bound to `address`. Throws std::system_error naming
 /// the address (EADDRINUSE: the port is taken).

@@ -16,8 +16,6 @@
 #include <otpkv/detail/random.hpp>
 #include <otpkv/detail/socket.hpp>
 
-#include <netdb.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -255,27 +253,6 @@ class client_loop {
     std::vector<client_mail> taken_;
     std::vector<peer_connection*> dirty_;
 };
-
-/// Resolves `host:port` (a literal at once; a host name through getaddrinfo, which may
-/// block) into the first address found.
-inline bool resolve(const std::string& host, std::uint16_t port, socket_address& out) {
-    if (socket_address::parse(host, port, out)) {
-        return true;
-    }
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    addrinfo* found = nullptr;
-    const std::string service = std::to_string(port);
-    if (::getaddrinfo(host.c_str(), service.c_str(), &hints, &found) != 0 || found == nullptr) {
-        return false;
-    }
-    std::memcpy(&out.storage, found->ai_addr, found->ai_addrlen);
-    out.length = static_cast<socklen_t>(found->ai_addrlen);
-    ::freeaddrinfo(found);
-    return true;
-}
 
 inline void client_loop::run() {
     while (!stopping_.load(std::memory_order_acquire)) {

@@ -1,0 +1,520 @@
+// SPDX-License-Identifier: MIT
+// Replication (replication.hpp, issue 16) with real processes: an etcd (etcd_process.hpp)
+// and three kv_server nodes whose one route names all three, `a-z=n1,n2,n3`. The chain
+// forms by itself (n1 alone, then the others copied in); writes through any node are
+// acknowledged once the tail has them; a killed head, middle or tail is taken out of the
+// chain and the range serves again, with every acknowledged write still there; a killed
+// node that is started again joins at the tail. The chain is read from etcd itself, the
+// authority. Waits are bounded; how long the range was unavailable is measured and shown.
+#include "linearizability.hpp" // before kv_process.hpp: its `ok` would shadow lin_result::ok
+
+#include "cluster_process.hpp"
+#include "etcd_process.hpp"
+#include "kv_process.hpp"
+
+#include <otpkv/detail/base64.hpp>
+#include <otpkv/detail/http_client.hpp>
+#include <otpkv/detail/json.hpp>
+#include <otpkv/membership.hpp>
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using otpkv_test::cluster;
+using otpkv_test::etcd_process;
+using otpkv_test::kv_client;
+using otpkv_test::millis;
+using otpkv_test::node_spec;
+using otpkv_test::ok;
+using otpkv_test::steady;
+
+namespace {
+
+// Three nodes, one route naming all of them, and --etcd for each.
+struct replicated_cluster {
+    etcd_process etcd;
+    std::vector<node_spec> specs;
+    std::unique_ptr<cluster> nodes;
+
+    explicit replicated_cluster(std::vector<std::string> more = {}) {
+        const std::vector<std::uint16_t> ports = otpkv_test::unused_ports(3);
+        std::string route = "a-z=";
+        for (std::size_t i = 0; i < 3; ++i) {
+            route += (i > 0 ? "," : "") + std::string("n") + std::to_string(i + 1) +
+                     "@127.0.0.1:" + std::to_string(ports[i]);
+        }
+        std::map<std::size_t, std::vector<std::string>> flags;
+        for (std::size_t i = 0; i < 3; ++i) {
+            specs.push_back({"n" + std::to_string(i + 1), ports[i], {route}});
+            flags[i] = {"--etcd", etcd.url(), "--log-level", "warning"};
+            flags[i].insert(flags[i].end(), more.begin(), more.end());
+        }
+        nodes = std::make_unique<cluster>(specs, flags);
+    }
+};
+
+// The chain etcd holds for `range` (an empty record when there is none).
+otpkv::chain_record chain_in_etcd(const etcd_process& etcd, const std::string& range) {
+    otpkv::detail::http_connection c("127.0.0.1", etcd.port());
+    const std::string key = otpkv::detail::base64_encode("/otpkv/chains/" + range);
+    const auto r = c.post("/v3/kv/range", "{\"key\":\"" + key + "\"}", steady::now() + 5s);
+    otpkv::chain_record out;
+    if (r.status != otpkv::detail::http_status::ok || r.code != 200) {
+        return out;
+    }
+    const auto doc = otpkv::detail::parse_json(r.body);
+    if (!doc || doc->at("kvs").items().empty()) {
+        return out;
+    }
+    const auto value = otpkv::detail::base64_decode(doc->at("kvs").items()[0].at("value").text());
+    if (value) {
+        (void)otpkv::parse_chain_text(*value, out);
+    }
+    return out;
+}
+
+// Sends one request to the node on `port` and reads its reply (a GET's value reply is two
+// lines unless it is an error); "" when the node does not answer within `limit`.
+std::string ask(std::uint16_t port, const std::string& request, millis limit = 5s) {
+    kv_client c(port, 0, limit);
+    if (!c.send_all(request, limit)) {
+        return {};
+    }
+    std::string reply = c.read_lines(1, limit);
+    if (request.starts_with("GET ") && reply.ends_with("\r\n") && !reply.starts_with("ERROR ") &&
+        reply != "NOT FOUND\r\n") {
+        reply += c.read_lines(1, limit);
+    }
+    return reply;
+}
+
+// Asks until the reply is `expected` or `limit` passes; returns the last reply.
+std::string ask_until(std::uint16_t port, const std::string& request, const std::string& expected,
+                      millis limit = 10s) {
+    const auto deadline = steady::now() + limit;
+    std::string got;
+    while (steady::now() < deadline) {
+        got = ask(port, request, 2s);
+        if (got == expected) {
+            break;
+        }
+        std::this_thread::sleep_for(20ms);
+    }
+    return got;
+}
+
+// Waits until etcd's chain for a-z holds `size` nodes; returns it as last seen. (The first
+// node to register starts the chain, so its order is the order the nodes came up in.)
+otpkv::chain_record wait_for_chain(const etcd_process& etcd, std::size_t size, millis limit = 20s) {
+    const auto deadline = steady::now() + limit;
+    otpkv::chain_record c;
+    while (steady::now() < deadline) {
+        c = chain_in_etcd(etcd, "a-z");
+        if (c.nodes.size() == size) {
+            break;
+        }
+        std::this_thread::sleep_for(20ms);
+    }
+    return c;
+}
+
+// The index (0 for n1) of node `name`.
+std::size_t index_of(const std::string& name) {
+    return static_cast<std::size_t>(name.at(1) - '1');
+}
+
+std::string value(const std::string& v) {
+    return v + "\r\nOK\r\n";
+}
+
+} // namespace
+
+TEST_CASE("replication: the chain forms by itself; writes and reads through every node") {
+    replicated_cluster rc;
+    const auto formed = wait_for_chain(rc.etcd, 3);
+    REQUIRE_MESSAGE(formed.nodes.size() == 3, otpkv::chain_text(formed));
+    CHECK(formed.epoch == 3); // one node alone, then the second copied in, then the third
+    REQUIRE(ask_until(rc.nodes->port(1), "CREATE apples\r\n", ok) == ok);
+    for (std::size_t i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        const std::string k = "k" + std::to_string(i);
+        CHECK(ask(rc.nodes->port(i), "PUT apples " + k + " v" + std::to_string(i) + "\r\n") == ok);
+        for (std::size_t j = 0; j < 3; ++j) {
+            CHECK(ask(rc.nodes->port(j), "GET apples " + k + "\r\n") ==
+                  value("v" + std::to_string(i)));
+        }
+    }
+    CHECK(ask(rc.nodes->port(2), "DELETE apples k0\r\n") == ok);
+    CHECK(ask(rc.nodes->port(0), "GET apples k0\r\n") == value(""));
+    CHECK(ask(rc.nodes->port(0), "PUT nothing k v\r\n") == "NOT FOUND\r\n");
+    rc.nodes->stop();
+}
+
+TEST_CASE("replication: a killed head, middle or tail leaves every acknowledged write") {
+    for (std::size_t position = 0; position < 3; ++position) {
+        CAPTURE(position);
+        replicated_cluster rc;
+        const auto formed = wait_for_chain(rc.etcd, 3);
+        REQUIRE_MESSAGE(formed.nodes.size() == 3, otpkv::chain_text(formed));
+        const std::size_t victim = index_of(formed.nodes[position]);
+        const std::size_t other = (victim + 1) % 3;
+        REQUIRE(ask_until(rc.nodes->port(other), "CREATE fruit\r\n", ok) == ok);
+        for (int k = 0; k < 50; ++k) {
+            REQUIRE(ask(rc.nodes->port(static_cast<std::size_t>(k) % 3),
+                        "PUT fruit k" + std::to_string(k) + " v" + std::to_string(k) + "\r\n") ==
+                    ok);
+        }
+        const auto killed_at = steady::now();
+        rc.nodes->kill(victim);
+        // Served again: a write through a survivor is acknowledged.
+        const std::string back =
+            ask_until(rc.nodes->port(other), "PUT fruit after yes\r\n", ok, 20s);
+        const double seconds = otpkv_test::ms_since(killed_at) / 1000;
+        MESSAGE("range a-z served again " << seconds << " s after its node at position " << position
+                                          << " was killed");
+        REQUIRE(back == ok);
+        std::vector<std::string> left = formed.nodes;
+        left.erase(left.begin() + static_cast<std::ptrdiff_t>(position));
+        CHECK(chain_in_etcd(rc.etcd, "a-z").nodes == left);
+        const std::size_t third = 3 - victim - other;
+        for (int k = 0; k < 50; ++k) {
+            CHECK(ask(rc.nodes->port(k % 2 == 0 ? other : third),
+                      "GET fruit k" + std::to_string(k) + "\r\n") ==
+                  value("v" + std::to_string(k)));
+        }
+        CHECK(ask(rc.nodes->port(third), "GET fruit after\r\n") == value("yes"));
+        // Started again, empty: it joins at the tail, copied.
+        rc.nodes->restart(victim);
+        std::vector<std::string> rejoined = left;
+        rejoined.push_back(formed.nodes[position]);
+        const auto grown = wait_for_chain(rc.etcd, 3);
+        CHECK_MESSAGE(grown.nodes == rejoined, otpkv::chain_text(grown));
+        CHECK(ask_until(rc.nodes->port(victim), "GET fruit k7\r\n", value("v7")) == value("v7"));
+        CHECK(ask(rc.nodes->port(victim), "GET fruit after\r\n") == value("yes"));
+        rc.nodes->stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Nemesis runs: clients through every node while a node is killed, frozen, cut off, or
+// etcd is killed; the history is checked for linearizability.
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+// One client connection that never fails the test: a request gets its reply, or nothing
+// (a refused or broken connection, or no whole reply within the limit), after which the
+// connection is dropped and the next request opens another.
+class nemesis_client {
+  public:
+    explicit nemesis_client(std::uint16_t port) : port_(port) {}
+
+    // The reply to `request` (a GET's is two lines unless it is an error), or nullopt.
+    std::optional<std::string> call(const std::string& request, bool get, millis limit) {
+        const auto deadline = steady::now() + limit;
+        if (!fd_ && !connect(deadline)) {
+            return std::nullopt;
+        }
+        std::string_view rest = request;
+        while (!rest.empty()) {
+            const ssize_t n = ::send(fd_.get(), rest.data(), rest.size(), MSG_NOSIGNAL);
+            if (n > 0) {
+                rest.remove_prefix(static_cast<std::size_t>(n));
+            } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+                if (!otpkv::detail::wait_ready(fd_.get(), POLLOUT, deadline)) {
+                    return drop();
+                }
+            } else {
+                return drop();
+            }
+        }
+        for (;;) {
+            // Whole: one line, or for a GET's value two.
+            const std::size_t first = in_.find("\r\n");
+            if (first != std::string::npos) {
+                const std::string_view line(in_.data(), first);
+                const bool one = !get || line.starts_with("ERROR ") || line == "NOT FOUND" ||
+                                 line == "UNKNOWN COMMAND";
+                const std::size_t end = one ? first + 2 : in_.find("\r\n", first + 2);
+                if (end != std::string::npos) {
+                    const std::size_t size = one ? end : end + 2;
+                    std::string reply = in_.substr(0, size);
+                    in_.erase(0, size);
+                    return reply;
+                }
+            }
+            if (!otpkv::detail::wait_ready(fd_.get(), POLLIN, deadline)) {
+                return drop();
+            }
+            char buffer[4096];
+            const ssize_t n = ::recv(fd_.get(), buffer, sizeof buffer, 0);
+            if (n > 0) {
+                in_.append(buffer, static_cast<std::size_t>(n));
+            } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+                return drop();
+            }
+        }
+    }
+    void retarget(std::uint16_t port) {
+        (void)drop();
+        port_ = port;
+    }
+
+  private:
+    std::nullopt_t drop() {
+        fd_.reset();
+        in_.clear();
+        return std::nullopt;
+    }
+    bool connect(steady::time_point deadline) {
+        otpkv::detail::socket_address a;
+        (void)otpkv::detail::socket_address::parse("127.0.0.1", port_, a);
+        otpkv::detail::unique_fd fd(
+            ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        if (!fd) {
+            return false;
+        }
+        if (::connect(fd.get(), a.get(), a.length) != 0) {
+            if (errno != EINPROGRESS || !otpkv::detail::wait_ready(fd.get(), POLLOUT, deadline)) {
+                return false;
+            }
+            int err = 0;
+            socklen_t len = sizeof err;
+            if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+                return false;
+            }
+        }
+        fd_ = std::move(fd);
+        return true;
+    }
+
+    std::uint16_t port_;
+    otpkv::detail::unique_fd fd_;
+    std::string in_;
+};
+
+// `clients` threads, each on its own connection to node (client % 3) (another node when
+// that one does not answer), doing GET (half), PUT (four in ten) and DELETE on `keys` keys
+// of bucket `b`, every value written unique; recorded in `history`.
+class workload {
+  public:
+    workload(std::vector<std::uint16_t> ports, otpkv_test::lin_history& history, std::string b,
+             std::size_t clients = 20, std::size_t keys = 50)
+        : ports_(std::move(ports)), history_(history), bucket_(std::move(b)), keys_(keys) {
+        for (std::size_t c = 0; c < clients; ++c) {
+            threads_.emplace_back([this, c] { run(c); });
+        }
+    }
+    ~workload() { stop(); }
+    workload(const workload&) = delete;
+    workload& operator=(const workload&) = delete;
+
+    void stop() {
+        stop_ = true;
+        for (std::thread& t : threads_) {
+            if (t.joinable()) {
+                t.join();
+            }
+        }
+    }
+    // Operations completed so far (any result).
+    [[nodiscard]] std::size_t done() const noexcept { return done_.load(); }
+    // Waits until at least `n` operations completed (or `limit` passed).
+    bool wait_for(std::size_t n, millis limit) const {
+        const auto deadline = steady::now() + limit;
+        while (done_.load() < n) {
+            if (steady::now() > deadline) {
+                return false;
+            }
+            std::this_thread::sleep_for(5ms);
+        }
+        return true;
+    }
+
+  private:
+    void run(std::size_t c) {
+        std::mt19937_64 random(0x5eed + c);
+        std::size_t target = c % ports_.size();
+        nemesis_client conn(ports_[target]);
+        std::uint64_t n = 0;
+        const int id = static_cast<int>(c);
+        while (!stop_) {
+            const std::string key = "k" + std::to_string(random() % keys_);
+            const auto dice = random() % 10;
+            std::string request;
+            std::size_t op = 0;
+            if (dice < 5) {
+                request = "GET " + bucket_ + " " + key + "\r\n";
+                op = history_.invoke(id, key, otpkv_test::lin_kind::read);
+            } else if (dice < 9) {
+                const std::string v = "c" + std::to_string(c) + "-" + std::to_string(++n);
+                request = "PUT " + bucket_ + " " + key + " " + v + "\r\n";
+                op = history_.invoke(id, key, otpkv_test::lin_kind::write, v);
+            } else {
+                request = "DELETE " + bucket_ + " " + key + "\r\n";
+                op = history_.invoke(id, key, otpkv_test::lin_kind::write);
+            }
+            const bool get = dice < 5;
+            const auto reply = conn.call(request, get, 1500ms);
+            if (!reply) {
+                history_.complete(op, otpkv_test::lin_result::unknown);
+                target = (target + 1) % ports_.size(); // that node may be down: another
+                conn.retarget(ports_[target]);
+                std::this_thread::sleep_for(10ms);
+            } else if (get && reply->ends_with("\r\nOK\r\n")) {
+                const std::string v = reply->substr(0, reply->size() - 6);
+                history_.complete(op, otpkv_test::lin_result::ok,
+                                  v.empty() ? std::nullopt : std::optional<std::string>(v));
+            } else if (!get && *reply == "OK\r\n") {
+                history_.complete(op, otpkv_test::lin_result::ok);
+            } else if (*reply == "NOT FOUND\r\n") {
+                history_.complete(op, otpkv_test::lin_result::fail); // refused by the head
+            } else {
+                // `ERROR range unavailable: ...`, `ERROR node ... unavailable`: unknown.
+                history_.complete(op, otpkv_test::lin_result::unknown);
+                {
+                    const std::lock_guard lock(errors_mutex_);
+                    ++errors_[reply->substr(0, reply->find("\r\n"))];
+                }
+                std::this_thread::sleep_for(5ms);
+            }
+            ++done_;
+        }
+    }
+
+  public:
+    // The error replies seen, with their counts (for the run's report).
+    std::string errors() const {
+        const std::lock_guard lock(errors_mutex_);
+        std::string text;
+        for (const auto& [line, count] : errors_) {
+            text += "  " + std::to_string(count) + " x " + line + "\n";
+        }
+        return text;
+    }
+
+  private:
+    mutable std::mutex errors_mutex_;
+    std::map<std::string, std::size_t> errors_;
+    std::vector<std::uint16_t> ports_;
+    otpkv_test::lin_history& history_;
+    std::string bucket_;
+    std::size_t keys_;
+    std::atomic<bool> stop_{false};
+    std::atomic<std::size_t> done_{0};
+    std::vector<std::thread> threads_;
+};
+
+// How long after `since` (ns on the history's clock) the range first acknowledged a write
+// invoked after it; -1 if it never did.
+double served_again_after(const std::vector<otpkv_test::lin_op>& ops, std::int64_t since) {
+    std::int64_t first = std::numeric_limits<std::int64_t>::max();
+    for (const auto& op : ops) {
+        if (op.kind == otpkv_test::lin_kind::write && op.result == otpkv_test::lin_result::ok &&
+            op.invoked >= since) {
+            first = std::min(first, op.completed);
+        }
+    }
+    return first == std::numeric_limits<std::int64_t>::max()
+               ? -1
+               : static_cast<double>(first - since) / 1e9;
+}
+
+// A nemesis run: the cluster formed, bucket `nem` made, the workload going; `fault` is done
+// once `before` operations completed; the run goes on until `after` more completed; then
+// the history (with a final read of every key through a node that is up) is checked.
+struct nemesis_result {
+    otpkv_test::lin_verdict verdict;
+    std::size_t operations = 0;
+    double served_again = -1;
+    std::string errors; // the error replies the clients got, counted
+};
+
+// The least time a run goes on after its fault, in seconds.
+constexpr double run_after_fault = 5.0;
+
+template <class Fault>
+nemesis_result nemesis(replicated_cluster& rc, Fault fault, std::size_t before = 4000,
+                       std::size_t after = 6000) {
+    const auto formed = wait_for_chain(rc.etcd, 3);
+    REQUIRE_MESSAGE(formed.nodes.size() == 3, otpkv::chain_text(formed));
+    REQUIRE(ask_until(rc.nodes->port(0), "CREATE nem\r\n", ok) == ok);
+    otpkv_test::lin_history history;
+    std::int64_t fault_at = 0;
+    std::string errors;
+    std::size_t up = 0; // a node that stays up
+    {
+        workload w({rc.nodes->port(0), rc.nodes->port(1), rc.nodes->port(2)}, history, "nem");
+        REQUIRE(w.wait_for(before, 60s));
+        fault_at = history.now();
+        up = fault(formed);
+        REQUIRE(w.wait_for(before + after, 120s));
+        // And long enough for a failover (a lease runs out in 1 s) to show in the history.
+        while (static_cast<double>(history.now() - fault_at) / 1e9 < run_after_fault) {
+            std::this_thread::sleep_for(10ms);
+        }
+        w.stop();
+        errors = w.errors();
+    }
+    // Every key read at the end, once the range answers.
+    for (int k = 0; k < 50; ++k) {
+        const std::string key = "k" + std::to_string(k);
+        const auto op = history.invoke(1000, key, otpkv_test::lin_kind::read);
+        std::string got;
+        const auto deadline = steady::now() + 20s;
+        while (steady::now() < deadline) {
+            got = ask(rc.nodes->port(up), "GET nem " + key + "\r\n", 2s);
+            if (got.ends_with("\r\nOK\r\n")) {
+                break;
+            }
+            std::this_thread::sleep_for(20ms);
+        }
+        REQUIRE_MESSAGE(got.ends_with("\r\nOK\r\n"), "final read of " << key << ": " << got);
+        const std::string v = got.substr(0, got.size() - 6);
+        history.complete(op, otpkv_test::lin_result::ok,
+                         v.empty() ? std::nullopt : std::optional<std::string>(v));
+    }
+    nemesis_result out;
+    const auto ops = history.operations();
+    out.operations = ops.size();
+    out.served_again = served_again_after(ops, fault_at);
+    out.verdict = otpkv_test::check_linearizable(ops);
+    out.errors = std::move(errors);
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("replication nemesis: kill -9 of the head, the middle, the tail under 20 clients") {
+    for (std::size_t position = 0; position < 3; ++position) {
+        CAPTURE(position);
+        replicated_cluster rc;
+        const auto r = nemesis(rc, [&](const otpkv::chain_record& formed) {
+            const std::size_t victim = index_of(formed.nodes[position]);
+            rc.nodes->kill(victim);
+            return (victim + 1) % 3;
+        });
+        MESSAGE("kill -9 at position " << position << ": " << r.operations << " operations, "
+                                       << r.verdict.keys << " keys, served again after "
+                                       << r.served_again << " s; errors:\n"
+                                       << r.errors);
+        CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
+        CHECK(r.operations >= 10000);
+        CHECK(r.served_again >= 0);
+        CHECK(r.served_again <= 2.0);
+        rc.nodes->stop();
+    }
+}
