@@ -518,3 +518,46 @@ TEST_CASE("replication nemesis: kill -9 of the head, the middle, the tail under 
         rc.nodes->stop();
     }
 }
+
+TEST_CASE("replication nemesis: the head frozen for 3 s (SIGSTOP, then SIGCONT)") {
+    replicated_cluster rc;
+    std::size_t frozen = 0;
+    const auto r = nemesis(rc, [&](const otpkv::chain_record& formed) {
+        frozen = index_of(formed.nodes.front());
+        rc.nodes->freeze(frozen);
+        std::this_thread::sleep_for(3s);
+        rc.nodes->thaw(frozen);
+        return (frozen + 1) % 3;
+    });
+    MESSAGE("head frozen 3 s: " << r.operations << " operations, served again after "
+                                << r.served_again << " s; errors:\n"
+                                << r.errors);
+    CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
+    CHECK(r.operations >= 10000);
+    CHECK(r.served_again >= 0);
+    CHECK(r.served_again <= 2.0);
+    // The thawed head was removed while frozen; it comes back as the tail.
+    const auto back = wait_for_chain(rc.etcd, 3);
+    CHECK_MESSAGE(back.nodes.back() == "n" + std::to_string(frozen + 1), otpkv::chain_text(back));
+    rc.nodes->stop();
+}
+
+TEST_CASE("replication nemesis: etcd killed for 3 s and started again") {
+    replicated_cluster rc;
+    const auto r = nemesis(rc, [&](const otpkv::chain_record&) {
+        rc.etcd.kill();
+        std::this_thread::sleep_for(3s);
+        rc.etcd.restart();
+        return std::size_t{0};
+    });
+    MESSAGE("etcd down 3 s: " << r.operations << " operations, served again after "
+                              << r.served_again << " s; errors:\n"
+                              << r.errors);
+    CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
+    CHECK(r.operations >= 10000);
+    CHECK(r.served_again >= 0);
+    CHECK(r.served_again <= 2.0);
+    // Nobody died: the chain is as it was.
+    CHECK(wait_for_chain(rc.etcd, 3).epoch == 3);
+    rc.nodes->stop();
+}
