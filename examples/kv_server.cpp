@@ -59,11 +59,13 @@
 #include <csignal>
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 extern char** environ; // NOLINT: POSIX declares it for us to declare
 
@@ -118,7 +120,7 @@ rlim_t raise_descriptor_limit(std::size_t max_connections) {
 } // namespace
 
 int main(int argc, char** argv) {
-    const otpkv::config_load loaded = otpkv::load_config(argc, argv, environ);
+    otpkv::config_load loaded = otpkv::load_config(argc, argv, environ);
     if (loaded.help) {
         std::fputs(otpkv::usage("kv_server").c_str(), stdout);
         return 0;
@@ -132,6 +134,14 @@ int main(int argc, char** argv) {
     }
     if (const std::string why = otpkv::replication_config_error(loaded.config); !why.empty()) {
         return fail(why, 2);
+    }
+    // For the replication tests only (node_config::unsafe_ack_at_head): loud, never quiet.
+    if (const char* unsafe = std::getenv("OTPKV_TEST_UNSAFE_ACK_AT_HEAD");
+        unsafe != nullptr && std::string_view(unsafe) == "1") {
+        loaded.config.unsafe_ack_at_head = true;
+        std::fprintf(stderr, "kv_server: warning: OTPKV_TEST_UNSAFE_ACK_AT_HEAD=1: heads "
+                             "acknowledge writes before their chains have them (for tests "
+                             "only: acknowledged writes can be lost)\n");
     }
 
     // The signals are blocked before any thread starts, so every thread inherits the mask

@@ -94,10 +94,12 @@ inline std::string route(std::string_view range, const std::string& name, std::u
 // main thread, which the servers' PR_SET_PDEATHSIG is tied to).
 class cluster {
   public:
-    // `flags`: more flags for some nodes, by index (`--max-connections 20`, ...).
+    // `flags`: more flags for some nodes, by index (`--max-connections 20`, ...); `env`:
+    // variables every node gets ("NAME=value").
     explicit cluster(std::vector<node_spec> specs,
-                     std::map<std::size_t, std::vector<std::string>> flags = {})
-        : specs_(std::move(specs)), flags_(std::move(flags)) {
+                     std::map<std::size_t, std::vector<std::string>> flags = {},
+                     std::vector<std::string> env = {})
+        : specs_(std::move(specs)), flags_(std::move(flags)), env_(std::move(env)) {
         nodes_.resize(specs_.size());
         frozen_.assign(specs_.size(), false);
         for (std::size_t i = 0; i < specs_.size(); ++i) {
@@ -197,7 +199,7 @@ class cluster {
             args.insert(args.end(), more->second.begin(), more->second.end());
         }
         nodes_[i].reset();
-        nodes_[i] = std::make_unique<kv_process>(args, std::vector<std::string>{}, false);
+        nodes_[i] = std::make_unique<kv_process>(args, env_, false);
         REQUIRE(nodes_[i]->port() == s.port);
         CHECK(nodes_[i]->ready_line() ==
               "otpkv node " + s.name + " listening on 127.0.0.1:" + std::to_string(s.port));
@@ -205,6 +207,7 @@ class cluster {
 
     std::vector<node_spec> specs_;
     std::map<std::size_t, std::vector<std::string>> flags_; // more flags of node i
+    std::vector<std::string> env_;
     std::vector<std::unique_ptr<kv_process>> nodes_;
     std::vector<bool> frozen_;
 };

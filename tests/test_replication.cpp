@@ -49,7 +49,9 @@ struct replicated_cluster {
     std::vector<node_spec> specs;
     std::unique_ptr<cluster> nodes;
 
-    explicit replicated_cluster(std::vector<std::string> more = {}) {
+    // `more`: flags for every node; `env`: variables for every node.
+    explicit replicated_cluster(std::vector<std::string> more = {},
+                                std::vector<std::string> env = {}) {
         const std::vector<std::uint16_t> ports = otpkv_test::unused_ports(3);
         std::string route = "a-z=";
         for (std::size_t i = 0; i < 3; ++i) {
@@ -62,7 +64,7 @@ struct replicated_cluster {
             flags[i] = {"--etcd", etcd.url(), "--log-level", "warning"};
             flags[i].insert(flags[i].end(), more.begin(), more.end());
         }
-        nodes = std::make_unique<cluster>(specs, flags);
+        nodes = std::make_unique<cluster>(specs, flags, std::move(env));
     }
 };
 
@@ -443,6 +445,21 @@ struct nemesis_result {
     std::string errors; // the error replies the clients got, counted
 };
 
+// How soon after a fault the range must serve again, in seconds: 2 (issue 16's target), and
+// more under a sanitizer, which slows every node several times over on a shared machine
+// (the time is reported either way).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr double serve_again_limit = 5.0;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr double serve_again_limit = 5.0;
+#else
+constexpr double serve_again_limit = 2.0;
+#endif
+#else
+constexpr double serve_again_limit = 2.0;
+#endif
+
 // The least time a run goes on after its fault, in seconds.
 constexpr double run_after_fault = 5.0;
 
@@ -514,7 +531,7 @@ TEST_CASE("replication nemesis: kill -9 of the head, the middle, the tail under 
         CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
         CHECK(r.operations >= 10000);
         CHECK(r.served_again >= 0);
-        CHECK(r.served_again <= 2.0);
+        CHECK(r.served_again <= serve_again_limit);
         rc.nodes->stop();
     }
 }
@@ -535,7 +552,7 @@ TEST_CASE("replication nemesis: the head frozen for 3 s (SIGSTOP, then SIGCONT)"
     CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
     CHECK(r.operations >= 10000);
     CHECK(r.served_again >= 0);
-    CHECK(r.served_again <= 2.0);
+    CHECK(r.served_again <= serve_again_limit);
     // The thawed head was removed while frozen; it comes back as the tail.
     const auto back = wait_for_chain(rc.etcd, 3);
     CHECK_MESSAGE(back.nodes.back() == "n" + std::to_string(frozen + 1), otpkv::chain_text(back));
@@ -556,8 +573,24 @@ TEST_CASE("replication nemesis: etcd killed for 3 s and started again") {
     CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
     CHECK(r.operations >= 10000);
     CHECK(r.served_again >= 0);
-    CHECK(r.served_again <= 2.0);
+    CHECK(r.served_again <= serve_again_limit);
     // Nobody died: the chain is as it was.
     CHECK(wait_for_chain(rc.etcd, 3).epoch == 3);
+    rc.nodes->stop();
+}
+
+TEST_CASE("replication nemesis: the checker has teeth (heads that acknowledge too early)") {
+    // OTPKV_TEST_UNSAFE_ACK_AT_HEAD=1: a head acknowledges a write as soon as it has applied
+    // it. Killing the head then loses writes that were acknowledged; the checker must say so.
+    replicated_cluster rc({}, {"OTPKV_TEST_UNSAFE_ACK_AT_HEAD=1"});
+    const auto r = nemesis(rc, [&](const otpkv::chain_record& formed) {
+        const std::size_t victim = index_of(formed.nodes.front());
+        rc.nodes->kill(victim);
+        return (victim + 1) % 3;
+    });
+    MESSAGE("unsafe heads, head killed: " << r.operations << " operations; the checker says:\n"
+                                          << r.verdict.report);
+    CHECK_FALSE(r.verdict.ok);
+    CHECK(r.verdict.report.find("not linearizable") != std::string::npos);
     rc.nodes->stop();
 }

@@ -196,6 +196,11 @@ struct node_config {
     /// `--lease-ms MS`: this node's etcd lease (how long after its last keep-alive etcd
     /// counts it dead), 100 to 60000 ms.
     std::chrono::milliseconds lease{1000};
+    /// **Tests only**, never read from flags, files or `OTPKV_*` variables: the heads of
+    /// replicated ranges acknowledge writes before their chains have them (unsafe: writes
+    /// acknowledged and then lost), to show that the tests' linearizability checker sees it.
+    /// kv_server sets it from `OTPKV_TEST_UNSAFE_ACK_AT_HEAD=1`, with a warning.
+    bool unsafe_ack_at_head = false;
 
     /// Equal when every field is.
     friend bool operator==(const node_config&, const node_config&) = default;

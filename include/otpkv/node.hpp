@@ -189,6 +189,7 @@ node::start(node_config config, supervisor_options root_options, client_options 
     router_options routing{cfg.node, cfg.routes, client, cfg.cookie};
     routing.log = log;
     routing.replicas = cfg.replicas.value_or(0);
+    routing.unsafe_ack_at_head = cfg.unsafe_ack_at_head;
     std::vector<child_spec> specs;
     if (!cfg.etcd.empty()) {
         etcd_options eo;
