@@ -124,6 +124,10 @@ class etcd_view final : public view_service, public process {
     };
     [[nodiscard]] detail::http_reply call(channel& ch, std::string_view path,
                                           std::string_view body);
+    /// `call` on the thread's channel: etcd's JSON answer, or nullopt when etcd could not
+    /// be reached (the view says so) or refused (logged as `etcd_refused` for `what`).
+    [[nodiscard]] std::optional<detail::json_value>
+    ask(std::string_view path, std::string_view body, std::string_view what);
     void run(const std::stop_token& stop);
     [[nodiscard]] bool register_node(const std::stop_token& stop);
     [[nodiscard]] bool keep_alive();
@@ -263,6 +267,22 @@ inline detail::http_reply etcd_view::call(channel& ch, std::string_view path,
     return r;
 }
 
+inline std::optional<detail::json_value>
+etcd_view::ask(std::string_view path, std::string_view body, std::string_view what) {
+    const detail::http_reply r = call(kv_, path, body);
+    if (r.status != detail::http_status::ok) {
+        set_connected(false, r.error);
+        return std::nullopt;
+    }
+    auto doc = detail::parse_json(r.body);
+    if (r.code != 200 || !doc) {
+        refused(what, r);
+        return std::nullopt;
+    }
+    set_connected(true, {});
+    return doc;
+}
+
 inline void etcd_view::refused(std::string_view what, const detail::http_reply& r) {
     if (options_.log.enabled(log_level::error)) {
         log_event e;
@@ -344,14 +364,8 @@ inline void etcd_view::apply(membership_view& v, const std::string& key,
 inline bool etcd_view::load(std::int64_t& revision) {
     const std::string body = "{\"key\":" + detail::etcd_b64(options_.prefix) + ",\"range_end\":" +
                              detail::etcd_b64(detail::etcd_prefix_end(options_.prefix)) + "}";
-    const detail::http_reply r = call(kv_, "/v3/kv/range", body);
-    if (r.status != detail::http_status::ok) {
-        set_connected(false, r.error);
-        return false;
-    }
-    const auto doc = detail::parse_json(r.body);
-    if (r.code != 200 || !doc) {
-        refused("range", r);
+    const auto doc = ask("/v3/kv/range", body, "range");
+    if (!doc) {
         return false;
     }
     membership_view next;
@@ -372,7 +386,6 @@ inline bool etcd_view::load(std::int64_t& revision) {
         }
     }
     revision = next.revision;
-    set_connected(true, {});
     publish(std::move(next));
     return true;
 }
@@ -444,18 +457,11 @@ inline bool etcd_view::register_node(const std::stop_token& stop) {
     if (lease_id_ == 0) {
         const auto seconds = std::max<std::int64_t>(1, (options_.lease.count() + 999) / 1000);
         const auto sent = clock::now();
-        const detail::http_reply r =
-            call(kv_, "/v3/lease/grant", "{\"TTL\":\"" + std::to_string(seconds) + "\"}");
-        if (r.status != detail::http_status::ok) {
-            set_connected(false, r.error);
+        const auto doc =
+            ask("/v3/lease/grant", "{\"TTL\":\"" + std::to_string(seconds) + "\"}", "lease/grant");
+        if (!doc || detail::etcd_int(*doc, "ID") == 0) {
             return false;
         }
-        const auto doc = detail::parse_json(r.body);
-        if (r.code != 200 || !doc || detail::etcd_int(*doc, "ID") == 0) {
-            refused("lease/grant", r);
-            return false;
-        }
-        set_connected(true, {});
         lease_id_ = detail::etcd_int(*doc, "ID");
         const std::int64_t ttl = detail::etcd_int(*doc, "TTL");
         ttl_.store(ttl, std::memory_order_relaxed);
@@ -471,14 +477,8 @@ inline bool etcd_view::register_node(const std::stop_token& stop) {
         detail::etcd_b64(key) + ",\"value\":" + detail::etcd_b64(options_.address) +
         ",\"lease\":\"" + std::to_string(lease_id_) + "\"}}]}";
     while (!stop.stop_requested()) {
-        const detail::http_reply r = call(kv_, "/v3/kv/txn", body);
-        if (r.status != detail::http_status::ok) {
-            set_connected(false, r.error);
-            return false;
-        }
-        const auto doc = detail::parse_json(r.body);
-        if (r.code != 200 || !doc) {
-            refused("register", r);
+        const auto doc = ask("/v3/kv/txn", body, "register");
+        if (!doc) {
             return false;
         }
         if (doc->at("succeeded").boolean()) {
@@ -511,20 +511,13 @@ inline bool etcd_view::register_node(const std::stop_token& stop) {
 
 inline bool etcd_view::keep_alive() {
     const auto sent = clock::now();
-    const detail::http_reply r =
-        call(kv_, "/v3/lease/keepalive", "{\"ID\":\"" + std::to_string(lease_id_) + "\"}");
-    if (r.status != detail::http_status::ok) {
-        set_connected(false, r.error);
-        next_renewal_ = clock::now() + std::chrono::milliseconds(100);
-        return true; // still ours, as far as anybody knows
-    }
-    const auto doc = detail::parse_json(r.body);
-    if (r.code != 200 || !doc) {
-        refused("lease/keepalive", r);
+    const auto doc = ask("/v3/lease/keepalive", "{\"ID\":\"" + std::to_string(lease_id_) + "\"}",
+                         "lease/keepalive");
+    if (!doc) {
+        // Still ours as far as anybody knows; tried again soon.
         next_renewal_ = clock::now() + std::chrono::milliseconds(100);
         return true;
     }
-    set_connected(true, {});
     const std::int64_t ttl = detail::etcd_int(doc->at("result"), "TTL");
     if (ttl <= 0) {
         // Expired at etcd: whatever chains we were in have moved on (or will) without us.

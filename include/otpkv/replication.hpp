@@ -568,24 +568,35 @@ inline void replicator::chain_read(range_state& r, const command& cmd, std::stri
 
 inline bool replicator::peer_line(std::string_view request, std::string& out,
                                   const later_fn& later) {
-    const std::size_t space = request.find(' ');
-    const std::string_view verb = request.substr(0, space);
-    if (!verb.starts_with(detail::repl_verb)) {
+    // Every line is `<verb> <range> <epoch> <rest>`.
+    std::array<std::string_view, 3> head{};
+    std::string_view rest;
+    if (!request.starts_with(detail::repl_verb) || !detail::take_tokens(request, head, rest)) {
         return false;
     }
-    std::string_view rest;
+    const std::string_view verb = head[0];
+    const bool known = verb == detail::repl_verb || verb == detail::repl_last_verb ||
+                       verb == detail::repl_join_verb || verb == detail::repl_reset_verb ||
+                       verb == detail::repl_copy_verb;
+    if (!known) {
+        return false;
+    }
+    range_state* r = find_range(head[1]);
+    const auto epoch = detail::parse_decimal(head[2]);
+    // REPL and REPL-RESET carry a sequence number next.
+    std::optional<std::uint64_t> seq;
+    if (verb == detail::repl_verb || verb == detail::repl_reset_verb) {
+        const std::size_t space = rest.find(' ');
+        seq = detail::parse_decimal(rest.substr(0, space));
+        rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
+    }
+    const bool needs_seq = verb == detail::repl_verb || verb == detail::repl_reset_verb;
+    const bool needs_rest = verb != detail::repl_last_verb && verb != detail::repl_reset_verb;
+    if (r == nullptr || !epoch || (needs_seq && !seq) || needs_rest == rest.empty()) {
+        append_reply(out, reply::error(error_code::range_unavailable, "bad " + std::string(verb)));
+        return true;
+    }
     if (verb == detail::repl_verb) {
-        std::array<std::string_view, 4> t{};
-        if (!detail::take_tokens(request, t, rest)) {
-            return false;
-        }
-        range_state* r = find_range(t[1]);
-        const auto epoch = detail::parse_decimal(t[2]);
-        const auto seq = detail::parse_decimal(t[3]);
-        if (r == nullptr || !epoch || !seq || rest.empty()) {
-            append_reply(out, reply::error(error_code::range_unavailable, "bad REPL"));
-            return true;
-        }
         if (*epoch == 0) { // a chain read from a node that is not the head
             const command cmd = parse(rest);
             if (cmd.kind != command_kind::get) {
@@ -596,20 +607,7 @@ inline bool replicator::peer_line(std::string_view request, std::string& out,
             return true;
         }
         receive(*r, *epoch, *seq, rest, out, later);
-        return true;
-    }
-    if (verb == detail::repl_last_verb) {
-        std::array<std::string_view, 3> t{};
-        range_state* r = nullptr;
-        std::optional<std::uint64_t> epoch;
-        if (detail::take_tokens(request, t, rest)) {
-            r = find_range(t[1]);
-            epoch = detail::parse_decimal(t[2]);
-        }
-        if (r == nullptr || !epoch) {
-            append_reply(out, reply::error(error_code::range_unavailable, "bad REPL-LAST"));
-            return true;
-        }
+    } else if (verb == detail::repl_last_verb) {
         const std::lock_guard lock(r->mutex);
         if (r->epoch != *epoch) {
             append_reply(out, reply::error(error_code::range_unavailable,
@@ -617,22 +615,14 @@ inline bool replicator::peer_line(std::string_view request, std::string& out,
             return true;
         }
         append_reply(out, reply::found(std::to_string(r->applied)));
-        return true;
-    }
-    if (verb == detail::repl_join_verb) {
-        std::array<std::string_view, 3> t{};
-        range_state* r = nullptr;
-        if (detail::take_tokens(request, t, rest)) {
-            r = find_range(t[1]);
-        }
-        if (r == nullptr || rest.empty() || !is_node_name(rest)) {
+    } else if (verb == detail::repl_join_verb) {
+        if (!is_node_name(rest)) {
             append_reply(out, reply::error(error_code::range_unavailable, "bad REPL-JOIN"));
             return true;
         }
         {
             const std::lock_guard lock(r->mutex);
-            if (std::to_string(r->epoch) != t[2] || r->chain.empty() ||
-                r->chain.back() != options_.self) {
+            if (r->epoch != *epoch || r->chain.empty() || r->chain.back() != options_.self) {
                 append_reply(
                     out, reply::error(error_code::range_unavailable, "not the tail of " + r->name));
                 return true;
@@ -641,46 +631,12 @@ inline bool replicator::peer_line(std::string_view request, std::string& out,
         }
         wake();
         append_reply(out, reply::ok());
-        return true;
-    }
-    if (verb == detail::repl_reset_verb) {
-        std::array<std::string_view, 4> t{};
-        if (!detail::take_tokens(request, t, rest) || !rest.empty()) {
-            // `REPL-RESET range epoch seq` has nothing after its seq.
-            std::array<std::string_view, 3> t3{};
-            std::string_view tail_part;
-            if (!detail::take_tokens(request, t3, tail_part) || tail_part.empty()) {
-                append_reply(out, reply::error(error_code::range_unavailable, "bad REPL-RESET"));
-                return true;
-            }
-            t = {t3[0], t3[1], t3[2], tail_part};
-        }
-        range_state* r = find_range(t[1]);
-        const auto epoch = detail::parse_decimal(t[2]);
-        const auto seq = detail::parse_decimal(t[3]);
-        if (r == nullptr || !epoch || !seq) {
-            append_reply(out, reply::error(error_code::range_unavailable, "bad REPL-RESET"));
-            return true;
-        }
+    } else if (verb == detail::repl_reset_verb) {
         receive_reset(*r, *epoch, *seq, out);
-        return true;
-    }
-    if (verb == detail::repl_copy_verb) {
-        std::array<std::string_view, 3> t{};
-        range_state* r = nullptr;
-        std::optional<std::uint64_t> epoch;
-        if (detail::take_tokens(request, t, rest)) {
-            r = find_range(t[1]);
-            epoch = detail::parse_decimal(t[2]);
-        }
-        if (r == nullptr || !epoch || rest.empty()) {
-            append_reply(out, reply::error(error_code::range_unavailable, "bad REPL-COPY"));
-            return true;
-        }
+    } else {
         receive_copy(*r, *epoch, rest, out);
-        return true;
     }
-    return false;
+    return true;
 }
 
 inline void replicator::receive(range_state& r, std::uint64_t epoch, std::uint64_t seq,
