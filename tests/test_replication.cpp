@@ -11,6 +11,7 @@
 #include "cluster_process.hpp"
 #include "etcd_process.hpp"
 #include "kv_process.hpp"
+#include "tcp_proxy.hpp"
 
 #include <otpkv/detail/base64.hpp>
 #include <otpkv/detail/http_client.hpp>
@@ -43,28 +44,46 @@ using otpkv_test::steady;
 
 namespace {
 
-// Three nodes, one route naming all of them, and --etcd for each.
+// Three nodes, one route naming all of them, and --etcd for each. `proxied`: each node
+// reaches each other node through a TCP proxy of its own (`partition` cuts a pair).
 struct replicated_cluster {
     etcd_process etcd;
     std::vector<node_spec> specs;
+    std::map<std::pair<std::size_t, std::size_t>, std::unique_ptr<otpkv_test::tcp_proxy>> proxies;
     std::unique_ptr<cluster> nodes;
 
     // `more`: flags for every node; `env`: variables for every node.
     explicit replicated_cluster(std::vector<std::string> more = {},
-                                std::vector<std::string> env = {}) {
+                                std::vector<std::string> env = {}, bool proxied = false) {
         const std::vector<std::uint16_t> ports = otpkv_test::unused_ports(3);
-        std::string route = "a-z=";
-        for (std::size_t i = 0; i < 3; ++i) {
-            route += (i > 0 ? "," : "") + std::string("n") + std::to_string(i + 1) +
-                     "@127.0.0.1:" + std::to_string(ports[i]);
-        }
         std::map<std::size_t, std::vector<std::string>> flags;
         for (std::size_t i = 0; i < 3; ++i) {
+            std::string route = "a-z=";
+            for (std::size_t j = 0; j < 3; ++j) {
+                std::uint16_t port = ports[j];
+                if (proxied && i != j) {
+                    auto& p = proxies[{i, j}];
+                    p = std::make_unique<otpkv_test::tcp_proxy>(ports[j]);
+                    port = p->port();
+                }
+                route += (j > 0 ? "," : "") + std::string("n") + std::to_string(j + 1) +
+                         "@127.0.0.1:" + std::to_string(port);
+            }
             specs.push_back({"n" + std::to_string(i + 1), ports[i], {route}});
             flags[i] = {"--etcd", etcd.url(), "--log-level", "warning"};
             flags[i].insert(flags[i].end(), more.begin(), more.end());
         }
         nodes = std::make_unique<cluster>(specs, flags, std::move(env));
+    }
+    // Cuts (or heals) the links between nodes i and j, both ways.
+    void partition(std::size_t i, std::size_t j, bool cut = true) {
+        for (const auto& key : {std::pair{i, j}, std::pair{j, i}}) {
+            if (cut) {
+                proxies.at(key)->cut();
+            } else {
+                proxies.at(key)->heal();
+            }
+        }
     }
 };
 
@@ -592,5 +611,27 @@ TEST_CASE("replication nemesis: the checker has teeth (heads that acknowledge to
                                           << r.verdict.report);
     CHECK_FALSE(r.verdict.ok);
     CHECK(r.verdict.report.find("not linearizable") != std::string::npos);
+    rc.nodes->stop();
+}
+
+TEST_CASE("replication nemesis: the head and the middle cut off from each other for 3 s") {
+    replicated_cluster rc({}, {}, true);
+    const auto r = nemesis(rc, [&](const otpkv::chain_record& formed) {
+        const std::size_t head = index_of(formed.nodes[0]);
+        const std::size_t middle = index_of(formed.nodes[1]);
+        rc.partition(head, middle);
+        std::this_thread::sleep_for(3s);
+        rc.partition(head, middle, false);
+        return head;
+    });
+    MESSAGE("head and middle partitioned 3 s: " << r.operations << " operations, served again "
+                                                << "after " << r.served_again << " s; errors:\n"
+                                                << r.errors);
+    CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
+    CHECK(r.operations >= 10000);
+    CHECK(r.served_again >= 0);
+    CHECK(r.served_again <= serve_again_limit);
+    // The middle was expelled; reachable again, it joins again.
+    CHECK(wait_for_chain(rc.etcd, 3).nodes.size() == 3);
     rc.nodes->stop();
 }

@@ -92,6 +92,10 @@ class etcd_view final : public view_service, public process {
                                                   clock::time_point deadline) const override;
     [[nodiscard]] swap_result swap_chain(std::string_view range, std::int64_t expected,
                                          const chain_record& next) override;
+    [[nodiscard]] swap_result expel(std::string_view node) override;
+    [[nodiscard]] std::chrono::milliseconds lease_time() const noexcept override {
+        return granted_ttl();
+    }
     [[nodiscard]] clock::time_point lease_deadline() const noexcept override {
         return clock::time_point(clock::duration(lease_deadline_.load(std::memory_order_acquire)));
     }
@@ -610,6 +614,36 @@ inline swap_result etcd_view::swap_chain(std::string_view range, std::int64_t ex
     }
     out.what = swap_result::outcome::swapped;
     out.version = detail::etcd_int(doc->at("header"), "revision");
+    return out;
+}
+
+inline swap_result etcd_view::expel(std::string_view node) {
+    swap_result out;
+    const std::string key = node_key(node);
+    const std::lock_guard lock(swap_mutex_);
+    detail::http_reply r = call(swap_, "/v3/kv/range", "{\"key\":" + detail::etcd_b64(key) + "}");
+    auto doc = r.status == detail::http_status::ok && r.code == 200 ? detail::parse_json(r.body)
+                                                                    : std::nullopt;
+    if (!doc) {
+        out.error = detail::etcd_error_text(r);
+        return out;
+    }
+    const auto& kvs = doc->at("kvs").items();
+    const std::int64_t lease = kvs.empty() ? 0 : detail::etcd_int(kvs.front(), "lease");
+    if (lease == 0) {
+        out.what = swap_result::outcome::conflict;
+        out.error = "node " + std::string(node) + " holds no lease";
+        return out;
+    }
+    r = call(swap_, "/v3/lease/revoke", "{\"ID\":\"" + std::to_string(lease) + "\"}");
+    if (r.status != detail::http_status::ok || r.code != 200) {
+        // A lease gone meanwhile is refused (not found): the node is out either way.
+        out.what = r.status == detail::http_status::ok ? swap_result::outcome::conflict
+                                                       : swap_result::outcome::unavailable;
+        out.error = detail::etcd_error_text(r);
+        return out;
+    }
+    out.what = swap_result::outcome::swapped;
     return out;
 }
 

@@ -92,9 +92,18 @@ class view_service {
     /// bounded by the service's request timeout.
     [[nodiscard]] virtual swap_result swap_chain(std::string_view range, std::int64_t expected,
                                                  const chain_record& next) = 0;
+    /// Ends the lease of `node`, which a peer could not reach: its key goes at once, so it
+    /// is taken out of its chains, and it must register again (and be copied again) to come
+    /// back. `swapped` when that was done, `conflict` when it holds no lease, `unavailable`
+    /// when the authority did not answer. The node may still be alive and believe its
+    /// lease holds until its own `lease_deadline`: whoever expels a node serving reads
+    /// waits `lease_time` before serving in its place (replication.hpp).
+    [[nodiscard]] virtual swap_result expel(std::string_view node) = 0;
     /// Until when this node's lease certainly holds (the epoch of the steady clock when it
     /// holds no lease). Lock-free.
     [[nodiscard]] virtual clock::time_point lease_deadline() const noexcept = 0;
+    /// The time to live of a lease, as granted (0 before the first grant). Lock-free.
+    [[nodiscard]] virtual std::chrono::milliseconds lease_time() const noexcept = 0;
     /// Counts this node's registrations: it rises each time the node had to take a new
     /// lease because its last one was lost; 0 before the first. A node whose incarnation
     /// changed may have been removed from every chain meanwhile.

@@ -55,7 +55,14 @@
 /// chains keep their last configuration: writes go on while every node of a chain is up,
 /// and a chain that loses a node takes no writes until the authority is back.
 ///
+/// **Unreachable nodes.** A node whose successor does not answer (the connection's request
+/// timeout or heartbeat gives up on it) while etcd still counts it alive ends its lease
+/// (`view_service::expel`): it is then removed like a dead node, and joins again once it can
+/// be reached. A removed tail may go on answering reads until its own lease deadline, so the
+/// node that expelled it, the new tail, serves nothing until a lease time has passed.
+///
 /// Events (`replication_options::log`): `chain_changed` (info: range, epoch, chain),
+/// `node_expelled` (warning: a successor this node could not reach),
 /// `chain_reconfigured` (warning: a dead node removed, by this node), `chain_joined` (a node
 /// copied and added, by the tail), `chain_join_failed` (warning), `range_lost` (error: every
 /// node of a chain died; the range restarts empty), `range_dropped` (this node left a chain
@@ -82,6 +89,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -193,6 +201,9 @@ class replicator {
         // The chain names this node, but not as a member this node knows it is (a record
         // from before it restarted or lost its lease): it takes itself out.
         bool stranger = false;
+        // Not ready before this: this node expelled its successor, the tail, which may still
+        // answer reads until its own lease deadline (at most a lease time from then).
+        std::chrono::steady_clock::time_point fence_until{};
         // The control thread's: work to do.
         bool needs_repair = false;
         std::uint64_t join_asked_epoch = 0;
@@ -232,6 +243,7 @@ class replicator {
     void adopt(range_state& r, const membership_view& v, bool new_incarnation);
     void reconfigure(range_state& r, const membership_view& v);
     void repair(range_state& r);
+    void expel_unreachable(range_state& r, const membership_view& v);
     void copy_to_joiner(range_state& r, const std::string& joiner, const membership_view& v);
     void log_event_(log_level level, std::string what, const range_state& r,
                     std::vector<std::pair<std::string, std::string>> fields,
@@ -255,6 +267,8 @@ class replicator {
     std::condition_variable wake_cv_;
     bool woken_ = false;
     std::uint64_t incarnation_seen_ = 0; // the control thread's
+    // When this node last expelled each node (the control thread's): once per step timeout.
+    std::map<std::string, std::chrono::steady_clock::time_point, std::less<>> expelled_at_;
 };
 
 // =======================================================================================
@@ -804,7 +818,16 @@ inline void replicator::control_loop(const std::stop_token& stop) {
             if (repair_now) {
                 repair(*r);
             }
+            {
+                // Past a fence (and not repairing, copying or stopping): ready again.
+                const std::lock_guard lock(r->mutex);
+                if (!r->ready && r->position >= 0 && !r->needs_repair && !stopped_.load() &&
+                    std::chrono::steady_clock::now() >= r->fence_until) {
+                    r->ready = true;
+                }
+            }
             if (v.connected) {
+                expel_unreachable(*r, v);
                 reconfigure(*r, v);
             }
         }
@@ -862,7 +885,8 @@ inline void replicator::adopt(range_state& r, const membership_view& v, bool new
     }
     r.joiner.reset();
     r.needs_repair = r.position >= 0 && r.successor && r.successor != old_successor;
-    r.ready = r.position >= 0 && !r.needs_repair;
+    r.ready =
+        r.position >= 0 && !r.needs_repair && std::chrono::steady_clock::now() >= r.fence_until;
     log_event_(log_level::info, "chain_changed", r,
                {{"epoch", std::to_string(c.epoch)},
                 {"chain", chain_text(c).substr(chain_text(c).find("nodes=") + 6)}});
@@ -933,6 +957,46 @@ inline void replicator::repair(range_state& r) {
         r.ready = true;
         r.unacked.clear(); // all of it is at the successor now
     }
+}
+
+// A successor this node cannot reach while etcd still counts it alive (a partition, a node
+// too slow to answer): its lease is ended, so it is removed like a dead node, and it joins
+// again once it can. If it was the tail, it may go on answering reads until its own lease
+// deadline: this node, the tail after it, serves nothing until a lease time has passed.
+inline void replicator::expel_unreachable(range_state& r, const membership_view& v) {
+    std::optional<std::size_t> next;
+    std::string name;
+    bool was_tail = false;
+    {
+        const std::lock_guard lock(r.mutex);
+        if (r.position < 0 || !r.successor) {
+            return;
+        }
+        const auto at = static_cast<std::size_t>(r.position) + 1;
+        next = r.successor;
+        name = r.chain[at];
+        was_tail = at + 1 == r.chain.size();
+    }
+    if (client_->status(*next) != node_status::down || v.nodes.count(name) == 0) {
+        return;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    auto& last = expelled_at_[name];
+    if (last != std::chrono::steady_clock::time_point{} && now - last < options_.step_timeout) {
+        return;
+    }
+    last = now;
+    const swap_result done = options_.view->expel(name);
+    if (done.what != swap_result::outcome::swapped) {
+        return;
+    }
+    if (was_tail) {
+        const std::lock_guard lock(r.mutex);
+        r.fence_until = std::chrono::steady_clock::now() + options_.view->lease_time();
+        r.ready = false;
+    }
+    log_event_(log_level::warning, "node_expelled", r, {{"expelled", name}},
+               "not reachable from " + options_.self + " while etcd counts it alive");
 }
 
 inline void replicator::reconfigure(range_state& r, const membership_view& v) {
