@@ -98,6 +98,7 @@ class tcp_proxy {
             if (::poll(fds.data(), fds.size(), 20) <= 0) {
                 continue;
             }
+            const std::size_t polled = links.size(); // a link accepted below waits a round
             if ((fds[0].revents & POLLIN) != 0) {
                 otpkv::detail::unique_fd c(otpkv::detail::accept_connection(listener_.get()));
                 if (c && cut_) {
@@ -111,7 +112,7 @@ class tcp_proxy {
                     }
                 }
             }
-            for (std::size_t i = 0; i < links.size(); ++i) {
+            for (std::size_t i = 0; i < polled; ++i) {
                 link& l = *links[i];
                 const short rc = fds[1 + 2 * i].revents;
                 const short rs = fds[2 + 2 * i].revents;
