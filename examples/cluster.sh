@@ -15,7 +15,8 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: examples/cluster.sh [--port N] [--kv-server PATH] [-- KV_SERVER_OPTION...]
+usage: examples/cluster.sh [--port N] [--kv-server PATH] [--replicas R] [--etcd PATH]
+                          [-- KV_SERVER_OPTION...]
        examples/cluster.sh --help
 
 Starts three otpkv nodes on 127.0.0.1, each given the same routes:
@@ -33,6 +34,13 @@ SIGINT (Ctrl-C), SIGTERM or SIGHUP:
 
   otpkv cluster ready: a-i=n1@127.0.0.1:N j-r=n2@127.0.0.1:N+1 s-z=n3@127.0.0.1:N+2
 
+With --replicas R (1 to 3), every range is replicated on R nodes (README.md,
+"Replication"): the script first starts etcd, the membership authority, on a free
+loopback port with a temporary data directory, and each route names all three nodes,
+its owner first (a-i=n1,n2,n3  j-r=n2,n3,n1  s-z=n3,n1,n2); the ready line waits until
+every range answers, and ends with ` (replicas R, etcd http://127.0.0.1:PORT)`. Stopping
+stops the nodes, then etcd.
+
 (A script that starts it with & and no job control makes it ignore SIGINT, as POSIX
 says: stop it with SIGTERM then, or run `set -m` first.)
 
@@ -40,6 +48,9 @@ Options:
   --port N          n1's port; n2 and n3 take the next two (default: 4041, or $CLUSTER_PORT)
   --kv-server PATH  the kv_server program (default: $KV_SERVER, or
                     build/release/examples/kv_server in the repository)
+  --replicas R      replicate every range on R nodes (1 to 3), with etcd
+  --etcd PATH       the etcd program (default: $ETCD, or etcd on the PATH: Debian's
+                    etcd-server)
   -- OPTION...      passed to every node, e.g. -- --threads 1
   -h, --help        print this text and exit
 
@@ -69,6 +80,7 @@ ended=()    # indices of the nodes `reap` found gone
 timer=      # PID of the sleep `pause` waits for, while there is one
 stopping=0  # set by a signal: stop the cluster
 out=        # the temporary folder of the nodes' standard output
+etcd_pid=   # etcd's PID, with --replicas
 
 # Waits $1 seconds, or less when a signal comes: `wait` returns at once then, which a
 # foreground `sleep` would not (bash would even drop a SIGINT sent to it alone, taking it
@@ -156,8 +168,23 @@ cleanup() {
     trap '' INT TERM HUP
     set +eu # whatever happens, finish
     stop_nodes
+    stop_etcd
     if [[ -n $out ]]; then rm -rf -- "$out"; fi
 }
+
+# Stops etcd (started with --replicas) by its PID: SIGTERM, then SIGKILL after 5 s.
+stop_etcd() {
+    local deadline=$((SECONDS + 5))
+    [[ -n $etcd_pid ]] || return 0
+    kill -TERM "$etcd_pid" 2>/dev/null || true
+    while kill -0 "$etcd_pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
+    kill -KILL "$etcd_pid" 2>/dev/null || true
+    wait "$etcd_pid" 2>/dev/null || true
+    etcd_pid=
+}
+
+# True when something listens on 127.0.0.1:$1.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # From here on a signal only sets `stopping`, and the EXIT trap cleans up, whatever
 # happens: a signal is never lost, even in the middle of a command.
@@ -167,6 +194,8 @@ trap cleanup EXIT
 root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 kv_server=${KV_SERVER:-$root/build/release/examples/kv_server}
 port=${CLUSTER_PORT:-4041}
+replicas=
+etcd=${ETCD:-etcd}
 node_options=()
 while (($# > 0)); do
     case $1 in
@@ -177,6 +206,11 @@ while (($# > 0)); do
     --port | --kv-server)
         (($# >= 2)) || usage_error "$1 needs a value"
         if [[ $1 == --port ]]; then port=$2; else kv_server=$2; fi
+        shift 2
+        ;;
+    --replicas | --etcd)
+        (($# >= 2)) || usage_error "$1 needs a value"
+        if [[ $1 == --replicas ]]; then replicas=$2; else etcd=$2; fi
         shift 2
         ;;
     --port=*) port=${1#--port=} && shift ;;
@@ -193,6 +227,13 @@ if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65533)); then
     usage_error "bad port '$port': n1's port must be 1 to 65533"
 fi
 port=$((10#$port))
+if [[ -n $replicas ]] && ! [[ $replicas =~ ^[1-3]$ ]]; then
+    usage_error "bad --replicas '$replicas': 1 to 3"
+fi
+if [[ -n $replicas ]] && ! command -v "$etcd" >/dev/null; then
+    say "no etcd program '$etcd' (Debian: apt install etcd-server; or --etcd PATH)"
+    exit 1
+fi
 if [[ ! -x $kv_server ]]; then
     say "no kv_server program at $kv_server"
     say "build it with 'cmake --workflow --preset release', or point KV_SERVER at one"
@@ -204,11 +245,56 @@ ranges=(a-i j-r s-z)
 routes=()
 table=()
 for i in 0 1 2; do
-    table+=("${ranges[i]}=${names[i]}@127.0.0.1:$((port + i))")
-    routes+=(--route "${table[i]}")
+    entry="${ranges[i]}=${names[i]}@127.0.0.1:$((port + i))"
+    if [[ -n $replicas ]]; then # the owner first, then the next two
+        for j in 1 2; do
+            k=$(((i + j) % 3))
+            entry+=",${names[k]}@127.0.0.1:$((port + k))"
+        done
+    fi
+    table+=("$entry")
+    routes+=(--route "$entry")
 done
 
 out=$(mktemp -d "${TMPDIR:-/tmp}/otpkv-cluster.XXXXXX")
+
+# With --replicas: etcd first, on the first two free ports from n1's port + 100.
+suffix=
+if [[ -n $replicas ]]; then
+    client=$((port + 100))
+    while listening "$client" || listening "$((client + 1))"; do client=$((client + 2)); done
+    "$etcd" --name otpkv-cluster --data-dir "$out/etcd" \
+        --listen-client-urls "http://127.0.0.1:$client" \
+        --advertise-client-urls "http://127.0.0.1:$client" \
+        --listen-peer-urls "http://127.0.0.1:$((client + 1))" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$((client + 1))" \
+        --initial-cluster "otpkv-cluster=http://127.0.0.1:$((client + 1))" \
+        --heartbeat-interval 50 --election-timeout 500 --log-level warn >"$out/etcd.log" 2>&1 &
+    etcd_pid=$!
+    deadline=$((SECONDS + 10))
+    until listening "$client"; do
+        if ! kill -0 "$etcd_pid" 2>/dev/null || ((SECONDS >= deadline)); then
+            say "etcd did not start on 127.0.0.1:$client; its log:"
+            cat "$out/etcd.log" >&2
+            exit 1
+        fi
+        pause 0.05
+    done
+    node_options=(--etcd "http://127.0.0.1:$client" --replicas "$replicas" "${node_options[@]}")
+    suffix=" (replicas $replicas, etcd http://127.0.0.1:$client)"
+fi
+
+# True when every range answers through n1 (a GET of a bucket nobody made: NOT FOUND).
+serving() {
+    local r reply
+    for r in a j s; do
+        reply=$({
+            exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'GET %s-ready k\r\n' "$r" >&3 &&
+                IFS= read -r -t 2 reply <&3 && printf '%s' "$reply"
+        } 2>/dev/null) || return 1
+        [[ $reply == $'NOT FOUND\r' ]] || return 1
+    done
+}
 
 for i in 0 1 2; do
     ((!stopping)) || break
@@ -250,11 +336,15 @@ while ((!stopping)); do
         [[ $line == "otpkv node ${names[i]} listening on "* ]] || break
         lines+=("$line")
     done
-    if ((${#lines[@]} == 3)); then
+    if ((${#lines[@]} == 3)) && { [[ -z $replicas ]] || serving; }; then
         ready=1
-        printf '%s\n' "${lines[@]}" "otpkv cluster ready: ${table[*]}"
+        printf '%s\n' "${lines[@]}" "otpkv cluster ready: ${table[*]}$suffix"
     elif ((SECONDS >= deadline)); then
-        say "node ${names[${#lines[@]}]} did not get ready within 10 s; stopping the cluster"
+        if ((${#lines[@]} == 3)); then
+            say "the replicated ranges did not answer within 10 s; stopping the cluster"
+        else
+            say "node ${names[${#lines[@]}]} did not get ready within 10 s; stopping the cluster"
+        fi
         failed=1
         break
     else
