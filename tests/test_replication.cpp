@@ -178,6 +178,17 @@ TEST_CASE("replication: the chain forms by itself; writes and reads through ever
                   value("v" + std::to_string(i)));
         }
     }
+    // Pipelined, a connection's requests keep their order wherever each one runs.
+    for (std::size_t i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        const std::string b = "piped" + std::to_string(i);
+        kv_client c(rc.nodes->port(i));
+        const std::string request = "CREATE " + b + "\r\nPUT " + b + " k 1\r\nGET " + b +
+                                    " k\r\nDELETE " + b + " k\r\nGET " + b + " k\r\nPUT " + b +
+                                    " k 2\r\nGET " + b + " k\r\n";
+        const std::string expected = ok + ok + value("1") + ok + value("") + ok + value("2");
+        CHECK(c.exchange(request, expected.size()) == expected);
+    }
     CHECK(ask(rc.nodes->port(2), "DELETE apples k0\r\n") == ok);
     CHECK(ask(rc.nodes->port(0), "GET apples k0\r\n") == value(""));
     CHECK(ask(rc.nodes->port(0), "PUT nothing k v\r\n") == "NOT FOUND\r\n");

@@ -241,7 +241,7 @@ class router : public process {
     [[nodiscard]] route_target route_node(std::string_view node) const noexcept;
     void handshake(std::string& out, session& s);
     void log_refused(const session& s, std::string why);
-    void forward(const command& cmd, std::size_t node, session& s);
+    void forward(const command& cmd, std::size_t node, session& s, bool in_order = false);
     void forward_subscribe(const command& cmd, std::size_t node, session& s);
     void chained(const command& cmd, std::size_t range, std::string& out, session& s);
     [[nodiscard]] routed_reply operation(const command& cmd);
@@ -292,9 +292,13 @@ inline constexpr std::uint64_t peer_greeted_mark = 0x6772656574; // "greet"
 
 /// A `replicator::later_fn` over a session: the reply is deferred, behind `header` (a peer
 /// reply's `=<id>` line; empty for a client's).
-[[nodiscard]] inline replicator::later_fn defer_into(session& s, std::string header = {}) {
-    return [&s, header = std::move(header)]() -> replicator::completion {
-        auto d = std::make_shared<deferred_reply>(s.defer());
+/// `in_order`: no later request of the connection runs before this one is answered
+/// (`session::defer_stream`), so a client's pipelined requests to a replicated range keep
+/// their order although they may run on different nodes (a GET after a PUT sees it).
+[[nodiscard]] inline replicator::later_fn defer_into(session& s, std::string header = {},
+                                                     bool in_order = false) {
+    return [&s, header = std::move(header), in_order]() -> replicator::completion {
+        auto d = std::make_shared<deferred_reply>(in_order ? s.defer_stream() : s.defer());
         return [d, header](std::string bytes) {
             d->complete(header.empty() ? std::move(bytes) : header + bytes);
         };
@@ -802,10 +806,11 @@ inline void router::info(const command& cmd, std::string& out, session& s) {
     }
 }
 
-inline void router::forward(const command& cmd, std::size_t node, session& s) {
+inline void router::forward(const command& cmd, std::size_t node, session& s, bool in_order) {
     const std::string_view name = client_->nodes()[node].name;
     client_->request(node, request_line(cmd), cmd.kind, s.id(),
-                     [d = s.defer(), name](std::optional<framed_reply> reply) mutable {
+                     [d = in_order ? s.defer_stream() : s.defer(),
+                      name](std::optional<framed_reply> reply) mutable {
                          if (!reply) {
                              d.complete(detail::relayed(std::nullopt, name)); // does not close
                              return;
@@ -829,7 +834,7 @@ inline void router::chained(const command& cmd, std::size_t range, std::string& 
         if (cmd.kind == command_kind::subscribe) {
             run_local(cmd, out, s, false);
         } else {
-            replicator_->local_request(range, cmd, out, detail::defer_into(s));
+            replicator_->local_request(range, cmd, out, detail::defer_into(s, {}, true));
         }
         return;
     }
@@ -839,7 +844,7 @@ inline void router::chained(const command& cmd, std::size_t range, std::string& 
     } else if (cmd.kind == command_kind::subscribe) {
         forward_subscribe(cmd, *node, s);
     } else {
-        forward(cmd, *node, s);
+        forward(cmd, *node, s, true); // in order: the next request may go to another node
     }
 }
 
