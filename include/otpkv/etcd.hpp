@@ -140,8 +140,9 @@ class etcd_view final : public view_service, public process {
     [[nodiscard]] bool take_watch_line(const std::string& line);
     void set_connected(bool up, std::string_view why);
     void publish(membership_view next);
-    /// Applies one key's new value (or its deletion) to `v`.
-    void apply(membership_view& v, const std::string& key, const std::string* value) const;
+    /// Applies one key's new value (or its deletion) to `v`; `version` is its mod_revision.
+    void apply(membership_view& v, const std::string& key, const std::string* value,
+               std::int64_t mod_revision) const;
     void refused(std::string_view what, const detail::http_reply& r);
 
     etcd_options options_;
@@ -343,8 +344,8 @@ inline membership_view etcd_view::wait_for_change(std::int64_t seen, bool was_co
     return view_;
 }
 
-inline void etcd_view::apply(membership_view& v, const std::string& key,
-                             const std::string* value) const {
+inline void etcd_view::apply(membership_view& v, const std::string& key, const std::string* value,
+                             std::int64_t mod_revision) const {
     const std::string nodes = options_.prefix + "nodes/";
     const std::string chains = options_.prefix + "chains/";
     if (key.starts_with(nodes)) {
@@ -358,6 +359,7 @@ inline void etcd_view::apply(membership_view& v, const std::string& key,
         const std::string range = key.substr(chains.size());
         chain_record c;
         if (value != nullptr && parse_chain_text(*value, c)) {
+            c.version = mod_revision;
             v.chains[range] = std::move(c);
         } else {
             v.chains.erase(range); // deleted, or not ours to read
@@ -374,20 +376,13 @@ inline bool etcd_view::load(std::int64_t& revision) {
     }
     membership_view next;
     next.revision = detail::etcd_int(doc->at("header"), "revision");
-    const std::string chains = options_.prefix + "chains/";
     for (const detail::json_value& kv : doc->at("kvs").items()) {
         const auto key = detail::base64_decode(kv.at("key").text());
         const auto value = detail::base64_decode(kv.at("value").text());
         if (!key || !value) {
             continue;
         }
-        apply(next, *key, &*value);
-        if (key->starts_with(chains)) {
-            if (auto found = next.chains.find(key->substr(chains.size()));
-                found != next.chains.end()) {
-                found->second.version = detail::etcd_int(kv, "mod_revision");
-            }
-        }
+        apply(next, *key, &*value, detail::etcd_int(kv, "mod_revision"));
     }
     revision = next.revision;
     publish(std::move(next));
@@ -429,7 +424,6 @@ inline bool etcd_view::take_watch_line(const std::string& line) {
         return true; // `created`, or a progress notification
     }
     membership_view next = view();
-    const std::string chains = options_.prefix + "chains/";
     for (const detail::json_value& ev : events) {
         const detail::json_value& kv = ev.at("kv");
         const auto key = detail::base64_decode(kv.at("key").text());
@@ -437,20 +431,14 @@ inline bool etcd_view::take_watch_line(const std::string& line) {
             continue;
         }
         if (ev.at("type").text() == "DELETE") {
-            apply(next, *key, nullptr);
+            apply(next, *key, nullptr, 0);
             continue;
         }
         const auto value = detail::base64_decode(kv.at("value").text());
         if (!value) {
             continue;
         }
-        apply(next, *key, &*value);
-        if (key->starts_with(chains)) {
-            if (auto found = next.chains.find(key->substr(chains.size()));
-                found != next.chains.end()) {
-                found->second.version = detail::etcd_int(kv, "mod_revision");
-            }
-        }
+        apply(next, *key, &*value, detail::etcd_int(kv, "mod_revision"));
     }
     next.revision = std::max(next.revision, revision);
     publish(std::move(next));

@@ -95,6 +95,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -127,6 +128,35 @@ struct range_snapshot {
     std::uint64_t applied = 0;        ///< the last sequence number applied here
     std::size_t unacknowledged = 0;   ///< messages sent down, not yet acknowledged
 };
+
+namespace detail {
+/// Messages sent and not yet answered, and whether any was refused: a copy or a repair
+/// waits on it. Copies share the counters.
+struct ack_count {
+    std::shared_ptr<std::atomic<std::size_t>> outstanding =
+        std::make_shared<std::atomic<std::size_t>>(0);
+    std::shared_ptr<std::atomic<bool>> failed = std::make_shared<std::atomic<bool>>(false);
+    /// Counts one message sent; returns the callback for its reply (`OK`, or a refusal).
+    [[nodiscard]] std::function<void(std::optional<std::string>)> sent() const {
+        outstanding->fetch_add(1);
+        return [o = outstanding, f = failed](std::optional<std::string> reply) {
+            if (!reply || *reply != "OK\r\n") {
+                f->store(true);
+            }
+            o->fetch_sub(1);
+        };
+    }
+    /// Waits until every message was answered, or `limit` passed; true when all were, `OK`.
+    [[nodiscard]] bool wait(std::chrono::milliseconds limit) const {
+        const auto deadline = std::chrono::steady_clock::now() + limit;
+        while (outstanding->load() != 0 && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        return outstanding->load() == 0 && !failed->load();
+    }
+};
+
+} // namespace detail
 
 /// The chains of one node (this file's comment). Made by the router (router.hpp) for the
 /// entries of its table that name several nodes.
@@ -192,8 +222,7 @@ class replicator {
         std::deque<pending_message> unacked;
         // Joining, at the tail: the node being copied to (also sent every write).
         std::optional<std::size_t> joiner;
-        std::shared_ptr<std::atomic<std::size_t>> joiner_outstanding;
-        std::shared_ptr<std::atomic<bool>> joiner_failed;
+        detail::ack_count joiner_acks;
         // Joining, at the joiner: the epoch it was reset in (0: not joining).
         std::uint64_t joined_epoch = 0;
         // The epoch of a chain this node started itself (alone in it).
@@ -477,17 +506,7 @@ inline void replicator::head_write(range_state& r, const command& cmd, std::stri
     const std::optional<std::size_t> next = r.successor;
     if (r.joiner) {
         // A node being copied to: sent every write too, its reply only counted.
-        r.joiner_outstanding->fetch_add(1);
-        send_down(
-            r, *r.joiner, {seq, request_line(cmd)},
-            [count = r.joiner_outstanding,
-             failed = r.joiner_failed](std::optional<std::string> reply) {
-                if (!reply || *reply != "OK\r\n") {
-                    failed->store(true);
-                }
-                count->fetch_sub(1);
-            },
-            command_kind::put);
+        send_down(r, *r.joiner, {seq, request_line(cmd)}, r.joiner_acks.sent(), command_kind::put);
     }
     if (!next || options_.unsafe_ack_at_head) {
         if (next) {
@@ -704,17 +723,8 @@ inline void replicator::receive(range_state& r, std::uint64_t epoch, std::uint64
     run(cmd, *registry_, ignored);
     r.applied = seq;
     if (r.joiner) {
-        r.joiner_outstanding->fetch_add(1);
-        send_down(
-            r, *r.joiner, {seq, std::string(request)},
-            [count = r.joiner_outstanding,
-             failed = r.joiner_failed](std::optional<std::string> reply) {
-                if (!reply || *reply != "OK\r\n") {
-                    failed->store(true);
-                }
-                count->fetch_sub(1);
-            },
-            command_kind::put);
+        send_down(r, *r.joiner, {seq, std::string(request)}, r.joiner_acks.sent(),
+                  command_kind::put);
     }
     if (joining || !r.successor) {
         append_reply(out, reply::ok());
@@ -924,9 +934,7 @@ inline void replicator::repair(range_state& r) {
     if (!last) {
         return; // not in our epoch yet, or gone: tried again at the next change or wake
     }
-    std::shared_ptr<std::atomic<std::size_t>> outstanding =
-        std::make_shared<std::atomic<std::size_t>>(0);
-    std::shared_ptr<std::atomic<bool>> failed = std::make_shared<std::atomic<bool>>(false);
+    const detail::ack_count acks;
     {
         const std::lock_guard lock(r.mutex);
         if (r.epoch != epoch) {
@@ -934,25 +942,13 @@ inline void replicator::repair(range_state& r) {
         }
         for (const pending_message& m : r.unacked) {
             if (m.seq > *last) {
-                outstanding->fetch_add(1);
-                send_down(
-                    r, to, m,
-                    [outstanding, failed](std::optional<std::string> got) {
-                        if (!got || *got != "OK\r\n") {
-                            failed->store(true);
-                        }
-                        outstanding->fetch_sub(1);
-                    },
-                    command_kind::put);
+                send_down(r, to, m, acks.sent(), command_kind::put);
             }
         }
     }
-    const auto deadline = std::chrono::steady_clock::now() + options_.step_timeout;
-    while (outstanding->load() != 0 && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    const bool all = acks.wait(options_.step_timeout);
     const std::lock_guard lock(r.mutex);
-    if (r.epoch == epoch && outstanding->load() == 0 && !failed->load()) {
+    if (r.epoch == epoch && all) {
         r.needs_repair = false;
         r.ready = true;
         r.unacked.clear(); // all of it is at the successor now
@@ -967,9 +963,13 @@ inline void replicator::expel_unreachable(range_state& r, const membership_view&
     std::optional<std::size_t> next;
     std::string name;
     bool was_tail = false;
+    const auto record = v.chains.find(r.name);
+    if (!lease_holds() || record == v.chains.end()) {
+        return; // only a node that surely is a member judges others (not one just thawed)
+    }
     {
         const std::lock_guard lock(r.mutex);
-        if (r.position < 0 || !r.successor) {
+        if (r.position < 0 || !r.successor || r.epoch != record->second.epoch) {
             return;
         }
         const auto at = static_cast<std::size_t>(r.position) + 1;
@@ -1134,17 +1134,9 @@ inline void replicator::copy_to_joiner(range_state& r, const std::string& joiner
         return;
     }
     const chain_record c = found->second;
-    auto outstanding = std::make_shared<std::atomic<std::size_t>>(0);
-    auto failed = std::make_shared<std::atomic<bool>>(false);
-    const auto counted = [outstanding, failed](std::optional<std::string> got) {
-        if (!got || *got != "OK\r\n") {
-            failed->store(true);
-        }
-        outstanding->fetch_sub(1);
-    };
+    const detail::ack_count acks;
     const auto send_raw = [&](std::string line) {
-        outstanding->fetch_add(1);
-        client_->request(*to, std::move(line), command_kind::put, r.affinity, counted);
+        client_->request(*to, std::move(line), command_kind::put, r.affinity, acks.sent());
     };
     {
         const std::lock_guard lock(r.mutex);
@@ -1154,13 +1146,12 @@ inline void replicator::copy_to_joiner(range_state& r, const std::string& joiner
         send_raw(std::string(detail::repl_reset_verb) + " " + r.name + " " +
                  std::to_string(r.epoch) + " " + std::to_string(r.applied) + "\r\n");
         r.joiner = *to;
-        r.joiner_outstanding = outstanding;
-        r.joiner_failed = failed;
+        r.joiner_acks = acks;
     }
     const std::string copy_head =
         std::string(detail::repl_copy_verb) + " " + r.name + " " + std::to_string(c.epoch) + " ";
     const auto still = [&] {
-        return !failed->load() && !stopped_.load() && r.epoch == c.epoch && r.joiner == to;
+        return !acks.failed->load() && !stopped_.load() && r.epoch == c.epoch && r.joiner == to;
     };
     bool ok = true;
     for (const std::string& bucket : registry_->names()) {
@@ -1197,7 +1188,7 @@ inline void replicator::copy_to_joiner(range_state& r, const std::string& joiner
         }
         // Keep the number in flight bounded.
         const auto limit = std::chrono::steady_clock::now() + options_.step_timeout;
-        while (outstanding->load() > 4096 && std::chrono::steady_clock::now() < limit) {
+        while (acks.outstanding->load() > 4096 && std::chrono::steady_clock::now() < limit) {
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         }
     }
@@ -1207,11 +1198,7 @@ inline void replicator::copy_to_joiner(range_state& r, const std::string& joiner
         ok = ok && still();
         r.ready = false;
     }
-    const auto deadline = std::chrono::steady_clock::now() + options_.step_timeout;
-    while (ok && outstanding->load() != 0 && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    ok = ok && outstanding->load() == 0 && !failed->load();
+    ok = ok && acks.wait(options_.step_timeout);
     swap_result done;
     if (ok) {
         chain_record next{c.epoch + 1, c.nodes, 0};
