@@ -544,6 +544,18 @@ nemesis_result nemesis(replicated_cluster& rc, Fault fault, std::size_t before =
     return out;
 }
 
+// Reports a run (`what` names its fault) and checks what every run must show: no
+// violation, enough operations, and the range serving again in time.
+void check_run(const std::string& what, const nemesis_result& r) {
+    MESSAGE(what << ": " << r.operations << " operations, " << r.verdict.keys
+                 << " keys, served again after " << r.served_again << " s; errors:\n"
+                 << r.errors);
+    CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
+    CHECK(r.operations >= 10000);
+    CHECK(r.served_again >= 0);
+    CHECK(r.served_again <= serve_again_limit);
+}
+
 } // namespace
 
 TEST_CASE("replication nemesis: kill -9 of the head, the middle, the tail under 20 clients") {
@@ -556,14 +568,7 @@ TEST_CASE("replication nemesis: kill -9 of the head, the middle, the tail under 
             happened();
             return (victim + 1) % 3;
         });
-        MESSAGE("kill -9 at position " << position << ": " << r.operations << " operations, "
-                                       << r.verdict.keys << " keys, served again after "
-                                       << r.served_again << " s; errors:\n"
-                                       << r.errors);
-        CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
-        CHECK(r.operations >= 10000);
-        CHECK(r.served_again >= 0);
-        CHECK(r.served_again <= serve_again_limit);
+        check_run("kill -9 at position " + std::to_string(position), r);
         rc.nodes->stop();
     }
 }
@@ -579,13 +584,7 @@ TEST_CASE("replication nemesis: the head frozen for 3 s (SIGSTOP, then SIGCONT)"
         rc.nodes->thaw(frozen);
         return (frozen + 1) % 3;
     });
-    MESSAGE("head frozen 3 s: " << r.operations << " operations, served again after "
-                                << r.served_again << " s; errors:\n"
-                                << r.errors);
-    CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
-    CHECK(r.operations >= 10000);
-    CHECK(r.served_again >= 0);
-    CHECK(r.served_again <= serve_again_limit);
+    check_run("head frozen 3 s", r);
     // The thawed head was removed while frozen; it comes back.
     const auto back = wait_for_chain(rc.etcd, 3);
     CHECK_MESSAGE(back.nodes.size() == 3, otpkv::chain_text(back));
@@ -602,13 +601,7 @@ TEST_CASE("replication nemesis: etcd killed for 3 s and started again") {
         rc.etcd.restart();
         return std::size_t{0};
     });
-    MESSAGE("etcd down 3 s: " << r.operations << " operations, served again after "
-                              << r.served_again << " s; errors:\n"
-                              << r.errors);
-    CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
-    CHECK(r.operations >= 10000);
-    CHECK(r.served_again >= 0);
-    CHECK(r.served_again <= serve_again_limit);
+    check_run("etcd down 3 s", r);
     // Nobody died: the chain is whole. (A node too slow to answer meanwhile may have been
     // taken out and added again once etcd was back.)
     CHECK(wait_for_chain(rc.etcd, 3).nodes.size() == 3);
@@ -643,13 +636,7 @@ TEST_CASE("replication nemesis: the head and the middle cut off from each other 
         rc.partition(head, middle, false);
         return head;
     });
-    MESSAGE("head and middle partitioned 3 s: " << r.operations << " operations, served again "
-                                                << "after " << r.served_again << " s; errors:\n"
-                                                << r.errors);
-    CHECK_MESSAGE(r.verdict.ok, r.verdict.report);
-    CHECK(r.operations >= 10000);
-    CHECK(r.served_again >= 0);
-    CHECK(r.served_again <= serve_again_limit);
+    check_run("head and middle partitioned 3 s", r);
     // The middle was expelled; reachable again, it joins again.
     CHECK(wait_for_chain(rc.etcd, 3).nodes.size() == 3);
     rc.nodes->stop();
