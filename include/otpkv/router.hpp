@@ -14,6 +14,12 @@
 /// `ERROR node <name> unavailable`, quickly once it is known to be down, and only for its
 /// buckets; it is retried in the background and used again once it is back.
 ///
+/// An entry that names several nodes is a replicated range (replication.hpp): its requests
+/// go through the router's `replicator`, writes to the head of the range's chain and GET and
+/// SUBSCRIBE to its tail, run here when this node is that one and forwarded otherwise; a
+/// client connection's requests to such a range run in order, one after the other. It needs
+/// `router_options::membership` (etcd in kv_server): without it `start` fails, saying why.
+///
 /// Requests arriving on a peer connection (one whose handshake proved the cluster cookie, see
 /// command.hpp, "Between nodes") are run here whatever the table says: a forwarded request is
 /// never forwarded again, so nodes whose tables disagree cannot loop; the bucket is simply
