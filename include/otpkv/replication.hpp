@@ -545,13 +545,14 @@ inline void replicator::tail_read(range_state& r, const command& cmd, std::strin
             return;
         }
     }
-    // Read, then check the lease: the read happened while it held.
-    std::string local;
-    run(cmd, *registry_, local);
+    // Read, then check the lease: the read happened while it held. Straight into `out`,
+    // taken back when the lease did not surely hold.
+    const std::size_t before = out.size();
+    run(cmd, *registry_, out);
     if (lease_holds()) {
-        out.append(local);
         return;
     }
+    out.resize(before);
     chain_read(r, cmd, out, later);
 }
 

@@ -579,11 +579,15 @@ inline bool router::run_replicated(const command& cmd, std::string_view line,
         (cmd.kind == command_kind::create || cmd.kind == command_kind::put ||
          cmd.kind == command_kind::get || cmd.kind == command_kind::erase) &&
         to.where == route_target::kind::chain;
+    if (!chained_request &&
+        (cmd.kind != command_kind::unknown || !line.starts_with(detail::repl_verb))) {
+        return false; // an ordinary peer request: nothing built for it here
+    }
     std::string mine;
     const auto later = detail::defer_into(s, header);
     if (chained_request) {
         replicator_->local_request(to.node, cmd, mine, later);
-    } else if (cmd.kind != command_kind::unknown || !replicator_->peer_line(line, mine, later)) {
+    } else if (!replicator_->peer_line(line, mine, later)) {
         return false;
     }
     if (!mine.empty()) {
