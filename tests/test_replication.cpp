@@ -13,9 +13,8 @@
 #include "kv_process.hpp"
 #include "tcp_proxy.hpp"
 
-#include <otpkv/detail/base64.hpp>
 #include <otpkv/detail/http_client.hpp>
-#include <otpkv/detail/json.hpp>
+#include <otpkv/etcd.hpp>
 #include <otpkv/membership.hpp>
 
 #include <doctest/doctest.h>
@@ -89,22 +88,11 @@ struct replicated_cluster {
 
 // The chain etcd holds for `range` (an empty record when there is none).
 otpkv::chain_record chain_in_etcd(const etcd_process& etcd, const std::string& range) {
-    otpkv::detail::http_connection c("127.0.0.1", etcd.port());
-    const std::string key = otpkv::detail::base64_encode("/otpkv/chains/" + range);
-    const auto r = c.post("/v3/kv/range", "{\"key\":\"" + key + "\"}", steady::now() + 5s);
-    otpkv::chain_record out;
-    if (r.status != otpkv::detail::http_status::ok || r.code != 200) {
-        return out;
+    const auto v = otpkv::read_membership({"127.0.0.1", etcd.port()});
+    if (!v || !v->chains.contains(range)) {
+        return {};
     }
-    const auto doc = otpkv::detail::parse_json(r.body);
-    if (!doc || doc->at("kvs").items().empty()) {
-        return out;
-    }
-    const auto value = otpkv::detail::base64_decode(doc->at("kvs").items()[0].at("value").text());
-    if (value) {
-        (void)otpkv::parse_chain_text(*value, out);
-    }
-    return out;
+    return v->chains.find(range)->second;
 }
 
 // Sends one request to the node on `port` and reads its reply (a GET's value reply is two

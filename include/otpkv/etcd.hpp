@@ -140,9 +140,6 @@ class etcd_view final : public view_service, public process {
     [[nodiscard]] bool take_watch_line(const std::string& line);
     void set_connected(bool up, std::string_view why);
     void publish(membership_view next);
-    /// Applies one key's new value (or its deletion) to `v`; `version` is its mod_revision.
-    void apply(membership_view& v, const std::string& key, const std::string* value,
-               std::int64_t mod_revision) const;
     void refused(std::string_view what, const detail::http_reply& r);
 
     etcd_options options_;
@@ -167,6 +164,15 @@ class etcd_view final : public view_service, public process {
     mutable std::condition_variable view_changed_;
     membership_view view_;
 };
+
+/// Reads, once, what the nodes of a cluster keep in etcd under `prefix` (the nodes whose
+/// leases hold and every range's chain), as an `etcd_view` with that prefix sees it: for
+/// tools and tests that look at a cluster from outside (kv_load's replication benchmark,
+/// the replication tests). `connected` is true in what it returns; nullopt when etcd did not
+/// answer with a readable reply within `limit`.
+[[nodiscard]] std::optional<membership_view>
+read_membership(const http_endpoint& etcd, std::string_view prefix = "/otpkv/",
+                std::chrono::milliseconds limit = std::chrono::seconds(5));
 
 // =======================================================================================
 // Implementation
@@ -217,6 +223,51 @@ namespace detail {
         return 0;
     }
     return v->integer().value_or(0);
+}
+
+/// The body of a `/v3/kv/range` request for every key under `prefix`.
+[[nodiscard]] inline std::string etcd_prefix_range(std::string_view prefix) {
+    return "{\"key\":" + etcd_b64(prefix) +
+           ",\"range_end\":" + etcd_b64(etcd_prefix_end(std::string(prefix))) + "}";
+}
+
+/// Applies one key's new value (or its deletion, `value` null) under `prefix` to `v`;
+/// `mod_revision` becomes a chain's version. Keys of other shapes are ignored.
+inline void etcd_apply(membership_view& v, std::string_view prefix, const std::string& key,
+                       const std::string* value, std::int64_t mod_revision) {
+    const std::string nodes = std::string(prefix) + "nodes/";
+    const std::string chains = std::string(prefix) + "chains/";
+    if (key.starts_with(nodes)) {
+        const std::string name = key.substr(nodes.size());
+        if (value != nullptr) {
+            v.nodes[name] = *value;
+        } else {
+            v.nodes.erase(name);
+        }
+    } else if (key.starts_with(chains)) {
+        const std::string range = key.substr(chains.size());
+        chain_record c;
+        if (value != nullptr && parse_chain_text(*value, c)) {
+            c.version = mod_revision;
+            v.chains[range] = std::move(c);
+        } else {
+            v.chains.erase(range); // deleted, or not ours to read
+        }
+    }
+}
+
+/// The picture a `/v3/kv/range` reply over `prefix` gives (`connected` left false).
+[[nodiscard]] inline membership_view etcd_view_of(const json_value& doc, std::string_view prefix) {
+    membership_view v;
+    v.revision = etcd_int(doc.at("header"), "revision");
+    for (const json_value& kv : doc.at("kvs").items()) {
+        const auto key = base64_decode(kv.at("key").text());
+        const auto value = base64_decode(kv.at("value").text());
+        if (key && value) {
+            etcd_apply(v, prefix, *key, &*value, etcd_int(kv, "mod_revision"));
+        }
+    }
+    return v;
 }
 
 } // namespace detail
@@ -344,49 +395,31 @@ inline membership_view etcd_view::wait_for_change(std::int64_t seen, bool was_co
     return view_;
 }
 
-inline void etcd_view::apply(membership_view& v, const std::string& key, const std::string* value,
-                             std::int64_t mod_revision) const {
-    const std::string nodes = options_.prefix + "nodes/";
-    const std::string chains = options_.prefix + "chains/";
-    if (key.starts_with(nodes)) {
-        const std::string name = key.substr(nodes.size());
-        if (value != nullptr) {
-            v.nodes[name] = *value;
-        } else {
-            v.nodes.erase(name);
-        }
-    } else if (key.starts_with(chains)) {
-        const std::string range = key.substr(chains.size());
-        chain_record c;
-        if (value != nullptr && parse_chain_text(*value, c)) {
-            c.version = mod_revision;
-            v.chains[range] = std::move(c);
-        } else {
-            v.chains.erase(range); // deleted, or not ours to read
-        }
-    }
-}
-
 inline bool etcd_view::load(std::int64_t& revision) {
-    const std::string body = "{\"key\":" + detail::etcd_b64(options_.prefix) + ",\"range_end\":" +
-                             detail::etcd_b64(detail::etcd_prefix_end(options_.prefix)) + "}";
-    const auto doc = ask("/v3/kv/range", body, "range");
+    const auto doc = ask("/v3/kv/range", detail::etcd_prefix_range(options_.prefix), "range");
     if (!doc) {
         return false;
     }
-    membership_view next;
-    next.revision = detail::etcd_int(doc->at("header"), "revision");
-    for (const detail::json_value& kv : doc->at("kvs").items()) {
-        const auto key = detail::base64_decode(kv.at("key").text());
-        const auto value = detail::base64_decode(kv.at("value").text());
-        if (!key || !value) {
-            continue;
-        }
-        apply(next, *key, &*value, detail::etcd_int(kv, "mod_revision"));
-    }
+    membership_view next = detail::etcd_view_of(*doc, options_.prefix);
     revision = next.revision;
     publish(std::move(next));
     return true;
+}
+
+inline std::optional<membership_view> read_membership(const http_endpoint& etcd,
+                                                      std::string_view prefix,
+                                                      std::chrono::milliseconds limit) {
+    detail::http_connection conn(etcd.host, etcd.port);
+    const auto r = conn.post("/v3/kv/range", detail::etcd_prefix_range(prefix),
+                             detail::http_connection::clock::now() + limit);
+    auto doc = r.status == detail::http_status::ok && r.code == 200 ? detail::parse_json(r.body)
+                                                                    : std::nullopt;
+    if (!doc) {
+        return std::nullopt;
+    }
+    membership_view v = detail::etcd_view_of(*doc, prefix);
+    v.connected = true;
+    return v;
 }
 
 inline bool etcd_view::open_watch(std::int64_t from) {
@@ -431,14 +464,15 @@ inline bool etcd_view::take_watch_line(const std::string& line) {
             continue;
         }
         if (ev.at("type").text() == "DELETE") {
-            apply(next, *key, nullptr, 0);
+            detail::etcd_apply(next, options_.prefix, *key, nullptr, 0);
             continue;
         }
         const auto value = detail::base64_decode(kv.at("value").text());
         if (!value) {
             continue;
         }
-        apply(next, *key, &*value, detail::etcd_int(kv, "mod_revision"));
+        detail::etcd_apply(next, options_.prefix, *key, &*value,
+                           detail::etcd_int(kv, "mod_revision"));
     }
     next.revision = std::max(next.revision, revision);
     publish(std::move(next));
