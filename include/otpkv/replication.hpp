@@ -1090,6 +1090,16 @@ inline void replicator::reconfigure(range_state& r, const membership_view& v) {
     }
     if (joiner && c.nodes.back() == options_.self && c.nodes.size() < chain_length(r) &&
         live(*joiner)) {
+        const auto to = node_index(*joiner);
+        if (to && client_->status(*to) == node_status::down) {
+            // Our link to it is not up again yet (it has just restarted): a copy now would
+            // fail at once. Kept for a later pass (this loop runs at least every 100 ms).
+            const std::lock_guard lock(r.mutex);
+            if (!r.join_request) {
+                r.join_request = std::move(joiner);
+            }
+            return;
+        }
         copy_to_joiner(r, *joiner, v);
         return;
     }
@@ -1101,9 +1111,10 @@ inline void replicator::reconfigure(range_state& r, const membership_view& v) {
     {
         const std::lock_guard lock(r.mutex);
         asked = r.join_asked_epoch;
-        // Asked again when nothing came of it for a while (the tail's copy failed).
+        // Asked again when nothing came of it for a while (the tail's copy failed). A tail
+        // still copying takes the new request only after the copy (then the chain is full).
         if (asked == c.epoch &&
-            std::chrono::steady_clock::now() - r.join_asked_at > 4 * options_.step_timeout) {
+            std::chrono::steady_clock::now() - r.join_asked_at > options_.step_timeout) {
             asked = 0;
         }
         if (!member && named_here && c.nodes.size() < chain_length(r) && asked != c.epoch) {
