@@ -7,7 +7,7 @@
 // runs agreeing. Redis carries the same workload as inline HSET/HGET, one hash per bucket.
 //
 //   kv_load [--sweep] [--forward] [--idle N] [--fill N] [--slow-subscriber] [--observer]
-//           [--only kv|redis] [--kv-server PATH] ...
+//           [--replication] [--failover N] [--only kv|redis] [--kv-server PATH] ...
 //   (kv_load --help lists every option; with no mode given, --sweep runs.)
 //
 // Modes (several may be given; each starts fresh servers):
@@ -30,6 +30,10 @@
 //             one unscraped and with /metrics scraped 10 times a second in every other 250 ms
 //             window of a pass, and on the info and control ones, in rounds with the order
 //             alternating; the medians of the paired ratios and their confidence intervals.
+//   --replication  the --sweep workload through the head of chains of R = 1, 2 and 3 nodes
+//             (three kv_server nodes and an etcd each) and on a lone node, alternating.
+//   --failover N   R=3 under writes, N kill -9 of a chain member, each node restarted and
+//             rejoined before the next kill: how soon writes are acknowledged again.
 //
 // The client shares the machine with the server under test, so it is kept cheap: one thread
 // by default (--client-threads), non-blocking sockets on one epoll per thread, TCP_NODELAY,
@@ -58,6 +62,7 @@
 //   memory.hpp     --idle and --fill
 //   slow_subscriber.hpp  --slow-subscriber
 //   observer_overhead.hpp  --observer
+//   replication.hpp  --replication and --failover
 #include <sys/resource.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -71,6 +76,7 @@
 #include "observer_overhead.hpp"
 #include "options.hpp"
 #include "processes.hpp"
+#include "replication.hpp"
 #include "report.hpp"
 #include "slow_subscriber.hpp"
 #include "sweep.hpp"
@@ -125,6 +131,11 @@ int main(int argc, char** argv) {
         std::printf("- redis: %s%s\n", ss.have_redis ? version.c_str() : o.redis_path.c_str(),
                     ss.have_redis ? "" : " (not found: skipped)");
     }
+    if (o.replication || o.failover > 0) {
+        const bool have_etcd = ::access(o.etcd_path.c_str(), X_OK) == 0;
+        std::printf("- etcd: %s\n", have_etcd ? version_of(o.etcd_path).c_str()
+                                              : (o.etcd_path + " (not found)").c_str());
+    }
     std::fflush(stdout);
     if (!ss.have_kv && !ss.have_redis) {
         std::fputs("kv_load: no server to run\n", stderr);
@@ -157,6 +168,8 @@ int main(int argc, char** argv) {
     }
     kv_mode(o.slow_subscriber, run_slow_subscriber, "--slow-subscriber needs kv_server; skipped");
     kv_mode(o.observer, run_observer, "--observer needs kv_server; skipped");
+    kv_mode(o.replication, run_replication, "--replication needs kv_server; skipped");
+    kv_mode(o.failover > 0, run_failover, "--failover needs kv_server; skipped");
     if (ss.errors > 0) {
         std::printf("\nFAILED: %llu errors (mismatches, error replies, protocol errors, lost "
                     "replies; details on stderr)\n",

@@ -26,6 +26,7 @@ namespace kv_load {
 struct options {
     std::string kv_path;
     std::string redis_path = "/usr/bin/redis-server";
+    std::string etcd_path = "/usr/bin/etcd";
     bool want_kv = true;
     bool want_redis = true;
     bool sweep = false;
@@ -34,6 +35,8 @@ struct options {
     std::size_t fill = 0;
     bool slow_subscriber = false;
     bool observer = false;
+    bool replication = false;
+    std::size_t failover = 0;        // --failover N: kills
     std::size_t puts = 840;          // --slow-subscriber: PUTs per pass
     std::size_t value_bytes = 60000; // --slow-subscriber: bytes per value
     unsigned rounds = 0;             // --rounds; 0: the mode's own (3 slow-subscriber, 5 observer)
@@ -63,10 +66,18 @@ modes (default --sweep; several may be given, each starts fresh servers):
                         /metrics 10 times a second) in every other 250 ms window, and on the
                         info and control ones; rounds of the four, alternating; medians of
                         the paired ratios with 95% confidence intervals
+  --replication         the --sweep workload through the head of chains of R = 1, 2 and 3
+                        kv_server nodes (three nodes and an etcd per R), and on a lone node,
+                        alternating; then the ratios
+  --failover N          R=3 on three nodes under writes: N kill -9 of a chain member (head,
+                        middle, tail in turn), each restarted once writes are acknowledged
+                        again; the failover and rejoin times and their distribution
 options:
   --only kv|redis       run one server only
   --kv-server PATH      kv_server binary (default: ../examples/kv_server next to kv_load)
   --redis-server PATH   redis-server binary (default /usr/bin/redis-server; skipped if absent)
+  --etcd-server PATH    etcd binary for --replication and --failover (default /usr/bin/etcd,
+                        Debian's etcd-server)
   --threads N           passed to every kv_server as --threads N
   --client-threads N    client threads, each with its own epoll (default 1)
   --connections C       connections for --sweep and --forward (default 50)
@@ -154,6 +165,12 @@ inline std::optional<options> parse_options(int argc, char** argv) {
         } else if (arg == "--observer") {
             o.observer = any_mode = true;
             used_value = false;
+        } else if (arg == "--replication") {
+            o.replication = any_mode = true;
+            used_value = false;
+        } else if (arg == "--failover") {
+            ok = parse_number(value, o.failover) && o.failover > 0 && o.failover <= 1000;
+            any_mode = true;
         } else if (arg == "--puts") {
             ok = parse_number(value, o.puts) && o.puts > 0 && o.puts <= 1'000'000;
         } else if (arg == "--value-bytes") {
@@ -169,6 +186,8 @@ inline std::optional<options> parse_options(int argc, char** argv) {
             o.kv_path = value;
         } else if (arg == "--redis-server") {
             o.redis_path = value;
+        } else if (arg == "--etcd-server") {
+            o.etcd_path = value;
         } else if (arg == "--threads") {
             ok = parse_number(value, o.kv_threads) && o.kv_threads > 0;
         } else if (arg == "--client-threads") {

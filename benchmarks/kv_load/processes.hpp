@@ -83,7 +83,7 @@ inline std::string command_line(const std::vector<std::string>& args) {
 
 // The children, for the signal handler (killed if we are interrupted; the children also get
 // SIGKILL from the kernel if we die, through PR_SET_PDEATHSIG).
-inline std::array<std::atomic<pid_t>, 8> children{};
+inline std::array<std::atomic<pid_t>, 16> children{};
 
 inline void on_fatal_signal(int sig) {
     for (auto& child : children) {
@@ -186,7 +186,9 @@ inline void stop(server& s) {
                   static_cast<int>(s.pid));
             ::kill(s.pid, SIGKILL);
             ::waitpid(s.pid, &status, 0);
-        } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        } else if ((!WIFEXITED(status) || WEXITSTATUS(status) != 0) &&
+                   !(s.kind == server_kind::etcd && WIFSIGNALED(status) &&
+                     WTERMSIG(status) == SIGTERM)) { // etcd ends so on SIGTERM
             std::fprintf(stderr, "kv_load: warning: %s ended with %s after SIGTERM\n",
                          label(s.kind), describe_status(status).c_str());
         }

@@ -72,11 +72,12 @@ inline std::size_t decimal_digits(std::uint64_t n) noexcept {
 // ------------------------------------------------------------------------------------------
 // Requests and replies of the two servers
 
-enum class server_kind { kv, redis };
+// etcd is no server under test: --replication and --failover run it beside kv_server.
+enum class server_kind { kv, redis, etcd };
 enum class op : std::uint8_t { get, put };
 
 inline const char* label(server_kind kind) noexcept {
-    return kind == server_kind::kv ? "kv_server" : "redis";
+    return kind == server_kind::kv ? "kv_server" : kind == server_kind::redis ? "redis" : "etcd";
 }
 
 // Both servers get CRLF-terminated lines, as the guide's own clients send them:
