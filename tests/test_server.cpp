@@ -544,6 +544,42 @@ TEST_CASE("server: a peer's subscribed connection (session::mark_peer) ends at i
     CHECK(eventually([&] { return srv->stats().connections == 1; }));
 }
 
+TEST_CASE("server: a peer's connection (session::mark_peer) takes lines peer_line_margin longer; "
+          "a client never does, also after a peer used the loop's spare framer") {
+    for (const auto poller : {otpkv::poller_kind::epoll, otpkv::poller_kind::poll}) {
+        CAPTURE(static_cast<int>(poller));
+        // `PEER` marks its connection as a peer's; every other line is answered with its
+        // length.
+        auto handler = [](const otpkv::command&, std::string& out, otpkv::session& s) {
+            if (s.line() == "PEER") {
+                s.mark_peer();
+            }
+            out += std::to_string(s.line().size()) + "\r\n";
+        };
+        auto o = loopback(poller);
+        o.threads = 1; // one loop, one spare framer, lent to every connection in turn
+        o.max_line = 100;
+        auto started = otpkv::server::start(handler, o);
+        REQUIRE(started.has_value());
+        const auto srv = std::move(started).value();
+        const std::size_t peer_max = 100 + otpkv::peer_line_margin;
+        const std::string longest = std::to_string(peer_max) + "\r\n";
+
+        kv_client node(srv->port());
+        CHECK(node.exchange("PEER\n", 3) == "4\r\n");
+        CHECK(node.exchange(std::string(peer_max, 'p') + "\r\n", longest.size()) == longest);
+        // A client after it, on the same loop: max_line, not the peer's limit.
+        kv_client client(srv->port());
+        CHECK(client.exchange(std::string(100, 'c') + "\n", 5) == "100\r\n");
+        REQUIRE(client.send_all(std::string(101, 'c') + "\n"));
+        CHECK(client.read_to_eof() == "ERROR line too long\r\n");
+        // The peer keeps its limit, whichever framer it reads with; one byte more is too long.
+        CHECK(node.exchange(std::string(peer_max, 'q') + "\n", longest.size()) == longest);
+        REQUIRE(node.send_all(std::string(peer_max + 1, 'p') + "\r\n"));
+        CHECK(node.read_to_eof() == "ERROR line too long\r\n");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Statistics (server::snapshot) and events (server_options::log)
 // ---------------------------------------------------------------------------------------

@@ -211,8 +211,12 @@ class line_framer {
     /// True once a line was too long.
     [[nodiscard]] bool overflowed() const noexcept { return overflowed_; }
 
-    /// The limit given at construction.
+    /// The limit: the one given at construction, or by the last `set_max_line`.
     [[nodiscard]] std::size_t max_line() const noexcept { return max_line_; }
+
+    /// Sets the limit for the lines not yet returned (a server raises it for a connection
+    /// that proved to be another node's: `peer_line_margin`). An overflow stays sticky.
+    void set_max_line(std::size_t max_line) noexcept { max_line_ = max_line; }
 
     /// Forgets every buffered byte and the overflow; keeps the limit and the memory.
     void reset() noexcept;
@@ -477,6 +481,11 @@ struct routed_reply {
 // connection whose first token is not an id gets `ERROR internal` (untagged, so A closes
 // too) and B closes the connection after it; nothing of that line runs.
 //
+// Line length. The handshake's lines are held to B's `max_line` like a client's. After its
+// `OK`, B takes lines of up to `max_line + peer_line_margin` bytes on that connection: room
+// for the `<id> ` and the replication header a node puts in front of a client's request,
+// so that every line B would take from a client also reaches B whole from another node.
+//
 // Streams. `<id> SUBSCRIBE <bucket>` is answered `=<id>\r\nSUBSCRIBED\r\n` when the
 // subscription took (or with the refusal, `=<id>\r\nNOT FOUND\r\n`); the connection stays
 // an ordinary peer connection, and A multiplexes all its streams to B over its pooled
@@ -559,6 +568,18 @@ inline constexpr char peer_event_mark = '*';
 inline constexpr char peer_end_mark = '!';
 /// The verb that cancels a stream on a peer connection: `<id2> UNSUBSCRIBE <id>`.
 inline constexpr std::string_view peer_unsubscribe = "UNSUBSCRIBE";
+
+/// The longest `<id> ` a request on a peer connection starts with: 20 digits and a space.
+inline constexpr std::size_t max_peer_id_prefix = 21;
+/// How many bytes longer than the server's `max_line` a line on a peer connection may be
+/// (granted by the server once `session::mark_peer` was called, net/server.hpp). A node
+/// never sends a request longer than the client's line it came from (`request_line` only
+/// drops whitespace), but it puts a header in front of it: the `<id> ` of every peer request
+/// (`max_peer_id_prefix`), and, for a write going down a chain or copied to a joining node,
+/// the replication header (`REPL <range> <epoch> <seq> `, replication.hpp, which checks at
+/// compile time that both fit). So any line a client may send (at most `max_line`) still
+/// fits once a node relays it; clients never get the margin, and a peer gets no more.
+inline constexpr std::size_t peer_line_margin = 128;
 
 /// A request id as a token (decimal, 1 to 2^64-1, no sign, no leading zero), or nullopt.
 [[nodiscard]] constexpr std::optional<std::uint64_t> parse_peer_id(std::string_view token) noexcept;

@@ -10,7 +10,11 @@
 ///
 /// The limits of protocol.md, and how they are kept:
 /// - A line longer than `max_line`: `ERROR line too long`, nothing of it runs, and the
-///   connection is closed once the reply is delivered.
+///   connection is closed once the reply is delivered. A connection marked as another
+///   node's (`session::mark_peer`, once its handshake proved the cookie) may send lines
+///   `peer_line_margin` (command.hpp) longer: what a node relays is a client's line with a
+///   header in front. The limit belongs to the connection, not to the framer's buffer a
+///   loop lends it for a read, so a client never gets a peer's margin.
 /// - A client that sends faster than it reads: once its unsent replies pass `max_output`
 ///   (4 MiB) the server stops pulling its requests (and reading its socket) until they
 ///   drain below half of that. Nothing is dropped, the order is kept, and no other
@@ -120,7 +124,8 @@ struct server_options {
     std::uint16_t port = 4040;
     /// Event-loop threads; 0 means `std::thread::hardware_concurrency()`.
     unsigned threads = 0;
-    /// Longest request line, terminator not counted.
+    /// Longest request line, terminator not counted (`peer_line_margin` more on a
+    /// connection marked by `session::mark_peer`).
     std::size_t max_line = default_max_line;
     /// Open connections at most; one more is answered `ERROR too many connections`.
     std::size_t max_connections = 10000;
@@ -230,7 +235,8 @@ class session {
     /// Marks this connection as another node's (the router's peers), not a client's:
     /// `server_options::idle_timeout` never closes it (the peers' heartbeat watches it), and
     /// when it streams events, the end of its input ends it at once (a node that is done with
-    /// a stream closes; only a client half-closes and goes on reading).
+    /// a stream closes; only a client half-closes and goes on reading). Its next lines may be
+    /// `peer_line_margin` bytes longer than `server_options::max_line`.
     void mark_peer() noexcept;
 
     /// For the server only.

@@ -513,6 +513,9 @@ struct connection {
 
     unique_fd fd;
     line_framer framer;
+    // This connection's longest line: the server's max_line, peer_line_margin more once it is
+    // a peer's. The framer it reads with (its own or the loop's spare) is set to it.
+    std::size_t max_line;
     std::string out;
     std::size_t sent = 0;
     phase state = phase::open;
@@ -538,7 +541,7 @@ struct connection {
     std::size_t held = 0;    // bytes held in `waiting`'s `after` buffers
     std::size_t charged = 0; // subscribed: of `out`, the bytes counted in the server's budget
 
-    connection(int socket, std::size_t max_line) : fd(socket), framer(max_line) {}
+    connection(int socket, std::size_t limit) : fd(socket), framer(limit), max_line(limit) {}
     [[nodiscard]] std::size_t unsent() const noexcept { return out.size() - sent; }
     /// Where the next reply goes: the output, or behind the last deferred reply.
     [[nodiscard]] std::string& reply_target() noexcept {
@@ -1017,7 +1020,10 @@ inline void event_loop::read_requests(connection& c) {
     // nothing pending: no allocation per read, and an idle connection holds no buffer.
     const bool borrowed = c.framer.capacity() == 0 && !c.framer.overflowed();
     if (borrowed) {
+        // The limit goes with the connection, not with the buffer: the spare was last lent
+        // to another connection, perhaps a peer's, whose limit is larger.
         c.framer.swap(spare_framer_);
+        c.framer.set_max_line(c.max_line);
     }
     for (int i = 0; i < reads_per_turn && c.fd && c.state == connection::phase::open && !c.paused &&
                     !c.subscribed;
@@ -1688,7 +1694,14 @@ inline std::string& session::storage() noexcept {
 }
 
 inline void session::mark_peer() noexcept {
-    conn_.peer_node = true;
+    if (!conn_.peer_node) {
+        conn_.peer_node = true;
+        // What a node relays is a client's line with a header in front (command.hpp,
+        // peer_line_margin); saturated, as max_line may be as large as size_t holds.
+        conn_.max_line +=
+            std::min(peer_line_margin, std::numeric_limits<std::size_t>::max() - conn_.max_line);
+        conn_.framer.set_max_line(conn_.max_line);
+    }
 }
 
 namespace detail {
