@@ -47,6 +47,17 @@
 /// whose every node died is started again, empty, by the first live node of its entry, and
 /// that loss is logged: persistence is another issue.
 ///
+/// **Line length.** A replication message is the request a client sent (rebuilt by
+/// `request_line`, never longer) behind a header of at most `detail::max_repl_header` bytes
+/// (`REPL <range> <epoch> <seq> `; `REPL-COPY <range> <epoch> ` is shorter), and every peer
+/// request has its `<id> ` in front: a client's line of `max_line` bytes would be refused by
+/// a successor with the same `max_line`, its peer connection closed and the message sent
+/// again at each repair, so no write of the range would go through again. A peer connection
+/// takes `peer_line_margin` bytes more than `max_line` (command.hpp, "Between nodes"; the
+/// server grants it only to connections that proved the cookie), and a compile-time check
+/// here keeps both headers within that margin. The nodes of a range need the same
+/// `max_line`: a successor with a smaller one refuses what its head took.
+///
 /// **Stated consistency.** Per bucket, acknowledged operations are linearizable while
 /// nodes fail by stopping (crash, kill, freeze), at most R-1 of a range's R nodes fail at
 /// once, and the authority is available. An `ERROR range unavailable` or
@@ -310,6 +321,14 @@ inline constexpr std::string_view repl_last_verb = "REPL-LAST";
 inline constexpr std::string_view repl_join_verb = "REPL-JOIN";
 inline constexpr std::string_view repl_reset_verb = "REPL-RESET";
 inline constexpr std::string_view repl_copy_verb = "REPL-COPY";
+
+/// The longest header a replication message puts in front of the request it carries:
+/// `REPL <range> <epoch> <seq> `, a range being at most `\xff-\xff` (9 bytes,
+/// `route_range_text`) and an epoch and a sequence number at most 20 digits each.
+inline constexpr std::size_t max_repl_header = repl_verb.size() + 1 + 9 + 1 + 20 + 1 + 20 + 1;
+static_assert(repl_copy_verb.size() + 1 + 9 + 1 + 20 + 1 <= max_repl_header);
+// A peer request's id and this header fit in the room a peer connection has beyond max_line.
+static_assert(max_peer_id_prefix + max_repl_header <= peer_line_margin);
 
 /// A decimal number of at most 19 digits, without sign or leading zero (0 itself allowed).
 [[nodiscard]] inline std::optional<std::uint64_t> parse_decimal(std::string_view t) noexcept {

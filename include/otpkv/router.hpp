@@ -26,14 +26,16 @@
 /// looked up where the request landed. Only another node of the table can become a peer, and
 /// only with the cookie: a handshake that fails gets `ERROR not a peer`, its connection is
 /// closed, and nothing sent after it runs (the router tells `client.log` why). Peer
-/// connections tag requests with ids (command.hpp, "Between nodes"). A SUBSCRIBE to another
-/// node's bucket is relayed over the pooled connections to the owner, multiplexed (the owner
-/// tags each stream's events with its id and pushes them through `session::channel` while
-/// the connection goes on serving): the client gets the owner's events through the node it
-/// is connected to, and no number of relayed subscriptions takes more of the owner's
-/// connection slots than the pool. When the connection to the owner is lost, a relayed
-/// subscriber gets `ERROR node <name> unavailable` before its connection is closed; when the
-/// bucket exits, a plain close.
+/// connections tag requests with ids (command.hpp, "Between nodes"), and take lines
+/// `peer_line_margin` longer than `max_line`, so a client's line of `max_line` bytes reaches
+/// the owner whole behind its id (and the head's successors behind the replication header).
+/// A SUBSCRIBE to another node's bucket is relayed over the pooled connections to the owner,
+/// multiplexed (the owner tags each stream's events with its id and pushes them through
+/// `session::channel` while the connection goes on serving): the client gets the owner's
+/// events through the node it is connected to, and no number of relayed subscriptions takes
+/// more of the owner's connection slots than the pool. When the connection to the owner is
+/// lost, a relayed subscriber gets `ERROR node <name> unavailable` before its connection is
+/// closed; when the bucket exits, a plain close.
 ///
 /// `INFO [SECTION] [NODE]` (command.hpp) is answered from `router_options::info`, the node's
 /// own look inside itself: with no NODE, or this node's name, here (`UNKNOWN COMMAND` when
