@@ -615,3 +615,96 @@ TEST_CASE("replication nemesis: the head and the middle cut off from each other 
     CHECK(wait_for_chain(rc.etcd, 3).nodes.size() == 3);
     rc.nodes->stop();
 }
+
+// ---------------------------------------------------------------------------------------
+// Lines of exactly --max-line bytes (terminator not counted). A node puts a header in front
+// of a client's line when it relays it: `<id> PUT ...` to the head, `<id> REPL a-z <epoch>
+// <seq> PUT ...` down the chain, `<id> REPL-COPY a-z <epoch> PUT ...` to a node that joins.
+// Peer connections take `peer_line_margin` bytes more than max-line for that (command.hpp);
+// before, the successor refused the REPL line as too long and closed the connection, and
+// the head sent it again at every repair: the range took no write any more.
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("replication: lines of exactly max-line bytes are forwarded, replicated and copied; "
+          "a client gets no byte more (max-line)") {
+    constexpr std::size_t max_line = 200;
+    replicated_cluster rc({"--max-line", std::to_string(max_line)});
+    const auto formed = wait_for_chain(rc.etcd, 3);
+    REQUIRE_MESSAGE(formed.nodes.size() == 3, otpkv::chain_text(formed));
+    // A bucket whose CREATE line is max-line bytes long ("CREATE " is 7 bytes).
+    const std::string long_bucket = "l" + std::string(max_line - 8, 'b');
+    REQUIRE(ask_until(rc.nodes->port(1), "CREATE " + long_bucket + "\r\n", ok) == ok);
+    REQUIRE(ask(rc.nodes->port(0), "CREATE big\r\n") == ok);
+    // "PUT big kN " is 11 bytes: values of max-line - 11 bytes make lines of max-line bytes.
+    // Through every node: the head runs its own, the other two forward theirs to the head.
+    std::vector<std::string> values;
+    const auto put_line = [&](std::size_t i) {
+        return "PUT big k" + std::to_string(i) + " " + values.at(i);
+    };
+    for (std::size_t i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        values.push_back(std::string(max_line - 11, static_cast<char>('a' + i)));
+        REQUIRE(put_line(i).size() == max_line);
+        CHECK(ask(rc.nodes->port(i), put_line(i) + "\r\n") == ok);
+    }
+    const auto check_all = [&](std::size_t node) {
+        CAPTURE(node);
+        for (std::size_t i = 0; i < 3; ++i) {
+            CAPTURE(i);
+            CHECK(ask_until(rc.nodes->port(node), "GET big k" + std::to_string(i) + "\r\n",
+                            value(values[i])) == value(values[i]));
+        }
+        CHECK(ask(rc.nodes->port(node), "GET " + long_bucket + " k\r\n") == value(""));
+    };
+    for (std::size_t node = 0; node < 3; ++node) {
+        check_all(node);
+    }
+    CHECK(chain_in_etcd(rc.etcd, "a-z").epoch == formed.epoch); // no repair was needed
+
+    // A client's line of max-line + 1 bytes is refused as before, REPL verb or not; a
+    // client's REPL line is no replication message (it is not a peer).
+    for (std::size_t node = 0; node < 3; ++node) {
+        CAPTURE(node);
+        kv_client over(rc.nodes->port(node));
+        REQUIRE(over.send_all(put_line(0) + "z\r\n"));
+        CHECK(over.read_to_eof() == otpkv_test::too_long);
+        const std::string repl = "REPL a-z " + std::to_string(formed.epoch) + " 99 ";
+        kv_client injected(rc.nodes->port(node));
+        CHECK(injected.exchange(repl + "PUT big k0 x\r\n", otpkv_test::unknown.size()) ==
+              otpkv_test::unknown);
+        const std::string long_repl = repl + "PUT big k0 " + std::string(max_line, 'z');
+        kv_client injected_long(rc.nodes->port(node));
+        REQUIRE(injected_long.send_all(long_repl.substr(0, max_line + 1) + "\r\n"));
+        CHECK(injected_long.read_to_eof() == otpkv_test::too_long);
+    }
+    CHECK(ask(rc.nodes->port(2), "GET big k0\r\n") == value(values[0]));
+    // A peer gets `peer_line_margin` bytes more, and no more than that.
+    {
+        const std::string line = otpkv_test::tagged(
+            "NOSUCHVERB " + std::string(max_line + otpkv::peer_line_margin - 13, 'p'));
+        REQUIRE(line.size() == max_line + otpkv::peer_line_margin);
+        kv_client peer = rc.nodes->peer(0);
+        const std::string answer = otpkv_test::answered(otpkv_test::unknown);
+        CHECK(peer.exchange(line + "\r\n", answer.size()) == answer);
+        REQUIRE(peer.send_all(line + "p\r\n"));
+        CHECK(peer.read_to_eof() == otpkv_test::too_long);
+    }
+
+    // The tail killed and started again, empty: it is copied in (REPL-COPY) at the tail.
+    const std::size_t tail = index_of(formed.nodes[2]);
+    const std::size_t head = index_of(formed.nodes[0]);
+    rc.nodes->kill(tail);
+    REQUIRE(ask_until(rc.nodes->port(head), "PUT big after x\r\n", ok, 20s) == ok);
+    rc.nodes->restart(tail);
+    const auto grown = wait_for_chain(rc.etcd, 3);
+    REQUIRE_MESSAGE(grown.nodes.size() == 3, otpkv::chain_text(grown));
+    CHECK(grown.nodes.back() == formed.nodes[2]);
+    check_all(tail);
+    // And a write of max-line bytes after the copy reaches it down the chain.
+    values[1] = std::string(max_line - 11, 'n');
+    CHECK(ask(rc.nodes->port(tail), put_line(1) + "\r\n") == ok);
+    for (std::size_t node = 0; node < 3; ++node) {
+        check_all(node);
+    }
+    rc.nodes->stop();
+}
