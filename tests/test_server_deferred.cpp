@@ -4,7 +4,8 @@
 // client sees on the wire. Request order through pipelining, no connection waiting for
 // another's reply, the max_deferred pause, a reply dropped unanswered, completions that
 // come after the connection or the server is gone, event streams, a local SUBSCRIBE behind
-// a deferred reply, the session's identity (id, context, line), and session::channel. What
+// a deferred reply, the session's identity (id, context, line), session::channel, and a
+// request that runs only once every earlier reply is in (session::run_after_replies). What
 // must not happen is checked once the server has provably had its turn (settle), never after
 // a sleep.
 #include "kv_process.hpp"
@@ -87,7 +88,9 @@ struct held_reply {
 
 // The handler under test, and what it saw. A request whose bucket starts with 'r' is
 // deferred (a SUBSCRIBE with defer_stream) and its reply kept for the test to complete;
-// bucket "drop" is deferred and the reply dropped at once; bucket "who" answers
+// bucket "after" waits for the replies before it (session::run_after_replies) and then
+// answers "after: <line>"; bucket "drop" is deferred and the reply dropped at once; bucket "who"
+// answers
 // "<session id> <context>" and counts the context up; a line starting "HELLO " (no verb
 // parse knows) answers "HI <rest of the line>"; the line "PROBE" answers "PROBED" (see
 // settle); everything else runs against a registry through registry_handler. Every call but
@@ -143,6 +146,8 @@ class deferring {
     std::shared_ptr<otpkv::registry> reg;
     std::atomic<int> calls{0};
     std::atomic<int> max_outstanding{0};
+    std::atomic<int> postponed{0};  // run_after_replies said it runs again later
+    std::atomic<int> after_runs{0}; // and it ran
 
   private:
     void handle(const otpkv::command& cmd, std::string& out, otpkv::session& s) {
@@ -161,6 +166,15 @@ class deferring {
                 held_.push_back({std::string(s.line()), s.id(), std::move(reply)});
             }
             arrived_.notify_all();
+            return;
+        }
+        if (cmd.bucket == "after") { // once every earlier reply is in: "after: <line>"
+            if (s.run_after_replies()) {
+                ++postponed;
+                return;
+            }
+            ++after_runs;
+            out += "after: " + std::string(s.line()) + "\r\n";
             return;
         }
         if (cmd.bucket == "drop") {
@@ -755,6 +769,60 @@ TEST_CASE("server deferred: a local SUBSCRIBE behind a deferred reply gets that 
         REQUIRE(held.size() == 1);
         fx.complete(held[0], answer(held[0].line));
         OTPKV_CHECK_RECEIVES(sub, answer("GET r1 a") + "NOT FOUND\r\n\r\nOK\r\n");
+    }
+}
+
+TEST_CASE("server deferred: run_after_replies runs a request again, as sent, once every reply "
+          "before it is in; nothing after it runs meanwhile") {
+    deferring fx;
+    auto srv = start(fx.handler(), one_loop());
+    kv_client other(srv->port());
+    OTPKV_CHECK_EXCHANGE(other, "CREATE b\n", "OK\r\n");
+
+    SUBCASE("nothing outstanding: it runs at once") {
+        kv_client c(srv->port());
+        OTPKV_CHECK_EXCHANGE(c, "GET after k\nPUT b k v\n", "after: GET after k\r\nOK\r\n");
+        CHECK(fx.postponed == 0);
+        CHECK(fx.after_runs == 1);
+    }
+
+    SUBCASE("behind two replies completed out of order: it waits for both, then the rest runs") {
+        kv_client c(srv->port());
+        REQUIRE(c.send_all("PUT ra k 1\nGET rb k\nGET after kx\nPUT b k2 w\nGET after 2\n"));
+        auto held = fx.take(2);
+        REQUIRE(held.size() == 2);
+        settle(other);
+        CHECK(fx.postponed == 1);
+        CHECK(fx.after_runs == 0);
+        CHECK(c.read_for(0ms).empty());
+        CHECK_FALSE(fx.ran("PUT b k2 w")); // held behind the request that waits
+        fx.complete(held[1], answer(held[1].line));
+        settle(other);
+        CHECK(c.read_for(0ms).empty()); // the first is still out: replies keep their order
+        CHECK(fx.postponed == 1);
+        CHECK(fx.after_runs == 0);
+        CHECK_FALSE(fx.ran("PUT b k2 w"));
+        fx.complete(held[0], answer(held[0].line));
+        // The line runs again as sent; the one after it runs at once.
+        OTPKV_CHECK_RECEIVES(c, "re: PUT ra k 1\r\nre: GET rb k\r\nafter: GET after kx\r\n"
+                                "OK\r\nafter: GET after 2\r\n");
+        CHECK(fx.postponed == 1);
+        CHECK(fx.after_runs == 2);
+        OTPKV_CHECK_EXCHANGE(other, "GET b k2\n", "w\r\nOK\r\n");
+    }
+
+    SUBCASE("a client that sent its lines and shut its side still gets the waiting one's reply") {
+        kv_client c(srv->port());
+        REQUIRE(c.send_all("PUT ra k 1\nGET after end\n"));
+        c.shutdown_write();
+        auto held = fx.take(1);
+        REQUIRE(held.size() == 1);
+        settle(other);
+        CHECK(fx.postponed == 1);
+        CHECK(fx.after_runs == 0);
+        fx.complete(held[0], answer(held[0].line));
+        OTPKV_CHECK_RECEIVES(c, "re: PUT ra k 1\r\nafter: GET after end\r\n");
+        CHECK(fx.after_runs == 1);
     }
 }
 

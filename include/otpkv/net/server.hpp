@@ -208,6 +208,12 @@ class session {
     /// completion may turn the connection into an event stream (`deferred_reply::stream`:
     /// a SUBSCRIBE answered by another node).
     [[nodiscard]] deferred_reply defer_stream();
+    /// Runs this request again once no deferred reply of the connection is outstanding,
+    /// instead of now: true when it will (the handler then writes nothing and returns; no
+    /// later request runs before it), false when none is outstanding (run it now). For a
+    /// request that must see what the earlier ones did although they still run elsewhere
+    /// (the router: a GET after a PUT to a replicated range).
+    [[nodiscard]] bool run_after_replies();
     /// A way for other threads to add bytes to this connection's output while it goes on
     /// serving requests (unlike `subscribe`, the connection does not become a subscriber):
     /// the router pushes the events of the streams a peer node subscribed to through it.

@@ -538,8 +538,10 @@ struct connection {
     subscription events;
     monitor_handle bucket_monitor;
     std::deque<std::shared_ptr<deferred_state>> waiting; // deferred replies, request order
-    std::size_t held = 0;    // bytes held in `waiting`'s `after` buffers
-    std::size_t charged = 0; // subscribed: of `out`, the bytes counted in the server's budget
+    std::string again;        // session::run_after_replies: the line to run once `waiting`
+    bool waits_again = false; // empties, and whether there is one
+    std::size_t held = 0;     // bytes held in `waiting`'s `after` buffers
+    std::size_t charged = 0;  // subscribed: of `out`, the bytes counted in the server's budget
 
     connection(int socket, std::size_t limit) : fd(socket), framer(limit), max_line(limit) {}
     [[nodiscard]] std::size_t unsent() const noexcept { return out.size() - sent; }
@@ -547,9 +549,10 @@ struct connection {
     [[nodiscard]] std::string& reply_target() noexcept {
         return waiting.empty() ? out : waiting.back()->after;
     }
-    /// A deferred reply that may become a stream is outstanding: nothing more runs.
+    /// A deferred reply that may become a stream is outstanding, or a request waits for
+    /// every outstanding one (`again`): nothing more runs.
     [[nodiscard]] bool barred() const noexcept {
-        return !waiting.empty() && waiting.back()->barrier;
+        return !waiting.empty() && (waiting.back()->barrier || waits_again);
     }
     /// What `idle_timeout` may close: open, nothing in flight or unsent, no subscription
     /// (`link` is set as soon as one is made, also while it waits behind deferred replies),
@@ -1114,16 +1117,26 @@ inline void event_loop::pull_requests(connection& c) {
             c.paused = true;
             return;
         }
-        const frame f = c.framer.next();
-        if (f.status == frame_status::incomplete) {
-            return;
-        }
-        if (f.status == frame_status::too_long) {
-            append_reply(c.reply_target(), reply::error(error_code::line_too_long));
-            counters_.record_error(0);
-            core_.hit(server_event::max_line);
-            c.begin_close();
-            return;
+        // A request that waited for the replies before it runs first (from its own copy).
+        std::string waited;
+        std::string_view line;
+        if (c.waits_again) {
+            c.waits_again = false;
+            waited.swap(c.again);
+            line = waited;
+        } else {
+            const frame f = c.framer.next();
+            if (f.status == frame_status::incomplete) {
+                return;
+            }
+            if (f.status == frame_status::too_long) {
+                append_reply(c.reply_target(), reply::error(error_code::line_too_long));
+                counters_.record_error(0);
+                core_.hit(server_event::max_line);
+                c.begin_close();
+                return;
+            }
+            line = f.line;
         }
         const auto started = batch.start();
         // One writer: a plain increment, no read-modify-write shared between loops.
@@ -1132,8 +1145,8 @@ inline void event_loop::pull_requests(connection& c) {
         const bool holding = &out != &c.out;
         const std::size_t before = out.size();
         const std::size_t deferred_before = c.waiting.size();
-        session s(c, *this, f.line);
-        const command cmd = parse(f.line);
+        session s(c, *this, line);
+        const command cmd = parse(line);
         try {
             // The command's views point into the framer's buffer: it is left alone until
             // the handler returns.
@@ -1155,6 +1168,11 @@ inline void event_loop::pull_requests(connection& c) {
         }
         if (holding) {
             c.held += out.size() - before;
+        }
+        if (c.waits_again) { // put back to run later: counted when it runs
+            requests_.store(requests_.load(std::memory_order_relaxed) - 1,
+                            std::memory_order_relaxed);
+            continue; // barred now: the loop pauses
         }
         const std::size_t verb = verb_index(cmd.kind);
         deferred_state* deferred = nullptr;
@@ -1679,6 +1697,15 @@ inline deferred_reply session::defer() {
 
 inline deferred_reply session::defer_stream() {
     return deferred_reply(loop_.defer(conn_, true));
+}
+
+inline bool session::run_after_replies() {
+    if (conn_.waiting.empty() || conn_.state != detail::connection::phase::open) {
+        return false;
+    }
+    conn_.again.assign(line_);
+    conn_.waits_again = true;
+    return true;
 }
 
 inline std::uint64_t session::id() const noexcept {
