@@ -177,6 +177,38 @@ TEST_CASE("replication: the chain forms by itself; writes and reads through ever
         const std::string expected = ok + ok + value("1") + ok + value("") + ok + value("2");
         CHECK(c.exchange(request, expected.size()) == expected);
     }
+    // Longer pipelines of writes and reads in runs (writes of a run in flight together, reads
+    // likewise, each change of kind waiting for the replies before it): every reply is the
+    // one the connection's own order gives (it alone writes its bucket).
+    for (std::size_t i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        const std::string b = "mixed" + std::to_string(i);
+        std::mt19937_64 random(0x9e37 + i);
+        std::string request = "CREATE " + b + "\r\n";
+        std::string expected = ok;
+        std::map<std::string, std::string> model;
+        for (int op = 0; op < 400;) {
+            const bool writes = random() % 2 == 0;
+            for (auto run = 1 + random() % 8; run > 0 && op < 400; --run, ++op) {
+                const std::string k = "k" + std::to_string(random() % 4);
+                if (!writes) {
+                    request += "GET " + b + " " + k + "\r\n";
+                    expected += value(model.count(k) != 0 ? model[k] : "");
+                } else if (random() % 4 == 0) {
+                    request += "DELETE " + b + " " + k + "\r\n";
+                    model.erase(k);
+                    expected += ok;
+                } else {
+                    const std::string v = "v" + std::to_string(op);
+                    request += "PUT " + b + " " + k + " " + v + "\r\n";
+                    model[k] = v;
+                    expected += ok;
+                }
+            }
+        }
+        kv_client c(rc.nodes->port(i));
+        CHECK(c.exchange(request, expected.size()) == expected);
+    }
     CHECK(ask(rc.nodes->port(2), "DELETE apples k0\r\n") == ok);
     CHECK(ask(rc.nodes->port(0), "GET apples k0\r\n") == value(""));
     CHECK(ask(rc.nodes->port(0), "PUT nothing k v\r\n") == "NOT FOUND\r\n");

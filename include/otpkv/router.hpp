@@ -17,7 +17,9 @@
 /// An entry that names several nodes is a replicated range (replication.hpp): its requests
 /// go through the router's `replicator`, writes to the head of the range's chain and GET and
 /// SUBSCRIBE to its tail, run here when this node is that one and forwarded otherwise; a
-/// client connection's requests to such a range run in order, one after the other. It needs
+/// client connection's pipelined requests to such a range keep their order: writes may be
+/// in flight together, and reads, but a request of the other kind waits for the replies
+/// before it (`router::chained`). It needs
 /// `router_options::membership` (etcd in kv_server): without it `start` fails, saying why.
 ///
 /// Requests arriving on a peer connection (one whose handshake proved the cluster cookie, see
@@ -249,7 +251,7 @@ class router : public process {
     [[nodiscard]] route_target route_node(std::string_view node) const noexcept;
     void handshake(std::string& out, session& s);
     void log_refused(const session& s, std::string why);
-    void forward(const command& cmd, std::size_t node, session& s, bool in_order = false);
+    void forward(const command& cmd, std::size_t node, session& s);
     void forward_subscribe(const command& cmd, std::size_t node, session& s);
     void chained(const command& cmd, std::size_t range, std::string& out, session& s);
     [[nodiscard]] routed_reply operation(const command& cmd);
@@ -287,6 +289,11 @@ class router : public process {
 namespace detail {
 /// The `session::context` mark of a peer's connection.
 inline constexpr std::uint64_t peer_connection_mark = 0x70656572; // "peer"
+/// A client connection's `session::context`: the kind of its last request to a replicated
+/// range (`router::chained`), 0 before the first.
+inline constexpr std::uint64_t client_read_mark = 1;
+inline constexpr std::uint64_t client_write_mark = 2;
+inline constexpr std::uint64_t client_stream_mark = 3;
 /// The `session::context` mark of a connection whose greeting was answered: its next line
 /// must be its proof. `session::storage` holds the proof expected, then the peer's name.
 inline constexpr std::uint64_t peer_greeted_mark = 0x6772656574; // "greet"
@@ -300,13 +307,9 @@ inline constexpr std::uint64_t peer_greeted_mark = 0x6772656574; // "greet"
 
 /// A `replicator::later_fn` over a session: the reply is deferred, behind `header` (a peer
 /// reply's `=<id>` line; empty for a client's).
-/// `in_order`: no later request of the connection runs before this one is answered
-/// (`session::defer_stream`), so a client's pipelined requests to a replicated range keep
-/// their order although they may run on different nodes (a GET after a PUT sees it).
-[[nodiscard]] inline replicator::later_fn defer_into(session& s, std::string header = {},
-                                                     bool in_order = false) {
-    return [&s, header = std::move(header), in_order]() -> replicator::completion {
-        auto d = std::make_shared<deferred_reply>(in_order ? s.defer_stream() : s.defer());
+[[nodiscard]] inline replicator::later_fn defer_into(session& s, std::string header = {}) {
+    return [&s, header = std::move(header)]() -> replicator::completion {
+        auto d = std::make_shared<deferred_reply>(s.defer());
         return [d, header](std::string bytes) {
             d->complete(header.empty() ? std::move(bytes) : header + bytes);
         };
@@ -498,7 +501,8 @@ inline void router::handshake(std::string& out, session& s) {
     const std::string_view line = s.line();
     const std::string& cookie = options_.cookie;
     std::string why;
-    if (context == 0) {
+    if (context == 0 || context == detail::client_read_mark ||
+        context == detail::client_write_mark) {
         const auto hello = parse_peer_greeting(line);
         std::string nonce;
         if (!hello) {
@@ -818,11 +822,10 @@ inline void router::info(const command& cmd, std::string& out, session& s) {
     }
 }
 
-inline void router::forward(const command& cmd, std::size_t node, session& s, bool in_order) {
+inline void router::forward(const command& cmd, std::size_t node, session& s) {
     const std::string_view name = client_->nodes()[node].name;
     client_->request(node, request_line(cmd), cmd.kind, s.id(),
-                     [d = in_order ? s.defer_stream() : s.defer(),
-                      name](std::optional<framed_reply> reply) mutable {
+                     [d = s.defer(), name](std::optional<framed_reply> reply) mutable {
                          if (!reply) {
                              d.complete(detail::relayed(std::nullopt, name)); // does not close
                              return;
@@ -836,7 +839,24 @@ inline void router::forward(const command& cmd, std::size_t node, session& s, bo
 
 // A client's request for a replicated range: run here when this node is the head (writes)
 // or the tail (reads, SUBSCRIBE) of the chain as it sees it, else forwarded to that node.
+//
+// A connection's pipelined requests keep their order although writes and reads run on
+// different nodes: writes (CREATE, PUT, DELETE) may be in flight together, as they reach
+// the head in order (here, or over the one peer connection their client's `affinity`
+// picks) and the head numbers them so; reads may be in flight together, as none changes
+// what another sees. A request of the other kind (a GET after a PUT, a PUT after a GET) or
+// a SUBSCRIBE waits until every earlier reply is in (`session::run_after_replies`), so it
+// sees what came before it and nothing after. The kind last sent is the connection's
+// `session::context` (client marks; a peer's connection never comes here).
 inline void router::chained(const command& cmd, std::size_t range, std::string& out, session& s) {
+    const std::uint64_t kind = cmd.kind == command_kind::get         ? detail::client_read_mark
+                               : cmd.kind == command_kind::subscribe ? detail::client_stream_mark
+                                                                     : detail::client_write_mark;
+    std::uint64_t& last = s.context();
+    if ((kind != last || kind == detail::client_stream_mark) && s.run_after_replies()) {
+        return; // runs again once the replies before it are in
+    }
+    last = kind;
     const std::string to = replicator_->target(range, cmd.kind);
     if (to.empty()) {
         append_reply(out, reply::error(error_code::range_unavailable, "no chain yet"));
@@ -846,7 +866,7 @@ inline void router::chained(const command& cmd, std::size_t range, std::string& 
         if (cmd.kind == command_kind::subscribe) {
             run_local(cmd, out, s, false);
         } else {
-            replicator_->local_request(range, cmd, out, detail::defer_into(s, {}, true));
+            replicator_->local_request(range, cmd, out, detail::defer_into(s));
         }
         return;
     }
@@ -856,7 +876,7 @@ inline void router::chained(const command& cmd, std::size_t range, std::string& 
     } else if (cmd.kind == command_kind::subscribe) {
         forward_subscribe(cmd, *node, s);
     } else {
-        forward(cmd, *node, s, true); // in order: the next request may go to another node
+        forward(cmd, *node, s);
     }
 }
 
