@@ -424,6 +424,25 @@ TEST_CASE("cluster: a bucket no route covers gets ERROR no route; the connection
     c.stop();
 }
 
+TEST_CASE("cluster: with --max-line above 1 MiB, a value that long goes through another node "
+          "both ways, and to a subscriber through it") {
+    const std::vector<std::string> big_lines{"--max-line", "3000000"};
+    cluster c(three_nodes(), {{0, big_lines}, {1, big_lines}, {2, big_lines}});
+    const std::string bucket = owner_letter[2] + "big"s; // n3's
+    const std::string value(1'500'000, 'v');
+    kv_client via = c.client(0);
+    kv_client watcher = c.client(1);
+    OTPKV_CHECK_EXCHANGE(via, "CREATE " + bucket + "\r\n", ok);
+    int counter = 0;
+    subscribe_synced(watcher, via, bucket, counter);
+    OTPKV_CHECK_EXCHANGE(via, "PUT " + bucket + " k " + value + "\r\n", ok);
+    OTPKV_CHECK_EXCHANGE(via, "GET " + bucket + " k\r\n", value_reply(value));
+    OTPKV_CHECK_RECEIVES(watcher, "k SET TO " + value + "\r\n");
+    kv_client owner = c.client(2);
+    OTPKV_CHECK_EXCHANGE(owner, "GET " + bucket + " k\r\n", value_reply(value));
+    c.stop();
+}
+
 TEST_CASE("cluster: kill -9 a node: its buckets get ERROR node n3 unavailable, the others keep "
           "working; restarted on its port, it serves again") {
     cluster c(three_nodes());

@@ -33,6 +33,7 @@
 /// `cluster_json` gathers every node's through the router, for an admin page.
 #pragma once
 
+#include <otpkv/command.hpp>
 #include <otpkv/config.hpp>
 #include <otpkv/etcd.hpp>
 #include <otpkv/log.hpp>
@@ -44,8 +45,10 @@
 #include <otpkv/supervisor.hpp>
 #include <otpkv/task.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -168,6 +171,11 @@ node::start(node_config config, supervisor_options root_options, client_options 
     if (!client.event_log.enabled(log_level::error)) {
         client.event_log = log;
     }
+    // A peer's reply carries a value of up to max_line bytes (a GET's, an event's line)
+    // behind at most a header's worth: never refused as too long where the node took it.
+    const std::size_t longest_reply =
+        cfg.max_line > SIZE_MAX - peer_line_margin ? SIZE_MAX : cfg.max_line + peer_line_margin;
+    client.max_reply = std::max(client.max_reply, longest_reply);
 
     child_spec registry_spec{"registry",
                              [kids, max_buckets = cfg.max_buckets, log] {
