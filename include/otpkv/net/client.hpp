@@ -118,7 +118,7 @@ struct client_options {
     /// Pooled connections per node (at least 1).
     unsigned connections = 2;
     /// A reply longer than this is a broken peer (its connection is dropped): a value is at
-    /// most a line long.
+    /// most a line long. `node::start` raises it to its `max_line` and a header's room.
     std::size_t max_reply = std::size_t{1} << 20;
     /// The same for the reply to an INFO, which is many lines: one that is not whole within
     /// this many bytes closes its connection, and the request fails as unavailable.
