@@ -14,6 +14,7 @@
 
 #include <otpkv/etcd.hpp>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -24,10 +25,12 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -45,15 +48,17 @@ namespace kv_load {
 // ------------------------------------------------------------------------------------------
 // etcd and a cluster of three nodes on it
 
+// etcd; `proc.port` is its client port.
 struct etcd_server {
     server proc;
     std::string dir; // its temporary data directory (and log)
-    int port = 0;
 
-    [[nodiscard]] std::string url() const { return "http://127.0.0.1:" + std::to_string(port); }
+    [[nodiscard]] std::string url() const {
+        return "http://127.0.0.1:" + std::to_string(proc.port);
+    }
     [[nodiscard]] std::optional<otpkv::membership_view> read() const {
-        return otpkv::read_membership({"127.0.0.1", static_cast<std::uint16_t>(port)}, "/otpkv/",
-                                      std::chrono::seconds(2));
+        return otpkv::read_membership({"127.0.0.1", static_cast<std::uint16_t>(proc.port)},
+                                      "/otpkv/", std::chrono::seconds(2));
     }
 };
 
@@ -80,7 +85,7 @@ inline std::optional<etcd_server> start_etcd(const options& o) {
     const std::string log_path = e.dir + "/etcd.log";
     for (int attempt = 0; attempt < 3; ++attempt) {
         const std::vector<int> ports = free_ports(2);
-        e.port = ports[0];
+        e.proc.port = ports[0];
         const std::string client = "http://127.0.0.1:" + std::to_string(ports[0]);
         const std::string peer = "http://127.0.0.1:" + std::to_string(ports[1]);
         const std::vector<std::string> args{o.etcd_path,
@@ -103,7 +108,6 @@ inline std::optional<etcd_server> start_etcd(const options& o) {
         const std::int64_t deadline = now_ns() + 10'000'000'000;
         while (e.proc.pid > 0 && now_ns() < deadline && alive(e.proc)) {
             if (e.read()) {
-                e.proc.port = e.port;
                 std::fprintf(stderr, "kv_load: etcd pid %d on %s\n", static_cast<int>(e.proc.pid),
                              e.url().c_str());
                 return e;
@@ -131,23 +135,22 @@ struct chain_cluster {
                 {"--etcd", etcd.url(), "--replicas", std::to_string(replicas)},
                 -1};
     }
+    // The chain of a-z in `v` (empty when it has none).
+    [[nodiscard]] static std::vector<std::string> chain_in(const otpkv::membership_view& v) {
+        const auto found = v.chains.find("a-z");
+        return found == v.chains.end() ? std::vector<std::string>{} : found->second.nodes;
+    }
     // The chain of a-z as etcd has it (empty when etcd does not answer or has none).
     [[nodiscard]] std::vector<std::string> chain() const {
         const auto v = etcd.read();
-        if (!v || !v->chains.contains("a-z")) {
-            return {};
-        }
-        return v->chains.find("a-z")->second.nodes;
-    }
-    [[nodiscard]] std::size_t registered() const {
-        const auto v = etcd.read();
-        return v ? v->nodes.size() : 0;
+        return v ? chain_in(*v) : std::vector<std::string>{};
     }
     // Waits (up to `seconds`) until the chain has `length` nodes and `count` nodes hold a lease.
     [[nodiscard]] bool wait_for(std::size_t length, std::size_t count, double seconds) const {
         const std::int64_t deadline = now_ns() + static_cast<std::int64_t>(seconds * 1e9);
         while (now_ns() < deadline) {
-            if (chain().size() == length && registered() == count) {
+            const auto v = etcd.read();
+            if (v && chain_in(*v).size() == length && v->nodes.size() == count) {
                 return true;
             }
             sleep_ms(20);
@@ -273,11 +276,7 @@ inline void run_replication(session& ss) {
 class failover_probe {
   public:
     failover_probe(int port, std::size_t id) : port_(port), id_(id) {
-        thread_ = std::thread([this] { run(); });
-    }
-    ~failover_probe() {
-        stop_ = true;
-        thread_.join();
+        thread_ = std::jthread([this](const std::stop_token& stop) { run(stop); });
     }
     failover_probe(const failover_probe&) = delete;
     failover_probe& operator=(const failover_probe&) = delete;
@@ -296,10 +295,10 @@ class failover_probe {
     [[nodiscard]] std::string key() const { return "k" + std::to_string(id_); }
 
   private:
-    void run() {
+    void run(const std::stop_token& stop) {
         int fd = -1;
         std::uint64_t n = 0;
-        while (!stop_) {
+        while (!stop.stop_requested()) {
             if (fd < 0 && (fd = connect_blocking(port_)) < 0) {
                 sleep_ms(10);
                 continue;
@@ -329,11 +328,10 @@ class failover_probe {
 
     int port_;
     std::size_t id_;
-    std::atomic<bool> stop_{false};
     std::atomic<std::uint64_t> acknowledged_{0};
     mutable std::mutex mutex_;
     std::vector<std::pair<std::int64_t, std::int64_t>> acks_; // (sent, completed), in order
-    std::thread thread_;
+    std::jthread thread_;                                     // last: stopped and joined first
 };
 
 inline double percentile_of(std::vector<double> v, double p) {

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -580,6 +581,15 @@ inline constexpr std::size_t max_peer_id_prefix = 21;
 /// compile time that both fit). So any line a client may send (at most `max_line`) still
 /// fits once a node relays it; clients never get the margin, and a peer gets no more.
 inline constexpr std::size_t peer_line_margin = 128;
+
+/// The longest line a peer connection takes, or a peer's reply carries, when a client's may
+/// be `max_line` long: `peer_line_margin` more, saturated (`max_line` may be as large as
+/// `size_t` holds).
+[[nodiscard]] constexpr std::size_t peer_line_limit(std::size_t max_line) noexcept {
+    return max_line > std::numeric_limits<std::size_t>::max() - peer_line_margin
+               ? std::numeric_limits<std::size_t>::max()
+               : max_line + peer_line_margin;
+}
 
 /// A request id as a token (decimal, 1 to 2^64-1, no sign, no leading zero), or nullopt.
 [[nodiscard]] constexpr std::optional<std::uint64_t> parse_peer_id(std::string_view token) noexcept;

@@ -216,6 +216,15 @@ namespace detail {
     return "HTTP " + std::to_string(r.code);
 }
 
+/// The JSON of a gateway reply that came back `200`; nullopt when etcd was not reached,
+/// refused, or sent no JSON (`etcd_error_text` says which).
+[[nodiscard]] inline std::optional<json_value> etcd_json(const http_reply& r) {
+    if (r.status != http_status::ok || r.code != 200) {
+        return std::nullopt;
+    }
+    return parse_json(r.body);
+}
+
 /// A JSON field that protobuf's mapping writes as a string of digits, or leaves out when 0.
 [[nodiscard]] inline std::int64_t etcd_int(const json_value& object, std::string_view key) {
     const json_value* v = object.find(key);
@@ -330,8 +339,8 @@ etcd_view::ask(std::string_view path, std::string_view body, std::string_view wh
         set_connected(false, r.error);
         return std::nullopt;
     }
-    auto doc = detail::parse_json(r.body);
-    if (r.code != 200 || !doc) {
+    auto doc = detail::etcd_json(r);
+    if (!doc) {
         refused(what, r);
         return std::nullopt;
     }
@@ -412,8 +421,7 @@ inline std::optional<membership_view> read_membership(const http_endpoint& etcd,
     detail::http_connection conn(etcd.host, etcd.port);
     const auto r = conn.post("/v3/kv/range", detail::etcd_prefix_range(prefix),
                              detail::http_connection::clock::now() + limit);
-    auto doc = r.status == detail::http_status::ok && r.code == 200 ? detail::parse_json(r.body)
-                                                                    : std::nullopt;
+    const auto doc = detail::etcd_json(r);
     if (!doc) {
         return std::nullopt;
     }
@@ -620,12 +628,8 @@ inline swap_result etcd_view::swap_chain(std::string_view range, std::int64_t ex
         ",\"value\":" + detail::etcd_b64(chain_text(next)) + "}}]}";
     const std::lock_guard lock(swap_mutex_);
     const detail::http_reply r = call(swap_, "/v3/kv/txn", body);
-    if (r.status != detail::http_status::ok) {
-        out.error = r.error;
-        return out;
-    }
-    const auto doc = detail::parse_json(r.body);
-    if (r.code != 200 || !doc) {
+    const auto doc = detail::etcd_json(r);
+    if (!doc) {
         out.error = detail::etcd_error_text(r);
         return out;
     }
@@ -644,8 +648,7 @@ inline swap_result etcd_view::expel(std::string_view node) {
     const std::string key = node_key(node);
     const std::lock_guard lock(swap_mutex_);
     detail::http_reply r = call(swap_, "/v3/kv/range", "{\"key\":" + detail::etcd_b64(key) + "}");
-    auto doc = r.status == detail::http_status::ok && r.code == 200 ? detail::parse_json(r.body)
-                                                                    : std::nullopt;
+    const auto doc = detail::etcd_json(r);
     if (!doc) {
         out.error = detail::etcd_error_text(r);
         return out;

@@ -48,7 +48,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
-#include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -173,9 +172,7 @@ node::start(node_config config, supervisor_options root_options, client_options 
     }
     // A peer's reply carries a value of up to max_line bytes (a GET's, an event's line)
     // behind at most a header's worth: never refused as too long where the node took it.
-    const std::size_t longest_reply =
-        cfg.max_line > SIZE_MAX - peer_line_margin ? SIZE_MAX : cfg.max_line + peer_line_margin;
-    client.max_reply = std::max(client.max_reply, longest_reply);
+    client.max_reply = std::max(client.max_reply, peer_line_limit(cfg.max_line));
 
     child_spec registry_spec{"registry",
                              [kids, max_buckets = cfg.max_buckets, log] {

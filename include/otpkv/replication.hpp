@@ -157,13 +157,14 @@ struct ack_count {
             o->fetch_sub(1);
         };
     }
-    /// Waits until every message was answered, or `limit` passed; true when all were, `OK`.
-    [[nodiscard]] bool wait(std::chrono::milliseconds limit) const {
+    /// Waits until at most `left` messages are unanswered, or `limit` passed; true when
+    /// that many are and none was refused (`left` 0: every message answered `OK`).
+    [[nodiscard]] bool wait(std::chrono::milliseconds limit, std::size_t left = 0) const {
         const auto deadline = std::chrono::steady_clock::now() + limit;
-        while (outstanding->load() != 0 && std::chrono::steady_clock::now() < deadline) {
+        while (outstanding->load() > left && std::chrono::steady_clock::now() < deadline) {
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         }
-        return outstanding->load() == 0 && !failed->load();
+        return outstanding->load() <= left && !failed->load();
     }
 };
 
@@ -637,13 +638,13 @@ inline bool replicator::peer_line(std::string_view request, std::string& out,
     range_state* r = find_range(head[1]);
     const auto epoch = detail::parse_decimal(head[2]);
     // REPL and REPL-RESET carry a sequence number next.
+    const bool needs_seq = verb == detail::repl_verb || verb == detail::repl_reset_verb;
     std::optional<std::uint64_t> seq;
-    if (verb == detail::repl_verb || verb == detail::repl_reset_verb) {
+    if (needs_seq) {
         const std::size_t space = rest.find(' ');
         seq = detail::parse_decimal(rest.substr(0, space));
         rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
     }
-    const bool needs_seq = verb == detail::repl_verb || verb == detail::repl_reset_verb;
     const bool needs_rest = verb != detail::repl_last_verb && verb != detail::repl_reset_verb;
     if (r == nullptr || !epoch || (needs_seq && !seq) || needs_rest == rest.empty()) {
         append_reply(out, reply::error(error_code::range_unavailable, "bad " + std::string(verb)));
@@ -1217,11 +1218,8 @@ inline void replicator::copy_to_joiner(range_state& r, const std::string& joiner
                                 : request_line({command_kind::erase, bucket, keys[at], {}})));
             }
         }
-        // Keep the number in flight bounded.
-        const auto limit = std::chrono::steady_clock::now() + options_.step_timeout;
-        while (acks.outstanding->load() > 4096 && std::chrono::steady_clock::now() < limit) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        }
+        // Keep the number in flight bounded (a refusal is seen by `still` next).
+        (void)acks.wait(options_.step_timeout, 4096);
     }
     // Everything acknowledged, writes held meanwhile, then the chain grows to it.
     {

@@ -501,8 +501,8 @@ inline void router::handshake(std::string& out, session& s) {
     const std::string_view line = s.line();
     const std::string& cookie = options_.cookie;
     std::string why;
-    if (context == 0 || context == detail::client_read_mark ||
-        context == detail::client_write_mark) {
+    if (context != detail::peer_greeted_mark && context != detail::peer_connection_mark) {
+        // A greeting (on a connection that may have been a client's so far).
         const auto hello = parse_peer_greeting(line);
         std::string nonce;
         if (!hello) {

@@ -1723,10 +1723,8 @@ inline std::string& session::storage() noexcept {
 inline void session::mark_peer() noexcept {
     if (!conn_.peer_node) {
         conn_.peer_node = true;
-        // What a node relays is a client's line with a header in front (command.hpp,
-        // peer_line_margin); saturated, as max_line may be as large as size_t holds.
-        conn_.max_line +=
-            std::min(peer_line_margin, std::numeric_limits<std::size_t>::max() - conn_.max_line);
+        // What a node relays is a client's line with a header in front (command.hpp).
+        conn_.max_line = peer_line_limit(conn_.max_line);
         conn_.framer.set_max_line(conn_.max_line);
     }
 }
