@@ -620,19 +620,26 @@ TEST_CASE("replication nemesis: etcd killed for 3 s and started again") {
 
 TEST_CASE("replication nemesis: the checker has teeth (heads that acknowledge too early)") {
     // OTPKV_TEST_UNSAFE_ACK_AT_HEAD=1: a head acknowledges a write as soon as it has applied
-    // it. Killing the head then loses writes that were acknowledged; the checker must say so.
-    replicated_cluster rc({}, {"OTPKV_TEST_UNSAFE_ACK_AT_HEAD=1"});
-    const auto r = nemesis(rc, [&](const otpkv::chain_record& formed, const auto& happened) {
-        const std::size_t victim = index_of(formed.nodes.front());
-        rc.nodes->kill(victim);
-        happened();
-        return (victim + 1) % 3;
-    });
-    MESSAGE("unsafe heads, head killed: " << r.operations << " operations; the checker says:\n"
-                                          << r.verdict.report);
-    CHECK_FALSE(r.verdict.ok);
-    CHECK(r.verdict.report.find("not linearizable") != std::string::npos);
-    rc.nodes->stop();
+    // it. Killing the head then loses the acknowledged writes still on their way down the
+    // chain; the checker must say so. On loopback that window is short, and a lost write
+    // may be overwritten before anyone reads it, so a run can show nothing (seen once here in
+    // a full ctest run): up to 3 runs, each on a fresh cluster, and one must be caught.
+    bool caught = false;
+    for (int attempt = 1; attempt <= 3 && !caught; ++attempt) {
+        replicated_cluster rc({}, {"OTPKV_TEST_UNSAFE_ACK_AT_HEAD=1"});
+        const auto r = nemesis(rc, [&](const otpkv::chain_record& formed, const auto& happened) {
+            const std::size_t victim = index_of(formed.nodes.front());
+            rc.nodes->kill(victim);
+            happened();
+            return (victim + 1) % 3;
+        });
+        MESSAGE("unsafe heads, head killed, run " << attempt << ": " << r.operations
+                                                  << " operations; the checker says:\n"
+                                                  << r.verdict.report);
+        caught = !r.verdict.ok && r.verdict.report.find("not linearizable") != std::string::npos;
+        rc.nodes->stop();
+    }
+    CHECK(caught);
 }
 
 TEST_CASE("replication nemesis: the head and the middle cut off from each other for 3 s") {
