@@ -4,11 +4,13 @@
 #include "support.hpp"
 
 #include <otpkv/bucket.hpp>
+#include <otpkv/detail/string_hash.hpp>
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <set>
 #include <string>
@@ -108,6 +110,265 @@ TEST_CASE("keys and values of every size: inline, at the limit, and in nodes") {
     expected.erase(big("key"));
     expected["k"] = "small again";
     CHECK(contents(b) == expected);
+}
+
+TEST_CASE("a key of every length 0-30 is found, and a key one byte or one length apart is not") {
+    // Lookups compare a slot's words with the key's in registers, each word masked to the
+    // key's bytes (bucket.hpp, `probe_of`): every length and every byte position counts.
+    sbucket b;
+    const std::string base = "abcdefghijklmnopqrstuvwxyz0123456789";
+    for (std::size_t n = 0; n <= 30; n += 2) { // every other length is stored
+        const std::string key = base.substr(0, n);
+        // A value that fills the slot with the key where it can (22 bytes in all), so the
+        // value's bytes sit right after the key's.
+        const std::string value(n <= 20 ? 20 - n : 3, static_cast<char>('A' + n));
+        CHECK(b.put(key, value));
+    }
+    for (std::size_t n = 0; n <= 30; ++n) {
+        CAPTURE(n);
+        const std::string key = base.substr(0, n);
+        if (n % 2 == 0) {
+            CHECK(b.get(key) == std::string(n <= 20 ? 20 - n : 3, static_cast<char>('A' + n)));
+        } else {
+            CHECK(b.get(key) == std::nullopt); // a prefix of a stored key, and an extension
+        }
+        for (std::size_t at = 0; at < n; ++at) {
+            std::string other = key;
+            other[at] = static_cast<char>(other[at] ^ 0x01);
+            CHECK(b.get(other) == std::nullopt);
+        }
+        // The value's first byte in place of the key's next byte: not a longer key.
+        CHECK(b.get(key + static_cast<char>('A' + n)) == std::nullopt);
+    }
+    CHECK(b.size() == 16);
+}
+
+TEST_CASE("a key's probe matches the slot of that key only, whatever the value beside it") {
+    // Slots built as bucket.hpp lays them out: byte 0 the key's length, byte 1 the value's,
+    // the key from byte 2, the value's bytes ending the slot. The hash's tag usually keeps
+    // other keys from being compared at all, so the comparison is checked here directly.
+    using otpkv::detail::probe_matches;
+    using otpkv::detail::slot_bytes;
+    const std::string base = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    auto slot = [&](const std::string& key, const std::string& value) {
+        unsigned char bytes[slot_bytes] = {};
+        bytes[0] = static_cast<unsigned char>(key.size());
+        bytes[1] = static_cast<unsigned char>(value.size());
+        std::memcpy(bytes + 2, key.data(), key.size());
+        std::memcpy(bytes + slot_bytes - value.size(), value.data(), value.size());
+        std::uint64_t words[otpkv::detail::slot_words];
+        std::memcpy(words, bytes, sizeof words);
+        return std::vector<std::uint64_t>(words, words + 3);
+    };
+    auto matches = [&](const std::string& probe_key, const std::vector<std::uint64_t>& w) {
+        const std::uint64_t words[3] = {w[0], w[1], w[2]};
+        return probe_matches(
+            words, otpkv::detail::probe_of(reinterpret_cast<const unsigned char*>(probe_key.data()),
+                                           probe_key.size()));
+    };
+    int wrong = 0;
+    for (std::size_t n = 0; n <= 22; ++n) {
+        const std::string key = base.substr(0, n);
+        for (std::size_t vs = 0; n + vs <= 22; ++vs) {
+            // The value continues the key's letters: a longer probe would see them.
+            const std::string value = base.substr(n, vs);
+            const auto w = slot(key, value);
+            wrong += !matches(key, w);
+            for (std::size_t m = 0; m <= 23; ++m) {
+                wrong += m != n && matches(base.substr(0, m), w); // prefixes and extensions
+            }
+            for (std::size_t at = 0; at < n; ++at) {
+                std::string other = key;
+                other[at] = static_cast<char>(other[at] ^ 0x40);
+                wrong += matches(other, w);
+            }
+        }
+    }
+    // A node slot (byte 0 = 0xFF) and a key too long for a slot match nothing inline.
+    unsigned char node_bytes[slot_bytes] = {otpkv::detail::node_marker};
+    std::vector<std::uint64_t> node_slot(3);
+    std::memcpy(node_slot.data(), node_bytes, sizeof node_bytes);
+    for (std::size_t m = 0; m <= 23; ++m) {
+        wrong += matches(base.substr(0, m), node_slot);
+    }
+    wrong += matches(base.substr(0, 23), slot(base.substr(0, 22), ""));
+    CHECK(wrong == 0);
+}
+
+TEST_CASE("keys and values of every integer size, read back whole") {
+    bucket<char, std::uint64_t> c;
+    bucket<std::int16_t, std::int16_t> s;
+    bucket<std::uint32_t, double> i;
+    struct fourteen {
+        char bytes[14];
+    };
+    bucket<std::uint64_t, fourteen> l;
+    const auto wide = [](int k) {
+        return std::uint64_t{0x0102030405060708} * static_cast<std::uint64_t>(k + 1000);
+    };
+    for (int k = -100; k < 100; ++k) {
+        CHECK(c.put(static_cast<char>(k), wide(k)));
+        CHECK(s.put(static_cast<std::int16_t>(k * 300), static_cast<std::int16_t>(-k)));
+        CHECK(i.put(static_cast<std::uint32_t>(k) * 0x01010101U, k / 3.0));
+        fourteen v{};
+        for (int j = 0; j < 14; ++j) {
+            v.bytes[j] = static_cast<char>(k + j);
+        }
+        CHECK(l.put(static_cast<std::uint64_t>(k) << 56 | 0x00FF00FF00FF00FFULL, v));
+    }
+    int wrong = 0;
+    for (int k = -100; k < 100; ++k) {
+        wrong += c.get(static_cast<char>(k)) != wide(k);
+        wrong += s.get(static_cast<std::int16_t>(k * 300)) != static_cast<std::int16_t>(-k);
+        wrong += i.get(static_cast<std::uint32_t>(k) * 0x01010101U) != k / 3.0;
+        const auto v = l.get(static_cast<std::uint64_t>(k) << 56 | 0x00FF00FF00FF00FFULL);
+        wrong += !v.has_value();
+        for (int j = 0; v && j < 14; ++j) {
+            wrong += v->bytes[j] != static_cast<char>(k + j);
+        }
+        // One bit off in the lowest byte, and in the byte below the highest: absent.
+        wrong +=
+            l.get((static_cast<std::uint64_t>(k) << 56 | 0x00FF00FF00FF00FFULL) ^ 1U).has_value();
+        wrong += l.get((static_cast<std::uint64_t>(k) << 56 | 0x00FF00FF00FF00FFULL) ^ (1ULL << 55))
+                     .has_value();
+    }
+    CHECK(wrong == 0);
+    CHECK(s.get(1) == std::nullopt);
+    CHECK(c.size() == 200);
+}
+
+TEST_CASE("string_hash.hpp: equal bytes hash equally wherever they are; every byte and the length "
+          "count") {
+    using otpkv::detail::bytes_equal;
+    using otpkv::detail::copy_short;
+    using otpkv::detail::hash_bytes;
+    // The same bytes at every alignment.
+    alignas(8) char one[64];
+    alignas(8) char two[64];
+    const std::string text = "The quick brown fox jumps over the lazy dog";
+    std::set<std::uint64_t> hashes;
+    for (std::size_t n = 0; n <= 40; ++n) {
+        std::memcpy(one, text.data(), n);
+        const std::uint64_t h = hash_bytes({one, n});
+        for (std::size_t off = 1; off < 8; ++off) {
+            std::memcpy(two + off, text.data(), n);
+            CHECK(hash_bytes({two + off, n}) == h);
+            CHECK(bytes_equal(one, two + off, n));
+        }
+        CHECK(hashes.insert(h).second); // each prefix its own hash
+        for (std::size_t at = 0; at < n; ++at) {
+            std::memcpy(two, text.data(), n);
+            two[at] = static_cast<char>(two[at] ^ 0x20);
+            CHECK(hash_bytes({two, n}) != h);
+            CHECK_FALSE(bytes_equal(one, two, n));
+        }
+        if (n <= 24) {
+            char copied[32];
+            std::memset(copied, '#', sizeof copied);
+            copy_short(copied + 3, text.data(), n);
+            CHECK(std::string(copied + 3, n) == text.substr(0, n));
+            CHECK(copied[2] == '#'); // nothing written outside
+            CHECK(copied[3 + n] == '#');
+        }
+    }
+    // Zero bytes count: "", "\0", "\0\0" ... differ.
+    const std::string zeros(24, '\0');
+    std::set<std::uint64_t> zero_hashes;
+    for (std::size_t n = 0; n <= 24; ++n) {
+        CHECK(zero_hashes.insert(hash_bytes({zeros.data(), n})).second);
+    }
+    // Spread: 100,000 keys "key0".."key99999" give as many distinct hashes, and each of
+    // the bits a table uses (shard, tag and group bits) is set about half the time.
+    std::set<std::uint64_t> spread;
+    int ones[64] = {};
+    for (int i = 0; i < 100'000; ++i) {
+        const std::string key = "key" + std::to_string(i);
+        const std::uint64_t h = hash_bytes(key);
+        spread.insert(h);
+        for (int bit = 0; bit < 64; ++bit) {
+            ones[bit] += static_cast<int>((h >> bit) & 1U);
+        }
+    }
+    CHECK(spread.size() == 100'000);
+    for (int bit = 0; bit < 64; ++bit) {
+        CAPTURE(bit);
+        CHECK(ones[bit] > 48'500);
+        CHECK(ones[bit] < 51'500);
+    }
+}
+
+TEST_CASE("readers racing writers on keys 1-22 bytes long never take one key for another") {
+    // The keys are prefixes of one string: each is another's prefix and extension, and
+    // inline slots hold the key's bytes right next to the value's. The values change
+    // length (so where the value's bytes start moves) and turn into nodes and back; keys
+    // come and go. A reader must see, for each key, only one of that key's values.
+    sbucket b(otpkv::bucket_options{1});
+    const std::string base = "0123456789abcdefghijkl"; // 22 bytes
+    auto value_for = [&](std::size_t n, int version) {
+        // Starts with the key's length, then the version; short or long (a node).
+        std::string v = std::to_string(n) + "." + std::to_string(version) + ".";
+        const std::size_t room = 22 - n;
+        if (version % 3 == 2) {
+            v += std::string(40, 'N');
+        } else if (v.size() < room && version % 3 == 1) {
+            v += std::string(room - v.size(), 'F'); // fills the slot exactly
+        }
+        return v;
+    };
+    auto valid = [&](std::size_t n, const std::string& v) {
+        const std::string head = std::to_string(n) + ".";
+        if (v.compare(0, head.size(), head) != 0) {
+            return false;
+        }
+        const std::size_t dot = v.find('.', head.size());
+        if (dot == std::string::npos) {
+            return false;
+        }
+        return v == value_for(n, std::stoi(v.substr(head.size(), dot - head.size())));
+    };
+    std::atomic<bool> done{false};
+    std::atomic<long> bad{0};
+    std::atomic<long> hits{0};
+    auto writer = [&](std::size_t first) {
+        for (int version = 0; version < 3000; ++version) {
+            for (std::size_t n = first; n <= 22; n += 2) {
+                if ((static_cast<std::size_t>(version) + n) % 5 == 0) {
+                    b.erase(base.substr(0, n));
+                } else {
+                    b.put(base.substr(0, n), value_for(n, version));
+                }
+            }
+        }
+    };
+    auto reader = [&] {
+        long seen = 0;
+        while (!done.load()) {
+            for (std::size_t n = 1; n <= 22; ++n) {
+                b.visit(base.substr(0, n), [&](std::string_view v) {
+                    ++seen;
+                    if (!valid(n, std::string(v))) {
+                        bad.fetch_add(1);
+                    }
+                });
+            }
+        }
+        hits.fetch_add(seen);
+    };
+    std::thread r1(reader);
+    std::thread w1(writer, 1);
+    std::thread w2(writer, 2);
+    w1.join();
+    w2.join();
+    done.store(true);
+    r1.join();
+    CHECK(bad.load() == 0);
+    CHECK(hits.load() > 0);
+    for (std::size_t n = 1; n <= 22; ++n) {
+        CAPTURE(n);
+        const bool erased = (2999 + n) % 5 == 0;
+        CHECK(b.get(base.substr(0, n)) ==
+              (erased ? std::nullopt : std::optional(value_for(n, 2999))));
+    }
 }
 
 TEST_CASE("integer keys, struct values and keys that only a node can hold") {

@@ -13,12 +13,18 @@
 /// - Small entries live in the slot itself (a key and a value of `std::string`, integer or
 ///   enum key types, trivially copyable values, up to 22 bytes together). Larger ones live in
 ///   an immutable node the slot points to; replacing or erasing one retires the node.
+/// - A lookup turns its key once into a `key_probe` (the words an inline slot of that key
+///   holds, and a mask of the key's bytes) and compares each candidate slot's words with it
+///   in registers, inside the seqlock read; nothing is copied through memory first.
+/// - `std::string` keys with the default hash are hashed by detail/string_hash.hpp (inline,
+///   keyed per process), not by `std::hash`, and compared without calling `memcmp`.
 /// - Old tables (after growth or `clear`) and retired nodes are freed through epochs
 ///   (detail/epoch.hpp): a reader inside its guard can still read them safely.
 #pragma once
 
 #include <otpkv/detail/epoch.hpp>
 #include <otpkv/detail/event_hub.hpp>
+#include <otpkv/detail/string_hash.hpp>
 #include <otpkv/process.hpp>
 
 #include <algorithm>
@@ -92,9 +98,9 @@ struct slot_position {
 /// (at most 256), c the number of slots in the shards' tables (about 12n/7 right after a
 /// table is rebuilt; a table never shrinks, but `clear` drops it). "Expected" assumes that
 /// `Hash` spreads the keys (its result is mixed again, so integers hashed to themselves
-/// do); a lookup then probes a few 8-slot groups. Hashing and comparing a key, and copying
-/// a key or a value, cost their length on top. A lock-free read that meets a writer in the
-/// same group retries after it.
+/// do; `std::string` keys with the default `Hash` use the library's keyed hash instead); a lookup
+/// then probes a few 8-slot groups. Hashing and comparing a key, and copying a key or a value, cost
+/// their length on top. A lock-free read that meets a writer in the same group retries after it.
 template <class K, class V, class Hash = std::hash<K>, class Eq = std::equal_to<K>>
 class bucket : public process {
     using traits = detail::bucket_traits<K, V, Hash, Eq>;
@@ -299,8 +305,38 @@ inline std::size_t reduce(std::uint64_t h, std::size_t n) noexcept {
 #endif
 }
 
+/// The bytes [at, at + 8) of the `n` bytes at `p`, as a little-endian word, zero past
+/// byte n; never reads outside the n bytes (n may be below 8).
+inline std::uint64_t byte_window(const unsigned char* p, std::size_t n, std::size_t at) noexcept {
+    if (at >= n) {
+        return 0;
+    }
+    if (at + 8 <= n) {
+        return load_word(p + at);
+    }
+    if (n >= 8) {
+        // The last 8 bytes, shifted down past the ones before `at`.
+        return load_word(p + n - 8) >> (8 * (at + 8 - n));
+    }
+    std::uint64_t all = 0; // the n < 8 bytes, assembled from loads inside them
+    if (n >= 4) {
+        all = load_half(p) | (load_half(p + n - 4) << (8 * (n - 4)));
+    } else {
+        for (std::size_t i = 0; i < n; ++i) {
+            all |= std::uint64_t{p[i]} << (8 * i);
+        }
+    }
+    return all >> (8 * at);
+}
+
+/// A word whose `n` low bytes (n <= 8) are 0xFF.
+constexpr std::uint64_t low_bytes(std::size_t n) noexcept {
+    return n >= 8 ? ~std::uint64_t{0} : (std::uint64_t{1} << (8 * n)) - 1;
+}
+
 /// Slot layout: byte 0 is the key's length (or `node_marker`), byte 1 the value's, then
-/// the key's bytes and the value's bytes; a node slot holds the node pointer in word 1.
+/// the key's bytes from byte 2 on; the value's bytes end the slot (so an 8-byte value is
+/// word 2, whole). A node slot holds the node pointer in word 1.
 inline constexpr std::size_t slot_words = 3;
 inline constexpr std::size_t slot_bytes = slot_words * 8;
 inline constexpr std::size_t inline_capacity = slot_bytes - 2;
@@ -310,6 +346,49 @@ inline constexpr std::uint64_t ctrl_empty = 0x80;
 inline constexpr std::uint64_t ctrl_deleted = 0xFE;
 inline constexpr std::uint64_t lsbs = 0x0101010101010101ULL;
 inline constexpr std::uint64_t msbs = 0x8080808080808080ULL;
+
+/// A key as the words of an inline slot holding it read: a slot holds the key when
+/// `(word[w] ^ probe.word[w]) & probe.mask[w]` is 0 for each word w (`probe_matches`). The
+/// mask covers the length byte and the key's bytes, not the value's. A key that cannot be
+/// inline gets a length byte no slot has (neither a length nor `node_marker`).
+struct key_probe {
+    std::uint64_t word[slot_words];
+    std::uint64_t mask[slot_words];
+};
+
+/// The probe of the `n` bytes of a key at `p`.
+inline key_probe probe_of(const unsigned char* p, std::size_t n) noexcept {
+    key_probe probe{{0xFE, 0, 0}, {0xFF, 0, 0}};
+    if (n > inline_capacity) {
+        return probe;
+    }
+    if constexpr (std::endian::native == std::endian::little) {
+        // Byte j of the slot is byte j % 8 of word j / 8: the key's bytes 0-5 go to word 0
+        // after the two length bytes, 6-13 to word 1, 14-21 to word 2.
+        probe.word[0] = n | (byte_window(p, n, 0) << 16);
+        probe.word[1] = byte_window(p, n, 6);
+        probe.word[2] = byte_window(p, n, 14);
+        probe.mask[0] = 0xFF | (low_bytes(std::min<std::size_t>(n, 6)) << 16);
+        probe.mask[1] = n > 6 ? low_bytes(n - 6) : 0;
+        probe.mask[2] = n > 14 ? low_bytes(n - 14) : 0;
+    } else {
+        unsigned char key[slot_bytes] = {};
+        unsigned char mask[slot_bytes] = {};
+        key[0] = static_cast<unsigned char>(n);
+        mask[0] = 0xFF;
+        copy_short(key + 2, p, n);
+        std::memset(mask + 2, 0xFF, n);
+        std::memcpy(probe.word, key, sizeof key);
+        std::memcpy(probe.mask, mask, sizeof mask);
+    }
+    return probe;
+}
+
+/// True when the slot whose words are `w` holds the key of `probe` inline.
+inline bool probe_matches(const std::uint64_t (&w)[slot_words], const key_probe& probe) noexcept {
+    return (((w[0] ^ probe.word[0]) & probe.mask[0]) | ((w[1] ^ probe.word[1]) & probe.mask[1]) |
+            ((w[2] ^ probe.word[2]) & probe.mask[2])) == 0;
+}
 
 /// How a type is stored inline: as its bytes (`fixed`) or as a string's bytes.
 template <class T> struct codec { static constexpr bool inlinable = false; };
@@ -328,10 +407,9 @@ struct codec<T> {
 template <> struct codec<std::string> {
     static constexpr bool inlinable = true;
     static std::size_t size(std::string_view v) noexcept { return v.size(); }
+    // Only strings that fit a slot are written (`fits`).
     static void write(std::string_view v, unsigned char* out) noexcept {
-        if (!v.empty()) {
-            std::memcpy(out, v.data(), v.size());
-        }
+        copy_short(out, v.data(), v.size());
     }
     static std::string read(const unsigned char* in, std::size_t n) {
         return {reinterpret_cast<const char*>(in), n};
@@ -356,15 +434,15 @@ template <class K, class V, class Hash, class Eq> struct bucket_traits {
 
     static std::uint64_t hash(key_arg k) {
         if constexpr (string_key) {
-            // std::hash of a string equals std::hash of its view ([string.view.hash]).
-            return mix_hash(std::hash<std::string_view>{}(k));
+            // Equal strings hash equally whatever `Hash` would give: only the bucket sees it.
+            return hash_bytes(k);
         } else {
             return mix_hash(static_cast<std::uint64_t>(Hash{}(k)));
         }
     }
     static bool equal(const K& stored, key_arg k) {
         if constexpr (string_key) {
-            return std::string_view(stored) == k;
+            return stored.size() == k.size() && bytes_equal(stored.data(), k.data(), k.size());
         } else {
             return Eq{}(stored, k);
         }
@@ -499,29 +577,45 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
             return;
         }
         if constexpr (traits::key_inlinable && traits::value_inlinable) {
-            const std::size_t ks = traits::key_size(k);
-            img[0] = static_cast<unsigned char>(ks);
-            img[1] = static_cast<unsigned char>(traits::value_size(v));
+            const std::size_t vs = traits::value_size(v);
+            img[0] = static_cast<unsigned char>(traits::key_size(k));
+            img[1] = static_cast<unsigned char>(vs);
             detail::codec<K>::write(k, img + 2);
-            detail::codec<V>::write(v, img + 2 + ks);
+            detail::codec<V>::write(v, img + detail::slot_bytes - vs);
         }
     }
-    static bool key_matches(const slot_image& img, key_arg k) {
-        if (node* n = node_of(img)) {
-            return traits::equal(n->key, k);
-        }
+    using probe = detail::key_probe;
+    static probe probe_of(key_arg k) noexcept {
         if constexpr (traits::key_inlinable) {
-            const std::size_t ks = traits::key_size(k);
-            if (img[0] != ks) {
-                return false;
-            }
             if constexpr (traits::string_key) {
-                return ks == 0 || std::memcmp(img + 2, k.data(), ks) == 0;
+                return detail::probe_of(reinterpret_cast<const unsigned char*>(k.data()), k.size());
             } else {
-                return std::memcmp(img + 2, &k, ks) == 0;
+                return detail::probe_of(reinterpret_cast<const unsigned char*>(&k),
+                                        traits::key_size(k));
             }
         } else {
-            return false;
+            return detail::probe_of(nullptr, detail::inline_capacity + 1);
+        }
+    }
+    static bool inline_match(const std::uint64_t (&w)[detail::slot_words],
+                             const probe& p) noexcept {
+        return detail::probe_matches(w, p);
+    }
+    // The node of a slot whose words are `w`, if it is a node slot.
+    static const node* node_in(const std::uint64_t (&w)[detail::slot_words]) noexcept {
+        unsigned char first = 0;
+        std::memcpy(&first, w, 1);
+        if (first != detail::node_marker) {
+            return nullptr;
+        }
+        const node* n = nullptr;
+        std::memcpy(&n, &w[1], sizeof(n));
+        return n;
+    }
+    static void load_words(const group& g, std::size_t i,
+                           std::uint64_t (&w)[detail::slot_words]) noexcept {
+        for (std::size_t j = 0; j < detail::slot_words; ++j) {
+            w[j] = g.words[i][j].load(detail::seqlock_load);
         }
     }
     static K key_of(const slot_image& img) {
@@ -546,8 +640,12 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
         if (node* n = node_of(img)) {
             return n->value;
         }
-        if constexpr (traits::key_inlinable && traits::value_inlinable) {
-            return detail::codec<V>::read(img + 2 + img[0], img[1]);
+        if constexpr (traits::key_inlinable && std::is_same_v<V, std::string>) {
+            return detail::codec<V>::read(img + detail::slot_bytes - img[1], img[1]);
+        } else if constexpr (traits::key_inlinable && traits::value_inlinable) {
+            // A fixed-size value: at a constant offset, which the compiler can keep in a
+            // register from the words just read.
+            return detail::codec<V>::read(img + detail::slot_bytes - sizeof(V), sizeof(V));
         } else {
             std::terminate(); // unreachable: such entries always live in nodes
         }
@@ -617,6 +715,7 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
     // Writer side (under the shard lock): where `k` is, if present.
     std::optional<position> find(std::uint64_t h, key_arg k) {
         const std::uint64_t tag = tag_of(h);
+        const probe key = probe_of(k);
         std::size_t g = detail::reduce(h, groups);
         for (std::size_t probes = 0; probes < groups; ++probes) {
             group& gr = data()[g];
@@ -624,9 +723,12 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
             const std::uint64_t ctrl = gr.ctrl.load(std::memory_order_relaxed);
             for (std::uint64_t m = match(ctrl, tag); m != 0; m &= m - 1) {
                 const std::size_t i = lowest(m);
-                slot_image img;
-                load(gr, i, img);
-                if (key_matches(img, k)) {
+                std::uint64_t w[detail::slot_words];
+                load_words(gr, i, w);
+                if (inline_match(w, key)) {
+                    return position{g, i};
+                }
+                if (const node* n = node_in(w); n != nullptr && traits::equal(n->key, k)) {
                     return position{g, i};
                 }
             }
@@ -770,17 +872,61 @@ bool bucket<K, V, Hash, Eq>::read(key_arg key, OnHit&& on_hit) const {
         return false;
     }
     const std::uint64_t tag = table::tag_of(h);
+    const typename table::probe probe = table::probe_of(key);
     std::size_t g = detail::reduce(h, t->groups);
     for (std::size_t probes = 0; probes < t->groups; ++probes) {
         const typename table::group& gr = t->data()[g];
         table::prefetch(gr);
-        typename table::slot_image images[detail::group_slots];
-        const std::uint64_t ctrl = table::read_group(
-            gr, [tag](std::uint64_t c) noexcept { return table::match(c, tag); }, images);
-        for (std::uint64_t m = table::match(ctrl, tag); m != 0; m &= m - 1) {
-            const std::size_t i = table::lowest(m);
-            if (table::key_matches(images[i], key)) {
-                on_hit(images[i]);
+        // The seqlock read of one group (see `read_group`), comparing in registers: the
+        // candidates' words are loaded (relaxed, or acquire under TSan) and compared with
+        // the probe; an inline hit keeps its words, a node slot its pointer. Nothing read
+        // is used before the version, re-read after the acquire fence, proves that no
+        // writer changed the group meanwhile; a torn read only costs a retry.
+        std::uint64_t hit[detail::slot_words];
+        const typename table::node* nodes[detail::group_slots];
+        std::size_t node_count = 0;
+        bool found = false;
+        std::uint64_t ctrl = 0;
+        for (;;) {
+            // acquire: pairs with end_write; the words read below are at least that new.
+            const std::uint32_t v1 = gr.version.load(std::memory_order_acquire);
+            if ((v1 & 1) != 0) {
+                detail::shard_lock::pause(); // a writer is inside the group: wait for it
+                continue;
+            }
+            ctrl = gr.ctrl.load(detail::seqlock_load);
+            found = false;
+            node_count = 0;
+            for (std::uint64_t m = table::match(ctrl, tag); m != 0; m &= m - 1) {
+                const std::size_t i = table::lowest(m);
+                table::load_words(gr, i, hit);
+                if (table::inline_match(hit, probe)) {
+                    found = true;
+                    break;
+                }
+                if (const typename table::node* n = table::node_in(hit)) {
+                    nodes[node_count++] = n;
+                }
+            }
+            // acquire fence: the loads above happen before the version is read again.
+            detail::seqlock_read_fence();
+            if (gr.version.load(std::memory_order_relaxed) == v1) {
+                break;
+            }
+        }
+        if (found) {
+            typename table::slot_image img;
+            std::memcpy(img, hit, sizeof img);
+            on_hit(img);
+            return true;
+        }
+        // Nodes are immutable and the epoch guard keeps them: their keys are safe to read.
+        for (std::size_t j = 0; j < node_count; ++j) {
+            if (traits::equal(nodes[j]->key, key)) {
+                typename table::slot_image img{};
+                img[0] = detail::node_marker;
+                std::memcpy(img + 8, &nodes[j], sizeof(nodes[j]));
+                on_hit(img);
                 return true;
             }
         }
@@ -807,7 +953,8 @@ bool bucket<K, V, Hash, Eq>::visit(key_arg key, F&& f) const {
             f(static_cast<value_arg>(n->value));
         } else if constexpr (std::is_same_v<V, std::string>) {
             // The validated copy of the slot holds the bytes: no string is built.
-            f(std::string_view(reinterpret_cast<const char*>(img + 2 + img[0]), img[1]));
+            f(std::string_view(reinterpret_cast<const char*>(img + detail::slot_bytes - img[1]),
+                               img[1]));
         } else {
             const V value = table::value_of(img);
             f(value);
