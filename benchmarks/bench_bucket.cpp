@@ -92,12 +92,15 @@ struct string_kind {
     static constexpr const char* name = "string";
     struct maker {
         char buf[24];
+        char keys[2][24]; // taken in turn: a key stays valid while the next one is made
+        unsigned turn = 0;
         // "key" and the index in decimal: at most 9 bytes for 1M keys, so a std::string made
         // from it fits the small buffer (no allocation).
         std::string_view key(std::uint64_t i) noexcept {
-            std::memcpy(buf, "key", 3);
-            const char* end = std::to_chars(buf + 3, buf + sizeof buf, i).ptr;
-            return {buf, static_cast<std::size_t>(end - buf)};
+            char* out = keys[turn ^= 1U];
+            std::memcpy(out, "key", 3);
+            const char* end = std::to_chars(out + 3, out + 24, i).ptr;
+            return {out, static_cast<std::size_t>(end - out)};
         }
         // Always 8 hex digits: the top bit of the 32 formatted is set.
         std::string_view value(std::uint64_t x) noexcept {
@@ -444,9 +447,16 @@ void run(results& out, int reps, double scale) {
         std::uint64_t seed =
             Load::seed + static_cast<std::uint64_t>(t) * 977 + static_cast<std::uint64_t>(r) * 131;
         std::uint64_t local = 0;
+        // Each key is made one operation ahead, as a server's keys arrive in a buffer written
+        // long before: a lookup that reads the bytes just written one at a time would wait
+        // for them (a store-forwarding stall) and measure the key's making, not the map.
+        std::uint64_t x_next = next(seed);
+        auto k_next = keys.key(x_next % Load::keys);
         for (std::uint64_t i = 0; i < ops; ++i) {
-            const std::uint64_t x = next(seed);
-            const auto k = keys.key(x % Load::keys);
+            const std::uint64_t x = x_next;
+            const auto k = k_next;
+            x_next = next(seed);
+            k_next = keys.key(x_next % Load::keys);
             if (Load::puts && (x >> 40) % 10 == 0) {
                 map->put(k, values.value(x));
             } else {
