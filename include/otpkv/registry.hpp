@@ -16,6 +16,7 @@
 #include <otpkv/bucket.hpp>
 #include <otpkv/detail/epoch.hpp>
 #include <otpkv/detail/event_hub.hpp>
+#include <otpkv/detail/string_hash.hpp>
 #include <otpkv/log.hpp>
 #include <otpkv/process.hpp>
 #include <otpkv/snapshot.hpp>
@@ -81,8 +82,8 @@ struct registry_event {
 /// this registry.
 ///
 /// Complexity, in each member's comment: n is the number of registered buckets. "Expected"
-/// is for names that hash apart (`std::hash`, mixed again); hashing and comparing a name
-/// cost its length on top.
+/// is for names that hash apart (detail/string_hash.hpp, keyed per process, as the bucket's
+/// string keys); hashing and comparing a name cost its length on top.
 template <class Bucket = bucket<std::string, std::string>>
 class basic_registry : public process, public supervision_tree {
   public:
@@ -221,9 +222,7 @@ template <class Bucket> struct basic_registry<Bucket>::core {
     };
     // Marks a removed slot; probes go on past it.
     static entry* tombstone() noexcept { return reinterpret_cast<entry*>(alignof(entry)); }
-    static std::uint64_t hash(std::string_view name) noexcept {
-        return detail::mix_hash(std::hash<std::string_view>{}(name));
-    }
+    static std::uint64_t hash(std::string_view name) noexcept { return detail::hash_bytes(name); }
 
     registry_options options;
     std::shared_ptr<dynamic_supervisor> supervisor;
@@ -307,7 +306,12 @@ template <class Bucket> struct basic_registry<Bucket>::core {
     }
     // Inside a guard: the entry named `name`, or null.
     const entry* find(std::string_view name, std::uint64_t h) const noexcept {
-        return probe(h, [&](const entry& e) { return e.hash == h && e.name == name; }).e;
+        return probe(h,
+                     [&](const entry& e) {
+                         return e.hash == h && e.name.size() == name.size() &&
+                                detail::bytes_equal(e.name.data(), name.data(), name.size());
+                     })
+            .e;
     }
     // Inside a guard: the running bucket named `name`, or null. A bucket that has exited
     // but whose monitor has not removed it yet is not returned.
