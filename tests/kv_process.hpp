@@ -927,13 +927,12 @@ inline void subscribe_synced(kv_client& subscriber, kv_client& publisher, const 
     OTPKV_CHECK_BYTES(seen, expected);
 }
 
-/// Stops `server` with SIGTERM and checks it exited by itself, with code 0, within `limit`
-/// (a crash, a sanitizer report or a hang during the test shows up here).
-inline void stop_cleanly(kv_process& server, std::chrono::seconds limit = 5s) {
+/// Stops `server` with SIGTERM and checks it exited by itself, with code 0 (a crash, a
+/// sanitizer report or a hang during the test shows up here). `limit` only bounds a hang:
+/// how long a stop takes is not asserted (it depends on the machine's load).
+inline void stop_cleanly(kv_process& server, std::chrono::seconds limit = 30s) {
     const exit_status st = server.stop(SIGTERM, limit);
     CHECK_MESSAGE(st.clean(), "kv_server " << st.describe());
-    CHECK_MESSAGE(st.seconds < std::chrono::duration<double>(limit).count(),
-                  "kv_server took " << st.seconds << " s to stop");
 }
 
 /// One request and the exact reply it must get.
