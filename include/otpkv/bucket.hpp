@@ -562,12 +562,9 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
         }
     }
     static node* node_of(const slot_image& img) noexcept {
-        if (img[0] != detail::node_marker) {
-            return nullptr;
-        }
-        node* n = nullptr;
-        std::memcpy(&n, img + 8, sizeof(n));
-        return n;
+        std::uint64_t w[detail::slot_words];
+        std::memcpy(w, img, sizeof w);
+        return node_in(w);
     }
     static void encode(slot_image& img, key_arg k, value_arg v, node* n) noexcept {
         std::memset(img, 0, detail::slot_bytes);
@@ -597,18 +594,14 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
             return detail::probe_of(nullptr, detail::inline_capacity + 1);
         }
     }
-    static bool inline_match(const std::uint64_t (&w)[detail::slot_words],
-                             const probe& p) noexcept {
-        return detail::probe_matches(w, p);
-    }
     // The node of a slot whose words are `w`, if it is a node slot.
-    static const node* node_in(const std::uint64_t (&w)[detail::slot_words]) noexcept {
+    static node* node_in(const std::uint64_t (&w)[detail::slot_words]) noexcept {
         unsigned char first = 0;
         std::memcpy(&first, w, 1);
         if (first != detail::node_marker) {
             return nullptr;
         }
-        const node* n = nullptr;
+        node* n = nullptr;
         std::memcpy(&n, &w[1], sizeof(n));
         return n;
     }
@@ -725,7 +718,7 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
                 const std::size_t i = lowest(m);
                 std::uint64_t w[detail::slot_words];
                 load_words(gr, i, w);
-                if (inline_match(w, key)) {
+                if (detail::probe_matches(w, key)) {
                     return position{g, i};
                 }
                 if (const node* n = node_in(w); n != nullptr && traits::equal(n->key, k)) {
@@ -900,7 +893,7 @@ bool bucket<K, V, Hash, Eq>::read(key_arg key, OnHit&& on_hit) const {
             for (std::uint64_t m = table::match(ctrl, tag); m != 0; m &= m - 1) {
                 const std::size_t i = table::lowest(m);
                 table::load_words(gr, i, hit);
-                if (table::inline_match(hit, probe)) {
+                if (detail::probe_matches(hit, probe)) {
                     found = true;
                     break;
                 }
