@@ -16,7 +16,11 @@
 // string keys (std::hash<std::string>, TBB's hash_compare); liburcu, which takes a hash
 // value, gets std::hash<std::string_view>.
 //
-// Usage: bench_bucket [repetitions=5] [scale=1.0]   (scale multiplies the operation counts)
+// Usage: bench_bucket [repetitions=5] [scale=1.0] [only]   (scale multiplies the operation
+// counts; `only`, when given, is a comma-separated list of names: a map workload runs for a
+// contender only when "<workload> <contender>" contains one of them, so
+// "hot keys, reads [u64]" runs one workload for everyone and "[u64] otpkv,[u64] libcuckoo"
+// two contenders on every u64 workload; the registry and memory measurements are skipped)
 // Prints one line per measurement (median of the repetitions), then the ratios at 2 threads
 // (otpkv / each peer, per workload and key kind), then the targets. A run with 3 repetitions
 // at scale 1 is meant to take less than 10 minutes on 2 cores.
@@ -426,8 +430,21 @@ template <class Load, class Keys, class Values> std::string workload_name() {
     return name + "]";
 }
 
+// Set from the command line (see Usage): when not empty, the names of what runs.
+std::vector<std::string> only;
+
+bool selected(const std::string& workload, const char* contender) {
+    const std::string both = workload + " " + contender;
+    return only.empty() || std::any_of(only.begin(), only.end(), [&](const std::string& name) {
+               return both.find(name) != std::string::npos;
+           });
+}
+
 template <class Load, class Map, class Keys, class Values>
 void run(results& out, int reps, double scale) {
+    if (!selected(workload_name<Load, Keys, Values>(), Map::name)) {
+        return;
+    }
     const auto ops = static_cast<std::uint64_t>(Load::ops * scale);
     auto map = std::make_unique<Map>();
     {
@@ -630,8 +647,15 @@ void peer_target(const results& r, const std::string& workload, const char* peer
 int main(int argc, char** argv) {
     const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 5;
     const double scale = argc > 2 ? std::atof(argv[2]) : 1.0;
-    std::printf("bench_bucket: %d repetitions, scale %.2f, membarrier %s\n", reps, scale,
-                otpkv::detail::epoch_domain::instance().asymmetric() ? "on" : "off");
+    const std::string wanted = argc > 3 ? argv[3] : "";
+    for (std::size_t at = 0; at < wanted.size();) {
+        const std::size_t comma = std::min(wanted.find(',', at), wanted.size());
+        only.push_back(wanted.substr(at, comma - at));
+        at = comma + 1;
+    }
+    std::printf("bench_bucket: %d repetitions, scale %.2f, membarrier %s%s%s\n", reps, scale,
+                otpkv::detail::epoch_domain::instance().asymmetric() ? "on" : "off",
+                wanted.empty() ? "" : ", only ", wanted.c_str());
     results r;
     run_all<mix_1m, u64_kind>(r, reps, scale);
     run_all<mix_1m, string_kind>(r, reps, scale);
@@ -640,6 +664,10 @@ int main(int argc, char** argv) {
     run_all<hot_reads, string_kind>(r, reps, scale);
     run_all<hot_mix, u64_kind>(r, reps, scale);
     run_all<hot_mix, string_kind>(r, reps, scale);
+    if (!only.empty()) {
+        ratios(r);
+        return sink.load() == 42 ? 1 : 0;
+    }
 
     registry_lookups(r, reps, scale, 16);
     registry_lookups(r, reps, scale, 10'000);
