@@ -17,9 +17,9 @@
 // value, gets std::hash<std::string_view>.
 //
 // Usage: bench_bucket [repetitions=5] [scale=1.0] [only]   (scale multiplies the operation
-// counts; `only`, when given, is a comma-separated list of names: a map workload runs for a
+// counts; `only`, when given, is a list of names separated by '|': a map workload runs for a
 // contender only when "<workload> <contender>" contains one of them, so
-// "hot keys, reads [u64]" runs one workload for everyone and "[u64] otpkv,[u64] libcuckoo"
+// "hot keys, reads [u64]" runs one workload for everyone and "[u64] otpkv|[u64] libcuckoo"
 // two contenders on every u64 workload; the registry and memory measurements are skipped)
 // Prints one line per measurement (median of the repetitions), then the ratios at 2 threads
 // (otpkv / each peer, per workload and key kind), then the targets. A run with 3 repetitions
@@ -649,7 +649,7 @@ int main(int argc, char** argv) {
     const double scale = argc > 2 ? std::atof(argv[2]) : 1.0;
     const std::string wanted = argc > 3 ? argv[3] : "";
     for (std::size_t at = 0; at < wanted.size();) {
-        const std::size_t comma = std::min(wanted.find(',', at), wanted.size());
+        const std::size_t comma = std::min(wanted.find('|', at), wanted.size());
         only.push_back(wanted.substr(at, comma - at));
         at = comma + 1;
     }

@@ -718,6 +718,67 @@ TEST_CASE("lock-free readers never see a torn or foreign value while writers chu
     CHECK(wrong == 0);
 }
 
+TEST_CASE("two-word slots: readers racing writers see each key's own value, whole") {
+    // Integer keys and 8-byte values take the two-word layout (key word, value word).
+    static_assert(
+        otpkv::detail::bucket_traits<std::uint64_t, std::uint64_t, std::hash<std::uint64_t>,
+                                     std::equal_to<std::uint64_t>>::slot_words == 2);
+    static_assert(otpkv::detail::bucket_traits<std::uint64_t, std::string, std::hash<std::uint64_t>,
+                                               std::equal_to<std::uint64_t>>::slot_words == 3);
+    // A value's high half is its key, its low half a version: a read that mixes the key word
+    // of one write with the value word of another, or takes a key for a neighbour (the keys
+    // differ in one high bit), fails. Writers erase and re-insert, so slots change owners,
+    // and the table grows meanwhile.
+    bucket<std::uint64_t, std::uint64_t> b(otpkv::bucket_options{2});
+    constexpr std::uint64_t keys = 4000;
+    const auto key_of = [](std::uint64_t i) { return (i % 2) << 63 | (i / 2); };
+    const auto value_for = [](std::uint64_t i, std::uint64_t version) { return i << 32 | version; };
+    std::atomic<bool> done{false};
+    std::atomic<long> bad{0};
+    std::atomic<long> hits{0};
+    auto writer = [&](std::uint64_t first) {
+        for (std::uint64_t version = 0; version < 40; ++version) {
+            for (std::uint64_t i = first; i < keys; i += 2) {
+                if ((i + version) % 5 == 0) {
+                    b.erase(key_of(i));
+                } else {
+                    b.put(key_of(i), value_for(i, version));
+                }
+            }
+        }
+    };
+    auto reader = [&] {
+        long n = 0;
+        while (!done.load()) {
+            for (std::uint64_t i = 0; i < keys; i += 3) {
+                if (const auto v = b.get(key_of(i))) {
+                    ++n;
+                    if (*v >> 32 != i || (*v & 0xFFFFFFFF) >= 40) {
+                        bad.fetch_add(1);
+                    }
+                }
+            }
+        }
+        hits.fetch_add(n);
+    };
+    std::thread r1(reader);
+    std::thread w1(writer, 0);
+    std::thread w2(writer, 1);
+    w1.join();
+    w2.join();
+    done.store(true);
+    r1.join();
+    CHECK(bad.load() == 0);
+    CHECK(hits.load() > 0);
+    int wrong = 0;
+    for (std::uint64_t i = 0; i < keys; ++i) {
+        const auto v = b.get(key_of(i));
+        wrong += (i + 39) % 5 == 0 ? v.has_value() : v != value_for(i, 39);
+    }
+    CHECK(wrong == 0);
+    CHECK(b.size() == keys - keys / 5);
+}
+
 TEST_CASE("retired tables and nodes are all freed after churn") {
     auto& domain = otpkv::detail::epoch_domain::instance();
     reclaim_all();
