@@ -309,7 +309,8 @@ inline std::size_t reduce(std::uint64_t h, std::size_t n) noexcept {
 
 /// The bytes [at, at + 8) of the `n` bytes at `p`, as a little-endian word, zero past
 /// byte n; never reads outside the n bytes (n may be below 8).
-inline std::uint64_t byte_window(const unsigned char* p, std::size_t n, std::size_t at) noexcept {
+OTPKV_DETAIL_HOT_INLINE std::uint64_t byte_window(const unsigned char* p, std::size_t n,
+                                                  std::size_t at) noexcept {
     if (at >= n) {
         return 0;
     }
@@ -360,7 +361,7 @@ template <std::size_t Words = slot_words> struct key_probe {
 };
 
 /// The probe of the `n` bytes of a key at `p`.
-inline key_probe<> probe_of(const unsigned char* p, std::size_t n) noexcept {
+OTPKV_DETAIL_HOT_INLINE key_probe<> probe_of(const unsigned char* p, std::size_t n) noexcept {
     key_probe<> probe{{0xFE, 0, 0}, {0xFF, 0, 0}};
     if (n > inline_capacity) {
         return probe;
@@ -445,7 +446,7 @@ template <class K, class V, class Hash, class Eq> struct bucket_traits {
     using value_arg =
         std::conditional_t<std::is_same_v<V, std::string>, std::string_view, const V&>;
 
-    static std::uint64_t hash(key_arg k) {
+    OTPKV_DETAIL_HOT_INLINE static std::uint64_t hash(key_arg k) {
         if constexpr (string_key) {
             // Equal strings hash equally whatever `Hash` would give: only the bucket sees it.
             return hash_bytes(k);
@@ -500,8 +501,11 @@ template <class K, class V, class Hash, class Eq> struct bucket_traits {
 
 } // namespace detail
 
-/// One slot's words, one group's slots and control bytes, one shard's table.
-template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>::table {
+/// One slot's words, one group's slots and control bytes, one shard's table. The table's
+/// header (which every lookup reads) has a cache line of its own: a writer changing the first
+/// group does not take the line away from the readers of every other group.
+template <class K, class V, class Hash, class Eq>
+struct alignas(detail::cache_line) bucket<K, V, Hash, Eq>::table {
     using node = detail::bucket_node<K, V>;
     using position = detail::slot_position;
     struct group {
@@ -522,7 +526,8 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
     const group* data() const noexcept { return reinterpret_cast<const group*>(this + 1); }
 
     static table* make(std::size_t groups) {
-        void* mem = ::operator new(sizeof(table) + groups * sizeof(group));
+        void* mem = ::operator new (sizeof(table) + groups * sizeof(group),
+                                    std::align_val_t{alignof(table)});
         auto* t = new (mem) table();
         t->groups = groups;
         for (std::size_t g = 0; g < groups; ++g) {
@@ -547,7 +552,7 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
             }
         }
         t->~table();
-        ::operator delete(p);
+        ::operator delete (p, std::align_val_t{alignof(table)});
     }
 
     // Asks for every cache line of a group at once: the control word and the slot a probe
@@ -602,7 +607,7 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
         }
     }
     using probe = detail::key_probe<slot_words>;
-    static probe probe_of(key_arg k) noexcept {
+    OTPKV_DETAIL_HOT_INLINE static probe probe_of(key_arg k) noexcept {
         if constexpr (traits::pair_slots) {
             // Word 0 holds the key's bytes, zero above them; word 1 is the value's.
             probe p{{0, 0}, {detail::low_bytes(sizeof(K)), 0}};
@@ -633,10 +638,13 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
         std::memcpy(&n, &w[1], sizeof(n));
         return n;
     }
+    // One load per word, written out: compilers do not unroll a loop of atomic loads, and
+    // the array it fills then lives on the stack instead of in registers.
     static void load_words(const group& g, std::size_t i, std::uint64_t (&w)[slot_words]) noexcept {
-        for (std::size_t j = 0; j < slot_words; ++j) {
-            w[j] = g.words[i][j].load(detail::seqlock_load);
+        [&]<std::size_t... J>(std::index_sequence<J...>) {
+            ((w[J] = g.words[i][J].load(detail::seqlock_load)), ...);
         }
+        (std::make_index_sequence<slot_words>{});
     }
     static K key_of(const slot_image& img) {
         if (node* n = node_of(img)) {
@@ -838,11 +846,13 @@ template <class K, class V, class Hash, class Eq> struct bucket<K, V, Hash, Eq>:
     }
 };
 
-/// One shard: the writers' lock, the table readers load, and the shard's size.
+/// One shard: the table readers load (a line of its own), the writers' lock and the shard's size.
 template <class K, class V, class Hash, class Eq>
 struct alignas(detail::cache_line) bucket<K, V, Hash, Eq>::shard {
-    detail::shard_lock lock;
+    // What lookups read, on a line that only a table's replacement writes: were it beside
+    // the lock and the counters, every write would take it away from the other cores' readers.
     std::atomic<table*> tab{nullptr};
+    alignas(detail::cache_line) detail::shard_lock lock;
     std::atomic<std::size_t> live{0};
     std::atomic<std::size_t> bytes{0}; // keys' and values' bytes, written under `lock`
 };

@@ -28,6 +28,8 @@
 /// LeakSanitizer).
 #pragma once
 
+#include <otpkv/detail/hot_inline.hpp>
+
 #include <algorithm>
 #include <atomic>
 #include <cassert>
@@ -102,6 +104,10 @@ class epoch_domain {
         std::atomic<bool> in_use{false};     ///< owned by a live thread
         record* next = nullptr;              ///< the domain's list; records are never freed
         std::uint32_t depth = 0;             ///< nested guards (owner only)
+        /// The domain's epoch and barrier kind, copied here so that entering a guard reads
+        /// only this thread's own line (no call to `instance`, no static's guard).
+        const std::atomic<std::uint64_t>* global = nullptr;
+        bool asymmetric = false;
     };
 
     /// The domain (created on first use, never destroyed).
@@ -112,7 +118,7 @@ class epoch_domain {
     epoch_domain& operator=(const epoch_domain&) = delete;
 
     /// Enters a guard on this thread (nested guards are counted); returns its record.
-    record& enter() noexcept;
+    static record& enter() noexcept;
     /// Leaves the guard entered by `enter`.
     static void leave(record& r) noexcept;
 
@@ -152,6 +158,7 @@ class epoch_domain {
     };
 
     record* acquire_record();
+    static record* first_record();
     void heavy_barrier() const noexcept;
 
     std::atomic<std::uint64_t> global_{1};
@@ -173,8 +180,8 @@ inline thread_local epoch_domain::record* epoch_thread_record = nullptr;
 /// ends. Cheap (no shared writes), nestable, and must stay on one thread.
 class epoch_guard {
   public:
-    epoch_guard() noexcept : record_(&epoch_domain::instance().enter()) {}
-    ~epoch_guard() { epoch_domain::leave(*record_); }
+    OTPKV_DETAIL_HOT_INLINE epoch_guard() noexcept : record_(&epoch_domain::enter()) {}
+    OTPKV_DETAIL_HOT_INLINE ~epoch_guard() { epoch_domain::leave(*record_); }
     epoch_guard(const epoch_guard&) = delete;
     epoch_guard& operator=(const epoch_guard&) = delete;
 
@@ -203,18 +210,22 @@ inline epoch_domain::epoch_domain() {
 #endif
 }
 
-inline epoch_domain::record& epoch_domain::enter() noexcept {
+inline epoch_domain::record* epoch_domain::first_record() {
+    return instance().acquire_record();
+}
+
+OTPKV_DETAIL_HOT_INLINE epoch_domain::record& epoch_domain::enter() noexcept {
     record* r = epoch_thread_record;
     if (r == nullptr) [[unlikely]] {
-        r = acquire_record();
+        r = first_record();
     }
     if (r->depth++ == 0) {
         // acquire: whatever a writer unlinked before moving the epoch to this value is
         // visible to the reads that follow.
-        r->epoch.store(global_.load(std::memory_order_acquire), std::memory_order_relaxed);
+        r->epoch.store(r->global->load(std::memory_order_acquire), std::memory_order_relaxed);
         // The record must be visible before the reads of the guarded section: a full fence,
         // or, with membarrier, a compiler barrier that the reclaimer's barrier completes.
-        if (asymmetric_) {
+        if (r->asymmetric) {
             std::atomic_signal_fence(std::memory_order_seq_cst);
         } else {
             full_fence();
@@ -267,6 +278,8 @@ inline epoch_domain::record* epoch_domain::acquire_record() {
         } while (!records_.compare_exchange_weak(head, found, std::memory_order_release,
                                                  std::memory_order_relaxed));
     }
+    found->global = &global_;
+    found->asymmetric = asymmetric_;
     owner.r = found;
     epoch_thread_record = found;
     return found;

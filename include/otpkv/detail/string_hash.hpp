@@ -18,6 +18,7 @@
 /// Thread safety: any thread; the keys are made once, on first use (a function's static).
 #pragma once
 
+#include <otpkv/detail/hot_inline.hpp>
 #include <otpkv/detail/random.hpp>
 
 #include <cstddef>
@@ -86,7 +87,7 @@ inline const hash_keys& process_hash_keys() noexcept {
 
 /// The hash of `s`'s bytes (see the file comment). Every bit of the result depends on every
 /// byte and on the length.
-inline std::uint64_t hash_bytes(std::string_view s) noexcept {
+OTPKV_DETAIL_HOT_INLINE std::uint64_t hash_bytes(std::string_view s) noexcept {
     const hash_keys& keys = process_hash_keys();
     const auto* p = reinterpret_cast<const unsigned char*>(s.data());
     const std::size_t n = s.size();
