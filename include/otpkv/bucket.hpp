@@ -207,11 +207,21 @@ class bucket : public process {
     struct shard;
     struct table;
 
-    // The shards exist from the first write on: an empty bucket costs no shard memory.
-    const shard* find_shard(std::uint64_t h) const noexcept {
+    // The shards exist from the first write on: an empty bucket costs no shard memory. They
+    // are made in one block: the shards (a writer's lock and counters, a line each), then
+    // their table pointers, which lookups read, together on lines that only a table's
+    // replacement writes, so that a write does not take them away from other cores' readers.
+    static shard* make_shards(std::size_t n);
+    static void free_shards(shard* all, std::size_t n) noexcept;
+    // The table pointer of the shard of `h`, if the shards exist (touches no shard's line).
+    const std::atomic<table*>* find_table(std::uint64_t h) const noexcept {
         // acquire: pairs with the publishing exchange in `shard_for`.
         const shard* all = shards_.load(std::memory_order_acquire);
-        return all != nullptr ? all + (h & shard_mask_) : nullptr;
+        if (all == nullptr) {
+            return nullptr;
+        }
+        return std::launder(reinterpret_cast<const std::atomic<table*>*>(all + shard_mask_ + 1)) +
+               (h & shard_mask_);
     }
     shard& shard_for(std::uint64_t h);
     detail::event_hub<event>* hub() const noexcept { return hub_.load(std::memory_order_acquire); }
@@ -589,6 +599,7 @@ struct alignas(detail::cache_line) bucket<K, V, Hash, Eq>::table {
     static void encode(slot_image& img, key_arg k, value_arg v, node* n) noexcept {
         std::memset(img, 0, slot_bytes);
         if constexpr (traits::pair_slots) {
+            // Never a node here: every such entry `fits`.
             detail::codec<K>::write(k, img);
             detail::codec<V>::write(v, img + 8);
             return;
@@ -846,16 +857,37 @@ struct alignas(detail::cache_line) bucket<K, V, Hash, Eq>::table {
     }
 };
 
-/// One shard: the table readers load (a line of its own), the writers' lock and the shard's size.
+/// One shard's writer side: its lock, its size, and where its table pointer is (see
+/// `make_shards`).
 template <class K, class V, class Hash, class Eq>
 struct alignas(detail::cache_line) bucket<K, V, Hash, Eq>::shard {
-    // What lookups read, on a line that only a table's replacement writes: were it beside
-    // the lock and the counters, every write would take it away from the other cores' readers.
-    std::atomic<table*> tab{nullptr};
-    alignas(detail::cache_line) detail::shard_lock lock;
+    detail::shard_lock lock;
     std::atomic<std::size_t> live{0};
-    std::atomic<std::size_t> bytes{0}; // keys' and values' bytes, written under `lock`
+    std::atomic<std::size_t> bytes{0};  // keys' and values' bytes, written under `lock`
+    std::atomic<table*>* tab = nullptr; // in the block's table pointers, after the shards
 };
+
+template <class K, class V, class Hash, class Eq>
+auto bucket<K, V, Hash, Eq>::make_shards(std::size_t n) -> shard* {
+    void* block = ::operator new (n*(sizeof(shard) + sizeof(std::atomic<table*>)),
+                                  std::align_val_t{alignof(shard)});
+    auto* all = static_cast<shard*>(block);
+    auto* tabs = reinterpret_cast<std::atomic<table*>*>(all + n);
+    for (std::size_t i = 0; i < n; ++i) {
+        new (tabs + i) std::atomic<table*>(nullptr);
+        new (all + i) shard();
+        all[i].tab = tabs + i;
+    }
+    return all;
+}
+
+template <class K, class V, class Hash, class Eq>
+void bucket<K, V, Hash, Eq>::free_shards(shard* all, std::size_t n) noexcept {
+    for (std::size_t i = 0; i < n; ++i) {
+        all[i].~shard();
+    }
+    ::operator delete (static_cast<void*>(all), std::align_val_t{alignof(shard)});
+}
 
 template <class K, class V, class Hash, class Eq>
 bucket<K, V, Hash, Eq>::bucket(bucket_options options) {
@@ -873,24 +905,24 @@ template <class K, class V, class Hash, class Eq> bucket<K, V, Hash, Eq>::~bucke
         return;
     }
     for (std::size_t s = 0; s <= shard_mask_; ++s) {
-        if (table* t = all[s].tab.load(std::memory_order_relaxed)) {
+        if (table* t = all[s].tab->load(std::memory_order_relaxed)) {
             t->owns_nodes = true;
             table::destroy(t);
         }
     }
-    delete[] all;
+    free_shards(all, shard_mask_ + 1);
 }
 
 template <class K, class V, class Hash, class Eq>
 auto bucket<K, V, Hash, Eq>::shard_for(std::uint64_t h) -> shard& {
     shard* all = shards_.load(std::memory_order_acquire);
     if (all == nullptr) [[unlikely]] {
-        auto* made = new shard[shard_mask_ + 1];
+        shard* made = make_shards(shard_mask_ + 1);
         // acq_rel: publishes our shards, or acquires the ones another writer published.
         if (shards_.compare_exchange_strong(all, made, std::memory_order_acq_rel)) {
             all = made;
         } else {
-            delete[] made;
+            free_shards(made, shard_mask_ + 1);
         }
     }
     return all[h & shard_mask_];
@@ -900,13 +932,13 @@ template <class K, class V, class Hash, class Eq>
 template <class OnHit>
 bool bucket<K, V, Hash, Eq>::read(key_arg key, OnHit&& on_hit) const {
     const std::uint64_t h = traits::hash(key);
-    const shard* s = find_shard(h);
-    if (s == nullptr) {
+    const std::atomic<table*>* tab = find_table(h);
+    if (tab == nullptr) {
         return false;
     }
     const detail::epoch_guard guard;
     // acquire: the table's contents, written before it was published, are visible.
-    const table* t = s->tab.load(std::memory_order_acquire);
+    const table* t = tab->load(std::memory_order_acquire);
     if (t == nullptr) {
         return false;
     }
@@ -1020,7 +1052,7 @@ auto bucket<K, V, Hash, Eq>::room_for_one(shard& s, table* t, bool& retired) -> 
         retired = true;
     }
     // release: readers that load the new table see its contents.
-    s.tab.store(bigger, std::memory_order_release);
+    s.tab->store(bigger, std::memory_order_release);
     return bigger;
 }
 
@@ -1071,7 +1103,7 @@ bool bucket<K, V, Hash, Eq>::locked_write(key_arg key, Body&& body) {
         if (stopped_.load(std::memory_order_relaxed)) {
             return false;
         }
-        table* t = s.tab.load(std::memory_order_relaxed);
+        table* t = s.tab->load(std::memory_order_relaxed);
         std::optional<typename table::position> at;
         if (t != nullptr) {
             at = t->find(h, key);
@@ -1215,7 +1247,7 @@ void bucket<K, V, Hash, Eq>::for_each(F&& f) const {
     std::vector<std::pair<K, V>> entries;
     const shard* all = shards_.load(std::memory_order_acquire);
     for (std::size_t s = 0; all != nullptr && s <= shard_mask_; ++s) {
-        const table* t = all[s].tab.load(std::memory_order_acquire);
+        const table* t = all[s].tab->load(std::memory_order_acquire);
         if (t == nullptr) {
             continue;
         }
@@ -1242,8 +1274,8 @@ template <class K, class V, class Hash, class Eq> void bucket<K, V, Hash, Eq>::c
         table* old = nullptr;
         {
             const std::lock_guard lock(sh.lock);
-            old = sh.tab.load(std::memory_order_relaxed);
-            sh.tab.store(nullptr, std::memory_order_release);
+            old = sh.tab->load(std::memory_order_relaxed);
+            sh.tab->store(nullptr, std::memory_order_release);
             sh.live.store(0, std::memory_order_relaxed);
             sh.bytes.store(0, std::memory_order_relaxed);
             if (old != nullptr) {

@@ -104,8 +104,8 @@ class epoch_domain {
         std::atomic<bool> in_use{false};     ///< owned by a live thread
         record* next = nullptr;              ///< the domain's list; records are never freed
         std::uint32_t depth = 0;             ///< nested guards (owner only)
-        /// The domain's epoch and barrier kind, copied here so that entering a guard reads
-        /// only this thread's own line (no call to `instance`, no static's guard).
+        /// The domain's epoch and barrier kind, copied here so that entering a guard needs
+        /// neither `instance` (a call, and a check of its static's guard) nor the domain.
         const std::atomic<std::uint64_t>* global = nullptr;
         bool asymmetric = false;
     };
@@ -158,7 +158,6 @@ class epoch_domain {
     };
 
     record* acquire_record();
-    static record* first_record();
     void heavy_barrier() const noexcept;
 
     std::atomic<std::uint64_t> global_{1};
@@ -210,14 +209,10 @@ inline epoch_domain::epoch_domain() {
 #endif
 }
 
-inline epoch_domain::record* epoch_domain::first_record() {
-    return instance().acquire_record();
-}
-
 OTPKV_DETAIL_HOT_INLINE epoch_domain::record& epoch_domain::enter() noexcept {
     record* r = epoch_thread_record;
     if (r == nullptr) [[unlikely]] {
-        r = first_record();
+        r = instance().acquire_record();
     }
     if (r->depth++ == 0) {
         // acquire: whatever a writer unlinked before moving the epoch to this value is
