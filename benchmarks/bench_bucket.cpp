@@ -20,7 +20,8 @@
 // counts; `only`, when given, is a list of names separated by '|': a map workload runs for a
 // contender only when "<workload> <contender>" contains one of them, so
 // "hot keys, reads [u64]" runs one workload for everyone and "[u64] otpkv|[u64] libcuckoo"
-// two contenders on every u64 workload; the registry and memory measurements are skipped)
+// two contenders on every u64 workload, "registry" the registry's lookups; the memory
+// measurements are skipped)
 // Prints one line per measurement (median of the repetitions), then the ratios at 2 threads
 // (otpkv / each peer, per workload and key kind), then the targets. A run with 3 repetitions
 // at scale 1 is meant to take less than 10 minutes on 2 cores.
@@ -499,6 +500,12 @@ void run_all(results& out, int reps, double scale) {
 }
 
 void registry_lookups(results& out, int reps, double scale, std::size_t count) {
+    constexpr const char* with_name = "with (no refcount)";
+    constexpr const char* lookup_name = "lookup (shared_ptr copy)";
+    const std::string workload = "registry " + std::to_string(count) + " names";
+    if (!selected(workload, with_name) && !selected(workload, lookup_name)) {
+        return;
+    }
     const auto ops = static_cast<std::uint64_t>(10'000'000 * scale);
     auto reg = otpkv::registry::start();
     std::vector<std::string> names;
@@ -506,11 +513,12 @@ void registry_lookups(results& out, int reps, double scale, std::size_t count) {
         names.push_back("bucket-" + std::to_string(i));
         reg->create(names.back()).value()->put("k", "v");
     }
-    const std::string workload = "registry " + std::to_string(count) + " names";
     for (const bool refcounted : {false, true}) {
+        if (!selected(workload, refcounted ? lookup_name : with_name)) {
+            continue;
+        }
         on_1_and_2_threads(
-            out, workload, refcounted ? "lookup (shared_ptr copy)" : "with (no refcount)", reps,
-            ops, [&](int t, int r) {
+            out, workload, refcounted ? lookup_name : with_name, reps, ops, [&](int t, int r) {
                 std::uint64_t seed = std::uint64_t{0x5151} + static_cast<std::uint64_t>(t) * 7 +
                                      static_cast<std::uint64_t>(r);
                 std::uint64_t local = 0;
@@ -664,13 +672,12 @@ int main(int argc, char** argv) {
     run_all<hot_reads, string_kind>(r, reps, scale);
     run_all<hot_mix, u64_kind>(r, reps, scale);
     run_all<hot_mix, string_kind>(r, reps, scale);
+    registry_lookups(r, reps, scale, 16);
+    registry_lookups(r, reps, scale, 10'000);
     if (!only.empty()) {
         ratios(r);
         return sink.load() == 42 ? 1 : 0;
     }
-
-    registry_lookups(r, reps, scale, 16);
-    registry_lookups(r, reps, scale, 10'000);
 
     std::map<std::string, double> mem;
     memory(mem);
