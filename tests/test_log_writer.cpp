@@ -139,8 +139,10 @@ TEST_CASE("log_writer: a pipe nobody reads never blocks the producers; drops are
         }
     }
     CHECK(events == static_cast<std::size_t>(queued.load()));
+    // Every drop is reported. Not necessarily on the last line: the writer reports whenever
+    // it finds its queue empty, and producers may queue more lines after a report (the
+    // meson release build once saw that; it said `back()` was an event line).
     CHECK(reported == dropped);
-    CHECK(split_lines(text).back().find("event=log_dropped") != std::string::npos);
 }
 
 TEST_CASE("log_writer: the destructor waits at most flush_wait for a pipe nobody reads") {
