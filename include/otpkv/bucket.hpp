@@ -579,10 +579,9 @@ struct alignas(detail::cache_line) bucket<K, V, Hash, Eq>::table {
 #endif
     }
     static void load(const group& g, std::size_t i, slot_image& out) noexcept {
-        for (std::size_t w = 0; w < slot_words; ++w) {
-            const std::uint64_t word = g.words[i][w].load(detail::seqlock_load);
-            std::memcpy(out + 8 * w, &word, 8);
-        }
+        std::uint64_t w[slot_words];
+        load_words(g, i, w);
+        std::memcpy(out, w, sizeof w);
     }
     static void store(group& g, std::size_t i, const slot_image& in) noexcept {
         for (std::size_t w = 0; w < slot_words; ++w) {
